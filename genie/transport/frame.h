@@ -1,0 +1,96 @@
+// File: genie/transport/frame.h
+// The message model every transport implements identically. A connection carries *frames*:
+// a fixed 24-byte header followed by `payload_bytes` of payload.
+//
+//   wire header (little-endian):  u32 magic | u16 version | u8 kind | u8 flags |
+//                                 u64 payload_bytes | u64 request_id
+//   flags bits 0..2: TrafficClass of the frame (the receiver counts the same class);
+//   flags bits 3..7: reserved, must be zero.
+//
+// Sending is a gather of Pieces (tensor memory goes out without a staging copy):
+//
+//   float* weights = ...;
+//   genie::transport::Piece pieces[] = {{&meta, sizeof(meta)}, {weights, n * sizeof(float)}};
+//   GENIE_RETURN_IF_ERROR(conn.Send(MessageKind::kTransfer, request_id, pieces,
+//                                   TrafficClass::kWeights));
+#ifndef GENIE_TRANSPORT_FRAME_H_
+#define GENIE_TRANSPORT_FRAME_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace genie::transport {
+
+enum class MessageKind : std::uint8_t {
+  kHello = 1,
+  kChallenge = 2,
+  kAuthResponse = 3,
+  kAuthOk = 4,
+  kLoadProgram = 5,
+  kRun = 6,
+  kResult = 7,
+  kRelease = 8,
+  kError = 9,
+  kPing = 10,
+  kPong = 11,
+  kTransfer = 12,
+  kStats = 13,
+  kGoodbye = 14,  // orderly shutdown notice
+};
+inline constexpr std::uint8_t kMaxMessageKind = 14;
+
+// What the bytes of a frame are for; counted separately per direction.
+enum class TrafficClass : std::uint8_t {
+  kControl = 0,
+  kWeights = 1,
+  kActivations = 2,
+  kKvCache = 3,
+};
+inline constexpr int kNumTrafficClasses = 4;
+
+// "kRun", "kTransfer", ...; "kind(200)" for values outside the enum.
+absl::string_view MessageKindName(MessageKind kind);
+// "control", "weights", "activations", "kv_cache".
+absl::string_view TrafficClassName(TrafficClass traffic);
+
+inline constexpr std::uint32_t kFrameMagic = 0x454E4547;  // "GENE" on the wire
+inline constexpr std::uint16_t kFrameVersion = 1;
+inline constexpr std::size_t kFrameHeaderBytes = 24;
+inline constexpr std::uint8_t kTrafficClassMask = 0x07;
+
+// One contiguous piece of a gathered send: `size` bytes at `data`, borrowed for the call.
+struct Piece {
+  const void* data;
+  std::size_t size;
+};
+
+// A decoded, validated header.
+struct FrameHeader {
+  MessageKind kind = MessageKind::kPing;
+  TrafficClass traffic = TrafficClass::kControl;
+  std::uint64_t payload_bytes = 0;
+  std::uint64_t request_id = 0;
+};
+
+// A whole frame with its payload copied out (Connection::Receive).
+struct Frame {
+  FrameHeader header;
+  std::string payload;
+};
+
+// Writes the 24-byte wire header for `header` into `out`.
+void EncodeFrameHeader(const FrameHeader& header, unsigned char out[kFrameHeaderBytes]);
+
+// Parses and validates a wire header: magic, version, kind, flags, and payload size against
+// `max_frame_bytes`. The error names what was wrong and the transport (`transport_name`).
+absl::StatusOr<FrameHeader> DecodeFrameHeader(const unsigned char in[kFrameHeaderBytes],
+                                              std::uint64_t max_frame_bytes,
+                                              absl::string_view transport_name);
+
+}  // namespace genie::transport
+
+#endif  // GENIE_TRANSPORT_FRAME_H_

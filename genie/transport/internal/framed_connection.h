@@ -1,0 +1,240 @@
+// File: genie/transport/internal/framed_connection.h
+// The frame protocol over any reliable byte stream, written once so every stream backend
+// (InProcess, Tcp) behaves identically: header encode/validate, gather send, two-step
+// receive, byte accounting, broken-connection state. Backends wrap it in their
+// Connection<P, Tag> specialization.
+//
+// A Stream provides (all non-virtual):
+//   absl::Status WriteFrame(const unsigned char* head, size_t head_size,
+//                           absl::Span<const Piece> payload, absl::Time deadline,
+//                           size_t* written);   // all or error; *written = bytes that went out
+//   absl::Status Read(void* dst, size_t n, absl::Time deadline, size_t* got);
+//                                               // exactly n bytes or error; *got = bytes read
+//                                               // DeadlineExceeded on time, Unavailable on close
+//   void Shutdown();                            // both directions; safe from another thread
+//   const std::string& peer() const;            // "tcp 127.0.0.1:4242", for messages
+#ifndef GENIE_TRANSPORT_INTERNAL_FRAMED_CONNECTION_H_
+#define GENIE_TRANSPORT_INTERNAL_FRAMED_CONNECTION_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <utility>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "genie/transport/counters.h"
+#include "genie/transport/frame.h"
+#include "genie/transport/options.h"
+
+namespace genie::transport_internal {
+
+using transport::Direction;
+using transport::FrameHeader;
+using transport::MessageKind;
+using transport::Piece;
+using transport::TrafficClass;
+
+// Precomputed once at connection setup; the hot path reads only this.
+struct FramedParams {
+  std::uint64_t max_frame_bytes = 0;
+  absl::string_view transport_name;
+  absl::Duration send_timeout;
+  absl::Duration payload_timeout;
+};
+
+// Thread model: at most one thread sending and one thread receiving at a time (full duplex);
+// Close() and counters() from any thread.
+template <class Stream>
+class FramedConnection {
+ public:
+  FramedConnection(Stream stream, const FramedParams& params)
+      : stream_(std::move(stream)), params_(params) {}
+  FramedConnection(const FramedConnection&) = delete;
+  FramedConnection& operator=(const FramedConnection&) = delete;
+
+  absl::Status Send(MessageKind kind, std::uint64_t request_id, absl::Span<const Piece> payload,
+                    TrafficClass traffic) {
+    if (broken_.load(std::memory_order_acquire)) return BrokenStatus();
+    std::uint64_t payload_bytes = 0;
+    for (const Piece& p : payload) payload_bytes += p.size;
+    if (payload_bytes > params_.max_frame_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          stream_.peer(), ": cannot send a ", transport::MessageKindName(kind), " frame of ",
+          payload_bytes, " payload bytes: above the ", params_.transport_name,
+          " max frame size of ", params_.max_frame_bytes, " bytes (split the transfer)"));
+    }
+    FrameHeader header;
+    header.kind = kind;
+    header.traffic = traffic;
+    header.payload_bytes = payload_bytes;
+    header.request_id = request_id;
+    unsigned char head[transport::kFrameHeaderBytes];
+    transport::EncodeFrameHeader(header, head);
+    return SendEncoded(head, sizeof(head), payload, traffic, /*count_frame=*/true);
+  }
+
+  // Writes bytes that are not a valid frame: for tests of the receiver's validation.
+  absl::Status WriteRawForTesting(absl::string_view bytes) {
+    if (broken_.load(std::memory_order_acquire)) return BrokenStatus();
+    return SendEncoded(reinterpret_cast<const unsigned char*>(bytes.data()), bytes.size(), {},
+                       TrafficClass::kControl, /*count_frame=*/false);
+  }
+
+  absl::StatusOr<FrameHeader> ReceiveHeader(absl::Duration timeout) {
+    if (broken_.load(std::memory_order_acquire)) return BrokenStatus();
+    if (payload_left_ != 0) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          stream_.peer(), ": ReceiveHeader called with ", payload_left_,
+          " payload bytes of the previous frame unread (ReceivePayload or DiscardPayload first)"));
+    }
+    const absl::Time deadline = absl::Now() + timeout;
+    size_t got = 0;
+    absl::Status s = stream_.Read(head_ + head_got_, sizeof(head_) - head_got_, deadline, &got);
+    head_got_ += got;
+    if (!s.ok()) {
+      if (absl::IsDeadlineExceeded(s)) {
+        // Partial header bytes stay buffered: the next call resumes, the stream stays in step.
+        return absl::DeadlineExceededError(
+            absl::StrCat(stream_.peer(), ": no frame within ", absl::FormatDuration(timeout)));
+      }
+      if (head_got_ != 0) {
+        s = absl::Status(s.code(), absl::StrCat(s.message(), " (in the middle of a frame header)"));
+      }
+      return Break(s);
+    }
+    head_got_ = 0;
+    absl::StatusOr<FrameHeader> header =
+        transport::DecodeFrameHeader(head_, params_.max_frame_bytes, params_.transport_name);
+    if (!header.ok()) {
+      return Break(absl::Status(header.status().code(),
+                                absl::StrCat(stream_.peer(), ": ", header.status().message())));
+    }
+    counters_.AddFrame(Direction::kReceived, header->traffic);
+    counters_.AddBytes(Direction::kReceived, header->traffic, transport::kFrameHeaderBytes);
+    payload_left_ = header->payload_bytes;
+    payload_traffic_ = header->traffic;
+    return header;
+  }
+
+  absl::Status ReceivePayload(void* dst, std::size_t size) {
+    if (broken_.load(std::memory_order_acquire)) return BrokenStatus();
+    if (size > payload_left_) {
+      return absl::InvalidArgumentError(absl::StrCat(stream_.peer(), ": ReceivePayload of ", size,
+                                                     " bytes but only ", payload_left_,
+                                                     " payload bytes are left in this frame"));
+    }
+    size_t got = 0;
+    absl::Status s = stream_.Read(dst, size, absl::Now() + params_.payload_timeout, &got);
+    counters_.AddBytes(Direction::kReceived, payload_traffic_, got);
+    payload_left_ -= got;
+    if (!s.ok()) {
+      // A frame cut short leaves the stream out of step: nothing after it can be trusted.
+      return Break(absl::Status(s.code(), absl::StrCat(s.message(), " (", payload_left_,
+                                                       " payload bytes of a frame missing)")));
+    }
+    return absl::OkStatus();
+  }
+
+  absl::Status DiscardPayload() {
+    unsigned char sink[16 * 1024];
+    while (payload_left_ != 0) {
+      const std::size_t n =
+          static_cast<std::size_t>(std::min<std::uint64_t>(payload_left_, sizeof(sink)));
+      absl::Status s = ReceivePayload(sink, n);
+      if (!s.ok()) return s;
+    }
+    return absl::OkStatus();
+  }
+
+  absl::StatusOr<transport::Frame> Receive(absl::Duration timeout) {
+    absl::StatusOr<FrameHeader> header = ReceiveHeader(timeout);
+    if (!header.ok()) return header.status();
+    transport::Frame frame;
+    frame.header = *header;
+    frame.payload.resize(static_cast<std::size_t>(header->payload_bytes));
+    absl::Status s = ReceivePayload(frame.payload.data(), frame.payload.size());
+    if (!s.ok()) return s;
+    return frame;
+  }
+
+  // Closes both directions; the peer's next receive reports the close. Idempotent.
+  void Close() {
+    (void)Break(absl::FailedPreconditionError(
+                    absl::StrCat(stream_.peer(), ": connection was closed by this side")),
+                /*local_close=*/true);
+  }
+
+  bool broken() const { return broken_.load(std::memory_order_acquire); }
+  // OK while usable; otherwise the error that broke the connection.
+  absl::Status status() const {
+    if (!broken()) return absl::OkStatus();
+    return BrokenStatus();
+  }
+  const transport::TrafficCounters& counters() const { return counters_; }
+  const std::string& peer() const { return stream_.peer(); }
+  Stream& stream() { return stream_; }
+
+ private:
+  absl::Status SendEncoded(const unsigned char* head, std::size_t head_size,
+                           absl::Span<const Piece> payload, TrafficClass traffic,
+                           bool count_frame) {
+    size_t written = 0;
+    absl::Status s =
+        stream_.WriteFrame(head, head_size, payload, absl::Now() + params_.send_timeout, &written);
+    counters_.AddBytes(Direction::kSent, traffic, written);
+    if (!s.ok()) {
+      if (written == 0 && absl::IsDeadlineExceeded(s)) return s;  // nothing went out
+      return Break(s);
+    }
+    if (count_frame) counters_.AddFrame(Direction::kSent, traffic);
+    return absl::OkStatus();
+  }
+
+  // Records the first fatal error, shuts the stream down, returns `s`.
+  // Later calls report it as "connection is broken: <first error>".
+  absl::Status Break(absl::Status s, bool local_close = false) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (broken_status_.ok()) {
+        broken_status_ =
+            local_close
+                ? s
+                : absl::Status(s.code(), absl::StrCat("connection is broken: ", s.message()));
+      }
+      broken_.store(true, std::memory_order_release);
+    }
+    stream_.Shutdown();
+    return s;
+  }
+
+  absl::Status BrokenStatus() const {
+    absl::MutexLock lock(&mu_);
+    return broken_status_;
+  }
+
+  Stream stream_;
+  const FramedParams params_;
+  transport::TrafficCounters counters_;
+  std::atomic<bool> broken_{false};
+  mutable absl::Mutex mu_;
+  absl::Status broken_status_;  // guarded by mu_
+
+  // Receive side (receiving thread only).
+  unsigned char head_[transport::kFrameHeaderBytes];
+  std::size_t head_got_ = 0;
+  std::uint64_t payload_left_ = 0;
+  TrafficClass payload_traffic_ = TrafficClass::kControl;
+};
+
+}  // namespace genie::transport_internal
+
+#endif  // GENIE_TRANSPORT_INTERNAL_FRAMED_CONNECTION_H_

@@ -1,0 +1,67 @@
+// File: genie/transport/policies.h
+// Transport policies: tag types with tiny constexpr settings, one per transport. Nothing
+// else lives here. Code reads a policy only through transport_traits<P> (traits.h), so a
+// setting a policy leaves out gets its documented default.
+//
+// A refinement inherits its tag and overrides a setting; it still selects its parent's
+// backend, because `Backend` is inherited:
+//
+//   struct TcpHugeFrames : genie::transport::Tcp {
+//     static constexpr std::uint64_t kMaxFrameBytes = std::uint64_t{8} << 30;
+//   };
+//   auto conn = genie::transport::Connection<TcpHugeFrames>::Connect("127.0.0.1", port,
+//                                                                    absl::Seconds(5));
+#ifndef GENIE_TRANSPORT_POLICIES_H_
+#define GENIE_TRANSPORT_POLICIES_H_
+
+#include <cstdint>
+#include <string_view>
+
+namespace genie::transport {
+
+// In-memory queues between two connections of one process (tests, baselines).
+struct InProcess {
+  using Backend = InProcess;
+  static constexpr std::string_view kName = "inprocess";
+  static constexpr std::uint64_t kMaxFrameBytes = std::uint64_t{1} << 30;  // 1 GiB
+  static constexpr bool kZeroCopySend = false;  // the payload is copied into the queue
+};
+
+// Kernel TCP sockets: the default everywhere.
+struct Tcp {
+  using Backend = Tcp;
+  static constexpr std::string_view kName = "tcp";
+  static constexpr std::uint64_t kMaxFrameBytes = std::uint64_t{1} << 30;  // 1 GiB
+  static constexpr bool kZeroCopySend = true;  // gather write straight from caller memory
+  static constexpr bool kNoDelay = true;       // TCP_NODELAY
+  // SO_SNDBUF / SO_RCVBUF; 0 keeps the kernel's autotuning.
+  static constexpr int kSocketBufferBytes = 4 << 20;
+};
+
+// Same host: zero-copy pools in shared memory. Backend not written yet.
+struct Shm {
+  using Backend = Shm;
+  static constexpr std::string_view kName = "shm";
+  static constexpr std::uint64_t kMaxFrameBytes = std::uint64_t{1} << 30;
+  static constexpr bool kZeroCopySend = true;
+};
+
+// UCX: RDMA/RoCE/GPUDirect where hardware exists; tcp/shm/cma otherwise. Not written yet.
+struct Ucx {
+  using Backend = Ucx;
+  static constexpr std::string_view kName = "ucx";
+  static constexpr std::uint64_t kMaxFrameBytes = std::uint64_t{1} << 30;
+  static constexpr bool kZeroCopySend = true;
+};
+
+// DPDK userspace frames over memif or af_packet. Not written yet.
+struct Dpdk {
+  using Backend = Dpdk;
+  static constexpr std::string_view kName = "dpdk";
+  static constexpr std::uint64_t kMaxFrameBytes = std::uint64_t{1} << 30;
+  static constexpr bool kZeroCopySend = true;
+};
+
+}  // namespace genie::transport
+
+#endif  // GENIE_TRANSPORT_POLICIES_H_

@@ -1,0 +1,448 @@
+// File: tests/transport/conformance_test.cc
+// One conformance suite for the transport concept, instantiated for every backend
+// (TYPED_TEST_SUITE over the policies): frames, gather sends, receive into caller memory,
+// ordering, byte accounting, timeouts, peer close, refusal of bad frames, authentication.
+// A new backend joins by adding a PairMaker specialization and its policy to TransportPolicies.
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <numeric>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "genie/transport/auth.h"
+#include "genie/transport/counters.h"
+#include "genie/transport/frame.h"
+#include "genie/transport/inprocess.h"
+#include "genie/transport/policies.h"
+#include "genie/transport/tcp.h"
+#include "gtest/gtest.h"
+
+namespace genie::transport {
+namespace {
+
+template <class P>
+using ConnPair = std::pair<Connection<P>, Connection<P>>;
+
+// Makes a connected pair (first = client side, second = server side) for one policy.
+template <class P>
+struct PairMaker;
+
+template <>
+struct PairMaker<InProcess> {
+  static absl::StatusOr<ConnPair<InProcess>> Make(const ConnectionOptions& options) {
+    return Connection<InProcess>::CreatePair(options);
+  }
+};
+
+template <>
+struct PairMaker<Tcp> {
+  static absl::StatusOr<ConnPair<Tcp>> Make(const ConnectionOptions& options) {
+    auto listener = Listener<Tcp>::Create("127.0.0.1", 0);
+    if (!listener.ok()) return listener.status();
+    // The kernel completes the handshake from the backlog, so connect-then-accept works on
+    // one thread.
+    auto client =
+        Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5), options);
+    if (!client.ok()) return client.status();
+    auto server = listener->Accept(absl::Seconds(5), options);
+    if (!server.ok()) return server.status();
+    return ConnPair<Tcp>(std::move(*client), std::move(*server));
+  }
+};
+
+template <class P>
+class TransportConformance : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto pair = PairMaker<P>::Make(options_);
+    ASSERT_TRUE(pair.ok()) << pair.status();
+    a_.emplace(std::move(pair->first));
+    b_.emplace(std::move(pair->second));
+  }
+  Connection<P>& a() { return *a_; }
+  Connection<P>& b() { return *b_; }
+
+  ConnectionOptions options_;
+  std::optional<Connection<P>> a_;
+  std::optional<Connection<P>> b_;
+};
+
+using TransportPolicies = ::testing::Types<InProcess, Tcp>;
+
+class PolicyNames {
+ public:
+  template <class P>
+  static std::string GetName(int) {
+    return std::string(transport_traits<P>::name);
+  }
+};
+
+TYPED_TEST_SUITE(TransportConformance, TransportPolicies, PolicyNames);
+
+constexpr absl::Duration kWait = absl::Seconds(10);
+const std::string kKey = "0123456789abcdef0123456789abcdef";
+
+std::vector<unsigned char> Pattern(std::size_t n, unsigned seed) {
+  std::vector<unsigned char> v(n);
+  std::uint32_t x = seed * 2654435761u + 1;
+  for (std::size_t i = 0; i < n; ++i) {
+    x = x * 1664525u + 1013904223u;
+    v[i] = static_cast<unsigned char>(x >> 24);
+  }
+  return v;
+}
+
+bool Contains(const absl::Status& s, absl::string_view what) {
+  return s.message().find(what) != absl::string_view::npos;
+}
+
+TYPED_TEST(TransportConformance, SmallFrameRoundTrip) {
+  ASSERT_TRUE(this->a().SendBytes(MessageKind::kRun, 42, "hello node").ok());
+  auto frame = this->b().Receive(kWait);
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->header.kind, MessageKind::kRun);
+  EXPECT_EQ(frame->header.request_id, 42u);
+  EXPECT_EQ(frame->header.traffic, TrafficClass::kControl);
+  EXPECT_EQ(frame->payload, "hello node");
+  // And back the other way, with an empty payload.
+  ASSERT_TRUE(this->b().SendBytes(MessageKind::kPong, 43, "").ok());
+  auto pong = this->a().Receive(kWait);
+  ASSERT_TRUE(pong.ok()) << pong.status();
+  EXPECT_EQ(pong->header.kind, MessageKind::kPong);
+  EXPECT_EQ(pong->header.payload_bytes, 0u);
+}
+
+TYPED_TEST(TransportConformance, LargeFrame64MiBIntoCallerMemory) {
+  constexpr std::size_t kBytes = std::size_t{64} << 20;
+  const std::vector<unsigned char> data = Pattern(kBytes, 7);
+  absl::Status send_status;
+  std::thread sender([&] {
+    const Piece piece{data.data(), data.size()};
+    send_status = this->a().Send(MessageKind::kTransfer, 9, absl::MakeConstSpan(&piece, 1),
+                                 TrafficClass::kWeights);
+  });
+  auto header = this->b().ReceiveHeader(kWait);
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_EQ(header->payload_bytes, kBytes);
+  EXPECT_EQ(header->traffic, TrafficClass::kWeights);
+  std::vector<unsigned char> dst(kBytes);  // the caller's final buffer
+  EXPECT_TRUE(this->b().ReceivePayload(dst.data(), dst.size()).ok());
+  sender.join();
+  ASSERT_TRUE(send_status.ok()) << send_status;
+  EXPECT_TRUE(dst == data);
+}
+
+TYPED_TEST(TransportConformance, GatherSendOfManyPieces) {
+  // Several pieces of different sizes, one empty, more pieces than one iovec window.
+  std::vector<std::vector<unsigned char>> buffers;
+  std::vector<Piece> pieces;
+  std::string expected;
+  for (int i = 0; i < 150; ++i) {
+    buffers.push_back(Pattern(static_cast<std::size_t>(i * 37 % 1000), i));
+  }
+  buffers[3].clear();
+  for (const auto& buf : buffers) {
+    pieces.push_back({buf.data(), buf.size()});
+    expected.append(buf.begin(), buf.end());
+  }
+  ASSERT_TRUE(this->a().Send(MessageKind::kLoadProgram, 5, pieces).ok());
+  auto frame = this->b().Receive(kWait);
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->header.payload_bytes, expected.size());
+  EXPECT_TRUE(frame->payload == expected);
+}
+
+TYPED_TEST(TransportConformance, PayloadSplitAcrossCallerBuffers) {
+  const std::string meta = "shape=[2,3]";
+  const std::vector<unsigned char> tensor = Pattern(4096, 3);
+  const Piece pieces[] = {{meta.data(), meta.size()}, {tensor.data(), tensor.size()}};
+  ASSERT_TRUE(this->a().Send(MessageKind::kResult, 77, pieces, TrafficClass::kActivations).ok());
+  auto header = this->b().ReceiveHeader(kWait);
+  ASSERT_TRUE(header.ok()) << header.status();
+  std::string got_meta(meta.size(), '\0');
+  std::vector<unsigned char> got_tensor(tensor.size());
+  ASSERT_TRUE(this->b().ReceivePayload(got_meta.data(), got_meta.size()).ok());
+  // Asking for more than the frame holds is refused without breaking the connection.
+  absl::Status too_much = this->b().ReceivePayload(got_tensor.data(), tensor.size() + 1);
+  EXPECT_TRUE(absl::IsInvalidArgument(too_much)) << too_much;
+  EXPECT_FALSE(this->b().broken());
+  // A header before the payload is consumed is refused too.
+  EXPECT_TRUE(absl::IsFailedPrecondition(this->b().ReceiveHeader(kWait).status()));
+  ASSERT_TRUE(this->b().ReceivePayload(got_tensor.data(), got_tensor.size()).ok());
+  EXPECT_EQ(got_meta, meta);
+  EXPECT_TRUE(got_tensor == tensor);
+}
+
+TYPED_TEST(TransportConformance, DiscardPayloadKeepsStreamInStep) {
+  const std::vector<unsigned char> junk = Pattern(100000, 1);
+  const Piece piece{junk.data(), junk.size()};
+  ASSERT_TRUE(this->a().Send(MessageKind::kStats, 1, absl::MakeConstSpan(&piece, 1)).ok());
+  ASSERT_TRUE(this->a().SendBytes(MessageKind::kPing, 2, "next").ok());
+  ASSERT_TRUE(this->b().ReceiveHeader(kWait).ok());
+  ASSERT_TRUE(this->b().DiscardPayload().ok());
+  auto next = this->b().Receive(kWait);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ(next->header.request_id, 2u);
+  EXPECT_EQ(next->payload, "next");
+}
+
+TYPED_TEST(TransportConformance, ManyFramesInOrderWithRequestIds) {
+  constexpr int kFrames = 2000;
+  absl::Status send_status;
+  std::thread sender([&] {
+    for (int i = 0; i < kFrames && send_status.ok(); ++i) {
+      const std::string payload = std::to_string(i);
+      send_status = this->a().SendBytes(i % 2 ? MessageKind::kRun : MessageKind::kRelease,
+                                        std::uint64_t{1000000} + i, payload,
+                                        static_cast<TrafficClass>(i % kNumTrafficClasses));
+    }
+  });
+  for (int i = 0; i < kFrames; ++i) {
+    auto frame = this->b().Receive(kWait);
+    ASSERT_TRUE(frame.ok()) << "frame " << i << ": " << frame.status();
+    ASSERT_EQ(frame->header.request_id, std::uint64_t{1000000} + i);
+    ASSERT_EQ(frame->header.kind, i % 2 ? MessageKind::kRun : MessageKind::kRelease);
+    ASSERT_EQ(frame->header.traffic, static_cast<TrafficClass>(i % kNumTrafficClasses));
+    ASSERT_EQ(frame->payload, std::to_string(i));
+  }
+  sender.join();
+  EXPECT_TRUE(send_status.ok()) << send_status;
+}
+
+TYPED_TEST(TransportConformance, CountersAgreePerClassAndDirection) {
+  const TrafficSnapshot a0 = this->a().counters().Snapshot();
+  const TrafficSnapshot b0 = this->b().counters().Snapshot();
+  const std::vector<unsigned char> w = Pattern(10000, 1);
+  const Piece weights{w.data(), w.size()};
+  ASSERT_TRUE(
+      this->a()
+          .Send(MessageKind::kTransfer, 1, absl::MakeConstSpan(&weights, 1), TrafficClass::kWeights)
+          .ok());
+  ASSERT_TRUE(this->a().SendBytes(MessageKind::kRun, 2, "run", TrafficClass::kControl).ok());
+  ASSERT_TRUE(
+      this->a()
+          .SendBytes(MessageKind::kTransfer, 3, std::string(500, 'k'), TrafficClass::kKvCache)
+          .ok());
+  ASSERT_TRUE(
+      this->b()
+          .SendBytes(MessageKind::kResult, 2, std::string(300, 'r'), TrafficClass::kActivations)
+          .ok());
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(this->b().Receive(kWait).ok());
+  ASSERT_TRUE(this->a().Receive(kWait).ok());
+
+  const TrafficSnapshot da = this->a().counters().Snapshot() - a0;
+  const TrafficSnapshot db = this->b().counters().Snapshot() - b0;
+  for (int c = 0; c < kNumTrafficClasses; ++c) {
+    const auto tc = static_cast<TrafficClass>(c);
+    EXPECT_EQ(da.Bytes(Direction::kSent, tc), db.Bytes(Direction::kReceived, tc)) << c;
+    EXPECT_EQ(db.Bytes(Direction::kSent, tc), da.Bytes(Direction::kReceived, tc)) << c;
+    EXPECT_EQ(da.Frames(Direction::kSent, tc), db.Frames(Direction::kReceived, tc)) << c;
+    EXPECT_EQ(db.Frames(Direction::kSent, tc), da.Frames(Direction::kReceived, tc)) << c;
+  }
+  EXPECT_EQ(da.Bytes(Direction::kSent, TrafficClass::kWeights), 10000 + kFrameHeaderBytes);
+  EXPECT_EQ(da.Bytes(Direction::kSent, TrafficClass::kControl), 3 + kFrameHeaderBytes);
+  EXPECT_EQ(da.Bytes(Direction::kSent, TrafficClass::kKvCache), 500 + kFrameHeaderBytes);
+  EXPECT_EQ(da.Bytes(Direction::kReceived, TrafficClass::kActivations), 300 + kFrameHeaderBytes);
+  EXPECT_EQ(da.TotalFrames(Direction::kSent), 3u);
+  EXPECT_NE(da.ToString().find("weights"), std::string::npos) << da.ToString();
+}
+
+TYPED_TEST(TransportConformance, IdleReceiveTimesOutPromptlyAndStaysUsable) {
+  const absl::Time start = absl::Now();
+  auto header = this->b().ReceiveHeader(absl::Milliseconds(100));
+  const absl::Duration took = absl::Now() - start;
+  EXPECT_TRUE(absl::IsDeadlineExceeded(header.status())) << header.status();
+  EXPECT_GE(took, absl::Milliseconds(95));
+  EXPECT_LT(took, absl::Seconds(2));
+  EXPECT_FALSE(this->b().broken());
+  ASSERT_TRUE(this->a().SendBytes(MessageKind::kPing, 1, "still here").ok());
+  auto frame = this->b().Receive(kWait);
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->payload, "still here");
+}
+
+TYPED_TEST(TransportConformance, PeerCloseIsAClearErrorNotAHang) {
+  this->a().Close();
+  const absl::Time start = absl::Now();
+  auto header = this->b().ReceiveHeader(kWait);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+  EXPECT_TRUE(absl::IsUnavailable(header.status())) << header.status();
+  EXPECT_TRUE(Contains(header.status(), "peer closed the connection")) << header.status();
+  // The closing side refuses further use with its own clear error.
+  absl::Status s = this->a().SendBytes(MessageKind::kPing, 1, "x");
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_TRUE(Contains(s, "closed by this side")) << s;
+  // The other side's sends fail (maybe after what the kernel already buffered).
+  absl::Status send;
+  for (int i = 0; i < 100 && send.ok(); ++i) {
+    send = this->b().SendBytes(MessageKind::kPing, 1, std::string(4096, 'x'));
+  }
+  EXPECT_FALSE(send.ok());
+}
+
+TYPED_TEST(TransportConformance, PeerDestroyedMidFrame) {
+  // Header promises 1000 bytes; the peer sends 10 and goes away.
+  FrameHeader h;
+  h.kind = MessageKind::kTransfer;
+  h.payload_bytes = 1000;
+  unsigned char wire[kFrameHeaderBytes];
+  EncodeFrameHeader(h, wire);
+  std::string raw(reinterpret_cast<const char*>(wire), sizeof(wire));
+  raw.append(10, 'p');
+  ASSERT_TRUE(this->a().WriteRawForTesting(raw).ok());
+  this->a_.reset();
+  auto header = this->b().ReceiveHeader(kWait);
+  ASSERT_TRUE(header.ok()) << header.status();
+  std::vector<char> dst(1000);
+  absl::Status s = this->b().ReceivePayload(dst.data(), dst.size());
+  EXPECT_TRUE(absl::IsUnavailable(s)) << s;
+  EXPECT_TRUE(Contains(s, "990 payload bytes of a frame missing")) << s;
+  EXPECT_TRUE(this->b().broken());
+}
+
+TYPED_TEST(TransportConformance, BadMagicRefusedAndConnectionBroken) {
+  ASSERT_TRUE(this->a().WriteRawForTesting("GET / HTTP/1.1\r\nHost: x\r\n\r\n").ok());
+  auto header = this->b().ReceiveHeader(kWait);
+  EXPECT_TRUE(absl::IsDataLoss(header.status())) << header.status();
+  EXPECT_TRUE(Contains(header.status(), "bad magic")) << header.status();
+  EXPECT_TRUE(this->b().broken());
+  auto again = this->b().Receive(kWait);
+  EXPECT_TRUE(Contains(again.status(), "connection is broken")) << again.status();
+  // The refusing side closed: the sender learns it.
+  auto peer_view = this->a().ReceiveHeader(kWait);
+  EXPECT_TRUE(absl::IsUnavailable(peer_view.status())) << peer_view.status();
+}
+
+TYPED_TEST(TransportConformance, BadVersionRefused) {
+  FrameHeader h;
+  h.kind = MessageKind::kPing;
+  unsigned char wire[kFrameHeaderBytes];
+  EncodeFrameHeader(h, wire);
+  wire[4] = 0x07;  // version 7
+  ASSERT_TRUE(
+      this->a()
+          .WriteRawForTesting(absl::string_view(reinterpret_cast<char*>(wire), sizeof(wire)))
+          .ok());
+  auto header = this->b().ReceiveHeader(kWait);
+  EXPECT_TRUE(absl::IsFailedPrecondition(header.status())) << header.status();
+  EXPECT_TRUE(Contains(header.status(), "version 7")) << header.status();
+  EXPECT_TRUE(this->b().broken());
+}
+
+TYPED_TEST(TransportConformance, OversizedHeaderRefused) {
+  FrameHeader h;
+  h.kind = MessageKind::kTransfer;
+  h.payload_bytes = transport_traits<TypeParam>::max_frame_bytes + 1;
+  unsigned char wire[kFrameHeaderBytes];
+  EncodeFrameHeader(h, wire);
+  ASSERT_TRUE(
+      this->a()
+          .WriteRawForTesting(absl::string_view(reinterpret_cast<char*>(wire), sizeof(wire)))
+          .ok());
+  auto header = this->b().ReceiveHeader(kWait);
+  EXPECT_TRUE(absl::IsResourceExhausted(header.status())) << header.status();
+  EXPECT_TRUE(Contains(header.status(), "max frame size")) << header.status();
+  EXPECT_TRUE(this->b().broken());
+}
+
+TYPED_TEST(TransportConformance, OversizedSendRefusedLocally) {
+  // 17 pieces aliasing one 64 MiB buffer: 1088 MiB, above the 1 GiB max; nothing is written.
+  std::vector<unsigned char> block(std::size_t{64} << 20);
+  std::vector<Piece> pieces(17, Piece{block.data(), block.size()});
+  absl::Status s = this->a().Send(MessageKind::kTransfer, 1, pieces, TrafficClass::kWeights);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_TRUE(Contains(s, "max frame size")) << s;
+  EXPECT_FALSE(this->a().broken());
+  ASSERT_TRUE(this->a().SendBytes(MessageKind::kPing, 2, "ok").ok());
+  auto frame = this->b().Receive(kWait);
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->header.request_id, 2u);
+}
+
+// Runs the server side on a thread, the client side here.
+template <class P>
+std::pair<absl::Status, absl::Status> Handshake(Connection<P>& client, Connection<P>& server,
+                                                const std::string& client_key,
+                                                const std::string& server_key) {
+  absl::Status server_status;
+  std::thread t([&] { server_status = AuthenticateServer(server, server_key, kWait); });
+  absl::Status client_status = AuthenticateClient(client, client_key, kWait);
+  t.join();
+  return {client_status, server_status};
+}
+
+TYPED_TEST(TransportConformance, AuthSucceedsAndFramesStillFlow) {
+  auto [client, server] = Handshake(this->a(), this->b(), kKey, kKey);
+  ASSERT_TRUE(client.ok()) << client;
+  ASSERT_TRUE(server.ok()) << server;
+  ASSERT_TRUE(this->a().SendBytes(MessageKind::kRun, 11, "after auth").ok());
+  auto frame = this->b().Receive(kWait);
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->payload, "after auth");
+  ASSERT_TRUE(this->b().SendBytes(MessageKind::kResult, 11, "reply").ok());
+  auto reply = this->a().Receive(kWait);
+  ASSERT_TRUE(reply.ok()) << reply.status();
+  EXPECT_EQ(reply->payload, "reply");
+  // The handshake is control traffic, counted like any other.
+  EXPECT_EQ(this->a().counters().Snapshot().Frames(Direction::kSent, TrafficClass::kControl), 3u);
+}
+
+TYPED_TEST(TransportConformance, AuthWrongKeyRefusedOnBothSides) {
+  auto [client, server] =
+      Handshake(this->a(), this->b(), kKey, std::string("another key of 32 bytes........"));
+  EXPECT_TRUE(absl::IsUnauthenticated(client)) << client;
+  EXPECT_TRUE(absl::IsUnauthenticated(server)) << server;
+  EXPECT_TRUE(Contains(client, "key mismatch")) << client;
+  EXPECT_TRUE(Contains(server, "key mismatch")) << server;
+  EXPECT_TRUE(this->a().broken());
+  EXPECT_TRUE(this->b().broken());
+}
+
+TYPED_TEST(TransportConformance, AuthClientRejectsServerWithoutKey) {
+  // An impostor node: answers with a challenge and a kAuthOk whose proof is garbage.
+  std::thread impostor([&] {
+    auto hello = this->b().Receive(kWait);
+    if (!hello.ok()) return;
+    (void)this->b().SendBytes(MessageKind::kChallenge, 0, std::string(32, 'c'));
+    auto response = this->b().Receive(kWait);
+    if (!response.ok()) return;
+    (void)this->b().SendBytes(MessageKind::kAuthOk, 0, std::string(32, 'z'));
+  });
+  absl::Status s = AuthenticateClient(this->a(), kKey, kWait);
+  impostor.join();
+  EXPECT_TRUE(absl::IsUnauthenticated(s)) << s;
+  EXPECT_TRUE(Contains(s, "could not prove")) << s;
+  EXPECT_TRUE(this->a().broken());
+}
+
+TYPED_TEST(TransportConformance, AuthServerRefusesUnauthenticatedTraffic) {
+  ASSERT_TRUE(this->a().SendBytes(MessageKind::kRun, 1, "sneaky").ok());
+  absl::Status s = AuthenticateServer(this->b(), kKey, kWait);
+  EXPECT_TRUE(absl::IsUnauthenticated(s)) << s;
+  EXPECT_TRUE(Contains(s, "expected kHello, got kRun")) << s;
+}
+
+TYPED_TEST(TransportConformance, AuthTimesOutWhenClientIsSilent) {
+  const absl::Time start = absl::Now();
+  absl::Status s = AuthenticateServer(this->b(), kKey, absl::Milliseconds(100));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(s)) << s;
+  EXPECT_LT(absl::Now() - start, absl::Seconds(2));
+}
+
+TYPED_TEST(TransportConformance, AuthRefusesShortKey) {
+  absl::Status s = AuthenticateClient(this->a(), "short", kWait);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_TRUE(Contains(s, "at least 16")) << s;
+}
+
+}  // namespace
+}  // namespace genie::transport
