@@ -155,7 +155,7 @@ cc_library(
     includes = ["include", "include/torch/csrc/api/include"],
     linkopts = [
         "-L{lib}", "-Wl,-rpath,{lib}",
-        "-Wl,--no-as-needed", "-ltorch_cpu", "-lc10", "-Wl,--as-needed",
+        "-Wl,--push-state,--no-as-needed", "-ltorch_cpu", "-lc10", "-Wl,--pop-state",
     ],
 )
 
@@ -167,7 +167,7 @@ cc_library(
 )
 """.format(
         lib = lib,
-        cuda_linkopts = repr(["-L" + lib, "-Wl,--no-as-needed", "-ltorch_cuda", "-lc10_cuda", "-Wl,--as-needed"] if has_cuda else []),
+        cuda_linkopts = repr(["-L" + lib, "-Wl,--push-state,--no-as-needed", "-ltorch_cuda", "-lc10_cuda", "-Wl,--pop-state"] if has_cuda else []),
     ))
     version = ctx.execute(["cat", root + "/version.py"]).stdout
     ctx.file("defs.bzl", "TORCH_ROOT = {}\nHAS_CUDA = {}\nVERSION_PY = {}\n".format(repr(root), has_cuda, repr(version)))
@@ -207,9 +207,8 @@ def genie_dependencies():
         name = "absl",
         target_name = "absl",
         probe_files = ["/usr/include/absl/status/statusor.h"],
-        # Debian ships Abseil as ~60 shared libraries; all are linked, --as-needed drops the unused.
+        # Debian ships Abseil as ~60 shared libraries; all are linked.
         lib_glob = "libabsl_*.so",
-        linkopts = ["-Wl,--as-needed"],
     )
     system_library(
         name = "eigen",

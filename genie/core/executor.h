@@ -1,0 +1,83 @@
+// File: genie/core/executor.h
+// The seam between capture and execution: what the frontend hands over when a captured
+// graph must run, and what comes back. No libtorch: data travels as bytes, so the same
+// request runs in process (runtime::Interpreter on ATen) or on a remote node.
+//
+//   core::ExecuteRequest req;
+//   req.graph = &graph;
+//   req.fingerprint = graph.Fingerprint();
+//   req.uploads.push_back({weight_buffer_id, HostBytes::Borrow(ptr, nbytes, owner)});
+//   req.keep = {kv_cache_buffer_id};           // stays resident after the run
+//   absl::StatusOr<core::ExecuteResult> res = executor.Execute(req);
+//   // res->outputs[i] holds graph.outputs()[i] as contiguous bytes.
+//
+// Residency: a buffer of kind kResident is found by its handle among the buffers an
+// earlier Execute kept. After a run, each buffer in `keep` is kept under its handle
+// (replacing what that handle held). `release` names handles to forget.
+#ifndef GENIE_CORE_EXECUTOR_H_
+#define GENIE_CORE_EXECUTOR_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "genie/core/graph.h"
+
+namespace genie::core {
+
+// Contiguous bytes of a buffer or view, with whatever keeps them alive.
+struct HostBytes {
+  const void* data = nullptr;
+  size_t nbytes = 0;
+  std::shared_ptr<const void> owner;  // keeps `data` valid; may be null for borrowed data
+
+  static HostBytes Owned(std::string bytes) {
+    auto holder = std::make_shared<const std::string>(std::move(bytes));
+    return HostBytes{holder->data(), holder->size(), holder};
+  }
+};
+
+struct Upload {
+  BufferId buffer = kNoBuffer;  // a kHostInput or kParameter buffer of the graph
+  HostBytes bytes;              // the buffer's whole storage, buffer.nbytes() bytes
+};
+
+struct ExecuteRequest {
+  const Graph* graph = nullptr;
+  // Structural identity of `graph` (Graph::Fingerprint or the capture cache's chain):
+  // an executor may reuse the program it prepared for an equal fingerprint.
+  uint64_t fingerprint = 0;
+  std::vector<Upload> uploads;
+  std::vector<BufferId> keep;     // buffers whose final contents stay resident by handle
+  std::vector<uint64_t> release;  // handles whose resident buffers may be freed
+};
+
+struct ExecuteStats {
+  bool program_cache_hit = false;
+  int64_t nodes_executed = 0;
+  int64_t bytes_uploaded = 0;
+  int64_t bytes_downloaded = 0;
+  int64_t resident_bytes = 0;  // after the run
+};
+
+struct ExecuteResult {
+  std::vector<HostBytes> outputs;  // one per graph->outputs(), contiguous row-major
+  ExecuteStats stats;
+};
+
+// Runs captured graphs. Called once per materialization (a cold boundary: virtual is fine).
+class Executor {
+ public:
+  virtual ~Executor() = default;
+  virtual absl::StatusOr<ExecuteResult> Execute(const ExecuteRequest& request) = 0;
+  // Where work runs, for messages: "local CPU", "node 127.0.0.1:7070 (cuda:0)".
+  virtual std::string Describe() const = 0;
+};
+
+}  // namespace genie::core
+
+#endif  // GENIE_CORE_EXECUTOR_H_

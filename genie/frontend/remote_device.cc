@@ -1,0 +1,1373 @@
+// File: genie/frontend/remote_device.cc
+// The remote_accelerator backend for libtorch: device registration, a DeviceGuard, an
+// allocator of lazy storages, and the kernels that capture ATen ops into a core::Graph.
+//
+// How a tensor is represented: its storage comes from RemoteAllocator, whose DataPtr
+// context is a StorageContext holding a session-wide handle; the data pointer is an
+// opaque device address that is never dereferenced (like a CUDA pointer on the host).
+// Views share the storage and carry their geometry on the TensorImpl, so they need no
+// graph node: an executor rebuilds any view with as_strided on the buffer.
+//
+// Capture path (CaptureFallback, boxed, for every op without an explicit kernel here):
+//   key = (op, input geometry, scalar args) -> the capture cache gives each output's
+//   kind (fresh / view of arg j / in-place on arg j) and geometry; on a miss the op runs
+//   on Meta tensors once. Outputs become remote tensors, and a node is appended.
+// Materialization (_copy_from to CPU, _local_scalar_dense, ops with no remote kernel)
+// runs the captured graph on the installed core::Executor and fetches the bytes.
+#include "genie/frontend/remote_device.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/EmptyTensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/detail/PrivateUse1HooksInterface.h>
+#include <ATen/ops/_reshape_alias_native.h>
+#include <ATen/ops/as_strided_native.h>
+#include <ATen/ops/view_native.h>
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/util/Exception.h>
+#include <torch/library.h>
+#include <torch/nn/module.h>
+
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+#include "genie/runtime/interpreter.h"
+
+namespace genie::frontend {
+namespace {
+
+using core::Arg;
+using core::BufferId;
+using core::BufferKind;
+using core::TensorRef;
+
+constexpr c10::DeviceType kRemote = c10::DeviceType::PrivateUse1;
+// Opaque device addresses handed out as data pointers; never dereferenced.
+constexpr uintptr_t kDeviceAddressBase = 0x7e0000000000ull;
+
+static_assert(static_cast<int>(core::DType::kFloat32) == static_cast<int>(at::kFloat));
+static_assert(static_cast<int>(core::DType::kBFloat16) == static_cast<int>(at::kBFloat16));
+static_assert(static_cast<int>(core::DType::kBool) == static_cast<int>(at::kBool));
+static_assert(static_cast<int>(core::DType::kInt64) == static_cast<int>(at::kLong));
+static_assert(core::kRemoteDeviceType == static_cast<int64_t>(c10::DeviceType::PrivateUse1));
+
+core::DType ToDType(at::ScalarType t) {
+  TORCH_CHECK(core::IsKnownDType(static_cast<uint8_t>(t)), "genie: dtype ", t,
+              " is not supported on remote_accelerator");
+  return static_cast<core::DType>(t);
+}
+
+// ---------------------------------------------------------------------------------
+// Device guard: virtual device indices; no streams or events of its own.
+thread_local c10::DeviceIndex current_device = 0;
+
+c10::DeviceIndex VirtualDeviceCount() {
+  static const c10::DeviceIndex count = [] {
+    const char* env = std::getenv("GENIE_VIRTUAL_DEVICES");
+    int n = env ? std::atoi(env) : 8;
+    return static_cast<c10::DeviceIndex>(n > 0 && n < 128 ? n : 8);
+  }();
+  return count;
+}
+
+class RemoteGuardImpl final : public c10::impl::DeviceGuardImplInterface {
+ public:
+  c10::DeviceType type() const override { return kRemote; }
+  c10::Device exchangeDevice(c10::Device d) const override {
+    c10::Device old = getDevice();
+    setDevice(d);
+    return old;
+  }
+  c10::Device getDevice() const override { return c10::Device(kRemote, current_device); }
+  void setDevice(c10::Device d) const override {
+    TORCH_CHECK(d.type() == kRemote, "genie: expected a remote_accelerator device, got ", d);
+    TORCH_CHECK(d.index() < VirtualDeviceCount(), "genie: remote_accelerator:", int(d.index()),
+                " does not exist; ", int(VirtualDeviceCount()),
+                " virtual devices are configured (GENIE_VIRTUAL_DEVICES)");
+    if (d.index() >= 0) current_device = d.index();
+  }
+  void uncheckedSetDevice(c10::Device d) const noexcept override {
+    if (d.index() >= 0) current_device = d.index();
+  }
+  c10::Stream getStream(c10::Device d) const override {
+    return c10::Stream(c10::Stream::DEFAULT, d);
+  }
+  c10::Stream exchangeStream(c10::Stream s) const override {
+    return c10::Stream(c10::Stream::DEFAULT, s.device());
+  }
+  c10::DeviceIndex deviceCount() const noexcept override { return VirtualDeviceCount(); }
+  void record(void**, const c10::Stream&, const c10::DeviceIndex, const c10::EventFlag)
+      const override {}
+  void block(void*, const c10::Stream&) const override {}
+  bool queryEvent(void*) const override { return true; }
+  void destroyEvent(void*, const c10::DeviceIndex) const noexcept override {}
+};
+
+C10_REGISTER_GUARD_IMPL(PrivateUse1, RemoteGuardImpl);
+
+// The device's default generator. torch::manual_seed seeds it; random ops draw their
+// seeds from it (see ToArg), so the CPU generator's stream is left alone.
+const at::Generator& DeviceGenerator() {
+  static const at::Generator* gen =
+      new at::Generator(at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val));
+  return *gen;
+}
+
+class RemoteHooks final : public at::PrivateUse1HooksInterface {
+ public:
+  bool isBuilt() const override { return true; }
+  bool isAvailable() const override { return true; }
+  const at::Generator& getDefaultGenerator(c10::DeviceIndex) const override { return DeviceGenerator(); }
+  at::Generator getNewGenerator(c10::DeviceIndex) const override {
+    return at::make_generator<at::CPUGeneratorImpl>(c10::default_rng_seed_val);
+  }
+  at::Device getDeviceFromPtr(void*) const override { return c10::Device(kRemote, current_device); }
+  bool isPinnedPtr(const void*) const override { return false; }
+  c10::Allocator* getPinnedMemoryAllocator() const override { return c10::GetCPUAllocator(); }
+  bool hasPrimaryContext(c10::DeviceIndex) const override { return true; }
+  c10::DeviceIndex deviceCount() const override { return VirtualDeviceCount(); }
+  void resizePrivateUse1Bytes(const c10::Storage&, size_t) const override {
+    TORCH_CHECK(false, "genie: storages of remote_accelerator tensors cannot be resized in place; "
+                       "allocate a new tensor");
+  }
+};
+
+// ---------------------------------------------------------------------------------
+// Storages.
+struct StorageContext {
+  uint64_t handle;
+};
+
+void DeleteStorage(void* ctx);
+
+class RemoteAllocator final : public c10::Allocator {
+ public:
+  c10::DataPtr allocate(size_t nbytes) override;
+  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  void copy_data(void*, const void*, std::size_t) const override {
+    TORCH_CHECK(false, "genie: remote_accelerator storages hold no host data; copy them with .to()");
+  }
+};
+
+RemoteAllocator& Allocator() {
+  static RemoteAllocator* allocator = new RemoteAllocator();
+  return *allocator;
+}
+
+struct SchemaInfo {
+  std::string name;              // "aten::add.Tensor"
+  int generator_arg = -1;        // index of a Generator? argument
+  std::vector<int> return_alias;  // per return: index of the aliased argument or -1
+  std::vector<bool> return_write;
+  std::vector<int> write_args;   // arguments the op mutates
+  bool supported_returns = true;  // every return is Tensor, Tensor[] or Tensor?
+};
+
+struct OutputSpec {
+  enum class Kind : uint8_t { kFresh, kView, kInPlace, kNone };
+  Kind kind = Kind::kFresh;
+  int arg = -1;  // aliased argument for kView / kInPlace
+  at::ScalarType dtype = at::kFloat;
+  std::vector<int64_t> sizes, strides;
+  int64_t offset = 0;
+  int64_t storage_nbytes = 0;
+};
+
+struct ReturnSpec {
+  bool is_list = false;
+  int first = 0;  // index into outputs
+  int count = 1;
+};
+
+struct CachedOp {
+  std::vector<ReturnSpec> returns;
+  std::vector<OutputSpec> outputs;
+  bool has_node = true;  // false when every output is a view and nothing is written
+};
+
+struct KeyHash {
+  size_t operator()(const std::vector<int64_t>& k) const {
+    return absl::Hash<absl::Span<const int64_t>>{}(absl::MakeConstSpan(k));
+  }
+};
+
+// The capture state: one graph under construction, storages by handle, residency.
+class CaptureContext {
+ public:
+  static CaptureContext& Get() {
+    static CaptureContext* ctx = new CaptureContext();  // leaked: storages die at exit
+    return *ctx;
+  }
+
+  std::recursive_mutex mu;
+
+  // --- storages ------------------------------------------------------------------
+  uint64_t NewHandle() {
+    std::lock_guard<std::recursive_mutex> lock(mu);
+    uint64_t h = next_handle_++;
+    live_.insert(h);
+    return h;
+  }
+  void OnStorageFreed(uint64_t h) {
+    std::lock_guard<std::recursive_mutex> lock(mu);
+    live_.erase(h);
+    pending_.erase(h);
+    names_.erase(h);
+    if (resident_.erase(h) > 0) released_.push_back(h);
+  }
+
+  // --- capture -------------------------------------------------------------------
+  void Capture(const c10::OperatorHandle& op, torch::jit::Stack* stack);
+  void CopyFrom(const at::Tensor& self, const at::Tensor& dst);
+  at::Scalar LocalScalarDense(const at::Tensor& self);
+  void NameParameter(const at::Tensor& t, const std::string& name);
+
+  // Runs the graph and returns `wanted` as CPU tensors (contiguous).
+  std::vector<at::Tensor> Run(const std::vector<at::Tensor>& wanted);
+
+  std::shared_ptr<core::Executor> executor() {
+    if (!executor_) executor_ = std::make_shared<runtime::Interpreter>();
+    return executor_;
+  }
+  void set_executor(std::shared_ptr<core::Executor> e) { executor_ = std::move(e); }
+
+  CaptureStats stats;
+  bool cache_enabled = true;
+  absl::flat_hash_map<std::vector<int64_t>, CachedOp, KeyHash> cache;
+  GraphObserver observer;
+  core::Graph graph;
+
+  // Scope names (thread-local stack joined by '.'), interned lazily per graph.
+  uint64_t scope_version = 1;
+
+ private:
+  CaptureContext() = default;
+
+  static uint64_t HandleOf(const at::Tensor& t) {
+    const c10::DataPtr& dp = t.storage().data_ptr();
+    TORCH_CHECK(dp.get_deleter() == &DeleteStorage,
+                "genie: a remote_accelerator tensor whose storage was not made by Genie's "
+                "allocator (set_ or from_blob on this device are not supported)");
+    return static_cast<StorageContext*>(dp.get_context())->handle;
+  }
+  const SchemaInfo& InfoFor(const c10::OperatorHandle& op);
+  core::OpId OpIdFor(const c10::FunctionSchema* schema, const std::string& name);
+  core::ScopeId CurrentScope();
+
+  // The graph buffer of t's storage; `produced_here` registers a fresh output's storage
+  // (otherwise a storage nothing wrote yet gets an allocation node).
+  BufferId BufferFor(const at::Tensor& t, bool produced_here = false);
+  TensorRef RefOf(const at::Tensor& t, bool produced_here = false);
+  BufferId AddHostConstant(const at::Tensor& cpu);
+  Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
+  bool AppendKey(const c10::IValue& v);
+  void Chain(uint64_t v) { chain_ = absl::Hash<std::pair<uint64_t, uint64_t>>{}({chain_, v}); }
+  void ChainNode(const core::Node& n);
+  static at::Tensor ToMeta(const at::Tensor& t);
+  bool InferWithCpu(const c10::OperatorHandle& op, const torch::jit::Stack& args,
+                    torch::jit::Stack* out, std::string* error);
+  std::optional<CachedOp> InferWithMeta(const c10::OperatorHandle& op, const SchemaInfo& info,
+                                        const torch::jit::Stack& args, std::string* error);
+  at::Tensor MakeOutput(const OutputSpec& spec, const at::Tensor* aliased);
+  void UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src);
+  void CpuFallback(const c10::OperatorHandle& op, const SchemaInfo& info,
+                   torch::jit::Stack* stack, const std::string& reason);
+  void ResetGraph();
+
+  std::shared_ptr<core::Executor> executor_;
+  uint64_t next_handle_ = 1;
+  absl::flat_hash_set<uint64_t> live_;
+  absl::flat_hash_set<uint64_t> resident_;
+  std::vector<uint64_t> released_;
+  absl::flat_hash_map<uint64_t, at::Tensor> pending_;  // host data bound to a storage
+  absl::flat_hash_map<uint64_t, std::string> names_;
+  absl::flat_hash_map<const c10::FunctionSchema*, SchemaInfo> schema_info_;
+  absl::flat_hash_set<std::string> warned_;
+
+  // Per-graph state.
+  absl::flat_hash_map<uint64_t, BufferId> handle_buffer_;
+  absl::flat_hash_map<BufferId, at::Tensor> constants_;  // host constants (0-dim CPU args)
+  absl::flat_hash_map<const c10::FunctionSchema*, core::OpId> op_ids_;
+  uint64_t scope_cache_version_ = 0;
+  core::ScopeId scope_cache_id_ = 0;
+  uint64_t chain_ = 0;
+  std::vector<int64_t> key_;
+};
+
+bool IsDataDependent(const std::string& name);
+
+thread_local std::vector<std::string> scope_stack;
+thread_local std::string scope_path;
+
+c10::DataPtr RemoteAllocator::allocate(size_t nbytes) {
+  const uint64_t handle = CaptureContext::Get().NewHandle();
+  auto* ctx = new StorageContext{handle};
+  void* address = reinterpret_cast<void*>(kDeviceAddressBase + (handle << 24));
+  return c10::DataPtr(address, ctx, &DeleteStorage, c10::Device(kRemote, current_device));
+}
+
+void DeleteStorage(void* ctx) {
+  auto* sc = static_cast<StorageContext*>(ctx);
+  CaptureContext::Get().OnStorageFreed(sc->handle);
+  delete sc;
+}
+
+at::Tensor NewRemoteTensor(at::ScalarType dtype, at::IntArrayRef sizes, at::IntArrayRef strides,
+                           int64_t offset, int64_t storage_nbytes) {
+  c10::Storage storage(c10::Storage::use_byte_size_t(), storage_nbytes,
+                       Allocator().allocate(storage_nbytes), &Allocator(), /*resizable=*/true);
+  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(
+      std::move(storage), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+      caffe2::TypeMeta::fromScalarType(dtype));
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset);
+  return t;
+}
+
+at::Tensor AliasOf(const at::Tensor& base, at::ScalarType dtype, at::IntArrayRef sizes,
+                   at::IntArrayRef strides, int64_t offset) {
+  at::Tensor t = at::detail::make_tensor<c10::TensorImpl>(
+      c10::TensorImpl::VIEW, c10::Storage(base.storage()), base.key_set(),
+      caffe2::TypeMeta::fromScalarType(dtype));
+  t.unsafeGetTensorImpl()->set_sizes_and_strides(sizes, strides, offset);
+  return t;
+}
+
+bool IsRemote(const at::Tensor& t) { return t.defined() && t.device().type() == kRemote; }
+
+const SchemaInfo& CaptureContext::InfoFor(const c10::OperatorHandle& op) {
+  const c10::FunctionSchema* schema = &op.schema();
+  auto it = schema_info_.find(schema);
+  if (it != schema_info_.end()) return it->second;
+  SchemaInfo info;
+  info.name = schema->name();
+  if (!schema->overload_name().empty()) absl::StrAppend(&info.name, ".", schema->overload_name());
+  const auto& args = schema->arguments();
+  for (size_t j = 0; j < args.size(); ++j) {
+    c10::TypePtr t = args[j].real_type();
+    if (t->kind() == c10::TypeKind::OptionalType) t = t->containedType(0);
+    if (t->kind() == c10::TypeKind::GeneratorType) info.generator_arg = static_cast<int>(j);
+    if (args[j].alias_info() && args[j].alias_info()->isWrite()) {
+      info.write_args.push_back(static_cast<int>(j));
+    }
+  }
+  for (const c10::Argument& r : schema->returns()) {
+    int alias = -1;
+    bool write = false;
+    if (const c10::AliasInfo* ai = r.alias_info()) {
+      for (size_t j = 0; j < args.size() && alias < 0; ++j) {
+        const c10::AliasInfo* aj = args[j].alias_info();
+        if (!aj) continue;
+        for (const auto& s : ai->beforeSets()) {
+          if (aj->beforeSets().count(s)) {
+            alias = static_cast<int>(j);
+            write = aj->isWrite();
+            break;
+          }
+        }
+      }
+    }
+    info.return_alias.push_back(alias);
+    info.return_write.push_back(write);
+    c10::TypePtr t = r.real_type();
+    if (t->kind() == c10::TypeKind::OptionalType) t = t->containedType(0);
+    const bool tensor = t->kind() == c10::TypeKind::TensorType;
+    const bool list = t->kind() == c10::TypeKind::ListType &&
+                      t->containedType(0)->kind() == c10::TypeKind::TensorType;
+    if (!tensor && !list) info.supported_returns = false;
+  }
+  return schema_info_.emplace(schema, std::move(info)).first->second;
+}
+
+core::OpId CaptureContext::OpIdFor(const c10::FunctionSchema* schema, const std::string& name) {
+  auto it = op_ids_.find(schema);
+  if (it != op_ids_.end()) return it->second;
+  core::OpId id = graph.InternOp(name);
+  op_ids_.emplace(schema, id);
+  return id;
+}
+
+core::ScopeId CaptureContext::CurrentScope() {
+  if (scope_cache_version_ != scope_version) {
+    scope_cache_id_ = graph.InternScope(scope_path);
+    scope_cache_version_ = scope_version;
+  }
+  return scope_cache_id_;
+}
+
+BufferId CaptureContext::BufferFor(const at::Tensor& t, bool produced_here) {
+  const uint64_t h = HandleOf(t);
+  auto it = handle_buffer_.find(h);
+  if (it != handle_buffer_.end()) {
+    TORCH_CHECK(graph.buffer(it->second).dtype == ToDType(t.scalar_type()),
+                "genie: a view that reinterprets a remote storage as ", t.scalar_type(),
+                " (it holds ", core::DTypeName(graph.buffer(it->second).dtype),
+                ") is not supported; copy it with .to(dtype) instead");
+    return it->second;
+  }
+  core::Buffer b;
+  b.dtype = ToDType(t.scalar_type());
+  b.numel = static_cast<int64_t>(t.storage().nbytes()) / static_cast<int64_t>(t.itemsize());
+  b.handle = h;
+  auto name = names_.find(h);
+  if (name != names_.end()) b.name = name->second;
+  const bool pending = pending_.contains(h);
+  const bool resident = resident_.contains(h);
+  b.kind = pending ? (b.name.empty() ? BufferKind::kHostInput : BufferKind::kParameter)
+                   : (resident ? BufferKind::kResident : BufferKind::kIntermediate);
+  BufferId id = graph.AddBuffer(b);
+  handle_buffer_[h] = id;
+  if (pending) constants_[id] = pending_.at(h);  // survives the storage dying before the run
+  Chain(static_cast<uint64_t>(b.kind) * 1000003u + static_cast<uint64_t>(b.numel) * 31u +
+        static_cast<uint64_t>(b.dtype));
+  if (!pending && !resident && !produced_here) {
+    // A storage no op has written yet (torch::empty, resize_): allocate it where it runs.
+    core::Node n;
+    n.op = graph.InternOp("aten::empty.memory_format");
+    n.args = {Arg::IntList({b.numel}), Arg::Int(static_cast<int64_t>(b.dtype)), Arg::None(),
+              Arg::Device(core::kRemoteDeviceType, 0), Arg::None(), Arg::None()};
+    n.outputs = {TensorRef::Contiguous(id, b.dtype, {b.numel})};
+    n.scope = CurrentScope();
+    ChainNode(n);
+    graph.AddNode(std::move(n));
+  }
+  return id;
+}
+
+TensorRef CaptureContext::RefOf(const at::Tensor& t, bool produced_here) {
+  TensorRef r;
+  r.buffer = BufferFor(t, produced_here);
+  r.dtype = ToDType(t.scalar_type());
+  r.sizes.assign(t.sizes().begin(), t.sizes().end());
+  r.strides.assign(t.strides().begin(), t.strides().end());
+  r.storage_offset = t.storage_offset();
+  return r;
+}
+
+BufferId CaptureContext::AddHostConstant(const at::Tensor& cpu) {
+  at::Tensor data = cpu.contiguous().clone();
+  core::Buffer b;
+  b.dtype = ToDType(data.scalar_type());
+  b.numel = data.numel();
+  b.kind = BufferKind::kHostInput;
+  BufferId id = graph.AddBuffer(b);
+  constants_[id] = data;
+  Chain(0xC0457A47u + static_cast<uint64_t>(b.numel));
+  return id;
+}
+
+Arg CaptureContext::ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info) {
+  if (arg_index == info.generator_arg) {
+    // Seeding rule: each random op draws a 63-bit seed from the generator passed, else
+    // from the device's default generator (seeded by torch::manual_seed); the executor
+    // runs the op with a fresh generator seeded with it. Same client seed, same numbers
+    // on any node; not the numbers eager CPU would draw.
+    at::Generator gen = v.isNone() ? DeviceGenerator() : v.toGenerator();
+    std::lock_guard<std::mutex> lock(gen.mutex());
+    return Arg::Int(static_cast<int64_t>(gen.get<at::CPUGeneratorImpl>()->random64() >> 1));
+  }
+  if (v.isNone()) return Arg::None();
+  if (v.isTensor()) {
+    const at::Tensor& t = v.toTensor();
+    if (!t.defined()) return Arg::None();
+    if (IsRemote(t)) return Arg::Tensor(RefOf(t));
+    TORCH_CHECK(t.device().is_cpu(), "genie: ", info.name, " mixes remote_accelerator with ",
+                t.device(), " tensors; move them with .to(remote device)");
+    BufferId c = AddHostConstant(t);
+    Arg a = Arg::Tensor(TensorRef::Contiguous(c, ToDType(t.scalar_type()),
+                                              std::vector<int64_t>(t.sizes().begin(), t.sizes().end())));
+    a.i = t.unsafeGetTensorImpl()->is_wrapped_number() ? 1 : 0;
+    return a;
+  }
+  if (v.isTensorList()) {
+    std::vector<TensorRef> refs;
+    for (const at::Tensor& t : v.toTensorList().vec()) {
+      TORCH_CHECK(IsRemote(t), "genie: ", info.name, " got a list mixing devices");
+      refs.push_back(RefOf(t));
+    }
+    return Arg::TensorList(std::move(refs));
+  }
+  if (v.isIntList()) return Arg::IntList(v.toIntVector());
+  if (v.isDoubleList()) return Arg::DoubleList(v.toDoubleVector());
+  if (v.isBoolList()) {
+    std::vector<int64_t> bits;
+    for (bool b : v.toBoolList()) bits.push_back(b ? 1 : 0);
+    return Arg::BoolList(std::move(bits));
+  }
+  if (v.isList()) {  // Tensor?[] (index, index_put_)
+    std::vector<TensorRef> refs;
+    std::vector<uint8_t> present;
+    for (const c10::IValue& e : v.toListRef()) {
+      if (e.isNone() || (e.isTensor() && !e.toTensor().defined())) {
+        refs.emplace_back();
+        present.push_back(0);
+      } else {
+        TORCH_CHECK(e.isTensor(), "genie: ", info.name, " has an unsupported list argument");
+        const at::Tensor& t = e.toTensor();
+        refs.push_back(IsRemote(t) ? RefOf(t)
+                                   : TensorRef::Contiguous(AddHostConstant(t), ToDType(t.scalar_type()),
+                                                           std::vector<int64_t>(t.sizes().begin(), t.sizes().end())));
+        present.push_back(1);
+      }
+    }
+    return Arg::OptionalTensorList(std::move(refs), std::move(present));
+  }
+  if (v.isBool()) return Arg::Bool(v.toBool());
+  if (v.isInt()) return Arg::Int(v.toInt());
+  if (v.isSymInt()) return Arg::Int(v.toSymInt().guard_int(__FILE__, __LINE__));
+  if (v.isDouble()) return Arg::Double(v.toDouble());
+  if (v.isComplexDouble()) {
+    auto c = v.toComplexDouble();
+    return Arg::Complex(c.real(), c.imag());
+  }
+  if (v.isString()) return Arg::String(v.toStringRef());
+  if (v.isDevice()) {
+    c10::Device d = v.toDevice();
+    return Arg::Device(static_cast<int64_t>(d.type()), d.has_index() ? d.index() : -1);
+  }
+  TORCH_CHECK(false, "genie: ", info.name, " has an argument of type ", v.tagKind(),
+              " that cannot be sent to a remote node");
+}
+
+// Appends what determines output metadata. Returns false for argument kinds that make
+// the op unsuitable for caching (they still capture; they just always run Meta).
+bool CaptureContext::AppendKey(const c10::IValue& v) {
+  auto add_tensor = [&](const at::Tensor& t) {
+    if (!t.defined()) {
+      key_.push_back(-7);
+      return;
+    }
+    key_.push_back(static_cast<int64_t>(t.scalar_type()) * 64 + static_cast<int64_t>(t.device().type()) +
+                   (t.unsafeGetTensorImpl()->is_wrapped_number() ? 1 << 20 : 0));
+    key_.push_back(t.dim());
+    key_.insert(key_.end(), t.sizes().begin(), t.sizes().end());
+    key_.insert(key_.end(), t.strides().begin(), t.strides().end());
+    key_.push_back(t.storage_offset());
+    key_.push_back(static_cast<int64_t>(t.storage().nbytes()));
+  };
+  if (v.isTensor()) {
+    add_tensor(v.toTensor());
+  } else if (v.isNone()) {
+    key_.push_back(-1);
+  } else if (v.isInt()) {
+    key_.push_back(-2);
+    key_.push_back(v.toInt());
+  } else if (v.isBool()) {
+    key_.push_back(v.toBool() ? -3 : -4);
+  } else if (v.isDouble()) {
+    double d = v.toDouble();
+    int64_t bits;
+    std::memcpy(&bits, &d, sizeof bits);
+    key_.push_back(-5);
+    key_.push_back(bits);
+  } else if (v.isIntList()) {
+    auto l = v.toIntList();
+    key_.push_back(-6 - static_cast<int64_t>(l.size()) * 16);
+    for (int64_t x : l) key_.push_back(x);
+  } else if (v.isTensorList()) {
+    auto l = v.toTensorList();
+    key_.push_back(-8 - static_cast<int64_t>(l.size()) * 16);
+    for (const at::Tensor& t : l) add_tensor(t);
+  } else if (v.isList()) {
+    key_.push_back(-9);
+    for (const c10::IValue& e : v.toListRef()) {
+      if (e.isTensor()) add_tensor(e.toTensor());
+      else key_.push_back(-1);
+    }
+  } else if (v.isDevice()) {
+    key_.push_back(-10 - static_cast<int64_t>(v.toDevice().type()));
+  } else if (v.isString()) {
+    key_.push_back(-11);
+    key_.push_back(static_cast<int64_t>(std::hash<std::string>{}(v.toStringRef())));
+  } else if (v.isGenerator()) {
+    key_.push_back(-12);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+void CaptureContext::ChainNode(const core::Node& n) {
+  key_.clear();
+  key_.push_back(n.op);
+  for (const Arg& a : n.args) {
+    key_.push_back(static_cast<int64_t>(a.kind));
+    for (const TensorRef& t : a.tensors) key_.push_back(t.buffer);
+  }
+  for (const TensorRef& t : n.outputs) key_.push_back(t.buffer);
+  key_.push_back(n.scope);
+  Chain(KeyHash{}(key_));
+}
+
+at::Tensor CaptureContext::ToMeta(const at::Tensor& t) {
+  const int64_t storage_numel = static_cast<int64_t>(t.storage().nbytes()) / t.itemsize();
+  at::Tensor base = at::empty({storage_numel}, at::TensorOptions().dtype(t.scalar_type()).device(at::kMeta));
+  return base.as_strided(t.sizes(), t.strides(), t.storage_offset());
+}
+
+std::optional<CachedOp> CaptureContext::InferWithMeta(const c10::OperatorHandle& op,
+                                                      const SchemaInfo& info,
+                                                      const torch::jit::Stack& args,
+                                                      std::string* error) {
+  if (!info.supported_returns) {
+    *error = "it returns a value that is not a tensor";
+    return std::nullopt;
+  }
+  torch::jit::Stack meta;
+  meta.reserve(args.size());
+  auto convert = [](const at::Tensor& t) { return IsRemote(t) ? ToMeta(t) : t; };
+  for (const c10::IValue& v : args) {
+    if (v.isTensor()) {
+      meta.emplace_back(convert(v.toTensor()));
+    } else if (v.isTensorList()) {
+      std::vector<at::Tensor> l;
+      for (const at::Tensor& t : v.toTensorList()) l.push_back(convert(t));
+      meta.emplace_back(c10::List<at::Tensor>(l));
+    } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
+      c10::List<std::optional<at::Tensor>> l;
+      for (const c10::IValue& e : v.toListRef()) {
+        if (e.isTensor()) l.push_back(convert(e.toTensor()));
+        else l.push_back(std::nullopt);
+      }
+      meta.emplace_back(l);
+    } else if (v.isDevice() && v.toDevice().type() == kRemote) {
+      meta.emplace_back(c10::Device(at::kMeta));
+    } else {
+      meta.push_back(v);
+    }
+  }
+  try {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.callBoxed(&meta);
+  } catch (const c10::Error& e) {
+    *error = e.what_without_backtrace();
+    const bool no_meta_kernel = error->find("Meta kernel") != std::string::npos ||
+                                error->find("fake impl") != std::string::npos;
+    if (IsDataDependent(op.schema().name())) {
+      *error = "its output shape depends on the data";
+      return std::nullopt;
+    }
+    (void)no_meta_kernel;
+    // libtorch has no C++ Meta kernel for this op (Python registers many), or its Meta
+    // path is incomplete: infer the output metadata by running the CPU kernel once on
+    // zeros of the same geometry.
+    // Only on a cache miss; the result is cached like a Meta one.
+    if (!InferWithCpu(op, args, &meta, error)) return std::nullopt;
+    ++stats.cpu_shape_inferences;
+  }
+  ++stats.cache_misses;
+  CachedOp spec;
+  spec.has_node = !info.write_args.empty();
+  const size_t nret = op.schema().returns().size();
+  for (size_t i = 0; i < nret; ++i) {
+    const c10::IValue& r = meta[i];
+    ReturnSpec rs;
+    rs.first = static_cast<int>(spec.outputs.size());
+    auto add = [&](const at::Tensor& t) -> bool {
+      OutputSpec o;
+      if (!t.defined()) {
+        o.kind = OutputSpec::Kind::kNone;
+      } else {
+        const int alias = info.return_alias[i];
+        if (t.layout() != c10::kStrided) {
+          *error = "it produces a non-strided tensor";
+          return false;
+        }
+        o.kind = alias < 0 ? OutputSpec::Kind::kFresh
+                           : (info.return_write[i] ? OutputSpec::Kind::kInPlace : OutputSpec::Kind::kView);
+        o.arg = alias;
+        o.dtype = t.scalar_type();
+        o.sizes = t.sizes().vec();
+        o.strides = t.strides().vec();
+        o.offset = t.storage_offset();
+        o.storage_nbytes = static_cast<int64_t>(t.storage().nbytes());
+        if (o.kind == OutputSpec::Kind::kFresh) spec.has_node = true;
+      }
+      spec.outputs.push_back(std::move(o));
+      return true;
+    };
+    if (r.isTensor()) {
+      if (!add(r.toTensor())) return std::nullopt;
+    } else if (r.isTensorList()) {
+      rs.is_list = true;
+      for (const at::Tensor& t : r.toTensorList()) {
+        if (!add(t)) return std::nullopt;
+      }
+      rs.count = static_cast<int>(spec.outputs.size()) - rs.first;
+    } else if (r.isNone()) {
+      (void)add(at::Tensor());
+    } else {
+      *error = "it returns a value that is not a tensor";
+      return std::nullopt;
+    }
+    spec.returns.push_back(rs);
+  }
+  return spec;
+}
+
+bool IsDataDependent(const std::string& name) {
+  static const absl::flat_hash_set<std::string>* ops = new absl::flat_hash_set<std::string>{
+      "aten::nonzero", "aten::nonzero_numpy", "aten::argwhere", "aten::masked_select",
+      "aten::_unique", "aten::_unique2", "aten::unique_dim", "aten::unique_consecutive",
+      "aten::unique_dim_consecutive", "aten::bincount", "aten::repeat_interleave",
+      "aten::_local_scalar_dense", "aten::item"};
+  return ops->contains(name);
+}
+
+bool CaptureContext::InferWithCpu(const c10::OperatorHandle& op, const torch::jit::Stack& args,
+                                  torch::jit::Stack* out, std::string* error) {
+  auto zeros_like_view = [](const at::Tensor& t) -> at::Tensor {
+    if (!IsRemote(t)) return t;
+    const int64_t storage_numel = static_cast<int64_t>(t.storage().nbytes()) / t.itemsize();
+    return at::zeros({storage_numel}, at::TensorOptions().dtype(t.scalar_type()))
+        .as_strided(t.sizes(), t.strides(), t.storage_offset());
+  };
+  torch::jit::Stack cpu;
+  for (const c10::IValue& v : args) {
+    if (v.isTensor()) {
+      cpu.emplace_back(zeros_like_view(v.toTensor()));
+    } else if (v.isTensorList()) {
+      std::vector<at::Tensor> l;
+      for (const at::Tensor& t : v.toTensorList()) l.push_back(zeros_like_view(t));
+      cpu.emplace_back(c10::List<at::Tensor>(l));
+    } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
+      c10::List<std::optional<at::Tensor>> l;
+      for (const c10::IValue& e : v.toListRef()) {
+        if (e.isTensor()) l.push_back(zeros_like_view(e.toTensor()));
+        else l.push_back(std::nullopt);
+      }
+      cpu.emplace_back(l);
+    } else if (v.isDevice() && v.toDevice().type() == kRemote) {
+      cpu.emplace_back(c10::Device(at::kCPU));
+    } else {
+      cpu.push_back(v);
+    }
+  }
+  try {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.callBoxed(&cpu);
+  } catch (const c10::Error& e) {
+    *error = absl::StrCat("no Meta kernel, and its CPU kernel refused zeros: ", e.what_without_backtrace());
+    return false;
+  }
+  *out = std::move(cpu);
+  return true;
+}
+
+at::Tensor CaptureContext::MakeOutput(const OutputSpec& o, const at::Tensor* aliased) {
+  switch (o.kind) {
+    case OutputSpec::Kind::kNone:
+      return at::Tensor();
+    case OutputSpec::Kind::kFresh:
+      return NewRemoteTensor(o.dtype, o.sizes, o.strides, o.offset, o.storage_nbytes);
+    case OutputSpec::Kind::kView:
+      return AliasOf(*aliased, o.dtype, o.sizes, o.strides, o.offset);
+    case OutputSpec::Kind::kInPlace: {
+      at::Tensor self = *aliased;
+      c10::TensorImpl* impl = self.unsafeGetTensorImpl();
+      if (self.sizes() != at::IntArrayRef(o.sizes) || self.strides() != at::IntArrayRef(o.strides) ||
+          self.storage_offset() != o.offset) {
+        if (o.storage_nbytes > static_cast<int64_t>(self.storage().nbytes())) {
+          TORCH_CHECK(self.storage().nbytes() == 0,
+                      "genie: an op grew a remote tensor that already holds data; allocate "
+                      "the output tensor with its final size instead");
+          impl->set_storage_keep_dtype(c10::Storage(c10::Storage::use_byte_size_t(), o.storage_nbytes,
+                                                    Allocator().allocate(o.storage_nbytes),
+                                                    &Allocator(), true));
+        }
+        impl->set_sizes_and_strides(o.sizes, o.strides, o.offset);
+      }
+      return self;
+    }
+  }
+  return at::Tensor();
+}
+
+void CaptureContext::Capture(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const SchemaInfo& info = InfoFor(op);
+  const size_t nargs = op.schema().arguments().size();
+  torch::jit::Stack args(stack->end() - static_cast<std::ptrdiff_t>(nargs), stack->end());
+
+  key_.clear();
+  key_.push_back(reinterpret_cast<intptr_t>(&op.schema()));
+  bool cacheable = cache_enabled;
+  for (const c10::IValue& v : args) cacheable = AppendKey(v) && cacheable;
+
+  const CachedOp* spec = nullptr;
+  std::optional<CachedOp> fresh;
+  if (cacheable) {
+    auto it = cache.find(key_);
+    if (it != cache.end()) {
+      spec = &it->second;
+      ++stats.cache_hits;
+    }
+  }
+  if (spec == nullptr) {
+    std::vector<int64_t> key = key_;
+    std::string error;
+    fresh = InferWithMeta(op, info, args, &error);
+    if (!fresh) {
+      CpuFallback(op, info, stack, error);
+      return;
+    }
+    if (cacheable) {
+      spec = &cache.emplace(std::move(key), std::move(*fresh)).first->second;
+    } else {
+      spec = &*fresh;
+    }
+  }
+
+  // The node: arguments are recorded before outputs exist (in-place ops read `self`).
+  core::Node node;
+  if (spec->has_node) {
+    node.op = OpIdFor(&op.schema(), info.name);
+    node.scope = CurrentScope();
+    node.args.reserve(nargs);
+    for (size_t j = 0; j < nargs; ++j) node.args.push_back(ToArg(args[j], static_cast<int>(j), info));
+    for (int j : info.write_args) {
+      if (args[j].isTensor() && IsRemote(args[j].toTensor())) {
+        node.writes.push_back(BufferFor(args[j].toTensor()));
+      }
+    }
+  }
+
+  torch::jit::drop(*stack, nargs);
+  for (const ReturnSpec& rs : spec->returns) {
+    std::vector<at::Tensor> outs;
+    for (int k = 0; k < rs.count; ++k) {
+      const OutputSpec& o = spec->outputs[rs.first + k];
+      const at::Tensor* aliased = nullptr;
+      if (o.arg >= 0) {
+        const c10::IValue& a = args[o.arg];
+        aliased = a.isTensor() ? &a.toTensor() : nullptr;
+        if (!aliased && a.isTensorList()) {
+          // Views of a list argument (rare): alias its first element.
+          static thread_local at::Tensor first;
+          first = a.toTensorList().get(0);
+          aliased = &first;
+        }
+      }
+      const c10::StorageImpl* before = aliased ? aliased->storage().unsafeGetStorageImpl() : nullptr;
+      at::Tensor t = MakeOutput(o, aliased);
+      if (spec->has_node && t.defined()) {
+        // Fresh outputs, and out= tensors that had to grow into a new storage, are
+        // produced by this node.
+        const bool produced_here = o.kind == OutputSpec::Kind::kFresh ||
+                                   (o.kind == OutputSpec::Kind::kInPlace &&
+                                    t.storage().unsafeGetStorageImpl() != before);
+        node.outputs.push_back(RefOf(t, produced_here));
+      }
+      outs.push_back(std::move(t));
+    }
+    if (rs.is_list) {
+      stack->emplace_back(c10::List<at::Tensor>(outs));
+    } else {
+      stack->emplace_back(outs.empty() ? at::Tensor() : outs[0]);
+    }
+  }
+  if (spec->has_node) {
+    ChainNode(node);
+    graph.AddNode(std::move(node));
+    ++stats.ops_captured;
+  } else {
+    ++stats.views;
+  }
+}
+
+void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src) {
+  const bool whole = dst.is_contiguous() && dst.storage_offset() == 0 &&
+                     static_cast<size_t>(dst.numel() * dst.itemsize()) == dst.storage().nbytes();
+  if (whole) {
+    // Overwrites the whole storage: bind it to a snapshot of the host data (a new
+    // version with no dependence on the old one; the data uploads at the next run).
+    at::Tensor data = at::empty(dst.sizes(), at::TensorOptions().dtype(dst.scalar_type()));
+    data.copy_(cpu_src);
+    // Ops already captured keep reading the earlier version (its graph buffer); later
+    // references get a new buffer bound to this data.
+    const uint64_t h = HandleOf(dst);
+    handle_buffer_.erase(h);
+    pending_[h] = data;
+    return;
+  }
+  at::Tensor src = cpu_src.to(dst.scalar_type()).expand(dst.sizes()).contiguous();
+  core::Node n;
+  n.op = graph.InternOp("aten::copy_");
+  BufferId c = AddHostConstant(src);
+  TensorRef dref = RefOf(dst);
+  n.args = {Arg::Tensor(dref), Arg::Tensor(TensorRef::Contiguous(c, ToDType(src.scalar_type()), src.sizes().vec())),
+            Arg::Bool(false)};
+  n.outputs = {dref};
+  n.writes = {dref.buffer};
+  n.scope = CurrentScope();
+  ChainNode(n);
+  graph.AddNode(std::move(n));
+  ++stats.ops_captured;
+}
+
+void CaptureContext::CopyFrom(const at::Tensor& self, const at::Tensor& dst) {
+  if (IsRemote(self) && IsRemote(dst)) {
+    core::Node n;
+    n.op = graph.InternOp("aten::copy_");
+    TensorRef dref = RefOf(dst);
+    n.args = {Arg::Tensor(dref), Arg::Tensor(RefOf(self)), Arg::Bool(false)};
+    n.outputs = {dref};
+    n.writes = {dref.buffer};
+    n.scope = CurrentScope();
+    ChainNode(n);
+    graph.AddNode(std::move(n));
+    ++stats.ops_captured;
+  } else if (IsRemote(dst)) {
+    TORCH_CHECK(self.device().is_cpu(), "genie: copying from ", self.device(),
+                " to remote_accelerator is not supported; copy through the CPU");
+    UploadInto(dst, self);
+  } else {
+    TORCH_CHECK(dst.device().is_cpu(), "genie: copying remote_accelerator to ", dst.device(),
+                " is not supported; copy to the CPU first");
+    at::Tensor cpu = Run({self})[0];
+    dst.copy_(cpu);
+  }
+}
+
+at::Scalar CaptureContext::LocalScalarDense(const at::Tensor& self) {
+  return Run({self})[0].item();
+}
+
+void CaptureContext::NameParameter(const at::Tensor& t, const std::string& name) {
+  if (!IsRemote(t)) return;
+  const uint64_t h = HandleOf(t);
+  names_[h] = name;
+  auto it = handle_buffer_.find(h);
+  if (it != handle_buffer_.end()) {
+    core::Buffer& b = graph.mutable_buffer(it->second);
+    b.name = name;
+    if (b.kind == BufferKind::kHostInput) b.kind = BufferKind::kParameter;
+  }
+}
+
+void CaptureContext::CpuFallback(const c10::OperatorHandle& op, const SchemaInfo& info,
+                                 torch::jit::Stack* stack, const std::string& reason) {
+  if (warned_.insert(info.name).second) {
+    TORCH_WARN("genie: ", info.name, " cannot run on remote_accelerator (", reason,
+               "); running it on the client CPU. Its inputs are fetched and its outputs "
+               "uploaded, which costs a round trip.");
+  }
+  ++stats.cpu_fallbacks;
+  const size_t nargs = op.schema().arguments().size();
+  torch::jit::Stack args(stack->end() - static_cast<std::ptrdiff_t>(nargs), stack->end());
+
+  // Fetch every remote tensor argument in one run.
+  std::vector<at::Tensor> remote;
+  for (const c10::IValue& v : args) {
+    if (v.isTensor() && IsRemote(v.toTensor())) remote.push_back(v.toTensor());
+    if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorList()) if (IsRemote(t)) remote.push_back(t);
+    }
+    if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList() && !v.isTensorList()) {
+      for (const c10::IValue& e : v.toListRef()) {
+        if (e.isTensor() && IsRemote(e.toTensor())) remote.push_back(e.toTensor());
+      }
+    }
+  }
+  std::vector<at::Tensor> local = remote.empty() ? std::vector<at::Tensor>() : Run(remote);
+  size_t next = 0;
+  auto to_cpu = [&](const at::Tensor& t) { return IsRemote(t) ? local[next++] : t; };
+  torch::jit::Stack cpu;
+  for (const c10::IValue& v : args) {
+    if (v.isTensor()) {
+      cpu.emplace_back(to_cpu(v.toTensor()));
+    } else if (v.isTensorList()) {
+      std::vector<at::Tensor> l;
+      for (const at::Tensor& t : v.toTensorList()) l.push_back(to_cpu(t));
+      cpu.emplace_back(c10::List<at::Tensor>(l));
+    } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
+      c10::List<std::optional<at::Tensor>> l;
+      for (const c10::IValue& e : v.toListRef()) {
+        if (e.isTensor()) l.push_back(to_cpu(e.toTensor()));
+        else l.push_back(std::nullopt);
+      }
+      cpu.emplace_back(l);
+    } else if (v.isDevice() && v.toDevice().type() == kRemote) {
+      cpu.emplace_back(c10::Device(at::kCPU));
+    } else {
+      cpu.push_back(v);
+    }
+  }
+  try {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    op.callBoxed(&cpu);
+  } catch (const c10::Error& e) {
+    TORCH_CHECK(false, "genie: ", info.name, " cannot run on remote_accelerator (", reason,
+                ") and running it on the client CPU failed too: ", e.what_without_backtrace());
+  }
+  torch::jit::drop(*stack, nargs);
+  const size_t nret = op.schema().returns().size();
+  for (size_t i = 0; i < nret; ++i) {
+    const c10::IValue& r = cpu[i];
+    const int alias = info.return_alias[i];
+    auto upload = [&](const at::Tensor& t) -> at::Tensor {
+      if (!t.defined()) return t;
+      TORCH_CHECK(t.layout() == c10::kStrided, "genie: ", info.name, " produces a ", t.layout(),
+                  " tensor; remote_accelerator holds strided tensors only. Run it on CPU "
+                  "tensors (.to(torch::kCPU)) instead");
+      at::Tensor out = NewRemoteTensor(t.scalar_type(), t.sizes(), c10::contiguous_strides(t.sizes()),
+                                       0, static_cast<int64_t>(t.numel() * t.itemsize()));
+      UploadInto(out, t);
+      return out;
+    };
+    if (r.isTensor() && alias >= 0 && info.return_write[i] && args[alias].isTensor() &&
+        IsRemote(args[alias].toTensor())) {
+      const at::Tensor& dst = args[alias].toTensor();
+      UploadInto(dst, r.toTensor());
+      stack->emplace_back(dst);
+    } else if (r.isTensor()) {
+      stack->emplace_back(upload(r.toTensor()));
+    } else if (r.isTensorList()) {
+      std::vector<at::Tensor> l;
+      for (const at::Tensor& t : r.toTensorList()) l.push_back(upload(t));
+      stack->emplace_back(c10::List<at::Tensor>(l));
+    } else {
+      stack->push_back(r);
+    }
+  }
+}
+
+void CaptureContext::ResetGraph() {
+  graph = core::Graph();
+  handle_buffer_.clear();
+  constants_.clear();
+  op_ids_.clear();
+  scope_cache_version_ = 0;
+  chain_ = 0;
+}
+
+std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wanted) {
+  graph.outputs().clear();
+  for (const at::Tensor& t : wanted) graph.outputs().push_back(RefOf(t));
+
+  std::vector<BufferId> keep;
+  for (const auto& [h, b] : handle_buffer_) {
+    if (live_.contains(h)) keep.push_back(b);
+  }
+  std::sort(keep.begin(), keep.end());
+  std::vector<BufferId> remap;
+  core::Graph run = core::EliminateDeadCode(graph, keep, &remap);
+  stats.nodes_eliminated += static_cast<int64_t>(graph.nodes().size() - run.nodes().size());
+
+  core::ExecuteRequest req;
+  req.graph = &run;
+  for (BufferId& b : keep) b = remap[b];
+  keep.erase(std::remove(keep.begin(), keep.end(), core::kNoBuffer), keep.end());
+  req.keep = keep;
+  req.release = released_;
+  // Uploads: whole storages bound to host data, and host constants.
+  std::vector<at::Tensor> hold;
+  for (const auto& [old_id, data] : constants_) {
+    const BufferId id = old_id < remap.size() ? remap[old_id] : core::kNoBuffer;
+    if (id == core::kNoBuffer) continue;  // nothing live reads it
+    auto owner = std::make_shared<at::Tensor>(data);
+    req.uploads.push_back({id, core::HostBytes{data.data_ptr(), static_cast<size_t>(data.nbytes()),
+                                               std::shared_ptr<const void>(owner, owner.get())}});
+  }
+  std::sort(req.uploads.begin(), req.uploads.end(),
+            [](const core::Upload& a, const core::Upload& b) { return a.buffer < b.buffer; });
+  uint64_t fp = chain_;
+  for (BufferId b : keep) fp = absl::Hash<std::pair<uint64_t, uint64_t>>{}({fp, b});
+  for (const TensorRef& o : run.outputs()) {
+    fp = absl::Hash<std::pair<uint64_t, uint64_t>>{}({fp, o.buffer * 1000003ull + o.numel()});
+  }
+  req.fingerprint = fp;
+  if (observer) observer(run, req);
+  static const bool dump = std::getenv("GENIE_DUMP_GRAPHS") != nullptr;
+  if (dump) {
+    std::fprintf(stderr, "genie: graph to %s (fingerprint %016llx, %zu uploads, %zu kept)\n%s\n",
+                 executor()->Describe().c_str(), static_cast<unsigned long long>(fp),
+                 req.uploads.size(), req.keep.size(), run.Dump().c_str());
+  }
+
+  std::shared_ptr<core::Executor> exec = executor();
+  absl::StatusOr<core::ExecuteResult> result = exec->Execute(req);
+  TORCH_CHECK(result.ok(), "genie: running the captured graph (", run.nodes().size(), " ops) on ",
+              exec->Describe(), " failed: ", result.status().ToString(),
+              ". The captured work is kept: fix the executor (SetExecutor) and read the result again.");
+
+  ++stats.flushes;
+  stats.nodes_executed += result->stats.nodes_executed;
+  if (result->stats.program_cache_hit) ++stats.program_cache_hits;
+  stats.bytes_uploaded += result->stats.bytes_uploaded;
+  stats.bytes_downloaded += result->stats.bytes_downloaded;
+  for (BufferId b : keep) {
+    const uint64_t h = run.buffer(b).handle;
+    if (h == 0) continue;
+    resident_.insert(h);
+    pending_.erase(h);
+  }
+  released_.clear();
+
+  std::vector<at::Tensor> out;
+  TORCH_CHECK(result->outputs.size() == wanted.size(), "genie: executor returned ",
+              result->outputs.size(), " outputs for ", wanted.size(), " requested");
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const core::HostBytes& hb = result->outputs[i];
+    at::Tensor t = at::empty(wanted[i].sizes(), at::TensorOptions().dtype(wanted[i].scalar_type()));
+    TORCH_CHECK(hb.nbytes == static_cast<size_t>(t.nbytes()), "genie: executor returned ", hb.nbytes,
+                " bytes for an output of ", t.nbytes());
+    if (hb.nbytes) std::memcpy(t.data_ptr(), hb.data, hb.nbytes);
+    out.push_back(std::move(t));
+  }
+  ResetGraph();
+  return out;
+}
+
+// ---------------------------------------------------------------------------------
+// Kernels.
+void CaptureFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.Capture(op, stack);
+}
+
+at::Tensor EmptyMemoryFormat(c10::IntArrayRef size, std::optional<c10::ScalarType> dtype,
+                             std::optional<c10::Layout> layout, std::optional<c10::Device> device,
+                             std::optional<bool> pin_memory,
+                             std::optional<c10::MemoryFormat> memory_format) {
+  TORCH_CHECK(c10::layout_or_default(layout) == c10::Layout::Strided,
+              "genie: remote_accelerator supports strided tensors only");
+  TORCH_CHECK(!c10::pinned_memory_or_default(pin_memory), "genie: pinned memory is a CPU property");
+  c10::DeviceGuard guard(c10::device_or_default(device));
+  return at::detail::empty_generic(size, &Allocator(), c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                   c10::dtype_or_default(dtype), memory_format);
+}
+
+at::Tensor EmptyStrided(c10::IntArrayRef size, c10::IntArrayRef stride,
+                        std::optional<c10::ScalarType> dtype, std::optional<c10::Layout> layout,
+                        std::optional<c10::Device> device, std::optional<bool> pin_memory) {
+  TORCH_CHECK(c10::layout_or_default(layout) == c10::Layout::Strided,
+              "genie: remote_accelerator supports strided tensors only");
+  TORCH_CHECK(!c10::pinned_memory_or_default(pin_memory), "genie: pinned memory is a CPU property");
+  c10::DeviceGuard guard(c10::device_or_default(device));
+  return at::detail::empty_strided_generic(size, stride, &Allocator(),
+                                           c10::DispatchKeySet(c10::DispatchKey::PrivateUse1),
+                                           c10::dtype_or_default(dtype));
+}
+
+void CountView() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ++ctx.stats.views;
+}
+
+at::Tensor AsStrided(const at::Tensor& self, c10::SymIntArrayRef size, c10::SymIntArrayRef stride,
+                     std::optional<c10::SymInt> storage_offset) {
+  CountView();
+  return at::native::as_strided_tensorimpl(
+      self, C10_AS_INTARRAYREF_SLOW(size), C10_AS_INTARRAYREF_SLOW(stride),
+      storage_offset ? std::optional<int64_t>(storage_offset->guard_int(__FILE__, __LINE__))
+                     : std::nullopt);
+}
+
+at::Tensor View(const at::Tensor& self, c10::SymIntArrayRef size) {
+  CountView();
+  return at::native::view(self, C10_AS_INTARRAYREF_SLOW(size));
+}
+
+at::Tensor ReshapeAlias(const at::Tensor& self, c10::SymIntArrayRef size, c10::SymIntArrayRef stride) {
+  CountView();
+  return at::native::_reshape_alias(self, C10_AS_INTARRAYREF_SLOW(size), C10_AS_INTARRAYREF_SLOW(stride));
+}
+
+const at::Tensor& Resize(const at::Tensor& self, c10::SymIntArrayRef size,
+                         std::optional<at::MemoryFormat> memory_format) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  c10::IntArrayRef sizes = C10_AS_INTARRAYREF_SLOW(size);
+  c10::DimVector strides = c10::contiguous_strides(sizes);
+  if (memory_format == at::MemoryFormat::ChannelsLast && sizes.size() == 4) {
+    auto cl = c10::get_channels_last_strides_2d(sizes);
+    strides.assign(cl.begin(), cl.end());
+  }
+  int64_t numel = c10::multiply_integers(sizes);
+  const int64_t need = (numel + self.storage_offset()) * self.itemsize();
+  c10::TensorImpl* impl = self.unsafeGetTensorImpl();
+  if (need > static_cast<int64_t>(self.storage().nbytes())) {
+    TORCH_CHECK(self.storage().nbytes() == 0,
+                "genie: resize_ cannot grow a remote tensor that holds data (", self.sizes(), " -> ",
+                sizes, "); allocate a new tensor instead");
+    impl->set_storage_keep_dtype(c10::Storage(c10::Storage::use_byte_size_t(), need,
+                                              Allocator().allocate(need), &Allocator(), true));
+  }
+  impl->set_sizes_and_strides(sizes, strides, self.storage_offset());
+  return self;
+}
+
+at::Tensor CopyFrom(const at::Tensor& self, const at::Tensor& dst, bool /*non_blocking*/) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.CopyFrom(self, dst);
+  return dst;
+}
+
+at::Tensor CopyFromAndResize(const at::Tensor& self, const at::Tensor& dst) {
+  if (dst.sizes() != self.sizes()) {
+    if (IsRemote(dst)) {
+      Resize(dst, c10::fromIntArrayRefSlow(self.sizes()), std::nullopt);
+    } else {
+      dst.resize_(self.sizes());
+    }
+  }
+  return CopyFrom(self, dst, false);
+}
+
+at::Scalar LocalScalarDense(const at::Tensor& self) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  return ctx.LocalScalarDense(self);
+}
+
+bool HasCompatibleShallowCopyType(const at::Tensor& self, const at::Tensor& from) {
+  if (self.unsafeGetTensorImpl()->has_compatible_shallow_copy_type(from.key_set())) return true;
+  auto dense = [](const at::Tensor& t) {
+    return t.layout() == c10::kStrided && (t.device().is_cpu() || t.device().type() == kRemote);
+  };
+  return dense(self) && dense(from);
+}
+
+TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  m.impl("empty.memory_format", TORCH_FN(EmptyMemoryFormat));
+  m.impl("empty_strided", TORCH_FN(EmptyStrided));
+  m.impl("as_strided", TORCH_FN(AsStrided));
+  m.impl("view", TORCH_FN(View));
+  m.impl("_reshape_alias", TORCH_FN(ReshapeAlias));
+  m.impl("resize_", TORCH_FN(Resize));
+  m.impl("_copy_from", TORCH_FN(CopyFrom));
+  m.impl("_copy_from_and_resize", TORCH_FN(CopyFromAndResize));
+  m.impl("_local_scalar_dense", TORCH_FN(LocalScalarDense));
+  m.impl("_has_compatible_shallow_copy_type", TORCH_FN(HasCompatibleShallowCopyType));
+}
+
+// Out-of-tree backends reach convolution_overrideable, which no executor implements:
+// capture the device-neutral aten::convolution instead.
+TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  m.impl("convolution", torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
+}
+
+TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
+  m.fallback(torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
+}
+
+// Inference only: autograd does not record remote ops (run under torch::NoGradGuard
+// for clarity); every op falls through to the capture kernels.
+TORCH_LIBRARY_IMPL(_, AutogradPrivateUse1, m) { m.fallback(torch::CppFunction::makeFallthrough()); }
+
+const bool kRegistered = [] {
+  c10::register_privateuse1_backend(kDeviceName);
+  at::RegisterPrivateUse1HooksInterface(new RemoteHooks());
+  return true;
+}();
+
+}  // namespace
+
+const char* EnsureRegistered() {
+  (void)kRegistered;
+  return kDeviceName;
+}
+
+void SetExecutor(std::shared_ptr<core::Executor> executor) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.set_executor(std::move(executor));
+}
+
+std::shared_ptr<core::Executor> GetExecutor() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  return ctx.executor();
+}
+
+void NameParameters(const torch::nn::Module& module, std::string_view prefix) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  const std::string p = prefix.empty() ? "" : std::string(prefix) + ".";
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    ctx.NameParameter(item.value(), p + item.key());
+  }
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
+    ctx.NameParameter(item.value(), p + item.key());
+  }
+}
+
+Scope::Scope(std::string_view name) {
+  scope_stack.emplace_back(name);
+  scope_path = scope_path.empty() ? std::string(name) : scope_path + "." + std::string(name);
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ++ctx.scope_version;
+}
+
+Scope::~Scope() {
+  scope_stack.pop_back();
+  scope_path.clear();
+  for (const std::string& s : scope_stack) scope_path += (scope_path.empty() ? "" : ".") + s;
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ++ctx.scope_version;
+}
+
+absl::Status Flush() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  if (ctx.graph.nodes().empty()) return absl::OkStatus();
+  try {
+    ctx.Run({});
+  } catch (const c10::Error& e) {
+    return absl::UnavailableError(e.what_without_backtrace());
+  }
+  return absl::OkStatus();
+}
+
+CaptureStats GetCaptureStats() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  return ctx.stats;
+}
+
+void ResetCaptureStats() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.stats = CaptureStats();
+}
+
+void SetCaptureCacheEnabled(bool enabled) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.cache_enabled = enabled;
+}
+
+void ClearCaptureCache() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.cache.clear();
+}
+
+void SetGraphObserver(GraphObserver observer) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.observer = std::move(observer);
+}
+
+std::string DumpPendingGraph() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  return ctx.graph.Dump();
+}
+
+}  // namespace genie::frontend

@@ -1,0 +1,98 @@
+// File: genie/frontend/remote_device.h
+// The `remote_accelerator` device: linking //genie/frontend registers libtorch's
+// PrivateUse1 backend under that name, and every ATen op on such a tensor is captured
+// into a graph instead of computed. Graphs run when a result is needed (`.to(kCPU)`,
+// `.item()`, printing, an op that cannot run remotely) on the installed executor.
+//
+//   #include <torch/torch.h>
+//   #include "genie/frontend/remote_device.h"
+//
+//   torch::Device dev(genie::frontend::kDeviceName);      // "remote_accelerator"
+//   model->to(dev);
+//   genie::frontend::NameParameters(*model);               // provenance: dotted names
+//   {
+//     genie::frontend::Scope vision("vision");             // optional region names
+//     auto y = model->forward(x.to(dev));                  // captured, not computed
+//     std::cout << y.to(torch::kCPU);                      // runs the captured graph
+//   }
+//
+// Without SetExecutor, graphs run in process on ATen/CPU (runtime::Interpreter).
+// This header does not include libtorch.
+#ifndef GENIE_FRONTEND_REMOTE_DEVICE_H_
+#define GENIE_FRONTEND_REMOTE_DEVICE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "genie/core/executor.h"
+#include "genie/core/graph.h"
+
+namespace torch::nn {
+class Module;
+}  // namespace torch::nn
+
+namespace genie::frontend {
+
+inline constexpr char kDeviceName[] = "remote_accelerator";
+
+// Makes sure the backend is registered (it registers itself when the library loads;
+// calling this keeps a static-library link from dropping it). Returns the device name.
+const char* EnsureRegistered();
+
+// The executor graphs run on. Not owned by a graph in flight: replace between runs.
+void SetExecutor(std::shared_ptr<core::Executor> executor);
+std::shared_ptr<core::Executor> GetExecutor();
+
+// Records `module`'s parameters and buffers by dotted name ("encoder.0.fc.weight") as
+// the provenance of their storages. Call after module->to(remote device).
+void NameParameters(const torch::nn::Module& module, std::string_view prefix = "");
+
+// Names the ops captured while it lives: nested scopes join with '.'.
+class Scope {
+ public:
+  explicit Scope(std::string_view name);
+  ~Scope();
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+};
+
+// Runs everything captured so far (results stay resident) and returns its status.
+absl::Status Flush();
+
+// Counters since the last ResetCaptureStats().
+struct CaptureStats {
+  int64_t ops_captured = 0;     // nodes recorded (views excluded)
+  int64_t views = 0;            // view ops (no node, no data)
+  int64_t cache_hits = 0;       // ops whose output metadata came from the capture cache
+  int64_t cache_misses = 0;     // ops that ran shape inference (Meta, else CPU on zeros)
+  int64_t cpu_shape_inferences = 0;  // misses with no C++ Meta kernel: inferred on CPU
+  int64_t cpu_fallbacks = 0;    // ops run on the client CPU (no remote kernel)
+  int64_t flushes = 0;          // graphs executed
+  int64_t program_cache_hits = 0;  // flushes whose prepared program was reused
+  int64_t nodes_executed = 0;
+  int64_t nodes_eliminated = 0;  // dead nodes dropped before execution
+  int64_t bytes_uploaded = 0;
+  int64_t bytes_downloaded = 0;
+};
+CaptureStats GetCaptureStats();
+void ResetCaptureStats();
+
+// The capture cache (on by default); off means every op runs Meta inference.
+void SetCaptureCacheEnabled(bool enabled);
+void ClearCaptureCache();
+
+// Called with each graph just before it executes (after dead-code elimination), for
+// tools and tests. Pass nullptr to remove.
+using GraphObserver = std::function<void(const core::Graph& graph, const core::ExecuteRequest& request)>;
+void SetGraphObserver(GraphObserver observer);
+
+// The graph captured since the last run, as core::Graph::Dump prints it.
+std::string DumpPendingGraph();
+
+}  // namespace genie::frontend
+
+#endif  // GENIE_FRONTEND_REMOTE_DEVICE_H_

@@ -1,0 +1,300 @@
+// File: genie/frontend/remote_device_test.cc
+// The remote_accelerator device end to end in process: capture, materialization and the
+// local ATen interpreter, each checked against eager CPU results.
+#include "genie/frontend/remote_device.h"
+
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <sstream>
+
+namespace genie::frontend {
+namespace {
+
+torch::Device Remote() { return torch::Device(std::string(EnsureRegistered()) + ":0"); }
+
+double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kCPU).to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+class RemoteDeviceTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    torch::manual_seed(0);
+    ResetCaptureStats();
+  }
+  torch::NoGradGuard no_grad_;
+};
+
+TEST_F(RemoteDeviceTest, DeviceParsesAndTensorsMove) {
+  torch::Device d("remote_accelerator:0");
+  EXPECT_EQ(d.type(), c10::DeviceType::PrivateUse1);
+  EXPECT_EQ(d.index(), 0);
+  torch::Tensor x = torch::randn({3, 4});
+  torch::Tensor r = x.to(d);
+  EXPECT_EQ(r.device(), d);
+  EXPECT_EQ(r.sizes(), x.sizes());
+  EXPECT_TRUE(torch::equal(r.to(torch::kCPU), x));
+}
+
+TEST_F(RemoteDeviceTest, OpsAreCapturedNotComputedUntilRead) {
+  torch::Tensor a = torch::randn({4, 8});
+  torch::Tensor b = torch::randn({8, 5});
+  torch::Tensor ra = a.to(Remote());
+  torch::Tensor rb = b.to(Remote());
+  torch::Tensor rc = torch::relu(torch::matmul(ra, rb) + 1.5);
+  EXPECT_EQ(GetCaptureStats().flushes, 0);
+  EXPECT_GE(GetCaptureStats().ops_captured, 3);
+  EXPECT_NE(DumpPendingGraph().find("aten::mm"), std::string::npos) << DumpPendingGraph();
+  torch::Tensor expected = torch::relu(torch::matmul(a, b) + 1.5);
+  EXPECT_LE(MaxAbsDiff(rc, expected), 1e-6);
+  EXPECT_EQ(GetCaptureStats().flushes, 1);
+}
+
+TEST_F(RemoteDeviceTest, NarrowThenInPlaceAddMutatesBase) {
+  torch::Tensor x = torch::arange(12, torch::kFloat).reshape({3, 4});
+  torch::Tensor rx = x.to(Remote());
+  rx.narrow(0, 1, 2).add_(10);
+  x.narrow(0, 1, 2).add_(10);
+  EXPECT_TRUE(torch::equal(rx.to(torch::kCPU), x));
+}
+
+TEST_F(RemoteDeviceTest, TransposeThenContiguous) {
+  torch::Tensor x = torch::randn({5, 7});
+  torch::Tensor r = x.to(Remote()).transpose(0, 1).contiguous();
+  EXPECT_TRUE(r.is_contiguous());
+  EXPECT_TRUE(torch::equal(r.to(torch::kCPU), x.transpose(0, 1).contiguous()));
+}
+
+TEST_F(RemoteDeviceTest, ViewOfAViewMutatedShowsInEveryAlias) {
+  torch::Tensor x = torch::zeros({4, 6});
+  torch::Tensor r = x.to(Remote());
+  torch::Tensor v1 = r.view({2, 12});
+  torch::Tensor v2 = v1.select(0, 1).narrow(0, 3, 4);  // a view of a view
+  v2.mul_(0).add_(7);
+  x.view({2, 12}).select(0, 1).narrow(0, 3, 4).mul_(0).add_(7);
+  EXPECT_TRUE(torch::equal(r.to(torch::kCPU), x));
+  EXPECT_TRUE(torch::equal(v1.to(torch::kCPU), x.view({2, 12})));
+  EXPECT_GE(GetCaptureStats().views, 3);
+}
+
+TEST_F(RemoteDeviceTest, IndexPutAndIndexingAndGatherScatter) {
+  torch::Tensor x = torch::randn({6, 4});
+  torch::Tensor idx = torch::tensor({0, 2, 5}, torch::kLong);
+  torch::Tensor vals = torch::randn({3, 4});
+  torch::Tensor r = x.to(Remote());
+  r.index_put_({idx.to(Remote())}, vals.to(Remote()));
+  x.index_put_({idx}, vals);
+  EXPECT_TRUE(torch::equal(r.to(torch::kCPU), x));
+
+  torch::Tensor g_idx = torch::randint(0, 4, {6, 3}, torch::kLong);
+  EXPECT_TRUE(torch::equal(torch::gather(r, 1, g_idx.to(Remote())).to(torch::kCPU), torch::gather(x, 1, g_idx)));
+  torch::Tensor s = torch::zeros({6, 4}).scatter(1, g_idx, 1.0);
+  torch::Tensor rs = torch::zeros({6, 4}, Remote()).scatter(1, g_idx.to(Remote()), 1.0);
+  EXPECT_TRUE(torch::equal(rs.to(torch::kCPU), s));
+  torch::Tensor sel = r.index({torch::indexing::Slice(1, 5, 2), torch::indexing::Slice()});
+  EXPECT_TRUE(torch::equal(sel.to(torch::kCPU), x.index({torch::indexing::Slice(1, 5, 2), torch::indexing::Slice()})));
+  torch::Tensor w = torch::where(r > 0, r, torch::zeros_like(r));
+  EXPECT_TRUE(torch::equal(w.to(torch::kCPU), torch::where(x > 0, x, torch::zeros_like(x))));
+}
+
+TEST_F(RemoteDeviceTest, FactoriesTypePromotionCatStackReductions) {
+  torch::Tensor a = torch::arange(10, torch::TensorOptions().device(Remote()).dtype(torch::kLong));
+  torch::Tensor b = torch::ones({10}, torch::TensorOptions().device(Remote()));
+  torch::Tensor c = a * 0.5 + b;  // long * double scalar -> float
+  EXPECT_EQ(c.scalar_type(), torch::kFloat);
+  torch::Tensor ec = torch::arange(10, torch::kLong) * 0.5 + torch::ones({10});
+  EXPECT_TRUE(torch::equal(c.to(torch::kCPU), ec));
+  torch::Tensor d = torch::cat({c, c * 2}, 0);
+  torch::Tensor e = torch::stack({c, c}, 1);
+  EXPECT_TRUE(torch::equal(d.to(torch::kCPU), torch::cat({ec, ec * 2}, 0)));
+  EXPECT_TRUE(torch::equal(e.to(torch::kCPU), torch::stack({ec, ec}, 1)));
+  EXPECT_NEAR(e.sum().item<double>(), torch::stack({ec, ec}, 1).sum().item<double>(), 1e-5);
+  EXPECT_TRUE(torch::equal(e.amax(0).to(torch::kCPU), torch::stack({ec, ec}, 1).amax(0)));
+  EXPECT_EQ(c.to(torch::kDouble).scalar_type(), torch::kDouble);
+  EXPECT_TRUE(torch::equal(torch::full({2, 2}, 3.0, Remote()).to(torch::kCPU), torch::full({2, 2}, 3.0)));
+}
+
+TEST_F(RemoteDeviceTest, ItemPrintingAndDataPtr) {
+  torch::Tensor x = torch::randn({3, 3});
+  torch::Tensor r = x.to(Remote());
+  EXPECT_FLOAT_EQ(r.sum().item<float>(), x.sum().item<float>());
+  std::ostringstream remote_text, local_text;
+  remote_text << (r * 2).to(torch::kCPU);
+  local_text << x * 2;
+  EXPECT_EQ(remote_text.str(), local_text.str());
+  std::ostringstream printed;
+  printed << r * 2;  // printing a remote tensor materializes it
+  EXPECT_NE(printed.str().find("remote_accelerator"), std::string::npos) << printed.str();
+  // data_ptr is a device address, as on CUDA: non-null, stable, never host memory.
+  EXPECT_NE(r.data_ptr(), nullptr);
+  EXPECT_EQ(r.data_ptr(), r.view({9}).data_ptr());
+}
+
+TEST_F(RemoteDeviceTest, OpWithoutRemoteKernelRunsOnCpuWithCorrectResult) {
+  torch::Tensor x = torch::tensor({0.f, 1.f, 0.f, 3.f, -2.f});
+  torch::Tensor r = x.to(Remote()) * 2;
+  torch::Tensor nz = torch::nonzero(r);  // data-dependent shape: no Meta kernel
+  EXPECT_EQ(nz.device().type(), c10::DeviceType::PrivateUse1);
+  EXPECT_TRUE(torch::equal(nz.to(torch::kCPU), torch::nonzero(x * 2)));
+  EXPECT_GE(GetCaptureStats().cpu_fallbacks, 1);
+  // The result keeps flowing through remote ops.
+  EXPECT_TRUE(torch::equal((nz + 1).to(torch::kCPU), torch::nonzero(x * 2) + 1));
+}
+
+TEST_F(RemoteDeviceTest, ImpossibleOpRaisesErrorNamingTheOp) {
+  torch::Tensor r = torch::randn({4, 4}).to(Remote());
+  try {
+    torch::Tensor s = r.to_sparse();
+    (void)s.to(torch::kCPU);
+    FAIL() << "to_sparse on remote_accelerator should fail";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find("genie"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("sparse"), std::string::npos) << msg;
+  }
+}
+
+TEST_F(RemoteDeviceTest, CaptureCacheHitsOnRepeatAndMissesOnNewShape) {
+  auto step = [](const torch::Tensor& x, const torch::Tensor& w) {
+    return torch::softmax(torch::gelu(torch::matmul(x, w)), -1).sum(0);
+  };
+  torch::Tensor w = torch::randn({16, 16});
+  torch::Tensor rw = w.to(Remote());
+  ClearCaptureCache();
+  torch::Tensor x1 = torch::randn({4, 16});
+  torch::Tensor r1 = step(x1.to(Remote()), rw).to(torch::kCPU);
+  CaptureStats first = GetCaptureStats();
+  EXPECT_GT(first.cache_misses, 0);
+  ResetCaptureStats();
+  torch::Tensor x2 = torch::randn({4, 16});
+  torch::Tensor r2 = step(x2.to(Remote()), rw).to(torch::kCPU);
+  CaptureStats second = GetCaptureStats();
+  EXPECT_EQ(second.cache_misses, 0);
+  EXPECT_EQ(second.cache_hits, first.cache_misses);
+  EXPECT_LE(MaxAbsDiff(r2, step(x2, w)), 1e-5);
+  // The first run uploaded the weight, the second found it resident: from the second
+  // on, the graphs are equal and the prepared program is reused.
+  ResetCaptureStats();
+  torch::Tensor x2b = torch::randn({4, 16});
+  torch::Tensor r2b = step(x2b.to(Remote()), rw).to(torch::kCPU);
+  EXPECT_EQ(GetCaptureStats().program_cache_hits, 1);
+  EXPECT_EQ(GetCaptureStats().cache_misses, 0);
+  EXPECT_LE(MaxAbsDiff(r2b, step(x2b, w)), 1e-5);
+  ResetCaptureStats();
+  torch::Tensor x3 = torch::randn({7, 16});  // new shape: recaptured correctly
+  torch::Tensor r3 = step(x3.to(Remote()), rw).to(torch::kCPU);
+  EXPECT_GT(GetCaptureStats().cache_misses, 0);
+  EXPECT_LE(MaxAbsDiff(r3, step(x3, w)), 1e-5);
+}
+
+TEST_F(RemoteDeviceTest, CacheDisabledGivesSameResults) {
+  SetCaptureCacheEnabled(false);
+  torch::Tensor x = torch::randn({3, 5});
+  torch::Tensor r = (x.to(Remote()).exp() - 1).to(torch::kCPU);
+  EXPECT_EQ(GetCaptureStats().cache_hits, 0);
+  SetCaptureCacheEnabled(true);
+  EXPECT_LE(MaxAbsDiff(r, x.exp() - 1), 1e-6);
+}
+
+TEST_F(RemoteDeviceTest, RandomOpsFollowTheSeedingRule) {
+  torch::manual_seed(42);
+  torch::Tensor a = torch::randn({64}, Remote()).to(torch::kCPU);
+  torch::manual_seed(42);
+  torch::Tensor b = torch::randn({64}, Remote()).to(torch::kCPU);
+  torch::Tensor c = torch::randn({64}, Remote()).to(torch::kCPU);
+  EXPECT_TRUE(torch::equal(a, b));  // same client seed, same numbers
+  EXPECT_FALSE(torch::equal(b, c));
+  EXPECT_NEAR(a.mean().item<double>(), 0.0, 0.5);
+}
+
+TEST_F(RemoteDeviceTest, ModuleToNamesParametersAndMatchesEager) {
+  torch::nn::Sequential net(torch::nn::Linear(8, 16), torch::nn::LayerNorm(torch::nn::LayerNormOptions({16})),
+                            torch::nn::GELU(), torch::nn::Linear(16, 4));
+  torch::Tensor x = torch::randn({5, 8});
+  torch::Tensor expected = net->forward(x);
+  net->to(Remote());
+  NameParameters(*net, "mlp");
+  std::vector<std::string> names;
+  SetGraphObserver([&](const core::Graph& g, const core::ExecuteRequest&) {
+    for (const core::Buffer& b : g.buffers()) {
+      if (b.kind == core::BufferKind::kParameter) names.push_back(b.name);
+    }
+  });
+  torch::Tensor y = net->forward(x.to(Remote()));
+  EXPECT_LE(MaxAbsDiff(y, expected), 1e-5);
+  SetGraphObserver(nullptr);
+  EXPECT_NE(std::find(names.begin(), names.end(), "mlp.0.weight"), names.end());
+  EXPECT_NE(std::find(names.begin(), names.end(), "mlp.1.bias"), names.end());
+  // Weights are resident after the first run: the second run uploads only the input.
+  ResetCaptureStats();
+  torch::Tensor y2 = net->forward(x.to(Remote())).to(torch::kCPU);
+  EXPECT_EQ(GetCaptureStats().bytes_uploaded, static_cast<int64_t>(x.nbytes()));
+  EXPECT_LE(MaxAbsDiff(y2, expected), 1e-5);
+}
+
+TEST_F(RemoteDeviceTest, ScopesNameTheOps) {
+  torch::Tensor x = torch::randn({2, 2}).to(Remote());
+  std::string dump;
+  {
+    Scope vision("vision");
+    Scope block("block0");
+    torch::Tensor y = x.exp();
+    dump = DumpPendingGraph();
+    (void)y.to(torch::kCPU);
+  }
+  EXPECT_NE(dump.find("vision.block0"), std::string::npos) << dump;
+}
+
+TEST_F(RemoteDeviceTest, DeadOpsAreEliminated) {
+  torch::Tensor x = torch::randn({32, 32}).to(Remote());
+  {
+    torch::Tensor unused = torch::matmul(x, x);  // dies before anything is read
+  }
+  torch::Tensor y = (x + 1).to(torch::kCPU);
+  EXPECT_GE(GetCaptureStats().nodes_eliminated, 1);
+  EXPECT_TRUE(y.defined());
+}
+
+TEST_F(RemoteDeviceTest, CommonModulesMatchEager) {
+  torch::Tensor img = torch::randn({2, 3, 8, 8});
+  torch::nn::Conv2d conv(torch::nn::Conv2dOptions(3, 4, 3).padding(1));
+  torch::Tensor e_conv = conv->forward(img);
+  conv->to(Remote());
+  EXPECT_LE(MaxAbsDiff(conv->forward(img.to(Remote())), e_conv), 1e-5);
+
+  torch::Tensor ids = torch::randint(0, 20, {3, 5}, torch::kLong);
+  torch::nn::Embedding emb(20, 6);
+  torch::Tensor e_emb = emb->forward(ids);
+  emb->to(Remote());
+  EXPECT_LE(MaxAbsDiff(emb->forward(ids.to(Remote())), e_emb), 0);
+
+  torch::nn::EmbeddingBag bag(torch::nn::EmbeddingBagOptions(20, 6).mode(torch::kSum));
+  torch::Tensor flat = torch::randint(0, 20, {10}, torch::kLong);
+  torch::Tensor offsets = torch::tensor({0, 3, 7}, torch::kLong);
+  torch::Tensor e_bag = bag->forward(flat, offsets);
+  bag->to(Remote());
+  EXPECT_LE(MaxAbsDiff(bag->forward(flat.to(Remote()), offsets.to(Remote())), e_bag), 1e-5);
+
+  torch::nn::MultiheadAttention mha(torch::nn::MultiheadAttentionOptions(8, 2));
+  torch::Tensor q = torch::randn({4, 2, 8});  // [seq, batch, embed]
+  auto e_mha = mha->forward(q, q, q);
+  mha->to(Remote());
+  torch::Tensor rq = q.to(Remote());
+  auto r_mha = mha->forward(rq, rq, rq);
+  EXPECT_LE(MaxAbsDiff(std::get<0>(r_mha), std::get<0>(e_mha)), 1e-5);
+  EXPECT_LE(MaxAbsDiff(std::get<1>(r_mha), std::get<1>(e_mha)), 1e-5);
+
+  torch::Tensor qs = torch::randn({2, 2, 5, 4});  // [batch, heads, seq, dim]
+  torch::Tensor e_sdpa = at::scaled_dot_product_attention(qs, qs, qs, {}, 0.0, /*is_causal=*/true);
+  torch::Tensor rqs = qs.to(Remote());
+  EXPECT_LE(MaxAbsDiff(at::scaled_dot_product_attention(rqs, rqs, rqs, {}, 0.0, true), e_sdpa), 1e-5);
+  torch::Tensor c0 = torch::randn({2, 3, 5}), a0 = torch::randn({2, 3, 4}), b0 = torch::randn({2, 4, 5});
+  EXPECT_LE(MaxAbsDiff(torch::baddbmm(c0.to(Remote()), a0.to(Remote()), b0.to(Remote()), 0.5, 2.0),
+                       torch::baddbmm(c0, a0, b0, 0.5, 2.0)),
+            1e-5);
+  EXPECT_LE(MaxAbsDiff(torch::bmm(a0.to(Remote()), b0.to(Remote())), torch::bmm(a0, b0)), 1e-5);
+}
+
+}  // namespace
+}  // namespace genie::frontend
