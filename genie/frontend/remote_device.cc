@@ -31,9 +31,14 @@
 #include <torch/library.h>
 #include <torch/nn/module.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
+#include <deque>
+#include <future>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <string>
 #include <utility>
 #include <vector>
@@ -202,6 +207,49 @@ struct KeyHash {
   }
 };
 
+// Runs graphs on their executors in submission order, off the capturing thread, so a
+// dispatch returns at once and capture of the next step overlaps execution.
+class Worker {
+ public:
+  using Result = absl::StatusOr<core::ExecuteResult>;
+  struct Job {
+    std::shared_ptr<const core::Graph> graph;  // owns what request.graph points to
+    core::ExecuteRequest request;
+    std::shared_ptr<core::Executor> executor;
+    std::promise<Result> done;
+  };
+
+  std::future<Result> Submit(std::unique_ptr<Job> job) {
+    std::future<Result> f = job->done.get_future();
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+      queue_.push_back(std::move(job));
+    }
+    cv_.notify_one();
+    return f;
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::unique_ptr<Job> job;
+      {
+        std::unique_lock<std::mutex> lock(mu_);
+        cv_.wait(lock, [this] { return !queue_.empty(); });
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      job->done.set_value(job->executor->Execute(job->request));
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::unique_ptr<Job>> queue_;
+  std::thread thread_;  // never joined: the context lives until exit
+};
+
 // The capture state: one graph under construction, storages by handle, residency.
 class CaptureContext {
  public:
@@ -235,6 +283,11 @@ class CaptureContext {
 
   // Runs the graph and returns `wanted` as CPU tensors (contiguous).
   std::vector<at::Tensor> Run(const std::vector<at::Tensor>& wanted);
+  // Submits the graph without waiting (nothing is read back).
+  void Dispatch();
+  // Waits for every submitted graph; the first error since the last Join, if any.
+  absl::Status Join();
+  bool has_work() const { return !graph.nodes().empty() || !released_.empty(); }
 
   std::shared_ptr<core::Executor> executor() {
     if (!executor_) executor_ = std::make_shared<runtime::Interpreter>();
@@ -284,6 +337,20 @@ class CaptureContext {
   void CpuFallback(const c10::OperatorHandle& op, const SchemaInfo& info,
                    torch::jit::Stack* stack, const std::string& reason);
   void ResetGraph();
+  // Turns the captured graph into a job (dead code dropped, uploads gathered) and
+  // books its effects (kept storages become resident); the graph is reset.
+  std::unique_ptr<Worker::Job> PrepareJob(const std::vector<at::Tensor>& wanted);
+  // Folds finished dispatched jobs into the stats; keeps the first error.
+  void Harvest(bool wait);
+  void Account(const core::ExecuteResult& r);
+
+  struct InFlight {
+    std::future<Worker::Result> result;
+    std::string what;  // for errors: "graph of 120 ops on <executor>"
+  };
+  Worker worker_;
+  std::deque<InFlight> in_flight_;
+  absl::Status first_error_;
 
   std::shared_ptr<core::Executor> executor_;
   uint64_t next_handle_ = 1;
@@ -1050,7 +1117,7 @@ void CaptureContext::ResetGraph() {
   chain_ = 0;
 }
 
-std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wanted) {
+std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Tensor>& wanted) {
   graph.outputs().clear();
   for (const at::Tensor& t : wanted) graph.outputs().push_back(RefOf(t));
 
@@ -1060,17 +1127,17 @@ std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wante
   }
   std::sort(keep.begin(), keep.end());
   std::vector<BufferId> remap;
-  core::Graph run = core::EliminateDeadCode(graph, keep, &remap);
-  stats.nodes_eliminated += static_cast<int64_t>(graph.nodes().size() - run.nodes().size());
+  auto job = std::make_unique<Worker::Job>();
+  auto run = std::make_shared<core::Graph>(core::EliminateDeadCode(graph, keep, &remap));
+  stats.nodes_eliminated += static_cast<int64_t>(graph.nodes().size() - run->nodes().size());
 
-  core::ExecuteRequest req;
-  req.graph = &run;
+  core::ExecuteRequest& req = job->request;
+  req.graph = run.get();
   for (BufferId& b : keep) b = remap[b];
   keep.erase(std::remove(keep.begin(), keep.end(), core::kNoBuffer), keep.end());
   req.keep = keep;
   req.release = released_;
   // Uploads: whole storages bound to host data, and host constants.
-  std::vector<at::Tensor> hold;
   for (const auto& [old_id, data] : constants_) {
     const BufferId id = old_id < remap.size() ? remap[old_id] : core::kNoBuffer;
     if (id == core::kNoBuffer) continue;  // nothing live reads it
@@ -1082,36 +1149,85 @@ std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wante
             [](const core::Upload& a, const core::Upload& b) { return a.buffer < b.buffer; });
   uint64_t fp = chain_;
   for (BufferId b : keep) fp = absl::Hash<std::pair<uint64_t, uint64_t>>{}({fp, b});
-  for (const TensorRef& o : run.outputs()) {
+  for (const TensorRef& o : run->outputs()) {
     fp = absl::Hash<std::pair<uint64_t, uint64_t>>{}({fp, o.buffer * 1000003ull + o.numel()});
   }
   req.fingerprint = fp;
-  if (observer) observer(run, req);
+  job->executor = executor();
+  if (observer) observer(*run, req);
   static const bool dump = std::getenv("GENIE_DUMP_GRAPHS") != nullptr;
   if (dump) {
     std::fprintf(stderr, "genie: graph to %s (fingerprint %016llx, %zu uploads, %zu kept)\n%s\n",
-                 executor()->Describe().c_str(), static_cast<unsigned long long>(fp),
-                 req.uploads.size(), req.keep.size(), run.Dump().c_str());
+                 job->executor->Describe().c_str(), static_cast<unsigned long long>(fp),
+                 req.uploads.size(), req.keep.size(), run->Dump().c_str());
   }
+  job->graph = std::move(run);
 
-  std::shared_ptr<core::Executor> exec = executor();
-  absl::StatusOr<core::ExecuteResult> result = exec->Execute(req);
-  TORCH_CHECK(result.ok(), "genie: running the captured graph (", run.nodes().size(), " ops) on ",
-              exec->Describe(), " failed: ", result.status().ToString(),
-              ". The captured work is kept: fix the executor (SetExecutor) and read the result again.");
-
-  ++stats.flushes;
-  stats.nodes_executed += result->stats.nodes_executed;
-  if (result->stats.program_cache_hit) ++stats.program_cache_hits;
-  stats.bytes_uploaded += result->stats.bytes_uploaded;
-  stats.bytes_downloaded += result->stats.bytes_downloaded;
+  // Executors run jobs in order, so later graphs may already name these as resident.
   for (BufferId b : keep) {
-    const uint64_t h = run.buffer(b).handle;
+    const uint64_t h = job->graph->buffer(b).handle;
     if (h == 0) continue;
     resident_.insert(h);
     pending_.erase(h);
   }
   released_.clear();
+  ResetGraph();
+  return job;
+}
+
+void CaptureContext::Account(const core::ExecuteResult& r) {
+  ++stats.flushes;
+  stats.nodes_executed += r.stats.nodes_executed;
+  if (r.stats.program_cache_hit) ++stats.program_cache_hits;
+  stats.bytes_uploaded += r.stats.bytes_uploaded;
+  stats.bytes_downloaded += r.stats.bytes_downloaded;
+}
+
+void CaptureContext::Harvest(bool wait) {
+  while (!in_flight_.empty()) {
+    InFlight& f = in_flight_.front();
+    if (!wait && f.result.wait_for(std::chrono::seconds(0)) != std::future_status::ready) break;
+    Worker::Result r = f.result.get();
+    if (r.ok()) {
+      Account(*r);
+    } else if (first_error_.ok()) {
+      first_error_ = absl::Status(r.status().code(),
+                                  absl::StrCat("running the dispatched ", f.what, " failed: ",
+                                               r.status().message()));
+    }
+    in_flight_.pop_front();
+  }
+}
+
+void CaptureContext::Dispatch() {
+  std::unique_ptr<Worker::Job> job = PrepareJob({});
+  std::string what = absl::StrCat("graph of ", job->graph->nodes().size(), " ops on ",
+                                  job->executor->Describe());
+  in_flight_.push_back({worker_.Submit(std::move(job)), std::move(what)});
+  Harvest(/*wait=*/false);
+}
+
+absl::Status CaptureContext::Join() {
+  Harvest(/*wait=*/true);
+  absl::Status s = first_error_;
+  first_error_ = absl::OkStatus();
+  return s;
+}
+
+std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wanted) {
+  std::unique_ptr<Worker::Job> job = PrepareJob(wanted);
+  const size_t nodes = job->graph->nodes().size();
+  const std::string where = job->executor->Describe();
+  std::future<Worker::Result> future = worker_.Submit(std::move(job));
+  Worker::Result result = future.get();
+  // Everything dispatched before this graph has finished too (jobs run in order).
+  absl::Status earlier = Join();
+  TORCH_CHECK(earlier.ok(), "genie: ", earlier.message(),
+              ". Results computed after it may be missing; move the inputs again and rerun.");
+  TORCH_CHECK(result.ok(), "genie: running the captured graph (", nodes, " ops) on ", where,
+              " failed: ", result.status().ToString(),
+              ". Tensors it would have produced are unavailable; check the node and rerun.");
+  Account(*result);
 
   std::vector<at::Tensor> out;
   TORCH_CHECK(result->outputs.size() == wanted.size(), "genie: executor returned ",
@@ -1124,7 +1240,6 @@ std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wante
     if (hb.nbytes) std::memcpy(t.data_ptr(), hb.data, hb.nbytes);
     out.push_back(std::move(t));
   }
-  ResetGraph();
   return out;
 }
 
@@ -1322,16 +1437,28 @@ Scope::~Scope() {
   ++ctx.scope_version;
 }
 
-absl::Status Flush() {
+absl::Status Dispatch() {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
-  if (ctx.graph.nodes().empty()) return absl::OkStatus();
+  if (!ctx.has_work()) return absl::OkStatus();
   try {
-    ctx.Run({});
+    ctx.Dispatch();
   } catch (const c10::Error& e) {
-    return absl::UnavailableError(e.what_without_backtrace());
+    return absl::InternalError(e.what_without_backtrace());
   }
   return absl::OkStatus();
+}
+
+absl::Status Join() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  return ctx.Join();
+}
+
+absl::Status Flush() {
+  absl::Status s = Dispatch();
+  absl::Status j = Join();
+  return s.ok() ? j : s;
 }
 
 CaptureStats GetCaptureStats() {

@@ -6,7 +6,13 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <atomic>
+#include <chrono>
+#include <future>
 #include <sstream>
+#include <thread>
+
+#include "genie/runtime/interpreter.h"
 
 namespace genie::frontend {
 namespace {
@@ -294,6 +300,70 @@ TEST_F(RemoteDeviceTest, CommonModulesMatchEager) {
                        torch::baddbmm(c0, a0, b0, 0.5, 2.0)),
             1e-5);
   EXPECT_LE(MaxAbsDiff(torch::bmm(a0.to(Remote()), b0.to(Remote())), torch::bmm(a0, b0)), 1e-5);
+}
+
+// Wraps the interpreter; blocks each Execute until released, or fails it.
+class GatedExecutor final : public core::Executor {
+ public:
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
+    started.fetch_add(1);
+    gate.wait();
+    if (fail) return absl::UnavailableError("node went away (test)");
+    return inner.Execute(request);
+  }
+  std::string Describe() const override { return "gated test executor"; }
+  runtime::Interpreter inner;
+  std::shared_future<void> gate;
+  std::atomic<int> started{0};
+  bool fail = false;
+};
+
+TEST_F(RemoteDeviceTest, DispatchReturnsAtOnceAndReadsWaitForResults) {
+  auto exec = std::make_shared<GatedExecutor>();
+  std::promise<void> open;
+  exec->gate = open.get_future().share();
+  SetExecutor(exec);
+  torch::Tensor x = torch::randn({16, 16});
+  torch::Tensor r = torch::matmul(x.to(Remote()), x.to(Remote())).tanh();
+  ASSERT_TRUE(Dispatch().ok());  // the executor is blocked: this must not wait for it
+  for (int i = 0; i < 200 && exec->started.load() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  EXPECT_EQ(exec->started.load(), 1);
+  torch::Tensor more = r * 2;  // capture continues while the first graph is in flight
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    open.set_value();
+  });
+  torch::Tensor got = more.to(torch::kCPU);  // waits for both graphs
+  release.join();
+  EXPECT_TRUE(Join().ok());
+  EXPECT_LE(MaxAbsDiff(got, torch::matmul(x, x).tanh() * 2), 1e-5);
+  EXPECT_EQ(exec->started.load(), 2);
+  SetExecutor(std::make_shared<runtime::Interpreter>());
+}
+
+TEST_F(RemoteDeviceTest, DispatchedFailureSurfacesAtJoinAndAtTheNextRead) {
+  auto exec = std::make_shared<GatedExecutor>();
+  std::promise<void> open;
+  open.set_value();
+  exec->gate = open.get_future().share();
+  exec->fail = true;
+  SetExecutor(exec);
+  torch::Tensor r = torch::randn({4}).to(Remote()) + 1;
+  ASSERT_TRUE(Dispatch().ok());
+  absl::Status joined = Join();
+  EXPECT_EQ(joined.code(), absl::StatusCode::kUnavailable);
+  EXPECT_NE(std::string(joined.message()).find("node went away"), std::string::npos) << joined;
+  torch::Tensor s = torch::randn({4}).to(Remote()) * 3;
+  try {
+    (void)s.to(torch::kCPU);
+    FAIL() << "reading through a failing executor should raise";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what_without_backtrace()).find("gated test executor"), std::string::npos)
+        << e.what_without_backtrace();
+  }
+  SetExecutor(std::make_shared<runtime::Interpreter>());
 }
 
 }  // namespace
