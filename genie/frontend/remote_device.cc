@@ -1348,6 +1348,22 @@ at::Scalar LocalScalarDense(const at::Tensor& self) {
   return ctx.LocalScalarDense(self);
 }
 
+// torch::equal on two views of the same storage with the same geometry is true without
+// looking at data (libtorch's MultiheadAttention asks this to detect self-attention);
+// anything else needs the data and goes through the CPU fallback.
+void Equal(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  const at::Tensor& a = (*stack)[stack->size() - 2].toTensor();
+  const at::Tensor& b = (*stack)[stack->size() - 1].toTensor();
+  if (IsRemote(a) && IsRemote(b) && a.storage().is_alias_of(b.storage()) &&
+      a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
+      a.storage_offset() == b.storage_offset()) {
+    torch::jit::drop(*stack, 2);
+    stack->emplace_back(true);
+    return;
+  }
+  CaptureFallback(op, stack);
+}
+
 bool HasCompatibleShallowCopyType(const at::Tensor& self, const at::Tensor& from) {
   if (self.unsafeGetTensorImpl()->has_compatible_shallow_copy_type(from.key_set())) return true;
   auto dense = [](const at::Tensor& t) {
@@ -1367,12 +1383,21 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("_copy_from_and_resize", TORCH_FN(CopyFromAndResize));
   m.impl("_local_scalar_dense", TORCH_FN(LocalScalarDense));
   m.impl("_has_compatible_shallow_copy_type", TORCH_FN(HasCompatibleShallowCopyType));
+  m.impl("equal", torch::CppFunction::makeFromBoxedFunction<&Equal>());
 }
 
-// Out-of-tree backends reach convolution_overrideable, which no executor implements:
-// capture the device-neutral aten::convolution instead.
+// Ops captured whole instead of decomposed. convolution: out-of-tree backends would
+// reach convolution_overrideable, which no executor implements. The composites below
+// would otherwise decompose into views and primitives (sdpa even asks
+// _fused_sdp_choice, an int, which would force a round trip): as one node each they
+// keep the graph small and plain to analyze (attention is one node), and the node's
+// own dispatcher picks the kernel (flash attention on CUDA, MKL on CPU).
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
-  m.impl("convolution", torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
+  for (const char* op : {"convolution", "scaled_dot_product_attention", "linear", "matmul",
+                         "layer_norm", "embedding", "batch_norm", "group_norm",
+                         "embedding_bag.padding_idx"}) {
+    m.impl(op, torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
+  }
 }
 
 TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {

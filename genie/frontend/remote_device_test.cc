@@ -51,7 +51,7 @@ TEST_F(RemoteDeviceTest, OpsAreCapturedNotComputedUntilRead) {
   torch::Tensor rc = torch::relu(torch::matmul(ra, rb) + 1.5);
   EXPECT_EQ(GetCaptureStats().flushes, 0);
   EXPECT_GE(GetCaptureStats().ops_captured, 3);
-  EXPECT_NE(DumpPendingGraph().find("aten::mm"), std::string::npos) << DumpPendingGraph();
+  EXPECT_NE(DumpPendingGraph().find("aten::matmul"), std::string::npos) << DumpPendingGraph();
   torch::Tensor expected = torch::relu(torch::matmul(a, b) + 1.5);
   EXPECT_LE(MaxAbsDiff(rc, expected), 1e-6);
   EXPECT_EQ(GetCaptureStats().flushes, 1);
@@ -294,12 +294,16 @@ TEST_F(RemoteDeviceTest, CommonModulesMatchEager) {
   torch::Tensor qs = torch::randn({2, 2, 5, 4});  // [batch, heads, seq, dim]
   torch::Tensor e_sdpa = at::scaled_dot_product_attention(qs, qs, qs, {}, 0.0, /*is_causal=*/true);
   torch::Tensor rqs = qs.to(Remote());
-  EXPECT_LE(MaxAbsDiff(at::scaled_dot_product_attention(rqs, rqs, rqs, {}, 0.0, true), e_sdpa), 1e-5);
+  torch::Tensor r_sdpa = at::scaled_dot_product_attention(rqs, rqs, rqs, {}, 0.0, true);
+  EXPECT_NE(DumpPendingGraph().find("aten::scaled_dot_product_attention"), std::string::npos)
+      << "attention must be captured as one node";
+  EXPECT_LE(MaxAbsDiff(r_sdpa, e_sdpa), 1e-5);
   torch::Tensor c0 = torch::randn({2, 3, 5}), a0 = torch::randn({2, 3, 4}), b0 = torch::randn({2, 4, 5});
   EXPECT_LE(MaxAbsDiff(torch::baddbmm(c0.to(Remote()), a0.to(Remote()), b0.to(Remote()), 0.5, 2.0),
                        torch::baddbmm(c0, a0, b0, 0.5, 2.0)),
             1e-5);
   EXPECT_LE(MaxAbsDiff(torch::bmm(a0.to(Remote()), b0.to(Remote())), torch::bmm(a0, b0)), 1e-5);
+  EXPECT_EQ(GetCaptureStats().cpu_fallbacks, 0) << "every module above runs remotely";
 }
 
 // Wraps the interpreter; blocks each Execute until released, or fails it.
