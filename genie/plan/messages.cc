@@ -1,0 +1,369 @@
+// File: genie/plan/messages.cc
+// Encoders and checking decoders for the client <-> genie-node messages (messages.h).
+#include "genie/plan/messages.h"
+
+#include <algorithm>
+#include <string_view>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "genie/core/status.h"
+#include "genie/core/wire.h"
+
+namespace genie::plan {
+namespace {
+
+constexpr size_t kPrefixBytes = 2 + 1;
+constexpr size_t kUploadEntryBytes = 4 + 1 + 8;
+constexpr size_t kStatsBytes = 1 + 8 * 5;
+
+std::string_view StdView(absl::string_view s) { return std::string_view(s.data(), s.size()); }
+
+absl::Status Invalid(std::string message) {
+  return absl::InvalidArgumentError(std::move(message));
+}
+
+void WritePrefix(core::ByteWriter& w, MessageType type) {
+  w.WriteU16(kMessageVersion);
+  w.WriteU8(static_cast<uint8_t>(type));
+}
+
+absl::StatusOr<MessageType> ReadPrefix(core::ByteReader& r) {
+  GENIE_ASSIGN_OR_RETURN(uint16_t version, r.ReadU16("message version"));
+  if (version != kMessageVersion) {
+    return Invalid(absl::StrCat("message version ", version,
+                                " is not supported (this build speaks version ", kMessageVersion,
+                                "); run the same Genie release on client and node"));
+  }
+  GENIE_ASSIGN_OR_RETURN(uint8_t type, r.ReadU8("message type"));
+  if (type < static_cast<uint8_t>(MessageType::kNodeInfo) ||
+      type > static_cast<uint8_t>(MessageType::kError)) {
+    return Invalid(absl::StrCat("unknown message type ", static_cast<int>(type)));
+  }
+  return static_cast<MessageType>(type);
+}
+
+absl::Status ExpectType(core::ByteReader& r, MessageType want) {
+  GENIE_ASSIGN_OR_RETURN(MessageType got, ReadPrefix(r));
+  if (got != want) {
+    return Invalid(absl::StrCat("expected a ", MessageTypeName(want), " message, got ",
+                                MessageTypeName(got)));
+  }
+  return absl::OkStatus();
+}
+
+// A u32 count no larger than `limit` (and than the bytes left allow).
+absl::StatusOr<uint32_t> ReadBoundedCount(core::ByteReader& r, std::string_view what,
+                                          size_t element_bytes, uint32_t limit) {
+  GENIE_ASSIGN_OR_RETURN(uint32_t n, r.ReadCount(what, element_bytes));
+  if (n > limit) {
+    return Invalid(absl::StrCat(absl::string_view(what.data(), what.size()), " count ", n,
+                                " is above the limit of ", limit));
+  }
+  return n;
+}
+
+absl::Status ReadHandles(core::ByteReader& r, std::string_view what, uint32_t limit,
+                         std::vector<uint64_t>* out) {
+  GENIE_ASSIGN_OR_RETURN(uint32_t n, ReadBoundedCount(r, what, 8, limit));
+  out->clear();
+  out->reserve(n);
+  for (uint32_t k = 0; k < n; ++k) {
+    GENIE_ASSIGN_OR_RETURN(uint64_t h, r.ReadU64(what));
+    out->push_back(h);
+  }
+  return absl::OkStatus();
+}
+
+void WriteHandles(core::ByteWriter& w, const std::vector<uint64_t>& handles) {
+  w.WriteCount(handles.size(), "handles");
+  for (uint64_t h : handles) w.WriteU64(h);
+}
+
+core::WireLimits WireFor(uint64_t max_string_bytes) {
+  core::WireLimits wire;
+  wire.max_count = 0xffffffffu;  // counts are checked against MessageLimits here
+  wire.max_string_bytes =
+      static_cast<uint32_t>(std::min<uint64_t>(max_string_bytes, uint64_t{0xffffffffu}));
+  return wire;
+}
+
+}  // namespace
+
+const char* MessageTypeName(MessageType type) {
+  switch (type) {
+    case MessageType::kNodeInfo:
+      return "NodeInfo";
+    case MessageType::kLoadProgram:
+      return "LoadProgram";
+    case MessageType::kRun:
+      return "Run";
+    case MessageType::kResult:
+      return "Result";
+    case MessageType::kError:
+      return "Error";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<MessageType> PeekMessageType(absl::string_view bytes) {
+  core::ByteReader r(StdView(bytes));
+  return ReadPrefix(r);
+}
+
+// ---- NodeInfo -----------------------------------------------------------------------
+
+std::string EncodeNodeInfo(const NodeInfoMessage& m) {
+  core::ByteWriter w;
+  WritePrefix(w, MessageType::kNodeInfo);
+  w.WriteString(m.device);
+  w.WriteU64(m.max_program_bytes);
+  w.WriteU32(m.max_cached_programs);
+  w.WriteI64(m.memory_budget_bytes);
+  return w.Release();
+}
+
+absl::StatusOr<NodeInfoMessage> DecodeNodeInfo(absl::string_view bytes,
+                                               const MessageLimits& limits) {
+  if (bytes.size() > MaxNodeInfoBytes(limits)) {
+    return Invalid(absl::StrCat("NodeInfo message of ", bytes.size(), " bytes is too large"));
+  }
+  core::ByteReader r(StdView(bytes), WireFor(limits.max_string_bytes));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kNodeInfo));
+  NodeInfoMessage m;
+  GENIE_ASSIGN_OR_RETURN(m.device, r.ReadString("node device"));
+  GENIE_ASSIGN_OR_RETURN(m.max_program_bytes, r.ReadU64("node max program bytes"));
+  GENIE_ASSIGN_OR_RETURN(m.max_cached_programs, r.ReadU32("node max cached programs"));
+  GENIE_ASSIGN_OR_RETURN(m.memory_budget_bytes, r.ReadI64("node memory budget"));
+  if (m.memory_budget_bytes < 0) return Invalid("node memory budget is negative");
+  GENIE_RETURN_IF_ERROR(r.ExpectEnd("NodeInfo message"));
+  return m;
+}
+
+// ---- LoadProgram --------------------------------------------------------------------
+
+std::string EncodeLoadProgram(uint64_t program_id, absl::string_view program_bytes) {
+  core::ByteWriter w(WireFor(~uint64_t{0}));
+  WritePrefix(w, MessageType::kLoadProgram);
+  w.WriteU64(program_id);
+  w.WriteString(StdView(program_bytes));
+  return w.Release();
+}
+
+absl::StatusOr<LoadProgramMessage> DecodeLoadProgram(absl::string_view bytes,
+                                                     const MessageLimits& limits) {
+  if (bytes.size() > MaxLoadProgramBytes(limits)) {
+    return Invalid(absl::StrCat("LoadProgram message of ", bytes.size(),
+                                " bytes is above the limit of ", MaxLoadProgramBytes(limits),
+                                " (raise --max_program_bytes on the node if it is legitimate)"));
+  }
+  core::ByteReader r(StdView(bytes), WireFor(limits.max_program_bytes));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kLoadProgram));
+  LoadProgramMessage m;
+  GENIE_ASSIGN_OR_RETURN(m.program_id, r.ReadU64("program id"));
+  GENIE_ASSIGN_OR_RETURN(std::string_view program, r.ReadStringView("program bytes"));
+  m.program = absl::string_view(program.data(), program.size());
+  GENIE_RETURN_IF_ERROR(r.ExpectEnd("LoadProgram message"));
+  return m;
+}
+
+// ---- Run ----------------------------------------------------------------------------
+
+std::string EncodeRun(const RunMessage& m) {
+  core::ByteWriter w(WireFor(~uint64_t{0}));
+  WritePrefix(w, MessageType::kRun);
+  w.WriteU64(m.program_id);
+  WriteHandles(w, m.binding.release);
+  WriteHandles(w, m.binding.resident_handles);
+  WriteHandles(w, m.binding.keep_handles);
+  w.WriteCount(m.uploads.size(), "upload entries");
+  for (const UploadEntry& u : m.uploads) {
+    w.WriteU32(u.buffer);
+    w.WriteU8(static_cast<uint8_t>(u.upload_class));
+    w.WriteU64(u.nbytes);
+  }
+  return w.Release();
+}
+
+absl::Status DecodeRun(absl::string_view bytes, const MessageLimits& limits, RunMessage* out) {
+  if (bytes.size() > MaxRunBytes(limits)) {
+    return Invalid(absl::StrCat("Run message of ", bytes.size(), " bytes is above the limit of ",
+                                MaxRunBytes(limits)));
+  }
+  core::ByteReader r(StdView(bytes), WireFor(0));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kRun));
+  GENIE_ASSIGN_OR_RETURN(out->program_id, r.ReadU64("program id"));
+  GENIE_RETURN_IF_ERROR(ReadHandles(r, "release handles", limits.max_handles, &out->binding.release));
+  GENIE_RETURN_IF_ERROR(
+      ReadHandles(r, "resident handles", limits.max_handles, &out->binding.resident_handles));
+  GENIE_RETURN_IF_ERROR(
+      ReadHandles(r, "keep handles", limits.max_handles, &out->binding.keep_handles));
+  GENIE_ASSIGN_OR_RETURN(uint32_t n, ReadBoundedCount(r, "upload entries", kUploadEntryBytes,
+                                                      limits.max_uploads));
+  out->uploads.clear();
+  out->uploads.reserve(n);
+  uint64_t total = 0;
+  bool seen_activations = false;
+  for (uint32_t k = 0; k < n; ++k) {
+    UploadEntry u;
+    GENIE_ASSIGN_OR_RETURN(u.buffer, r.ReadU32("upload buffer"));
+    GENIE_ASSIGN_OR_RETURN(uint8_t c, r.ReadU8("upload class"));
+    if (c != static_cast<uint8_t>(UploadClass::kWeights) &&
+        c != static_cast<uint8_t>(UploadClass::kActivations)) {
+      return Invalid(absl::StrCat("upload entry ", k, " has unknown class ", static_cast<int>(c)));
+    }
+    u.upload_class = static_cast<UploadClass>(c);
+    if (u.upload_class == UploadClass::kActivations) {
+      seen_activations = true;
+    } else if (seen_activations) {
+      return Invalid(absl::StrCat("upload entry ", k, " lists weights after activations"));
+    }
+    GENIE_ASSIGN_OR_RETURN(u.nbytes, r.ReadU64("upload bytes"));
+    if (u.nbytes > limits.max_bytes_per_upload) {
+      return Invalid(absl::StrCat("upload entry ", k, " has ", u.nbytes,
+                                  " bytes, above the limit of ", limits.max_bytes_per_upload));
+    }
+    total += u.nbytes;  // cannot overflow: n * max_bytes_per_upload < 2^64 for sane limits
+    if (total > limits.max_run_upload_bytes) {
+      return Invalid(absl::StrCat("Run uploads more than ", limits.max_run_upload_bytes,
+                                  " bytes in all"));
+    }
+    out->uploads.push_back(u);
+  }
+  return r.ExpectEnd("Run message");
+}
+
+// ---- Result -------------------------------------------------------------------------
+
+std::string EncodeResult(const ResultMessage& m) {
+  core::ByteWriter w(WireFor(~uint64_t{0}));
+  WritePrefix(w, MessageType::kResult);
+  w.WriteU8(m.stats.program_cache_hit ? 1 : 0);
+  w.WriteI64(m.stats.nodes_executed);
+  w.WriteI64(m.stats.bytes_uploaded);
+  w.WriteI64(m.stats.bytes_downloaded);
+  w.WriteI64(m.stats.resident_bytes);
+  w.WriteI64(m.node_micros);
+  w.WriteCount(m.output_bytes.size(), "outputs");
+  for (uint64_t n : m.output_bytes) w.WriteU64(n);
+  return w.Release();
+}
+
+absl::Status DecodeResult(absl::string_view bytes, const MessageLimits& limits,
+                          ResultMessage* out) {
+  if (bytes.size() > MaxResultBytes(limits)) {
+    return Invalid(absl::StrCat("Result message of ", bytes.size(),
+                                " bytes is above the limit of ", MaxResultBytes(limits)));
+  }
+  core::ByteReader r(StdView(bytes), WireFor(0));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kResult));
+  GENIE_ASSIGN_OR_RETURN(out->stats.program_cache_hit, r.ReadBool("program cache hit"));
+  GENIE_ASSIGN_OR_RETURN(out->stats.nodes_executed, r.ReadI64("nodes executed"));
+  GENIE_ASSIGN_OR_RETURN(out->stats.bytes_uploaded, r.ReadI64("bytes uploaded"));
+  GENIE_ASSIGN_OR_RETURN(out->stats.bytes_downloaded, r.ReadI64("bytes downloaded"));
+  GENIE_ASSIGN_OR_RETURN(out->stats.resident_bytes, r.ReadI64("resident bytes"));
+  GENIE_ASSIGN_OR_RETURN(out->node_micros, r.ReadI64("node micros"));
+  if (out->stats.nodes_executed < 0 || out->stats.bytes_uploaded < 0 ||
+      out->stats.bytes_downloaded < 0 || out->stats.resident_bytes < 0 || out->node_micros < 0) {
+    return Invalid("Result message has a negative statistic");
+  }
+  GENIE_ASSIGN_OR_RETURN(uint32_t n, ReadBoundedCount(r, "outputs", 8, limits.max_outputs));
+  out->output_bytes.clear();
+  out->output_bytes.reserve(n);
+  for (uint32_t k = 0; k < n; ++k) {
+    GENIE_ASSIGN_OR_RETURN(uint64_t b, r.ReadU64("output bytes"));
+    if (b > limits.max_bytes_per_output) {
+      return Invalid(absl::StrCat("output ", k, " has ", b, " bytes, above the limit of ",
+                                  limits.max_bytes_per_output));
+    }
+    out->output_bytes.push_back(b);
+  }
+  return r.ExpectEnd("Result message");
+}
+
+// ---- Error --------------------------------------------------------------------------
+
+std::string EncodeError(const absl::Status& status, bool unknown_program,
+                        const MessageLimits& limits) {
+  core::ByteWriter w(WireFor(~uint64_t{0}));
+  WritePrefix(w, MessageType::kError);
+  const absl::StatusCode code =
+      status.ok() ? absl::StatusCode::kUnknown : status.code();
+  w.WriteU32(static_cast<uint32_t>(code));
+  w.WriteU8(unknown_program ? 1 : 0);
+  absl::string_view message = status.message();
+  if (message.size() > limits.max_error_bytes) message = message.substr(0, limits.max_error_bytes);
+  w.WriteString(StdView(message));
+  return w.Release();
+}
+
+absl::StatusOr<ErrorMessage> DecodeError(absl::string_view bytes, const MessageLimits& limits) {
+  if (bytes.size() > MaxErrorBytes(limits)) {
+    return Invalid(absl::StrCat("Error message of ", bytes.size(), " bytes is above the limit of ",
+                                MaxErrorBytes(limits)));
+  }
+  core::ByteReader r(StdView(bytes), WireFor(limits.max_error_bytes));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kError));
+  GENIE_ASSIGN_OR_RETURN(uint32_t code, r.ReadU32("status code"));
+  if (code == 0 || code > static_cast<uint32_t>(absl::StatusCode::kUnauthenticated)) {
+    return Invalid(absl::StrCat("Error message has invalid status code ", code));
+  }
+  ErrorMessage m;
+  m.code = static_cast<absl::StatusCode>(code);
+  GENIE_ASSIGN_OR_RETURN(m.unknown_program, r.ReadBool("unknown program flag"));
+  GENIE_ASSIGN_OR_RETURN(m.message, r.ReadString("error message"));
+  GENIE_RETURN_IF_ERROR(r.ExpectEnd("Error message"));
+  return m;
+}
+
+// ---- Bounds and transfer grouping ---------------------------------------------------
+
+uint64_t MaxNodeInfoBytes(const MessageLimits& limits) {
+  return kPrefixBytes + 4 + limits.max_string_bytes + 8 + 4 + 8;
+}
+
+uint64_t MaxLoadProgramBytes(const MessageLimits& limits) {
+  return kPrefixBytes + 8 + 4 + limits.max_program_bytes;
+}
+
+uint64_t MaxRunBytes(const MessageLimits& limits) {
+  return kPrefixBytes + 8 + 3 * (4 + uint64_t{8} * limits.max_handles) + 4 +
+         uint64_t{kUploadEntryBytes} * limits.max_uploads;
+}
+
+uint64_t MaxResultBytes(const MessageLimits& limits) {
+  return kPrefixBytes + kStatsBytes + 4 + uint64_t{8} * limits.max_outputs;
+}
+
+uint64_t MaxErrorBytes(const MessageLimits& limits) {
+  return kPrefixBytes + 4 + 1 + 4 + limits.max_error_bytes;
+}
+
+std::vector<TransferFrame> GroupTransfers(absl::Span<const UploadEntry> entries,
+                                          uint64_t max_frame_bytes) {
+  std::vector<TransferFrame> frames;
+  TransferFrame current;
+  bool open = false;
+  for (size_t k = 0; k < entries.size(); ++k) {
+    const UploadEntry& e = entries[k];
+    if (e.nbytes == 0) {
+      if (open) ++current.count;
+      continue;
+    }
+    if (open && (e.upload_class != current.upload_class ||
+                 current.bytes + e.nbytes > max_frame_bytes)) {
+      frames.push_back(current);
+      open = false;
+    }
+    if (!open) {
+      current = TransferFrame{e.upload_class, static_cast<uint32_t>(k), 0, 0};
+      open = true;
+    }
+    ++current.count;
+    current.bytes += e.nbytes;
+  }
+  if (open) frames.push_back(current);
+  return frames;
+}
+
+}  // namespace genie::plan

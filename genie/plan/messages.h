@@ -1,0 +1,144 @@
+// File: genie/plan/messages.h
+// The versioned wire format a client and a genie-node exchange inside transport frame
+// payloads. Each message is little-endian: u16 kMessageVersion, u8 MessageType, then its
+// fields; every count and size is bounded by MessageLimits and every field is checked on
+// decode, so a truncated, oversized, wrong-version or random message is refused with an
+// error saying what was wrong, never a crash and never a large allocation.
+//
+//   client                                   node
+//   kPing     (empty)                  ->
+//                                      <-    kPong    NodeInfo{device, limits}
+//   kLoadProgram LoadProgram{id, bytes} ->             (first time this id is used)
+//   kRun      Run{id, binding, table}  ->
+//   kTransfer upload bytes, raw         ->             (kWeights / kActivations frames)
+//                                      <-    kResult  Result{stats, per-output nbytes}
+//                                      <-    kTransfer output bytes, raw (kActivations)
+//                                  or  <-    kError   Error{status code, message}
+//
+// Upload and output bytes never pass through these encoders: they follow in kTransfer
+// frames, gathered straight from (and received straight into) the tensors' memory. The
+// tables say how many bytes each entry has; GroupTransfers says how entries share frames.
+//
+//   std::string run = plan::EncodeRun(plan::RunMessage{id, binding, entries});
+//   // ... node:
+//   plan::RunMessage decoded;
+//   GENIE_RETURN_IF_ERROR(plan::DecodeRun(payload, limits, &decoded));
+//
+// No libtorch here.
+#ifndef GENIE_PLAN_MESSAGES_H_
+#define GENIE_PLAN_MESSAGES_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+#include "genie/core/executor.h"
+#include "genie/plan/program.h"
+
+namespace genie::plan {
+
+inline constexpr uint16_t kMessageVersion = 1;
+
+enum class MessageType : uint8_t {
+  kNodeInfo = 1,
+  kLoadProgram = 2,
+  kRun = 3,
+  kResult = 4,
+  kError = 5,
+};
+const char* MessageTypeName(MessageType type);
+
+// What a node says about itself right after authentication (the answer to kPing).
+struct NodeInfoMessage {
+  std::string device;                // "cpu", "cuda:0"
+  uint64_t max_program_bytes = 0;    // LoadProgram payloads above this are refused
+  uint32_t max_cached_programs = 0;  // programs kept per connection (oldest evicted first)
+  int64_t memory_budget_bytes = 0;   // 0 = unlimited
+};
+
+// LoadProgram: the program's encoded bytes (EncodeProgram) under a client-chosen id. On
+// decode, `program` points into the decoded payload.
+struct LoadProgramMessage {
+  uint64_t program_id = 0;
+  absl::string_view program;
+};
+
+// One upload's bytes in the kTransfer frames that follow a Run, in table order.
+struct UploadEntry {
+  core::BufferId buffer = core::kNoBuffer;
+  UploadClass upload_class = UploadClass::kActivations;
+  uint64_t nbytes = 0;
+};
+
+struct RunMessage {
+  uint64_t program_id = 0;
+  RunBinding binding;
+  std::vector<UploadEntry> uploads;  // weights first, then activations
+};
+
+struct ResultMessage {
+  core::ExecuteStats stats;
+  int64_t node_micros = 0;              // time the node spent executing
+  std::vector<uint64_t> output_bytes;  // one per program output, in order
+};
+
+struct ErrorMessage {
+  absl::StatusCode code = absl::StatusCode::kInternal;
+  bool unknown_program = false;  // the Run named a program this connection has not loaded
+  std::string message;
+  absl::Status ToStatus() const { return absl::Status(code, message); }
+};
+
+// The type of an encoded message after checking its version prefix.
+absl::StatusOr<MessageType> PeekMessageType(absl::string_view bytes);
+
+std::string EncodeNodeInfo(const NodeInfoMessage& m);
+absl::StatusOr<NodeInfoMessage> DecodeNodeInfo(absl::string_view bytes,
+                                               const MessageLimits& limits = {});
+
+std::string EncodeLoadProgram(uint64_t program_id, absl::string_view program_bytes);
+absl::StatusOr<LoadProgramMessage> DecodeLoadProgram(absl::string_view bytes,
+                                                     const MessageLimits& limits = {});
+
+std::string EncodeRun(const RunMessage& m);
+// Decodes into `out`, reusing its vectors' capacity (the node's run loop allocates nothing
+// here once warm).
+absl::Status DecodeRun(absl::string_view bytes, const MessageLimits& limits, RunMessage* out);
+
+std::string EncodeResult(const ResultMessage& m);
+absl::Status DecodeResult(absl::string_view bytes, const MessageLimits& limits, ResultMessage* out);
+
+// `message` is cut to MessageLimits::max_error_bytes; code kOk is sent as kUnknown.
+std::string EncodeError(const absl::Status& status, bool unknown_program = false,
+                        const MessageLimits& limits = {});
+absl::StatusOr<ErrorMessage> DecodeError(absl::string_view bytes, const MessageLimits& limits = {});
+
+// The largest payload each message may have under `limits`: a receiver refuses a frame
+// above it before reading its payload.
+uint64_t MaxNodeInfoBytes(const MessageLimits& limits);
+uint64_t MaxLoadProgramBytes(const MessageLimits& limits);
+uint64_t MaxRunBytes(const MessageLimits& limits);
+uint64_t MaxResultBytes(const MessageLimits& limits);
+uint64_t MaxErrorBytes(const MessageLimits& limits);
+
+// Consecutive entries of one class grouped into frames of at most `max_frame_bytes`
+// payload; an entry never spans frames and empty entries travel in no frame. Both ends
+// use it only to send: a receiver reads entries in order and takes the next frame header
+// whenever the current frame is used up, checking class and size.
+struct TransferFrame {
+  UploadClass upload_class = UploadClass::kActivations;
+  uint32_t first = 0;  // first entry
+  uint32_t count = 0;  // entries in this frame (empty ones included)
+  uint64_t bytes = 0;
+};
+std::vector<TransferFrame> GroupTransfers(absl::Span<const UploadEntry> entries,
+                                          uint64_t max_frame_bytes);
+
+}  // namespace genie::plan
+
+#endif  // GENIE_PLAN_MESSAGES_H_

@@ -1,0 +1,249 @@
+// File: genie/plan/messages_test.cc
+// The client <-> node messages: round trips, and refusal of every truncation, oversized
+// counts, wrong versions, wrong types and random bytes (seeded).
+#include "genie/plan/messages.h"
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gtest/gtest.h"
+
+namespace genie::plan {
+namespace {
+
+RunMessage SampleRun() {
+  RunMessage m;
+  m.program_id = 42;
+  m.binding.release = {1, 2, 3};
+  m.binding.resident_handles = {77};
+  m.binding.keep_handles = {99, 100};
+  m.uploads = {{1, UploadClass::kWeights, 256},
+               {0, UploadClass::kActivations, 64},
+               {4, UploadClass::kActivations, 0}};
+  return m;
+}
+
+ResultMessage SampleResult() {
+  ResultMessage m;
+  m.stats.program_cache_hit = true;
+  m.stats.nodes_executed = 12;
+  m.stats.bytes_uploaded = 320;
+  m.stats.bytes_downloaded = 64;
+  m.stats.resident_bytes = 4096;
+  m.node_micros = 150;
+  m.output_bytes = {64, 0, 8};
+  return m;
+}
+
+// Every message kind, encoded, with a decoder that reports only success or failure.
+struct Sample {
+  std::string name;
+  std::string bytes;
+  std::function<absl::Status(absl::string_view, const MessageLimits&)> decode;
+};
+
+std::vector<Sample> Samples() {
+  std::vector<Sample> s;
+  s.push_back({"NodeInfo", EncodeNodeInfo({"cpu", 64 << 20, 64, 0}),
+               [](absl::string_view b, const MessageLimits& l) { return DecodeNodeInfo(b, l).status(); }});
+  s.push_back({"LoadProgram", EncodeLoadProgram(7, "program-bytes"),
+               [](absl::string_view b, const MessageLimits& l) {
+                 return DecodeLoadProgram(b, l).status();
+               }});
+  s.push_back({"Run", EncodeRun(SampleRun()), [](absl::string_view b, const MessageLimits& l) {
+                 RunMessage m;
+                 return DecodeRun(b, l, &m);
+               }});
+  s.push_back({"Result", EncodeResult(SampleResult()),
+               [](absl::string_view b, const MessageLimits& l) {
+                 ResultMessage m;
+                 return DecodeResult(b, l, &m);
+               }});
+  s.push_back({"Error", EncodeError(absl::ResourceExhaustedError("budget"), false),
+               [](absl::string_view b, const MessageLimits& l) { return DecodeError(b, l).status(); }});
+  return s;
+}
+
+TEST(MessagesTest, RunRoundTrip) {
+  const RunMessage m = SampleRun();
+  const std::string bytes = EncodeRun(m);
+  EXPECT_EQ(*PeekMessageType(bytes), MessageType::kRun);
+  RunMessage back;
+  back.uploads.resize(100);  // reused and cleared
+  ASSERT_TRUE(DecodeRun(bytes, MessageLimits(), &back).ok());
+  EXPECT_EQ(back.program_id, 42u);
+  EXPECT_EQ(back.binding.release, m.binding.release);
+  EXPECT_EQ(back.binding.resident_handles, m.binding.resident_handles);
+  EXPECT_EQ(back.binding.keep_handles, m.binding.keep_handles);
+  ASSERT_EQ(back.uploads.size(), 3u);
+  EXPECT_EQ(back.uploads[0].buffer, 1u);
+  EXPECT_EQ(back.uploads[0].upload_class, UploadClass::kWeights);
+  EXPECT_EQ(back.uploads[1].nbytes, 64u);
+  EXPECT_EQ(EncodeRun(back), bytes);
+}
+
+TEST(MessagesTest, OtherRoundTrips) {
+  auto info = DecodeNodeInfo(EncodeNodeInfo({"cuda:0", 123, 9, 1 << 20}));
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->device, "cuda:0");
+  EXPECT_EQ(info->max_program_bytes, 123u);
+  EXPECT_EQ(info->max_cached_programs, 9u);
+  EXPECT_EQ(info->memory_budget_bytes, 1 << 20);
+
+  const std::string program(1000, 'p');
+  const std::string encoded = EncodeLoadProgram(9, program);  // `program` views into it
+  auto load = DecodeLoadProgram(encoded);
+  ASSERT_TRUE(load.ok()) << load.status();
+  EXPECT_EQ(load->program_id, 9u);
+  EXPECT_EQ(std::string(load->program), program);
+
+  ResultMessage r;
+  ASSERT_TRUE(DecodeResult(EncodeResult(SampleResult()), MessageLimits(), &r).ok());
+  EXPECT_TRUE(r.stats.program_cache_hit);
+  EXPECT_EQ(r.stats.nodes_executed, 12);
+  EXPECT_EQ(r.stats.resident_bytes, 4096);
+  EXPECT_EQ(r.node_micros, 150);
+  EXPECT_EQ(r.output_bytes, (std::vector<uint64_t>{64, 0, 8}));
+
+  auto e = DecodeError(EncodeError(absl::NotFoundError("no such program"), true));
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->code, absl::StatusCode::kNotFound);
+  EXPECT_TRUE(e->unknown_program);
+  EXPECT_EQ(e->message, "no such program");
+  EXPECT_EQ(e->ToStatus(), absl::NotFoundError("no such program"));
+  MessageLimits small;
+  small.max_error_bytes = 4;
+  auto cut = DecodeError(EncodeError(absl::InternalError("a long message"), false, small), small);
+  ASSERT_TRUE(cut.ok()) << cut.status();
+  EXPECT_EQ(cut->message, "a lo");
+}
+
+TEST(MessagesTest, EveryTruncationIsRefused) {
+  for (const Sample& s : Samples()) {
+    ASSERT_TRUE(s.decode(s.bytes, MessageLimits()).ok()) << s.name;
+    for (size_t n = 0; n < s.bytes.size(); ++n) {
+      EXPECT_FALSE(s.decode(s.bytes.substr(0, n), MessageLimits()).ok())
+          << s.name << " cut to " << n << " bytes";
+    }
+    EXPECT_FALSE(s.decode(s.bytes + '\0', MessageLimits()).ok()) << s.name << " + trailing byte";
+  }
+}
+
+TEST(MessagesTest, WrongVersionAndWrongTypeAreRefused) {
+  for (const Sample& s : Samples()) {
+    std::string wrong = s.bytes;
+    wrong[0] = static_cast<char>(kMessageVersion + 1);
+    absl::Status st = s.decode(wrong, MessageLimits());
+    EXPECT_TRUE(absl::IsInvalidArgument(st)) << s.name << ": " << st;
+    EXPECT_NE(std::string(st.message()).find("version"), std::string::npos) << st;
+    for (const Sample& other : Samples()) {
+      if (other.name == s.name) continue;
+      EXPECT_FALSE(other.decode(s.bytes, MessageLimits()).ok())
+          << s.name << " decoded as " << other.name;
+    }
+  }
+  std::string unknown_type = EncodeRun(SampleRun());
+  unknown_type[2] = 77;
+  EXPECT_FALSE(PeekMessageType(unknown_type).ok());
+}
+
+TEST(MessagesTest, OversizedCountsAndSizesAreRefused) {
+  MessageLimits limits;
+  limits.max_uploads = 2;
+  RunMessage m;
+  EXPECT_FALSE(DecodeRun(EncodeRun(SampleRun()), limits, &m).ok());  // 3 uploads
+  limits = MessageLimits();
+  limits.max_handles = 2;
+  EXPECT_FALSE(DecodeRun(EncodeRun(SampleRun()), limits, &m).ok());  // 3 releases
+  limits = MessageLimits();
+  limits.max_bytes_per_upload = 100;
+  EXPECT_FALSE(DecodeRun(EncodeRun(SampleRun()), limits, &m).ok());  // 256-byte upload
+  limits = MessageLimits();
+  limits.max_run_upload_bytes = 300;
+  EXPECT_FALSE(DecodeRun(EncodeRun(SampleRun()), limits, &m).ok());  // 320 in all
+  limits = MessageLimits();
+  limits.max_outputs = 2;
+  ResultMessage r;
+  EXPECT_FALSE(DecodeResult(EncodeResult(SampleResult()), limits, &r).ok());
+  limits = MessageLimits();
+  limits.max_program_bytes = 10;
+  absl::Status s = DecodeLoadProgram(EncodeLoadProgram(1, std::string(100, 'p')), limits).status();
+  EXPECT_FALSE(s.ok());
+  EXPECT_NE(std::string(s.message()).find("max_program_bytes"), std::string::npos) << s;
+
+  // A hostile count that claims far more entries than the bytes hold: refused, no allocation.
+  std::string huge = EncodeRun(RunMessage{});
+  // prefix(3) + program id(8) + three empty handle lists(12) + upload count(4)
+  ASSERT_EQ(huge.size(), 27u);
+  huge[23] = huge[24] = huge[25] = static_cast<char>(0xff);
+  huge[26] = static_cast<char>(0x7f);
+  EXPECT_FALSE(DecodeRun(huge, MessageLimits(), &m).ok());
+  // Weights after activations, and an unknown upload class.
+  RunMessage disordered = SampleRun();
+  std::swap(disordered.uploads[0], disordered.uploads[1]);
+  EXPECT_FALSE(DecodeRun(EncodeRun(disordered), MessageLimits(), &m).ok());
+  RunMessage bad_class = SampleRun();
+  bad_class.uploads[0].upload_class = static_cast<UploadClass>(9);
+  EXPECT_FALSE(DecodeRun(EncodeRun(bad_class), MessageLimits(), &m).ok());
+  // Invalid status codes in an Error.
+  std::string bad_code = EncodeError(absl::InternalError("x"));
+  bad_code[3] = 0;
+  EXPECT_FALSE(DecodeError(bad_code).ok());
+  bad_code[3] = 99;
+  EXPECT_FALSE(DecodeError(bad_code).ok());
+}
+
+TEST(MessagesTest, RandomBytesAreRefused) {
+  std::mt19937_64 rng(20261122);
+  const std::vector<Sample> samples = Samples();
+  int accepted = 0;
+  for (int i = 0; i < 20000; ++i) {
+    std::string bytes(rng() % 96, '\0');
+    for (char& c : bytes) c = static_cast<char>(rng());
+    // Half the cases start with a valid prefix, to reach the field checks.
+    if (i % 2 == 0 && bytes.size() >= 3) {
+      bytes[0] = static_cast<char>(kMessageVersion);
+      bytes[1] = 0;
+      bytes[2] = static_cast<char>(1 + rng() % 5);
+    }
+    for (const Sample& s : samples) accepted += s.decode(bytes, MessageLimits()).ok();
+  }
+  // Random bytes almost never form a valid message; none may crash.
+  EXPECT_LE(accepted, 5);
+  // Mutating single bytes of valid messages: never a crash.
+  for (const Sample& s : samples) {
+    for (int i = 0; i < 2000; ++i) {
+      std::string bytes = s.bytes;
+      bytes[rng() % bytes.size()] = static_cast<char>(rng());
+      (void)s.decode(bytes, MessageLimits());
+    }
+  }
+}
+
+TEST(MessagesTest, GroupTransfersByClassAndFrameSize) {
+  const std::vector<UploadEntry> entries = {{0, UploadClass::kWeights, 100},
+                                            {1, UploadClass::kWeights, 0},
+                                            {2, UploadClass::kWeights, 60},
+                                            {3, UploadClass::kActivations, 10},
+                                            {4, UploadClass::kActivations, 10}};
+  std::vector<TransferFrame> frames = GroupTransfers(entries, 1 << 20);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[0].upload_class, UploadClass::kWeights);
+  EXPECT_EQ(frames[0].first, 0u);
+  EXPECT_EQ(frames[0].count, 3u);
+  EXPECT_EQ(frames[0].bytes, 160u);
+  EXPECT_EQ(frames[1].upload_class, UploadClass::kActivations);
+  EXPECT_EQ(frames[1].bytes, 20u);
+  frames = GroupTransfers(entries, 120);  // the 60-byte weight starts a new frame
+  ASSERT_EQ(frames.size(), 3u);
+  EXPECT_EQ(frames[0].bytes, 100u);
+  EXPECT_EQ(frames[1].first, 2u);
+  EXPECT_EQ(frames[1].bytes, 60u);
+  EXPECT_TRUE(GroupTransfers({{0, UploadClass::kWeights, 0}}, 10).empty());
+}
+
+}  // namespace
+}  // namespace genie::plan
