@@ -1,0 +1,159 @@
+// File: genie/client/pipeline.h
+// A deployment is one type: which annotations graph nodes carry, which analyzers fill
+// them, which scheduler places and keeps data, which transport moves it.
+//
+//   using MyPipeline = genie::Pipeline<
+//       genie::Annotations<genie::semantic::ModulePath, genie::semantic::Phase,
+//                          genie::semantic::Modality>,
+//       genie::Analyzers<genie::semantic::ModulePathAnalyzer, genie::semantic::PhaseDetector,
+//                        genie::semantic::ModalityDetector, genie::semantic::WorkloadClassifier>,
+//       genie::scheduler::SemanticScheduler<genie::scheduler::ResidentWeights,
+//                                           genie::scheduler::KvCacheColocation,
+//                                           genie::scheduler::JustInTimeTransfers>,
+//       genie::transport::Tcp>;
+//
+//   genie::PipelineExecutor<MyPipeline> exec({node});   // a core::Executor
+//
+// Each parameter is checked: a wrong policy fails to compile with a sentence.
+#ifndef GENIE_CLIENT_PIPELINE_H_
+#define GENIE_CLIENT_PIPELINE_H_
+
+#include <chrono>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "genie/core/annotations.h"
+#include "genie/core/executor.h"
+#include "genie/core/type_traits.h"
+#include "genie/scheduler/scheduler.h"
+#include "genie/semantic/semantics.h"
+#include "genie/transport/traits.h"
+
+namespace genie {
+
+template <class... As>
+struct Annotations {};
+template <class... Zs>
+struct Analyzers {};
+
+// An analyzer: a tag with kName and static Annotate(AnnotatedGraph&, const GraphSemantics&).
+template <class Z, class G, class = void>
+struct is_analyzer_for : std::false_type {};
+template <class Z, class G>
+struct is_analyzer_for<Z, G,
+                       std::void_t<decltype(Z::kName),
+                                   decltype(Z::Annotate(std::declval<G&>(),
+                                                        std::declval<const semantic::GraphSemantics&>()))>>
+    : std::true_type {};
+
+template <class AnnotationSet, class AnalyzerSet, class Scheduler, class Transport>
+struct Pipeline {
+  static_assert(core::dependent_false<AnnotationSet>::value,
+                "write genie::Pipeline<genie::Annotations<...>, genie::Analyzers<...>, "
+                "Scheduler, Transport>");
+};
+
+template <class... As, class... Zs, class Scheduler, class Transport>
+struct Pipeline<Annotations<As...>, Analyzers<Zs...>, Scheduler, Transport> {
+  using annotated_graph = core::AnnotatedGraph<As...>;
+  using scheduler_policy = Scheduler;
+  using transport_policy = Transport;
+
+  static_assert((is_analyzer_for<Zs, annotated_graph>::value && ...),
+                "every Analyzers<...> parameter needs kName and static "
+                "Annotate(AnnotatedGraph&, const semantic::GraphSemantics&)");
+  static_assert(scheduler::is_scheduler_policy_v<Scheduler>,
+                "the third Pipeline parameter must be a scheduler policy: "
+                "scheduler::BlindScheduler or scheduler::SemanticScheduler<...>");
+  static_assert(transport::is_transport_policy_v<Transport>,
+                "the fourth Pipeline parameter must be a transport policy (transport::Tcp, ...)");
+
+  static void Annotate(annotated_graph& graph, const semantic::GraphSemantics& semantics) {
+    (Zs::Annotate(graph, semantics), ...);
+  }
+};
+
+template <class P>
+struct is_pipeline : std::false_type {};
+template <class... Ts>
+struct is_pipeline<Pipeline<Ts...>> : std::true_type {};
+template <class P>
+inline constexpr bool is_pipeline_v = is_pipeline<P>::value;
+
+// What the pipeline saw and decided, for reports.
+struct PipelineRecord {
+  semantic::WorkloadClass workload = semantic::WorkloadClass::kUnknown;
+  std::string summary;        // GraphSemantics::Summary
+  std::string annotated;      // AnnotatedGraph::Dump (only when record_dumps)
+  double milliseconds = 0;    // analysis + execution on the node
+  core::ExecuteStats stats;
+};
+
+// The executor a pipeline turns into: analysis (cached per graph fingerprint), the
+// deployment's annotations, then the scheduler.
+template <class P>
+class PipelineExecutor final : public core::Executor {
+  static_assert(is_pipeline_v<P>, "PipelineExecutor<P> needs a genie::Pipeline<...>");
+
+ public:
+  explicit PipelineExecutor(std::vector<std::shared_ptr<core::Executor>> nodes, bool record_dumps = false)
+      : scheduled_(std::move(nodes)), record_dumps_(record_dumps) {}
+
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
+    const auto start = std::chrono::steady_clock::now();
+    if (request.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
+    const semantic::GraphSemantics& semantics = SemanticsFor(request);
+    typename P::annotated_graph annotated(*request.graph);
+    P::Annotate(annotated, semantics);
+    absl::StatusOr<core::ExecuteResult> result = scheduled_.Execute(request, semantics);
+    PipelineRecord record;
+    record.workload = semantics.workload;
+    record.summary = semantics.Summary(*request.graph);
+    if (record_dumps_) record.annotated = annotated.Dump();
+    record.milliseconds =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    if (result.ok()) record.stats = result->stats;
+    std::lock_guard<std::mutex> lock(mu_);
+    records_.push_back(std::move(record));
+    return result;
+  }
+
+  std::string Describe() const override { return scheduled_.Describe(); }
+
+  std::vector<PipelineRecord> TakeRecords() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::exchange(records_, {});
+  }
+
+ private:
+  const semantic::GraphSemantics& SemanticsFor(const core::ExecuteRequest& request) {
+    auto it = analyses_.find(request.fingerprint);
+    if (request.fingerprint != 0 && it != analyses_.end()) return it->second;
+    if (analyses_.size() >= kMaxAnalyses) analyses_.clear();
+    semantic::GraphSemantics s = semantic::Analyze(*request.graph, request.keep);
+    if (request.fingerprint == 0) {
+      uncached_ = std::move(s);
+      return uncached_;
+    }
+    return analyses_.emplace(request.fingerprint, std::move(s)).first->second;
+  }
+
+  static constexpr size_t kMaxAnalyses = 256;
+  ::genie::scheduler::ScheduledExecutor<typename P::scheduler_policy> scheduled_;
+  bool record_dumps_;
+  absl::flat_hash_map<uint64_t, semantic::GraphSemantics> analyses_;
+  semantic::GraphSemantics uncached_;
+  std::mutex mu_;
+  std::vector<PipelineRecord> records_;
+};
+
+}  // namespace genie
+
+#endif  // GENIE_CLIENT_PIPELINE_H_

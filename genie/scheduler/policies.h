@@ -1,0 +1,38 @@
+// File: genie/scheduler/policies.h
+// Scheduler policy tags: only tags and tiny constexpr settings live here.
+//
+//   using Blind = genie::scheduler::BlindScheduler;               // the baseline
+//   using Smart = genie::scheduler::SemanticScheduler<
+//       genie::scheduler::ResidentWeights, genie::scheduler::KvCacheColocation>;
+#ifndef GENIE_SCHEDULER_POLICIES_H_
+#define GENIE_SCHEDULER_POLICIES_H_
+
+namespace genie::scheduler {
+
+// Semantics-blind remoting, like API remoting (rCUDA-style) at segment granularity:
+// nothing stays on a node between runs; every input of a segment (weights, KV cache,
+// activations) is shipped to the node and every surviving tensor is shipped back.
+// Every claim Genie makes is measured against this policy.
+struct BlindScheduler {
+  static constexpr const char* kName = "blind";
+};
+
+// Optimizations a SemanticScheduler composes.
+struct ResidentWeights {  // parameters uploaded once, then resident
+  static constexpr const char* kName = "resident_weights";
+};
+struct KvCacheColocation {  // the KV cache lives where decode runs and never travels
+  static constexpr const char* kName = "kv_cache_colocation";
+};
+struct JustInTimeTransfers {  // only live inputs move; intermediates never leave a node
+  static constexpr const char* kName = "just_in_time_transfers";
+};
+
+template <class... Optimizations>
+struct SemanticScheduler {
+  static constexpr const char* kName = "semantic";
+};
+
+}  // namespace genie::scheduler
+
+#endif  // GENIE_SCHEDULER_POLICIES_H_

@@ -1,0 +1,95 @@
+// File: genie/scheduler/residency_executor.cc
+#include "genie/scheduler/residency_executor.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/hash/hash.h"
+#include "absl/strings/str_cat.h"
+#include "genie/core/status.h"
+
+namespace genie::scheduler {
+
+bool ResidencyExecutor::Ships(StorageClass c) const {
+  switch (c) {
+    case StorageClass::kWeight: return policy_.weights;
+    case StorageClass::kKvCache: return policy_.kv_cache;
+    case StorageClass::kActivation: return policy_.activations;
+  }
+  return true;
+}
+
+absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
+    const core::ExecuteRequest& request, const semantic::GraphSemantics& semantics) {
+  if (request.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
+  const core::Graph& in = *request.graph;
+  const absl::flat_hash_set<core::BufferId> kv(semantics.kv_cache.begin(), semantics.kv_cache.end());
+  for (const core::Buffer& b : in.buffers()) {
+    if (b.handle == 0 || class_.contains(b.handle)) continue;
+    class_[b.handle] = b.kind == core::BufferKind::kParameter ? StorageClass::kWeight
+                       : kv.contains(b.id)                    ? StorageClass::kKvCache
+                                                              : StorageClass::kActivation;
+  }
+  auto ships = [&](uint64_t h) {
+    auto it = class_.find(h);
+    return h != 0 && it != class_.end() && Ships(it->second);
+  };
+
+  core::ExecuteRequest out;
+  for (uint64_t h : request.release) {
+    if (held_.erase(h) == 0) out.release.push_back(h);
+  }
+  // Buffers the client holds go up again; the rest the node still has.
+  core::Graph graph = in;
+  out.graph = &graph;
+  out.uploads = request.uploads;
+  bool changed = false;
+  for (const core::Buffer& b : in.buffers()) {
+    if (b.kind != core::BufferKind::kResident || !ships(b.handle)) continue;
+    auto it = held_.find(b.handle);
+    if (it == held_.end()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "buffer b", b.id, " (handle ", b.handle, ") is neither on the node nor held by the client"));
+    }
+    graph.mutable_buffer(b.id).kind = core::BufferKind::kHostInput;
+    out.uploads.push_back({b.id, it->second});
+    changed = true;
+  }
+  std::sort(out.uploads.begin(), out.uploads.end(),
+            [](const core::Upload& a, const core::Upload& b) { return a.buffer < b.buffer; });
+  // Surviving buffers of shipped classes come back instead of staying.
+  const size_t n_outputs = graph.outputs().size();
+  std::vector<core::BufferId> fetched;
+  for (core::BufferId b : request.keep) {
+    if (ships(graph.buffer(b).handle)) {
+      fetched.push_back(b);
+      const core::Buffer& buf = graph.buffer(b);
+      graph.outputs().push_back(core::TensorRef::Contiguous(b, buf.dtype, {buf.numel}));
+    } else {
+      out.keep.push_back(b);
+    }
+  }
+  changed |= !fetched.empty();
+  out.fingerprint = changed ? absl::Hash<std::pair<uint64_t, uint64_t>>{}({request.fingerprint, 0x5EEDu})
+                            : request.fingerprint;
+
+  GENIE_ASSIGN_OR_RETURN(core::ExecuteResult result, node_->Execute(out));
+  if (result.outputs.size() != n_outputs + fetched.size()) {
+    return absl::InternalError(absl::StrCat("node returned ", result.outputs.size(), " outputs, expected ",
+                                            n_outputs + fetched.size()));
+  }
+  for (size_t k = 0; k < fetched.size(); ++k) {
+    held_[graph.buffer(fetched[k]).handle] = result.outputs[n_outputs + k];
+  }
+  result.outputs.resize(n_outputs);
+  return result;
+}
+
+int64_t ResidencyExecutor::client_held_bytes() const {
+  int64_t total = 0;
+  for (const auto& [h, bytes] : held_) total += static_cast<int64_t>(bytes.nbytes);
+  return total;
+}
+
+}  // namespace genie::scheduler

@@ -1,0 +1,93 @@
+// File: genie/scheduler/scheduler.h
+// Turns a scheduler policy into the executor that places and runs a graph. Closed:
+// a policy without a specialization here fails to compile with a sentence.
+//
+//   scheduler::ScheduledExecutor<scheduler::BlindScheduler> blind({node});
+//   scheduler::ScheduledExecutor<scheduler::SemanticScheduler<
+//       scheduler::ResidentWeights, scheduler::KvCacheColocation,
+//       scheduler::JustInTimeTransfers>> smart({node});
+//   smart.Execute(request, semantic::Analyze(*request.graph, request.keep));
+#ifndef GENIE_SCHEDULER_SCHEDULER_H_
+#define GENIE_SCHEDULER_SCHEDULER_H_
+
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "genie/core/executor.h"
+#include "genie/core/type_traits.h"
+#include "genie/scheduler/policies.h"
+#include "genie/scheduler/residency_executor.h"
+#include "genie/semantic/semantics.h"
+
+namespace genie::scheduler {
+
+template <class O>
+inline constexpr bool is_optimization_v =
+    std::is_same_v<O, ResidentWeights> || std::is_same_v<O, KvCacheColocation> ||
+    std::is_same_v<O, JustInTimeTransfers>;
+
+template <class S>
+struct is_scheduler_policy : std::false_type {};
+template <>
+struct is_scheduler_policy<BlindScheduler> : std::true_type {};
+template <class... Os>
+struct is_scheduler_policy<SemanticScheduler<Os...>> : std::bool_constant<(is_optimization_v<Os> && ...)> {};
+template <class S>
+inline constexpr bool is_scheduler_policy_v = is_scheduler_policy<S>::value;
+
+template <class S>
+class ScheduledExecutor {
+  static_assert(core::dependent_false<S>::value,
+                "no executor for this scheduler policy: use scheduler::BlindScheduler or "
+                "scheduler::SemanticScheduler<optimizations...>");
+};
+
+template <>
+class ScheduledExecutor<BlindScheduler> {
+ public:
+  explicit ScheduledExecutor(std::vector<std::shared_ptr<core::Executor>> nodes)
+      : residency_(nodes.at(0), ShipPolicy{true, true, true}) {}
+
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request,
+                                              const semantic::GraphSemantics& semantics) {
+    return residency_.Execute(request, semantics);
+  }
+  std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
+
+ private:
+  ResidencyExecutor residency_;
+};
+
+template <class... Os>
+class ScheduledExecutor<SemanticScheduler<Os...>> {
+  static_assert((is_optimization_v<Os> && ...),
+                "SemanticScheduler<...> takes scheduler optimizations only (ResidentWeights, "
+                "KvCacheColocation, JustInTimeTransfers)");
+  template <class O>
+  static constexpr bool kHas = (std::is_same_v<O, Os> || ...);
+
+ public:
+  // What does not stay resident ships, as in the blind baseline.
+  static constexpr ShipPolicy kPolicy{!kHas<ResidentWeights>, !kHas<KvCacheColocation>,
+                                      !kHas<JustInTimeTransfers>};
+
+  explicit ScheduledExecutor(std::vector<std::shared_ptr<core::Executor>> nodes)
+      : residency_(nodes.at(0), kPolicy) {}
+
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request,
+                                              const semantic::GraphSemantics& semantics) {
+    return residency_.Execute(request, semantics);
+  }
+  std::string Describe() const { return absl::StrCat("semantic on ", residency_.Describe()); }
+
+ private:
+  ResidencyExecutor residency_;
+};
+
+}  // namespace genie::scheduler
+
+#endif  // GENIE_SCHEDULER_SCHEDULER_H_
