@@ -5,7 +5,7 @@
 #include "genie/runtime/interpreter.h"
 
 #include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
+#include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 
@@ -225,7 +225,11 @@ struct Interpreter::Impl {
           }
           case ArgKind::kInt:
             if (j < gens.size() && gens[j]) {
-              stack.emplace_back(at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(a.i)));
+              // The seeding rule (genie/frontend): a fresh generator of this device seeded
+              // with the seed the client drew.
+              at::Generator gen = at::globalContext().defaultGenerator(device).clone();
+              gen.set_current_seed(static_cast<uint64_t>(a.i));
+              stack.emplace_back(std::move(gen));
             } else {
               stack.emplace_back(a.i);
             }
