@@ -1,0 +1,167 @@
+// File: genie/client/remote_executor.cc
+// The cold half of RemoteExecutor: the per-connection program cache (lowering, binding,
+// encoding of LoadProgram and Run) and every error message a client shows about a node.
+#include "genie/client/remote_executor.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace genie::client::client_internal {
+
+std::string NodeName(absl::string_view host, uint16_t port) {
+  if (host.find(':') != absl::string_view::npos) return absl::StrCat("[", host, "]:", port);
+  return absl::StrCat(host, ":", port);
+}
+
+absl::Status ConnectFailed(const std::string& node, const absl::Status& cause) {
+  return absl::UnavailableError(absl::StrCat(
+      "cannot use genie-node ", node, ": ", cause.message(),
+      ". Check that genie-node runs there (genie-node --listen=", node,
+      " --key_file=...), that host and port are right and that the network lets you through"));
+}
+
+absl::Status AuthFailed(const std::string& node, const absl::Status& cause) {
+  if (absl::IsUnauthenticated(cause)) {
+    return absl::UnauthenticatedError(absl::StrCat(
+        "genie-node ", node, " refused authentication: ", cause.message(),
+        ". Client and node must use the same key (GENIE_KEY or --key_file on both sides)"));
+  }
+  return ConnectFailed(node, cause);
+}
+
+Session::Session(std::string node, plan::NodeInfoMessage info,
+                 const RemoteExecutorOptions& options)
+    : node_(std::move(node)), info_(std::move(info)), options_(options) {
+  capacity_ = std::max<size_t>(1, options_.max_cached_programs);
+  if (info_.max_cached_programs > 0) {
+    capacity_ = std::min<size_t>(capacity_, info_.max_cached_programs);
+  }
+  // Never send a program the node will refuse.
+  if (info_.max_program_bytes > 0) {
+    options_.limits.max_program_bytes =
+        std::min(options_.limits.max_program_bytes, info_.max_program_bytes);
+  }
+}
+
+std::string Session::Describe() const {
+  return absl::StrCat("genie-node ", node_, " (", info_.device, ")");
+}
+
+absl::Status Session::Prepare(const core::ExecuteRequest& request, uint64_t max_frame_bytes,
+                              PreparedRun* out) {
+  if (request.graph == nullptr) {
+    return absl::InvalidArgumentError("execute request without a graph");
+  }
+  out->fingerprint = request.fingerprint;
+  out->load_message.clear();
+
+  CachedProgram* cached = nullptr;
+  plan::RunBinding binding;
+  if (request.fingerprint != 0) {
+    auto it = programs_.find(request.fingerprint);
+    if (it != programs_.end()) {
+      absl::StatusOr<plan::RunBinding> bound =
+          plan::BindRun(it->second.program, request, &out->upload_order);
+      if (bound.ok()) {
+        cached = &it->second;
+        binding = std::move(*bound);
+        lru_.splice(lru_.begin(), lru_, cached->lru);
+      } else {
+        Forget(request.fingerprint);  // same fingerprint, other tables: lower again
+      }
+    }
+  }
+  if (cached == nullptr) {
+    absl::StatusOr<plan::Program> lowered = plan::LowerProgram(request);
+    if (!lowered.ok()) {
+      return absl::Status(lowered.status().code(),
+                          absl::StrCat("cannot run this graph on ", Describe(), ": ",
+                                       lowered.status().message()));
+    }
+    absl::StatusOr<plan::RunBinding> bound = plan::BindRun(*lowered, request, &out->upload_order);
+    if (!bound.ok()) return bound.status();  // a fresh lowering always binds
+    binding = std::move(*bound);
+    const uint64_t program_id = next_program_id_++;
+    const std::string program_bytes = plan::EncodeProgram(*lowered);
+    if (program_bytes.size() > options_.limits.max_program_bytes) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the graph's program is ", program_bytes.size(), " bytes, above the ",
+          options_.limits.max_program_bytes, "-byte limit of ", Describe(),
+          "; split the work into smaller graphs or start the node with a larger "
+          "--max_program_bytes"));
+    }
+    out->load_message = plan::EncodeLoadProgram(program_id, program_bytes);
+    if (request.fingerprint != 0) {
+      while (programs_.size() >= capacity_ && !lru_.empty()) Forget(lru_.back());
+      lru_.push_front(request.fingerprint);
+      CachedProgram& slot = programs_[request.fingerprint];
+      slot.program_id = program_id;
+      slot.program = std::move(*lowered);
+      slot.lru = lru_.begin();
+      cached = &slot;
+    } else {
+      // No identity: use it once. Keep the tables for this run only.
+      transient_ = std::move(*lowered);
+      transient_id_ = program_id;
+    }
+  }
+  const plan::Program& program = cached != nullptr ? cached->program : transient_;
+  out->program_id = cached != nullptr ? cached->program_id : transient_id_;
+
+  out->entries.clear();
+  for (const plan::UploadSlot& slot : program.uploads) {
+    out->entries.push_back(plan::UploadEntry{slot.buffer, slot.upload_class, slot.nbytes});
+  }
+  out->frames = plan::GroupTransfers(out->entries, max_frame_bytes);
+  out->output_bytes.clear();
+  for (const plan::OutputSlot& o : program.outputs) out->output_bytes.push_back(o.nbytes);
+
+  plan::RunMessage run;
+  run.program_id = out->program_id;
+  run.binding = std::move(binding);
+  run.uploads = out->entries;
+  if (run.binding.release.size() > options_.limits.max_handles) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a run releases ", run.binding.release.size(), " resident tensors, above the limit of ",
+        options_.limits.max_handles, "; materialize more often"));
+  }
+  out->run_message = plan::EncodeRun(run);
+  return absl::OkStatus();
+}
+
+void Session::Forget(uint64_t fingerprint) {
+  auto it = programs_.find(fingerprint);
+  if (it == programs_.end()) return;
+  lru_.erase(it->second.lru);
+  programs_.erase(it);
+}
+
+absl::Status Session::Lost(absl::string_view doing, const absl::Status& cause) const {
+  const std::string what = absl::StrCat(
+      "lost genie-node ", node_, " while ", doing, ": ", cause.message(),
+      ". The node exited, was killed or the network failed; its resident tensors are gone. "
+      "Check the node's log (stderr), restart it, and connect again "
+      "(RemoteExecutor::Connect, then frontend::SetExecutor)");
+  if (absl::IsDeadlineExceeded(cause)) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "genie-node ", node_, " did not answer in time while ", doing, ": ", cause.message(),
+        ". The connection was closed; if the work is legitimately long, raise "
+        "RemoteExecutorOptions::run_timeout, then connect again"));
+  }
+  return absl::UnavailableError(what);
+}
+
+absl::Status Session::Protocol(absl::string_view what) const {
+  return absl::UnavailableError(absl::StrCat(
+      "genie-node ", node_, " sent an answer this client cannot accept (", what,
+      "); the connection was closed. Run the same Genie release on client and node, "
+      "then connect again"));
+}
+
+absl::Status Session::Refused(const plan::ErrorMessage& error) const {
+  return absl::Status(error.code, absl::StrCat(Describe(), ": ", error.message));
+}
+
+}  // namespace genie::client::client_internal

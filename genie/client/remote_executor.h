@@ -1,0 +1,359 @@
+// File: genie/client/remote_executor.h
+// RemoteExecutor<P>: a core::Executor that runs captured graphs on a genie-node process over
+// transport policy P (Tcp across machines; InProcess in tests). It authenticates, then for
+// each Execute sends LoadProgram the first time a graph's fingerprint is seen on this
+// connection (the node caches programs per connection under the id the client chose), then
+// Run with the uploads gathered straight from the request's HostBytes (parameters as
+// kWeights traffic, host inputs as kActivations), and receives the Result with the output
+// bytes straight into freshly allocated result memory.
+//
+//   GENIE_ASSIGN_OR_RETURN(std::string key, transport::LoadKeyFromEnv());
+//   GENIE_ASSIGN_OR_RETURN(
+//       std::shared_ptr<client::RemoteExecutor<transport::Tcp>> node,
+//       client::RemoteExecutor<transport::Tcp>::Connect("10.0.0.7", 7070, key));
+//   genie::frontend::SetExecutor(node);          // graphs now run on the node
+//   ...
+//   transport::TrafficSnapshot moved = node->traffic();   // bytes per class and direction
+//   std::cout << node->Describe();                         // "genie-node 10.0.0.7:7070 (cpu)"
+//
+// Every call has a timeout (RemoteExecutorOptions). When the node dies, closes the
+// connection or stops answering, Execute returns UnavailableError (DeadlineExceeded for a
+// run that outlives run_timeout) naming the node and what to do; the connection is then
+// closed and every later Execute fails at once the same way: connect again. Errors the node
+// reports for one run (an op it cannot run, ResourceExhausted when over its memory budget)
+// keep their status code, and the connection stays usable. Execute may be called from
+// several threads; calls are serialized.
+//
+// No libtorch here.
+#ifndef GENIE_CLIENT_REMOTE_EXECUTOR_H_
+#define GENIE_CLIENT_REMOTE_EXECUTOR_H_
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "genie/core/executor.h"
+#include "genie/core/status.h"
+#include "genie/plan/messages.h"
+#include "genie/plan/program.h"
+#include "genie/transport/auth.h"
+#include "genie/transport/counters.h"
+#include "genie/transport/frame.h"
+#include "genie/transport/options.h"
+#include "genie/transport/traits.h"
+
+namespace genie::client {
+
+struct RemoteExecutorOptions {
+  absl::Duration connect_timeout = absl::Seconds(5);
+  absl::Duration auth_timeout = absl::Seconds(5);
+  // One send, or the rest of a frame whose header arrived.
+  absl::Duration io_timeout = absl::Seconds(30);
+  // From the end of the uploads to the first byte of the result.
+  absl::Duration run_timeout = absl::Minutes(5);
+  // Programs remembered as loaded on the node (capped by what the node says it keeps).
+  size_t max_cached_programs = 256;
+  plan::MessageLimits limits;
+};
+
+namespace client_internal {
+
+// Plan-side state of one connection, and its error messages: the cold half of
+// RemoteExecutor, kept out of the template (remote_executor.cc).
+class Session {
+ public:
+  // One Execute, ready to send.
+  struct PreparedRun {
+    uint64_t fingerprint = 0;
+    uint64_t program_id = 0;
+    std::string load_message;  // empty when the node already has the program
+    std::string run_message;
+    std::vector<plan::UploadEntry> entries;  // the Run's upload table
+    std::vector<uint32_t> upload_order;      // request.uploads index per entry
+    std::vector<plan::TransferFrame> frames;
+    std::vector<uint64_t> output_bytes;  // expected, per output
+  };
+
+  Session(std::string node, plan::NodeInfoMessage info, const RemoteExecutorOptions& options);
+
+  // Finds or lowers the program for `request`, binds it and encodes the messages. Frames
+  // are grouped to at most `max_frame_bytes` payload each.
+  absl::Status Prepare(const core::ExecuteRequest& request, uint64_t max_frame_bytes,
+                       PreparedRun* out);
+  // The node no longer has this program (it evicted it): lower it again next time.
+  void Forget(uint64_t fingerprint);
+
+  // "genie-node 127.0.0.1:7070 (cpu)"
+  std::string Describe() const;
+  const std::string& node() const { return node_; }
+  const plan::NodeInfoMessage& info() const { return info_; }
+  const plan::MessageLimits& limits() const { return options_.limits; }
+  const RemoteExecutorOptions& options() const { return options_; }
+
+  // The transport failed while `doing` ("sending the run", "waiting for the result"):
+  // UnavailableError (DeadlineExceeded for a timeout) naming the node and what to do.
+  absl::Status Lost(absl::string_view doing, const absl::Status& cause) const;
+  // The node answered something this client cannot accept (a protocol violation).
+  absl::Status Protocol(absl::string_view what) const;
+  // The node's Error message, as a status with its code and the node named.
+  absl::Status Refused(const plan::ErrorMessage& error) const;
+
+ private:
+  struct CachedProgram {
+    uint64_t program_id = 0;
+    plan::Program program;
+    std::list<uint64_t>::iterator lru;
+  };
+
+  std::string node_;
+  plan::NodeInfoMessage info_;
+  RemoteExecutorOptions options_;
+  size_t capacity_;
+  uint64_t next_program_id_ = 1;
+  absl::flat_hash_map<uint64_t, CachedProgram> programs_;  // by fingerprint
+  std::list<uint64_t> lru_;                                // most recent first
+  plan::Program transient_;  // the program of a request without a fingerprint
+  uint64_t transient_id_ = 0;
+};
+
+// Setup failures, with the node named and what to do.
+absl::Status ConnectFailed(const std::string& node, const absl::Status& cause);
+absl::Status AuthFailed(const std::string& node, const absl::Status& cause);
+std::string NodeName(absl::string_view host, uint16_t port);
+
+}  // namespace client_internal
+
+template <class P>
+class RemoteExecutor final : public core::Executor {
+  static_assert(transport::is_transport_policy_v<P>,
+                "RemoteExecutor<P>: P is not a transport policy (see genie/transport/policies.h)");
+
+ public:
+  using Connection = transport::Connection<P>;
+
+  // Connects to a genie-node at host:port, authenticates with `key` and reads what the node
+  // says about itself. Unavailable when the node cannot be reached, Unauthenticated when the
+  // keys differ; each error names the node.
+  static absl::StatusOr<std::unique_ptr<RemoteExecutor>> Connect(
+      absl::string_view host, uint16_t port, absl::string_view key,
+      const RemoteExecutorOptions& options = {}) {
+    const std::string node = client_internal::NodeName(host, port);
+    transport::ConnectionOptions conn_options;
+    conn_options.send_timeout = options.io_timeout;
+    conn_options.payload_timeout = options.io_timeout;
+    absl::StatusOr<Connection> conn =
+        Connection::Connect(host, port, options.connect_timeout, conn_options);
+    if (!conn.ok()) return client_internal::ConnectFailed(node, conn.status());
+    return Attach(std::move(*conn), node, key, options);
+  }
+
+  // The same over a connection made elsewhere (an InProcess pair in tests). `node` names the
+  // node in messages.
+  static absl::StatusOr<std::unique_ptr<RemoteExecutor>> Attach(
+      Connection conn, const std::string& node, absl::string_view key,
+      const RemoteExecutorOptions& options = {}) {
+    absl::Status auth = transport::AuthenticateClient(conn, key, options.auth_timeout);
+    if (!auth.ok()) return client_internal::AuthFailed(node, auth);
+    // Ask the node what it is (device, limits); also proves it speaks our message version.
+    absl::Status sent = conn.SendBytes(transport::MessageKind::kPing, 0, "");
+    if (!sent.ok()) return client_internal::ConnectFailed(node, sent);
+    absl::StatusOr<transport::FrameHeader> header = conn.ReceiveHeader(options.auth_timeout);
+    if (!header.ok()) return client_internal::ConnectFailed(node, header.status());
+    if (header->payload_bytes > std::max(plan::MaxNodeInfoBytes(options.limits),
+                                         plan::MaxErrorBytes(options.limits))) {
+      conn.Close();
+      return client_internal::ConnectFailed(
+          node, absl::InvalidArgumentError("the node's greeting is larger than allowed"));
+    }
+    std::string payload(static_cast<size_t>(header->payload_bytes), '\0');
+    absl::Status got = conn.ReceivePayload(payload.data(), payload.size());
+    if (!got.ok()) return client_internal::ConnectFailed(node, got);
+    if (header->kind == transport::MessageKind::kError) {
+      absl::StatusOr<plan::ErrorMessage> e = plan::DecodeError(payload, options.limits);
+      conn.Close();
+      return client_internal::ConnectFailed(node, e.ok() ? e->ToStatus() : e.status());
+    }
+    absl::StatusOr<plan::NodeInfoMessage> info =
+        header->kind == transport::MessageKind::kPong
+            ? plan::DecodeNodeInfo(payload, options.limits)
+            : absl::InvalidArgumentError(absl::StrCat(
+                  "expected kPong, got ", transport::MessageKindName(header->kind)));
+    if (!info.ok()) {
+      conn.Close();
+      return client_internal::ConnectFailed(node, info.status());
+    }
+    return std::unique_ptr<RemoteExecutor>(
+        new RemoteExecutor(std::move(conn), client_internal::Session(node, *info, options)));
+  }
+
+  ~RemoteExecutor() override { Close(); }
+
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
+    absl::MutexLock lock(&mu_);
+    for (int attempt = 0;; ++attempt) {
+      if (!lost_.ok()) return lost_;
+      if (conn_.broken()) return session_.Lost("starting a run", conn_.status());
+      GENIE_RETURN_IF_ERROR(session_.Prepare(request, transport::transport_traits<P>::max_frame_bytes,
+                                             &prepared_));
+      bool unknown_program = false;
+      absl::StatusOr<core::ExecuteResult> result = RunOnce(request, &unknown_program);
+      // The node evicted a program we thought it had: load it again, once.
+      if (result.ok() || !unknown_program || attempt > 0 || !prepared_.load_message.empty()) {
+        return result;
+      }
+      session_.Forget(prepared_.fingerprint);
+    }
+  }
+
+  std::string Describe() const override { return session_.Describe(); }
+
+  // Bytes and frames moved on this connection so far, per direction and traffic class.
+  transport::TrafficSnapshot traffic() const { return conn_.counters().Snapshot(); }
+  // What the node said about itself at connect.
+  const plan::NodeInfoMessage& node_info() const { return session_.info(); }
+  // The node's execution time of the last successful run, in microseconds.
+  int64_t last_node_micros() const { return last_node_micros_.load(std::memory_order_relaxed); }
+
+  // Says goodbye (best effort) and closes; later Executes fail with Unavailable.
+  void Close() {
+    if (!conn_.broken()) {
+      (void)conn_.SendBytes(transport::MessageKind::kGoodbye, 0, "");
+      conn_.Close();
+    }
+  }
+
+ private:
+  RemoteExecutor(Connection conn, client_internal::Session session)
+      : conn_(std::move(conn)), session_(std::move(session)) {}
+
+  // Sends the prepared run and receives its answer. Any transport failure closes the
+  // connection (the stream can no longer be trusted to be in step).
+  absl::StatusOr<core::ExecuteResult> RunOnce(const core::ExecuteRequest& request,
+                                              bool* unknown_program) {
+    using transport::MessageKind;
+    using transport::TrafficClass;
+    const plan::MessageLimits& limits = session_.limits();
+    const uint64_t id = ++request_id_;
+    if (!prepared_.load_message.empty()) {
+      absl::Status s = conn_.SendBytes(MessageKind::kLoadProgram, id, prepared_.load_message);
+      if (!s.ok()) return Fail("sending the program", s);
+    }
+    absl::Status s = conn_.SendBytes(MessageKind::kRun, id, prepared_.run_message);
+    if (!s.ok()) return Fail("sending the run", s);
+    for (const plan::TransferFrame& f : prepared_.frames) {
+      pieces_.clear();
+      for (uint32_t k = f.first; k < f.first + f.count; ++k) {
+        const core::HostBytes& b = request.uploads[prepared_.upload_order[k]].bytes;
+        if (b.nbytes != 0) pieces_.push_back(transport::Piece{b.data, b.nbytes});
+      }
+      s = conn_.Send(MessageKind::kTransfer, id, pieces_,
+                     static_cast<TrafficClass>(static_cast<uint8_t>(f.upload_class)));
+      if (!s.ok()) return Fail("sending the uploads", s);
+    }
+
+    absl::StatusOr<transport::FrameHeader> header =
+        conn_.ReceiveHeader(session_.options().run_timeout);
+    if (!header.ok()) return Fail("waiting for the result", header.status());
+    if (header->request_id != id) {
+      return Violation(absl::StrCat("answer for request ", header->request_id, ", expected ", id));
+    }
+    if (header->kind == MessageKind::kError) {
+      if (header->payload_bytes > plan::MaxErrorBytes(limits)) {
+        return Violation("Error message larger than allowed");
+      }
+      message_.resize(static_cast<size_t>(header->payload_bytes));
+      s = conn_.ReceivePayload(message_.data(), message_.size());
+      if (!s.ok()) return Fail("receiving the node's error", s);
+      absl::StatusOr<plan::ErrorMessage> error = plan::DecodeError(message_, limits);
+      if (!error.ok()) return Violation(error.status().message());
+      *unknown_program = error->unknown_program;
+      return session_.Refused(*error);
+    }
+    if (header->kind != MessageKind::kResult) {
+      return Violation(absl::StrCat("expected kResult, got ", transport::MessageKindName(header->kind)));
+    }
+    if (header->payload_bytes > plan::MaxResultBytes(limits)) {
+      return Violation("Result message larger than allowed");
+    }
+    message_.resize(static_cast<size_t>(header->payload_bytes));
+    s = conn_.ReceivePayload(message_.data(), message_.size());
+    if (!s.ok()) return Fail("receiving the result", s);
+    s = plan::DecodeResult(message_, limits, &result_message_);
+    if (!s.ok()) return Violation(s.message());
+    if (result_message_.output_bytes != prepared_.output_bytes) {
+      return Violation("the result's output sizes differ from the program's");
+    }
+
+    core::ExecuteResult result;
+    result.outputs.reserve(prepared_.output_bytes.size());
+    uint64_t frame_left = 0;
+    for (uint64_t n : prepared_.output_bytes) {
+      if (n == 0) {
+        result.outputs.push_back(core::HostBytes{});
+        continue;
+      }
+      if (frame_left == 0) {
+        absl::StatusOr<transport::FrameHeader> h = conn_.ReceiveHeader(session_.options().io_timeout);
+        if (!h.ok()) return Fail("receiving the outputs", h.status());
+        if (h->kind != MessageKind::kTransfer || h->traffic != TrafficClass::kActivations ||
+            h->request_id != id || h->payload_bytes == 0) {
+          return Violation("expected an output transfer frame");
+        }
+        frame_left = h->payload_bytes;
+      }
+      if (n > frame_left) return Violation("an output spans transfer frames");
+      std::shared_ptr<char> memory(new char[static_cast<size_t>(n)], std::default_delete<char[]>());
+      s = conn_.ReceivePayload(memory.get(), static_cast<size_t>(n));
+      if (!s.ok()) return Fail("receiving the outputs", s);
+      frame_left -= n;
+      result.outputs.push_back(core::HostBytes{memory.get(), static_cast<size_t>(n),
+                                               std::shared_ptr<const void>(memory, memory.get())});
+    }
+    if (frame_left != 0) return Violation("output transfer frame longer than the outputs");
+    result.stats = result_message_.stats;
+    result.stats.program_cache_hit = prepared_.load_message.empty();
+    last_node_micros_.store(result_message_.node_micros, std::memory_order_relaxed);
+    return result;
+  }
+
+  // The connection is unusable from here on; later Executes return the same error.
+  absl::Status Fail(absl::string_view doing, const absl::Status& cause) {
+    conn_.Close();
+    lost_ = session_.Lost(doing, cause);
+    return lost_;
+  }
+  absl::Status Violation(absl::string_view what) {
+    conn_.Close();
+    lost_ = session_.Protocol(what);
+    return lost_;
+  }
+
+  absl::Mutex mu_;
+  Connection conn_;
+  client_internal::Session session_;
+  uint64_t request_id_ = 0;
+  absl::Status lost_;  // why the connection was given up, once it was
+  std::atomic<int64_t> last_node_micros_{0};
+  // Reused across runs.
+  client_internal::Session::PreparedRun prepared_;
+  std::vector<transport::Piece> pieces_;
+  std::string message_;
+  plan::ResultMessage result_message_;
+};
+
+}  // namespace genie::client
+
+#endif  // GENIE_CLIENT_REMOTE_EXECUTOR_H_

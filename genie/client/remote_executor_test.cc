@@ -1,0 +1,185 @@
+// File: genie/client/remote_executor_test.cc
+// RemoteExecutor against fake nodes (no libtorch): connect and authentication errors name
+// the node, a node that closes mid-session gives Unavailable at once, a node that stops
+// answering gives DeadlineExceeded within the run timeout, never a hang; the connection is
+// then given up and later calls fail fast.
+#include "genie/client/remote_executor.h"
+
+#include <atomic>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/time/clock.h"
+#include "genie/core/graph.h"
+#include "genie/plan/messages.h"
+#include "genie/transport/auth.h"
+#include "genie/transport/inprocess.h"
+#include "genie/transport/tcp.h"
+#include "gtest/gtest.h"
+
+namespace genie::client {
+namespace {
+
+using transport::Connection;
+using transport::InProcess;
+using transport::MessageKind;
+
+const std::string kKey = "remote-executor-test-key-0123456789";
+
+// relu(x) on 16 floats.
+struct Relu {
+  core::Graph g;
+  core::BufferId x;
+  std::string data = std::string(64, '\1');
+  Relu() {
+    x = g.AddBuffer(core::Buffer{core::DType::kFloat32, 16, core::BufferKind::kHostInput});
+    core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, 16});
+    core::Node n;
+    n.op = g.InternOp("aten::relu");
+    n.args = {core::Arg::Tensor(core::TensorRef::Contiguous(x, core::DType::kFloat32, {16}))};
+    n.outputs = {core::TensorRef::Contiguous(y, core::DType::kFloat32, {16})};
+    g.AddNode(n);
+    g.outputs().push_back(core::TensorRef::Contiguous(y, core::DType::kFloat32, {16}));
+  }
+  core::ExecuteRequest Request() const {
+    core::ExecuteRequest req;
+    req.graph = &g;
+    req.fingerprint = 9;
+    req.uploads = {{x, core::HostBytes{data.data(), data.size(), nullptr}}};
+    return req;
+  }
+};
+
+// A fake node: authenticates, answers the ping, then does `behaviour` with the connection.
+template <class Behaviour>
+std::thread FakeNode(Connection<InProcess> server, Behaviour behaviour) {
+  return std::thread([server = std::move(server), behaviour]() mutable {
+    if (!transport::AuthenticateServer(server, kKey, absl::Seconds(5)).ok()) return;
+    auto ping = server.Receive(absl::Seconds(5));
+    if (!ping.ok()) return;
+    plan::NodeInfoMessage info;
+    info.device = "fake";
+    info.max_program_bytes = 1 << 20;
+    info.max_cached_programs = 4;
+    (void)server.SendBytes(MessageKind::kPong, ping->header.request_id, plan::EncodeNodeInfo(info));
+    behaviour(server);
+  });
+}
+
+absl::StatusOr<std::unique_ptr<RemoteExecutor<InProcess>>> AttachTo(
+    Connection<InProcess> client, absl::Duration run_timeout = absl::Seconds(30)) {
+  RemoteExecutorOptions options;
+  options.run_timeout = run_timeout;
+  options.io_timeout = absl::Seconds(2);
+  return RemoteExecutor<InProcess>::Attach(std::move(client), "10.9.8.7:7070", kKey, options);
+}
+
+TEST(RemoteExecutorTest, ConnectRefusedNamesTheNode) {
+  // A port nobody listens on: take a free one and close it.
+  uint16_t port = 0;
+  {
+    auto l = transport::Listener<transport::Tcp>::Create("127.0.0.1", 0);
+    ASSERT_TRUE(l.ok());
+    port = l->port();
+  }
+  auto r = RemoteExecutor<transport::Tcp>::Connect("127.0.0.1", port, kKey);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find(absl::StrCat("127.0.0.1:", port)),
+            std::string::npos)
+      << r.status();
+}
+
+TEST(RemoteExecutorTest, WrongKeyIsUnauthenticated) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::thread node([server = std::move(pair->second)]() mutable {
+    (void)transport::AuthenticateServer(server, kKey, absl::Seconds(5));
+  });
+  auto r = RemoteExecutor<InProcess>::Attach(std::move(pair->first), "10.9.8.7:7070",
+                                             "a-different-key-0123456789abcdef");
+  node.join();
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsUnauthenticated(r.status())) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("10.9.8.7:7070"), std::string::npos);
+  EXPECT_NE(std::string(r.status().message()).find("same key"), std::string::npos);
+}
+
+TEST(RemoteExecutorTest, NodeThatClosesGivesUnavailableAtOnce) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::atomic<int> frames{0};
+  std::thread node = FakeNode(std::move(pair->second), [&](Connection<InProcess>& c) {
+    // Read the LoadProgram, Run and transfer frames, then die.
+    for (int i = 0; i < 3; ++i) {
+      if (c.Receive(absl::Seconds(5)).ok()) ++frames;
+    }
+    c.Close();
+  });
+  auto r = AttachTo(std::move(pair->first));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ((*r)->Describe(), "genie-node 10.9.8.7:7070 (fake)");
+  Relu relu;
+  const absl::Time start = absl::Now();
+  auto got = (*r)->Execute(relu.Request());
+  node.join();
+  ASSERT_FALSE(got.ok());
+  EXPECT_TRUE(absl::IsUnavailable(got.status())) << got.status();
+  EXPECT_NE(std::string(got.status().message()).find("10.9.8.7:7070"), std::string::npos)
+      << got.status();
+  EXPECT_NE(std::string(got.status().message()).find("restart"), std::string::npos);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(frames.load(), 3);
+  // Later calls fail at once with the same error.
+  auto again = (*r)->Execute(relu.Request());
+  EXPECT_TRUE(absl::IsUnavailable(again.status())) << again.status();
+  EXPECT_EQ(again.status(), got.status());
+}
+
+TEST(RemoteExecutorTest, NodeThatStopsAnsweringTimesOut) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::atomic<bool> release{false};
+  std::thread node = FakeNode(std::move(pair->second), [&](Connection<InProcess>& c) {
+    while (!release.load()) absl::SleepFor(absl::Milliseconds(10));
+    c.Close();
+  });
+  auto r = AttachTo(std::move(pair->first), absl::Milliseconds(300));
+  ASSERT_TRUE(r.ok()) << r.status();
+  Relu relu;
+  const absl::Time start = absl::Now();
+  auto got = (*r)->Execute(relu.Request());
+  const absl::Duration took = absl::Now() - start;
+  release = true;
+  node.join();
+  ASSERT_FALSE(got.ok());
+  EXPECT_TRUE(absl::IsDeadlineExceeded(got.status())) << got.status();
+  EXPECT_NE(std::string(got.status().message()).find("run_timeout"), std::string::npos);
+  EXPECT_LT(took, absl::Seconds(3));
+}
+
+TEST(RemoteExecutorTest, AnswerOfTheWrongKindClosesTheConnection) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::thread node = FakeNode(std::move(pair->second), [&](Connection<InProcess>& c) {
+    uint64_t id = 0;
+    for (int i = 0; i < 3; ++i) {
+      auto f = c.Receive(absl::Seconds(5));
+      if (f.ok()) id = f->header.request_id;
+    }
+    (void)c.SendBytes(MessageKind::kPong, id, "not a result");
+  });
+  auto r = AttachTo(std::move(pair->first));
+  ASSERT_TRUE(r.ok()) << r.status();
+  Relu relu;
+  auto got = (*r)->Execute(relu.Request());
+  node.join();
+  ASSERT_FALSE(got.ok());
+  EXPECT_TRUE(absl::IsUnavailable(got.status())) << got.status();
+  EXPECT_NE(std::string(got.status().message()).find("cannot accept"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace genie::client

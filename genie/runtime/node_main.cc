@@ -1,0 +1,136 @@
+// File: genie/runtime/node_main.cc
+// genie-node: the process that runs captured graphs for remote clients.
+//
+//   GENIE_KEY=$(cat key) genie-node --listen=0.0.0.0:7070 --memory_budget=$((8<<30))
+//   genie-node --listen=127.0.0.1:0 --key_file=/etc/genie/key   # port 0: any free port
+//
+// The first line on stdout is "genie-node listening on HOST:PORT" (flushed), so a parent
+// process can read the port. Logs go to stderr. SIGTERM / SIGINT stop it cleanly.
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <signal.h>
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/flags/usage_config.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "genie/runtime/node_server.h"
+#include "genie/transport/auth.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
+          "host:port to listen on; port 0 picks a free port (printed on the first stdout line)");
+ABSL_FLAG(std::string, key_file, "",
+          "file holding the shared secret (chmod 600); if empty, the GENIE_KEY environment "
+          "variable is used");
+ABSL_FLAG(int64_t, memory_budget, 0,
+          "bytes each client session may keep resident plus upload per run; 0 = unlimited");
+ABSL_FLAG(std::string, device, "cpu", "where graphs run: cpu (cuda:N on CUDA builds)");
+ABSL_FLAG(int32_t, threads, 2, "ATen intra-op threads");
+ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
+          "largest program (encoded graph and tables) a client may load");
+ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
+ABSL_FLAG(bool, log_runs, true, "log one line per run to stderr");
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+
+extern "C" void OnSignal(int) { g_stop.store(true); }
+
+int Fail(const std::string& message) {
+  std::fprintf(stderr, "genie-node: %s\n", message.c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage(
+      "runs Genie graphs for remote clients.\n"
+      "  genie-node --listen=127.0.0.1:0 --key_file=KEY [--memory_budget=BYTES] [--threads=N]\n"
+      "The key comes from --key_file or the GENIE_KEY environment variable.");
+  absl::FlagsUsageConfig usage;
+  // --help lists this file's flags (the binary's name differs from the source's).
+  usage.contains_help_flags = [](absl::string_view path) {
+    return absl::EndsWith(path, "node_main.cc");
+  };
+  usage.contains_helpshort_flags = usage.contains_help_flags;
+  absl::SetFlagsUsageConfig(usage);
+  absl::ParseCommandLine(argc, argv);
+
+  const std::string listen = absl::GetFlag(FLAGS_listen);
+  const size_t colon = listen.rfind(':');
+  uint32_t port = 0;
+  if (colon == std::string::npos ||
+      !absl::SimpleAtoi(absl::string_view(listen).substr(colon + 1), &port) || port > 65535) {
+    return Fail(absl::StrCat("--listen=", listen, " is not host:port (e.g. 127.0.0.1:7070)"));
+  }
+  std::string host = listen.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+
+  const std::string key_file = absl::GetFlag(FLAGS_key_file);
+  absl::StatusOr<std::string> key = key_file.empty() ? genie::transport::LoadKeyFromEnv()
+                                                     : genie::transport::LoadKeyFile(key_file);
+  if (!key.ok()) {
+    return Fail(absl::StrCat("no usable key: ", key.status().ToString(),
+                             ". Pass --key_file=PATH (chmod 600) or set GENIE_KEY"));
+  }
+
+  genie::runtime::NodeOptions options;
+  options.device = absl::GetFlag(FLAGS_device);
+  if (options.device != "cpu") {
+    return Fail(absl::StrCat("--device=", options.device,
+                             " is not supported by this build (cpu only for now)"));
+  }
+  options.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget);
+  if (options.memory_budget_bytes < 0) return Fail("--memory_budget must be >= 0");
+  const int64_t max_program = absl::GetFlag(FLAGS_max_program_bytes);
+  if (max_program <= 0 || max_program > (int64_t{1} << 30)) {
+    return Fail("--max_program_bytes must be in (0, 1 GiB]");
+  }
+  options.limits.max_program_bytes = static_cast<uint64_t>(max_program);
+  const int32_t max_programs = absl::GetFlag(FLAGS_max_cached_programs);
+  if (max_programs <= 0) return Fail("--max_cached_programs must be > 0");
+  options.max_cached_programs = static_cast<uint32_t>(max_programs);
+  options.log_runs = absl::GetFlag(FLAGS_log_runs);
+  const int32_t threads = absl::GetFlag(FLAGS_threads);
+  if (threads <= 0) return Fail("--threads must be > 0");
+  at::set_num_threads(threads);
+
+  absl::StatusOr<std::unique_ptr<genie::runtime::NodeServer>> server =
+      genie::runtime::NodeServer::Create(host, static_cast<uint16_t>(port), std::move(*key),
+                                         options);
+  if (!server.ok()) return Fail(server.status().ToString());
+
+  struct sigaction action = {};
+  action.sa_handler = OnSignal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGTERM, &action, nullptr);
+  sigaction(SIGINT, &action, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+
+  std::printf("genie-node listening on %s:%d\n", (*server)->host().c_str(), (*server)->port());
+  std::fflush(stdout);
+  std::fprintf(stderr, "genie-node: device %s, %d threads, memory budget %s, max program %lld bytes\n",
+               options.device.c_str(), threads,
+               options.memory_budget_bytes == 0
+                   ? "unlimited"
+                   : absl::StrCat(options.memory_budget_bytes, " bytes").c_str(),
+               static_cast<long long>(max_program));
+  (*server)->Serve(&g_stop);
+  std::fprintf(stderr, "genie-node: stopped\n");
+  return 0;
+}

@@ -1,0 +1,293 @@
+// File: genie/runtime/node_server.cc
+// genie-node's cold paths: a session's program cache, binding a Run to its program and
+// running it on the session's interpreter, logging; and the Tcp accept loop with one thread
+// per connection. The per-message loop itself is the template in node_server.h.
+#include "genie/runtime/node_server.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <list>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <utility>
+
+#include "absl/strings/str_format.h"
+#include "genie/core/status.h"
+#include "genie/transport/tcp.h"
+
+namespace genie::runtime {
+namespace node_internal {
+namespace {
+
+std::string FormatBytes(uint64_t n) {
+  if (n < 1024) return absl::StrCat(n, " B");
+  if (n < (uint64_t{1} << 20)) return absl::StrFormat("%.1f KiB", n / 1024.0);
+  if (n < (uint64_t{1} << 30)) return absl::StrFormat("%.1f MiB", n / 1048576.0);
+  return absl::StrFormat("%.2f GiB", n / 1073741824.0);
+}
+
+void LogLine(const std::string& line) {
+  // One write per line, so lines of concurrent sessions do not interleave.
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+}
+
+InterpreterOptions InterpreterOptionsFor(const NodeOptions& options) {
+  InterpreterOptions o;
+  o.device = options.device;
+  o.memory_budget_bytes = options.memory_budget_bytes;
+  o.max_cached_programs = options.max_cached_programs;
+  return o;
+}
+
+}  // namespace
+
+Session::Session(const NodeOptions& options, std::string peer)
+    : options_(options),
+      peer_(std::move(peer)),
+      interpreter_(InterpreterOptionsFor(options)),
+      start_(absl::Now()) {}
+
+Session::~Session() = default;
+
+plan::NodeInfoMessage Session::Info() const {
+  plan::NodeInfoMessage info;
+  info.device = options_.device;
+  info.max_program_bytes = options_.limits.max_program_bytes;
+  info.max_cached_programs = options_.max_cached_programs;
+  info.memory_budget_bytes = options_.memory_budget_bytes;
+  return info;
+}
+
+absl::Status Session::Load(absl::string_view payload) {
+  GENIE_ASSIGN_OR_RETURN(plan::LoadProgramMessage load, plan::DecodeLoadProgram(payload, limits()));
+  absl::StatusOr<plan::Program> program = plan::DecodeProgram(load.program, limits());
+  if (!program.ok()) {
+    return absl::Status(program.status().code(), absl::StrCat("program ", load.program_id,
+                                                              " refused: ", program.status().message()));
+  }
+  auto loaded = std::make_unique<Loaded>();
+  loaded->program = std::move(*program);
+  // The interpreter caches resolved operators by fingerprint: give every load its own, so a
+  // reused program id can never run with another graph's operators.
+  loaded->fingerprint = next_fingerprint_++;
+  auto it = programs_.find(load.program_id);
+  if (it != programs_.end()) {
+    it->second = std::move(loaded);
+    return absl::OkStatus();
+  }
+  while (programs_.size() >= std::max<uint32_t>(1, options_.max_cached_programs) &&
+         !load_order_.empty()) {
+    programs_.erase(load_order_.front());
+    load_order_.pop_front();
+  }
+  programs_.emplace(load.program_id, std::move(loaded));
+  load_order_.push_back(load.program_id);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<char*> Session::UploadArena(uint64_t bytes) {
+  if (options_.memory_budget_bytes > 0 &&
+      bytes > static_cast<uint64_t>(options_.memory_budget_bytes)) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "a run uploads ", bytes, " bytes, above this node's memory budget of ",
+        options_.memory_budget_bytes,
+        " bytes; send less per run or start genie-node with a larger --memory_budget"));
+  }
+  constexpr uint64_t kKeepArenaBytes = uint64_t{64} << 20;
+  try {
+    if (arena_.size() > kKeepArenaBytes && arena_.size() > 2 * bytes) std::string().swap(arena_);
+    if (arena_.size() < bytes) arena_.resize(static_cast<size_t>(bytes));
+  } catch (const std::bad_alloc&) {
+    std::string().swap(arena_);
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this node cannot allocate ", bytes, " bytes for a run's uploads; send less per run"));
+  } catch (const std::length_error&) {
+    std::string().swap(arena_);
+    return absl::ResourceExhaustedError(absl::StrCat("a run's uploads of ", bytes,
+                                                     " bytes cannot be held by this node"));
+  }
+  return arena_.data();
+}
+
+absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& run,
+                                                        bool* unknown_program) {
+  auto it = programs_.find(run.program_id);
+  if (it == programs_.end()) {
+    *unknown_program = true;
+    return absl::NotFoundError(absl::StrCat(
+        "program ", run.program_id,
+        " is not loaded on this connection (never sent, or evicted); send LoadProgram first"));
+  }
+  Loaded& loaded = *it->second;
+  plan::Program& program = loaded.program;
+  if (run.uploads.size() != program.uploads.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("run of program ", run.program_id, " uploads ",
+                                                   run.uploads.size(), " buffers, the program takes ",
+                                                   program.uploads.size()));
+  }
+  for (size_t k = 0; k < run.uploads.size(); ++k) {
+    const plan::UploadEntry& e = run.uploads[k];
+    const plan::UploadSlot& s = program.uploads[k];
+    if (e.buffer != s.buffer || e.nbytes != s.nbytes || e.upload_class != s.upload_class) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upload ", k, " of program ", run.program_id, " is b", e.buffer, " with ", e.nbytes,
+          " bytes (", plan::UploadClassName(e.upload_class), "); the program expects b", s.buffer,
+          " with ", s.nbytes, " bytes (", plan::UploadClassName(s.upload_class), ")"));
+    }
+  }
+  GENIE_RETURN_IF_ERROR(plan::ApplyBinding(run.binding, &program));
+
+  request_.graph = &program.graph;
+  request_.fingerprint = loaded.fingerprint;
+  request_.uploads.clear();
+  uint64_t offset = 0;
+  for (const plan::UploadSlot& s : program.uploads) {
+    request_.uploads.push_back(
+        core::Upload{s.buffer, core::HostBytes{arena_.data() + offset, static_cast<size_t>(s.nbytes),
+                                               nullptr}});
+    offset += s.nbytes;
+  }
+  request_.keep.clear();
+  for (const plan::ResidentSlot& s : program.keep) request_.keep.push_back(s.buffer);
+  request_.release.assign(run.binding.release.begin(), run.binding.release.end());
+
+  const absl::Time start = absl::Now();
+  result_ = interpreter_.Execute(request_);
+  last_run_micros_ = absl::ToInt64Microseconds(absl::Now() - start);
+  ++runs_;
+  if (options_.log_runs) {
+    if (result_.ok()) {
+      LogLine(absl::StrFormat(
+          "genie-node: run %s program=%d nodes=%d in=%s out=%s resident=%s %.3f ms%s", peer_,
+          run.program_id, result_->stats.nodes_executed, FormatBytes(offset),
+          FormatBytes(static_cast<uint64_t>(result_->stats.bytes_downloaded)),
+          FormatBytes(static_cast<uint64_t>(result_->stats.resident_bytes)),
+          last_run_micros_ / 1000.0, result_->stats.program_cache_hit ? " (cached)" : ""));
+    } else {
+      LogLine(absl::StrFormat("genie-node: run %s program=%d nodes=%d in=%s failed after %.3f ms: %s",
+                              peer_, run.program_id, program.graph.nodes().size(),
+                              FormatBytes(offset), last_run_micros_ / 1000.0,
+                              result_.status().ToString()));
+    }
+  }
+  if (!result_.ok()) return result_.status();
+  return &*result_;
+}
+
+void Session::LogConnected() const {
+  if (!options_.log_connections) return;
+  LogLine(absl::StrCat("genie-node: session ", peer_, " authenticated (device ", options_.device,
+                       ")"));
+}
+
+void Session::LogClosed(const absl::Status& why) const {
+  if (!options_.log_connections) return;
+  LogLine(absl::StrFormat("genie-node: session %s closed after %d runs, %.1f s: %s", peer_, runs_,
+                          absl::ToDoubleSeconds(absl::Now() - start_),
+                          why.ok() ? std::string("client said goodbye") : why.ToString()));
+}
+
+void Session::LogRefused(absl::string_view what, const absl::Status& why) const {
+  if (!options_.log_connections) return;
+  LogLine(absl::StrCat("genie-node: refused ", peer_, " (", what, "): ", why.ToString()));
+}
+
+}  // namespace node_internal
+
+// ---- NodeServer ---------------------------------------------------------------------
+
+struct NodeServer::Impl {
+  struct Worker {
+    std::thread thread;
+    std::shared_ptr<std::atomic<bool>> done;
+  };
+
+  transport::Listener<transport::Tcp> listener;
+  std::string host;
+  std::string key;
+  NodeOptions options;
+  std::atomic<bool> stop{false};
+  std::atomic<int> active{0};
+  std::list<Worker> workers;  // touched only by the Serve thread
+
+  Impl(transport::Listener<transport::Tcp> l, std::string h, std::string k, NodeOptions o)
+      : listener(std::move(l)), host(std::move(h)), key(std::move(k)), options(std::move(o)) {}
+
+  void Reap(bool all) {
+    for (auto it = workers.begin(); it != workers.end();) {
+      if (all || it->done->load()) {
+        it->thread.join();
+        it = workers.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+};
+
+absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Create(absl::string_view host,
+                                                               uint16_t port, std::string key,
+                                                               NodeOptions options) {
+  GENIE_RETURN_IF_ERROR(transport::ValidateKey(key));
+  absl::StatusOr<transport::Listener<transport::Tcp>> listener =
+      transport::Listener<transport::Tcp>::Create(host, port);
+  if (!listener.ok()) {
+    return absl::Status(listener.status().code(),
+                        absl::StrCat("genie-node cannot listen on ", host, ":", port, ": ",
+                                     listener.status().message(),
+                                     " (is another node using the port? use port 0 for any)"));
+  }
+  return std::unique_ptr<NodeServer>(new NodeServer(std::make_unique<Impl>(
+      std::move(*listener), std::string(host), std::move(key), std::move(options))));
+}
+
+NodeServer::NodeServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+NodeServer::~NodeServer() {
+  impl_->stop = true;
+  impl_->Reap(/*all=*/true);
+}
+
+const std::string& NodeServer::host() const { return impl_->host; }
+uint16_t NodeServer::port() const { return impl_->listener.port(); }
+int NodeServer::active_sessions() const { return impl_->active.load(); }
+void NodeServer::Shutdown() { impl_->stop = true; }
+
+void NodeServer::Serve(const std::atomic<bool>* stop) {
+  Impl& s = *impl_;
+  transport::ConnectionOptions conn_options;
+  conn_options.send_timeout = s.options.io_timeout;
+  conn_options.payload_timeout = s.options.io_timeout;
+  while (!s.stop.load() && (stop == nullptr || !stop->load())) {
+    s.Reap(/*all=*/false);
+    absl::StatusOr<transport::Connection<transport::Tcp>> conn =
+        s.listener.Accept(s.options.poll_interval, conn_options);
+    if (!conn.ok()) {
+      if (!absl::IsDeadlineExceeded(conn.status())) {
+        node_internal::LogLine(
+            absl::StrCat("genie-node: accept failed: ", conn.status().ToString()));
+        absl::SleepFor(s.options.poll_interval);
+      }
+      continue;
+    }
+    if (s.options.log_connections) {
+      node_internal::LogLine(absl::StrCat("genie-node: connection from ", conn->peer()));
+    }
+    auto done = std::make_shared<std::atomic<bool>>(false);
+    s.active.fetch_add(1);
+    s.workers.push_back(Impl::Worker{
+        std::thread([&s, done, c = std::move(*conn)]() mutable {
+          (void)ServeConnection(c, s.key, s.options, s.stop);
+          s.active.fetch_sub(1);
+          done->store(true);
+        }),
+        done});
+  }
+  s.stop = true;
+  s.Reap(/*all=*/true);
+}
+
+}  // namespace genie::runtime

@@ -1,0 +1,347 @@
+// File: genie/runtime/node_server.h
+// The genie-node side of the client <-> node protocol (genie/plan/messages.h): authenticate
+// every connection before anything else, then serve LoadProgram / Run / Ping until the
+// client leaves. Each connection is one client session with its own runtime::Interpreter
+// (its resident tensors) and its own bounded program cache. A malformed or hostile message
+// gets an Error frame and that connection closes; errors of one run (an op that fails, the
+// memory budget) get an Error frame and the session goes on.
+//
+//   // One session over any transport (an InProcess pair in tests):
+//   std::atomic<bool> stop{false};
+//   std::thread node([&] { (void)runtime::ServeConnection(server_end, key, NodeOptions{}, stop); });
+//
+//   // The genie-node process: one thread per connection on a Tcp listener.
+//   GENIE_ASSIGN_OR_RETURN(std::unique_ptr<runtime::NodeServer> server,
+//                          runtime::NodeServer::Create("127.0.0.1", 0, key, NodeOptions{}));
+//   std::printf("listening on %s:%d\n", server->host().c_str(), server->port());
+//   server->Serve(&stop);  // until `stop` or Shutdown()
+//
+// Logs one line per connection and per run to stderr (peer, program id, nodes, bytes in and
+// out, milliseconds). This header does not include libtorch.
+#ifndef GENIE_RUNTIME_NODE_SERVER_H_
+#define GENIE_RUNTIME_NODE_SERVER_H_
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "genie/core/executor.h"
+#include "genie/plan/messages.h"
+#include "genie/plan/program.h"
+#include "genie/runtime/interpreter.h"
+#include "genie/transport/auth.h"
+#include "genie/transport/frame.h"
+#include "genie/transport/traits.h"
+
+namespace genie::runtime {
+
+struct NodeOptions {
+  std::string device = "cpu";        // "cpu"; "cuda:N" where built with CUDA
+  int64_t memory_budget_bytes = 0;   // per session: resident + uploaded bytes; 0 = unlimited
+  uint32_t max_cached_programs = 256;  // per connection, oldest loaded evicted first
+  plan::MessageLimits limits;        // limits.max_program_bytes is --max_program_bytes
+  absl::Duration auth_timeout = absl::Seconds(10);
+  absl::Duration io_timeout = absl::Seconds(30);  // one send, or the rest of a frame
+  // How often an idle session or the accept loop looks at the stop flag.
+  absl::Duration poll_interval = absl::Milliseconds(100);
+  bool log_connections = true;
+  bool log_runs = true;
+};
+
+namespace node_internal {
+
+// One client session's state and the node's cold paths (node_server.cc): program cache,
+// binding runs to programs, the interpreter, logging.
+class Session {
+ public:
+  Session(const NodeOptions& options, std::string peer);
+  ~Session();
+
+  const NodeOptions& options() const { return options_; }
+  const plan::MessageLimits& limits() const { return options_.limits; }
+  plan::NodeInfoMessage Info() const;
+
+  // Decodes, validates and caches a LoadProgram payload. An error means the peer sent
+  // something no Genie client sends: refuse and close.
+  absl::Status Load(absl::string_view payload);
+
+  // Memory for `bytes` of uploads (reused across runs), or ResourceExhausted when over
+  // the session's memory budget or when it cannot be allocated.
+  absl::StatusOr<char*> UploadArena(uint64_t bytes);
+
+  // Runs `run` (its upload bytes in the arena, in table order) on the interpreter.
+  // *unknown_program is set when the run names a program this session does not have.
+  absl::StatusOr<const core::ExecuteResult*> Run(const plan::RunMessage& run,
+                                                 bool* unknown_program);
+
+  // Scratch reused across messages.
+  std::string& message() { return message_; }
+  plan::RunMessage& run_message() { return run_message_; }
+  std::vector<plan::UploadEntry>& output_entries() { return output_entries_; }
+  std::vector<transport::Piece>& pieces() { return pieces_; }
+  int64_t last_run_micros() const { return last_run_micros_; }
+
+  void LogConnected() const;
+  void LogClosed(const absl::Status& why) const;
+  void LogRefused(absl::string_view what, const absl::Status& why) const;
+
+ private:
+  struct Loaded {
+    plan::Program program;
+    uint64_t fingerprint = 0;  // this session's own key for the interpreter's cache
+  };
+
+  NodeOptions options_;
+  std::string peer_;
+  Interpreter interpreter_;
+  absl::flat_hash_map<uint64_t, std::unique_ptr<Loaded>> programs_;  // by client program id
+  std::deque<uint64_t> load_order_;
+  uint64_t next_fingerprint_ = 1;
+  std::string arena_;
+  core::ExecuteRequest request_;
+  absl::StatusOr<core::ExecuteResult> result_;
+  std::string message_;
+  plan::RunMessage run_message_;
+  std::vector<plan::UploadEntry> output_entries_;
+  std::vector<transport::Piece> pieces_;
+  absl::Time start_;
+  int64_t last_run_micros_ = 0;
+  int64_t runs_ = 0;
+};
+
+// Sends kError for `status` (best effort) and closes the connection.
+template <class Conn>
+absl::Status RefuseAndClose(Conn& conn, Session& session, uint64_t request_id,
+                            absl::string_view what, const absl::Status& status) {
+  session.LogRefused(what, status);
+  (void)conn.SendBytes(transport::MessageKind::kError, request_id,
+                       plan::EncodeError(status, false, session.limits()));
+  conn.Close();
+  return status;
+}
+
+// Receives the bytes of `entries` in the kTransfer frames of request `request_id` into
+// `dst` (consecutively), or drops them when `dst` is null. A frame of the wrong kind, class
+// or size sets *protocol_error (the stream is no longer trusted).
+template <class Conn>
+absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
+                            absl::Span<const plan::UploadEntry> entries, char* dst,
+                            absl::Duration timeout, bool* protocol_error) {
+  uint64_t frame_left = 0;
+  uint64_t offset = 0;
+  for (const plan::UploadEntry& e : entries) {
+    if (e.nbytes == 0) continue;
+    if (frame_left == 0) {
+      absl::StatusOr<transport::FrameHeader> h = conn.ReceiveHeader(timeout);
+      if (!h.ok()) return h.status();
+      if (h->kind != transport::MessageKind::kTransfer || h->request_id != request_id ||
+          static_cast<uint8_t>(h->traffic) != static_cast<uint8_t>(e.upload_class) ||
+          h->payload_bytes == 0) {
+        *protocol_error = true;
+        return absl::InvalidArgumentError(absl::StrCat(
+            "expected a ", plan::UploadClassName(e.upload_class),
+            " transfer frame for request ", request_id, ", got ",
+            transport::MessageKindName(h->kind), " (",
+            transport::TrafficClassName(h->traffic), ", request ", h->request_id, ", ",
+            h->payload_bytes, " bytes)"));
+      }
+      frame_left = h->payload_bytes;
+    }
+    if (e.nbytes > frame_left) {
+      *protocol_error = true;
+      return absl::InvalidArgumentError(absl::StrCat(
+          "upload of buffer b", e.buffer, " (", e.nbytes, " bytes) spans transfer frames"));
+    }
+    if (dst != nullptr) {
+      absl::Status s = conn.ReceivePayload(dst + offset, static_cast<size_t>(e.nbytes));
+      if (!s.ok()) return s;
+    } else {
+      char sink[16 * 1024];
+      for (uint64_t left = e.nbytes; left > 0;) {
+        const size_t n = static_cast<size_t>(left < sizeof(sink) ? left : sizeof(sink));
+        absl::Status s = conn.ReceivePayload(sink, n);
+        if (!s.ok()) return s;
+        left -= n;
+      }
+    }
+    offset += e.nbytes;
+    frame_left -= e.nbytes;
+  }
+  if (frame_left != 0) {
+    *protocol_error = true;
+    return absl::InvalidArgumentError("transfer frame longer than the run's upload table");
+  }
+  return absl::OkStatus();
+}
+
+// Serves an authenticated session until the peer leaves, a protocol error, or `stop`.
+template <class Conn>
+absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>& stop) {
+  using transport::MessageKind;
+  const plan::MessageLimits& limits = session.limits();
+  const absl::Duration io_timeout = session.options().io_timeout;
+  while (!stop.load(std::memory_order_relaxed)) {
+    absl::StatusOr<transport::FrameHeader> header =
+        conn.ReceiveHeader(session.options().poll_interval);
+    if (!header.ok()) {
+      if (absl::IsDeadlineExceeded(header.status()) && !conn.broken()) continue;
+      return header.status();  // the client left or the stream broke
+    }
+    const uint64_t id = header->request_id;
+    std::string& message = session.message();
+    auto receive_message = [&](uint64_t max_bytes) -> absl::Status {
+      if (header->payload_bytes > max_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            transport::MessageKindName(header->kind), " frame of ", header->payload_bytes,
+            " bytes is above this node's limit of ", max_bytes));
+      }
+      message.resize(static_cast<size_t>(header->payload_bytes));
+      return conn.ReceivePayload(message.data(), message.size());
+    };
+    switch (header->kind) {
+      case MessageKind::kPing: {
+        if (header->payload_bytes != 0) {
+          return RefuseAndClose(conn, session, id, "ping",
+                                absl::InvalidArgumentError("kPing with a payload"));
+        }
+        absl::Status s =
+            conn.SendBytes(MessageKind::kPong, id, plan::EncodeNodeInfo(session.Info()));
+        if (!s.ok()) return s;
+        break;
+      }
+      case MessageKind::kLoadProgram: {
+        absl::Status s = receive_message(plan::MaxLoadProgramBytes(limits));
+        if (!s.ok() && conn.broken()) return s;
+        if (s.ok()) s = session.Load(message);
+        if (!s.ok()) return RefuseAndClose(conn, session, id, "LoadProgram", s);
+        break;
+      }
+      case MessageKind::kRun: {
+        absl::Status s = receive_message(plan::MaxRunBytes(limits));
+        if (!s.ok() && conn.broken()) return s;
+        plan::RunMessage& run = session.run_message();
+        if (s.ok()) s = plan::DecodeRun(message, limits, &run);
+        if (!s.ok()) return RefuseAndClose(conn, session, id, "Run", s);
+        uint64_t upload_bytes = 0;
+        for (const plan::UploadEntry& e : run.uploads) upload_bytes += e.nbytes;
+        absl::StatusOr<char*> arena = session.UploadArena(upload_bytes);
+        bool protocol_error = false;
+        s = ReceiveUploads(conn, id, run.uploads, arena.ok() ? *arena : nullptr, io_timeout,
+                           &protocol_error);
+        if (protocol_error) return RefuseAndClose(conn, session, id, "Run uploads", s);
+        if (!s.ok()) return s;
+        bool unknown_program = false;
+        absl::StatusOr<const core::ExecuteResult*> result =
+            arena.ok() ? session.Run(run, &unknown_program)
+                       : absl::StatusOr<const core::ExecuteResult*>(arena.status());
+        if (!arena.ok()) session.LogRefused("run", arena.status());
+        if (!result.ok()) {
+          s = conn.SendBytes(MessageKind::kError, id,
+                             plan::EncodeError(result.status(), unknown_program, limits));
+          if (!s.ok()) return s;
+          break;
+        }
+        plan::ResultMessage out;
+        out.stats = (*result)->stats;
+        std::vector<plan::UploadEntry>& entries = session.output_entries();
+        entries.clear();
+        for (const core::HostBytes& b : (*result)->outputs) {
+          out.output_bytes.push_back(b.nbytes);
+          entries.push_back(plan::UploadEntry{core::kNoBuffer, plan::UploadClass::kActivations,
+                                              static_cast<uint64_t>(b.nbytes)});
+        }
+        out.node_micros = session.last_run_micros();
+        s = conn.SendBytes(MessageKind::kResult, id, plan::EncodeResult(out));
+        if (!s.ok()) return s;
+        for (const plan::TransferFrame& f :
+             plan::GroupTransfers(entries, transport::transport_traits<
+                                               typename Conn::Policy>::max_frame_bytes)) {
+          std::vector<transport::Piece>& pieces = session.pieces();
+          pieces.clear();
+          for (uint32_t k = f.first; k < f.first + f.count; ++k) {
+            const core::HostBytes& b = (*result)->outputs[k];
+            if (b.nbytes != 0) pieces.push_back(transport::Piece{b.data, b.nbytes});
+          }
+          s = conn.Send(MessageKind::kTransfer, id, pieces, transport::TrafficClass::kActivations);
+          if (!s.ok()) return s;
+        }
+        break;
+      }
+      case MessageKind::kGoodbye:
+        (void)conn.DiscardPayload();
+        conn.Close();
+        return absl::OkStatus();
+      default:
+        return RefuseAndClose(
+            conn, session, id, "frame",
+            absl::InvalidArgumentError(absl::StrCat(
+                "unexpected ", transport::MessageKindName(header->kind),
+                " frame (this node takes kPing, kLoadProgram, kRun, kGoodbye)")));
+    }
+  }
+  (void)conn.SendBytes(MessageKind::kGoodbye, 0, "node shutting down");
+  conn.Close();
+  return absl::CancelledError("node shutting down");
+}
+
+}  // namespace node_internal
+
+// Authenticates `conn` with `key`, then serves it until the client leaves, it breaks the
+// protocol, or `stop` becomes true. Returns why the session ended (OK: the client said
+// goodbye or closed).
+template <class Conn>
+absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOptions& options,
+                             const std::atomic<bool>& stop) {
+  node_internal::Session session(options, conn.peer());
+  absl::Status s = transport::AuthenticateServer(conn, key, options.auth_timeout);
+  if (!s.ok()) {
+    session.LogRefused("authentication", s);
+    conn.Close();
+    return s;
+  }
+  session.LogConnected();
+  s = node_internal::ServeSession(conn, session, stop);
+  session.LogClosed(s);
+  return s;
+}
+
+// A Tcp listener with one thread (and one session) per connection: what genie-node runs.
+class NodeServer {
+ public:
+  static absl::StatusOr<std::unique_ptr<NodeServer>> Create(absl::string_view host,
+                                                            uint16_t port, std::string key,
+                                                            NodeOptions options);
+  ~NodeServer();
+
+  const std::string& host() const;
+  uint16_t port() const;
+  // Accepts and serves until Shutdown() or `*stop` (if given) becomes true, then stops every
+  // session (each within about options.poll_interval, or when its current run ends) and
+  // returns.
+  void Serve(const std::atomic<bool>* stop = nullptr);
+  // Makes Serve return; safe from any thread.
+  void Shutdown();
+  // Sessions currently open.
+  int active_sessions() const;
+
+ private:
+  struct Impl;
+  explicit NodeServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace genie::runtime
+
+#endif  // GENIE_RUNTIME_NODE_SERVER_H_

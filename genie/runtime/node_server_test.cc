@@ -1,0 +1,410 @@
+// File: genie/runtime/node_server_test.cc
+// genie-node's session loop in process: a hand-built graph (aten::mm + aten::add) run
+// through RemoteExecutor -> ServeConnection over InProcess and loopback Tcp must match
+// runtime::Interpreter directly; residency, program caching, the memory budget, and the
+// refusal of malformed messages (Error frame, then the connection closes).
+#include "genie/runtime/node_server.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "genie/client/remote_executor.h"
+#include "genie/core/executor.h"
+#include "genie/core/graph.h"
+#include "genie/plan/messages.h"
+#include "genie/runtime/interpreter.h"
+#include "genie/transport/auth.h"
+#include "genie/transport/inprocess.h"
+#include "genie/transport/tcp.h"
+#include "gtest/gtest.h"
+
+namespace genie::runtime {
+namespace {
+
+using core::Arg;
+using core::Buffer;
+using core::BufferKind;
+using core::DType;
+using core::TensorRef;
+using transport::Connection;
+using transport::InProcess;
+using transport::MessageKind;
+using transport::Tcp;
+
+const std::string kKey = "node-server-test-key-0123456789abcdef";
+
+std::string Floats(int n, float scale) {
+  std::vector<float> v(n);
+  for (int i = 0; i < n; ++i) v[i] = scale * std::sin(0.37f * i + 1.0f);
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+core::HostBytes Borrow(const std::string& s) { return core::HostBytes{s.data(), s.size(), nullptr}; }
+
+// z = x @ w + b: x [2,8] uploaded, w [8,8] and b [2,8] parameters (or resident).
+struct MmAdd {
+  core::Graph g;
+  core::BufferId x, w, b, y, z;
+
+  explicit MmAdd(bool weights_resident) {
+    const BufferKind wk = weights_resident ? BufferKind::kResident : BufferKind::kParameter;
+    x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
+    Buffer wb{DType::kFloat32, 64, wk, "fc.weight"};
+    wb.handle = 11;
+    w = g.AddBuffer(wb);
+    Buffer bb{DType::kFloat32, 16, wk, "fc.bias"};
+    bb.handle = 12;
+    b = g.AddBuffer(bb);
+    y = g.AddBuffer(Buffer{DType::kFloat32, 16});
+    z = g.AddBuffer(Buffer{DType::kFloat32, 16});
+    core::Node mm;
+    mm.op = g.InternOp("aten::mm");
+    mm.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {2, 8})),
+               Arg::Tensor(TensorRef::Contiguous(w, DType::kFloat32, {8, 8}))};
+    mm.outputs = {TensorRef::Contiguous(y, DType::kFloat32, {2, 8})};
+    g.AddNode(mm);
+    core::Node add;
+    add.op = g.InternOp("aten::add.Tensor");
+    add.args = {Arg::Tensor(TensorRef::Contiguous(y, DType::kFloat32, {2, 8})),
+                Arg::Tensor(TensorRef::Contiguous(b, DType::kFloat32, {2, 8})), Arg::Int(1)};
+    add.outputs = {TensorRef::Contiguous(z, DType::kFloat32, {2, 8})};
+    g.AddNode(add);
+    g.outputs().push_back(TensorRef::Contiguous(z, DType::kFloat32, {2, 8}));
+  }
+};
+
+struct Data {
+  std::string x = Floats(16, 1.0f);
+  std::string x2 = Floats(16, -2.0f);
+  std::string w = Floats(64, 0.5f);
+  std::string b = Floats(16, 0.25f);
+};
+
+// First step: uploads weights and keeps them. Later steps: weights resident.
+core::ExecuteRequest FirstStep(const MmAdd& m, const Data& d, const std::string& x) {
+  core::ExecuteRequest req;
+  req.graph = &m.g;
+  req.fingerprint = 1001;
+  req.uploads = {{m.x, Borrow(x)}, {m.w, Borrow(d.w)}, {m.b, Borrow(d.b)}};
+  req.keep = {m.w, m.b};
+  return req;
+}
+
+core::ExecuteRequest LaterStep(const MmAdd& m, const std::string& x) {
+  core::ExecuteRequest req;
+  req.graph = &m.g;
+  req.fingerprint = 1002;
+  req.uploads = {{m.x, Borrow(x)}};
+  return req;
+}
+
+std::vector<float> AsFloats(const core::HostBytes& h) {
+  std::vector<float> v(h.nbytes / sizeof(float));
+  if (h.nbytes) std::memcpy(v.data(), h.data, h.nbytes);
+  return v;
+}
+
+void ExpectSameOutputs(const core::ExecuteResult& got, const core::ExecuteResult& want) {
+  ASSERT_EQ(got.outputs.size(), want.outputs.size());
+  for (size_t k = 0; k < got.outputs.size(); ++k) {
+    const std::vector<float> a = AsFloats(got.outputs[k]), b = AsFloats(want.outputs[k]);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-6) << "output " << k << "[" << i << "]";
+  }
+}
+
+// A session served on a thread over an InProcess pair.
+struct InProcessNode {
+  std::atomic<bool> stop{false};
+  std::thread thread;
+  absl::Status ended;
+  std::optional<Connection<InProcess>> client_end;
+
+  explicit InProcessNode(NodeOptions options = {}) {
+    options.log_runs = false;
+    auto pair = Connection<InProcess>::CreatePair();
+    EXPECT_TRUE(pair.ok());
+    client_end.emplace(std::move(pair->first));
+    thread = std::thread([this, options, server = std::move(pair->second)]() mutable {
+      ended = ServeConnection(server, kKey, options, stop);
+    });
+  }
+  ~InProcessNode() {
+    stop = true;
+    if (client_end) client_end->Close();
+    thread.join();
+  }
+  absl::StatusOr<std::unique_ptr<client::RemoteExecutor<InProcess>>> Attach(
+      const std::string& key = kKey) {
+    auto conn = std::move(*client_end);
+    client_end.reset();
+    client::RemoteExecutorOptions o;
+    o.run_timeout = absl::Seconds(30);
+    return client::RemoteExecutor<InProcess>::Attach(std::move(conn), "inprocess-node", key, o);
+  }
+};
+
+TEST(NodeServerTest, MmAddMatchesInterpreterAndKeepsWeightsResident) {
+  Data d;
+  MmAdd first(false), later(true);
+  Interpreter local;
+  auto want1 = local.Execute(FirstStep(first, d, d.x));
+  ASSERT_TRUE(want1.ok()) << want1.status();
+  auto want2 = local.Execute(LaterStep(later, d.x2));
+  ASSERT_TRUE(want2.ok()) << want2.status();
+
+  InProcessNode node;
+  auto remote = node.Attach();
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  client::RemoteExecutor<InProcess>& r = **remote;
+  EXPECT_EQ(r.Describe(), "genie-node inprocess-node (cpu)");
+  EXPECT_EQ(r.node_info().device, "cpu");
+
+  auto got1 = r.Execute(FirstStep(first, d, d.x));
+  ASSERT_TRUE(got1.ok()) << got1.status();
+  ExpectSameOutputs(*got1, *want1);
+  EXPECT_FALSE(got1->stats.program_cache_hit);
+  EXPECT_EQ(got1->stats.nodes_executed, 2);
+  EXPECT_EQ(got1->stats.bytes_uploaded, 64 + 256 + 64);
+  EXPECT_EQ(got1->stats.resident_bytes, 256 + 64);
+  const transport::TrafficSnapshot after1 = r.traffic();
+  EXPECT_EQ(after1.Bytes(transport::Direction::kSent, transport::TrafficClass::kWeights),
+            320u + transport::kFrameHeaderBytes);
+  EXPECT_EQ(after1.Bytes(transport::Direction::kSent, transport::TrafficClass::kActivations),
+            64u + transport::kFrameHeaderBytes);
+  EXPECT_EQ(after1.Bytes(transport::Direction::kReceived, transport::TrafficClass::kActivations),
+            64u + transport::kFrameHeaderBytes);
+
+  for (int step = 0; step < 3; ++step) {
+    auto got2 = r.Execute(LaterStep(later, d.x2));
+    ASSERT_TRUE(got2.ok()) << got2.status();
+    ExpectSameOutputs(*got2, *want2);
+    EXPECT_EQ(got2->stats.program_cache_hit, step > 0);
+  }
+  const transport::TrafficSnapshot moved = r.traffic() - after1;
+  EXPECT_EQ(moved.Bytes(transport::Direction::kSent, transport::TrafficClass::kWeights), 0u);
+  EXPECT_EQ(moved.Frames(transport::Direction::kSent, transport::TrafficClass::kActivations), 3u);
+}
+
+TEST(NodeServerTest, RunsOverLoopbackTcpNodeServer) {
+  NodeOptions options;
+  options.log_runs = false;
+  auto server = NodeServer::Create("127.0.0.1", 0, kKey, options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::thread serving([&] { (*server)->Serve(); });
+  Data d;
+  MmAdd first(false);
+  Interpreter local;
+  auto want = local.Execute(FirstStep(first, d, d.x));
+  ASSERT_TRUE(want.ok());
+  {
+    auto a = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*server)->port(), kKey);
+    ASSERT_TRUE(a.ok()) << a.status();
+    auto b = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*server)->port(), kKey);
+    ASSERT_TRUE(b.ok()) << b.status();
+    EXPECT_EQ((*a)->Describe(), absl::StrCat("genie-node 127.0.0.1:", (*server)->port(), " (cpu)"));
+    for (int i = 0; i < 2; ++i) {
+      auto got_a = (*a)->Execute(FirstStep(first, d, d.x));
+      ASSERT_TRUE(got_a.ok()) << got_a.status();
+      ExpectSameOutputs(*got_a, *want);
+      auto got_b = (*b)->Execute(FirstStep(first, d, d.x));
+      ASSERT_TRUE(got_b.ok()) << got_b.status();
+      ExpectSameOutputs(*got_b, *want);
+    }
+    EXPECT_EQ((*server)->active_sessions(), 2);
+    // A wrong key is refused; the node keeps serving.
+    auto wrong = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*server)->port(),
+                                                      "another-key-0123456789abcdef0123");
+    ASSERT_FALSE(wrong.ok());
+    EXPECT_TRUE(absl::IsUnauthenticated(wrong.status())) << wrong.status();
+    EXPECT_NE(std::string(wrong.status().message()).find("same key"), std::string::npos)
+        << wrong.status();
+    auto again = (*a)->Execute(FirstStep(first, d, d.x));
+    EXPECT_TRUE(again.ok()) << again.status();
+  }
+  (*server)->Shutdown();
+  serving.join();
+  EXPECT_EQ((*server)->active_sessions(), 0);
+}
+
+TEST(NodeServerTest, MemoryBudgetGivesResourceExhaustedAndSessionGoesOn) {
+  NodeOptions options;
+  options.memory_budget_bytes = 200;  // the weights (320 bytes) do not fit
+  InProcessNode node(options);
+  auto remote = node.Attach();
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  Data d;
+  MmAdd first(false);
+  auto r = (*remote)->Execute(FirstStep(first, d, d.x));
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(r.status())) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("memory_budget"), std::string::npos)
+      << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("genie-node inprocess-node"), std::string::npos)
+      << r.status();
+  // Something that fits still runs on the same connection.
+  core::Graph g;
+  core::BufferId x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
+  core::BufferId y = g.AddBuffer(Buffer{DType::kFloat32, 16});
+  core::Node relu;
+  relu.op = g.InternOp("aten::relu");
+  relu.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {16}))};
+  relu.outputs = {TensorRef::Contiguous(y, DType::kFloat32, {16})};
+  g.AddNode(relu);
+  g.outputs().push_back(TensorRef::Contiguous(y, DType::kFloat32, {16}));
+  core::ExecuteRequest req;
+  req.graph = &g;
+  req.uploads = {{x, Borrow(d.x)}};  // fingerprint 0: lowered every time
+  auto ok = (*remote)->Execute(req);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  const std::vector<float> in = AsFloats(Borrow(d.x)), out = AsFloats(ok->outputs[0]);
+  for (int i = 0; i < 16; ++i) EXPECT_EQ(out[i], std::max(in[i], 0.0f));
+}
+
+TEST(NodeServerTest, OpErrorIsReportedAndSessionGoesOn) {
+  InProcessNode node;
+  auto remote = node.Attach();
+  ASSERT_TRUE(remote.ok()) << remote.status();
+  Data d;
+  core::Graph g;
+  core::BufferId x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
+  core::BufferId y = g.AddBuffer(Buffer{DType::kFloat32, 16});
+  core::Node n;
+  n.op = g.InternOp("aten::no_such_op");
+  n.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {16}))};
+  n.outputs = {TensorRef::Contiguous(y, DType::kFloat32, {16})};
+  g.AddNode(n);
+  g.outputs().push_back(TensorRef::Contiguous(y, DType::kFloat32, {16}));
+  core::ExecuteRequest req;
+  req.graph = &g;
+  req.fingerprint = 5;
+  req.uploads = {{x, Borrow(d.x)}};
+  auto r = (*remote)->Execute(req);
+  ASSERT_FALSE(r.ok());
+  EXPECT_TRUE(absl::IsNotFound(r.status())) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find("aten::no_such_op"), std::string::npos);
+  MmAdd first(false);
+  EXPECT_TRUE((*remote)->Execute(FirstStep(first, d, d.x)).ok());
+}
+
+// ---- Raw protocol: what a broken or hostile client sends ----------------------------
+
+class RawClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    node_.emplace();
+    conn_.emplace(std::move(*node_->client_end));
+    node_->client_end.reset();
+    ASSERT_TRUE(transport::AuthenticateClient(*conn_, kKey, absl::Seconds(5)).ok());
+  }
+  void TearDown() override {
+    conn_->Close();
+    node_.reset();
+  }
+  // The node's answer must be an Error with `code`, and then the connection closes.
+  void ExpectErrorThenClose(absl::StatusCode code, absl::string_view contains = "") {
+    auto f = conn_->Receive(absl::Seconds(5));
+    ASSERT_TRUE(f.ok()) << f.status();
+    ASSERT_EQ(f->header.kind, MessageKind::kError);
+    auto e = plan::DecodeError(f->payload);
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_EQ(e->code, code) << e->message;
+    EXPECT_NE(e->message.find(std::string(contains)), std::string::npos) << e->message;
+    auto next = conn_->ReceiveHeader(absl::Seconds(5));
+    EXPECT_FALSE(next.ok());
+    EXPECT_FALSE(absl::IsDeadlineExceeded(next.status())) << next.status();
+  }
+  std::optional<InProcessNode> node_;
+  std::optional<Connection<InProcess>> conn_;
+};
+
+TEST_F(RawClientTest, PingAnswersNodeInfo) {
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kPing, 3, "").ok());
+  auto f = conn_->Receive(absl::Seconds(5));
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->header.kind, MessageKind::kPong);
+  EXPECT_EQ(f->header.request_id, 3u);
+  auto info = plan::DecodeNodeInfo(f->payload);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->device, "cpu");
+}
+
+TEST_F(RawClientTest, WrongVersionRunIsRefused) {
+  std::string run = plan::EncodeRun(plan::RunMessage{});
+  run[0] = 9;
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kRun, 1, run).ok());
+  ExpectErrorThenClose(absl::StatusCode::kInvalidArgument, "version");
+}
+
+TEST_F(RawClientTest, TruncatedRunIsRefused) {
+  const std::string run = plan::EncodeRun(plan::RunMessage{});
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kRun, 1, run.substr(0, run.size() - 3)).ok());
+  ExpectErrorThenClose(absl::StatusCode::kOutOfRange, "truncated");
+}
+
+TEST_F(RawClientTest, OversizedFrameIsRefusedBeforeItsPayload) {
+  // A header that announces 512 MiB for a Run; the payload never comes.
+  transport::FrameHeader h;
+  h.kind = MessageKind::kRun;
+  h.payload_bytes = uint64_t{512} << 20;
+  h.request_id = 1;
+  unsigned char head[transport::kFrameHeaderBytes];
+  transport::EncodeFrameHeader(h, head);
+  ASSERT_TRUE(conn_->WriteRawForTesting(absl::string_view(reinterpret_cast<char*>(head), sizeof(head))).ok());
+  ExpectErrorThenClose(absl::StatusCode::kInvalidArgument, "limit");
+}
+
+TEST_F(RawClientTest, RandomPayloadIsRefused) {
+  std::string junk(200, '\0');
+  uint32_t s = 12345;
+  for (char& c : junk) c = static_cast<char>((s = s * 1664525u + 1013904223u) >> 24);
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kLoadProgram, 1, junk).ok());
+  ExpectErrorThenClose(absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(RawClientTest, UnexpectedKindIsRefused) {
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kStats, 1, "x").ok());
+  ExpectErrorThenClose(absl::StatusCode::kInvalidArgument, "unexpected");
+}
+
+TEST_F(RawClientTest, UnknownProgramIsAnErrorButTheSessionGoesOn) {
+  plan::RunMessage run;
+  run.program_id = 77;
+  run.uploads = {{0, plan::UploadClass::kActivations, 8}};
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kRun, 1, plan::EncodeRun(run)).ok());
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kTransfer, 1, "12345678",
+                               transport::TrafficClass::kActivations).ok());
+  auto f = conn_->Receive(absl::Seconds(5));
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->header.kind, MessageKind::kError);
+  auto e = plan::DecodeError(f->payload);
+  ASSERT_TRUE(e.ok());
+  EXPECT_TRUE(e->unknown_program);
+  EXPECT_EQ(e->code, absl::StatusCode::kNotFound);
+  // Still in step: a ping is answered.
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kPing, 2, "").ok());
+  auto pong = conn_->Receive(absl::Seconds(5));
+  ASSERT_TRUE(pong.ok()) << pong.status();
+  EXPECT_EQ(pong->header.kind, MessageKind::kPong);
+}
+
+TEST_F(RawClientTest, TransferOfTheWrongClassIsRefused) {
+  plan::RunMessage run;
+  run.program_id = 1;
+  run.uploads = {{0, plan::UploadClass::kWeights, 8}};
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kRun, 1, plan::EncodeRun(run)).ok());
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kTransfer, 1, "12345678",
+                               transport::TrafficClass::kActivations).ok());
+  ExpectErrorThenClose(absl::StatusCode::kInvalidArgument, "weights");
+}
+
+}  // namespace
+}  // namespace genie::runtime

@@ -1,0 +1,304 @@
+// File: tests/e2e/remote_node_test.cc
+// End to end across processes: the real genie-node binary as a child process, the libtorch
+// frontend capturing a torch::nn module on remote_accelerator, RemoteExecutor<Tcp> carrying
+// the graphs over loopback. Checks results against eager CPU, that weights cross the wire
+// once, that a wrong key and malformed frames are refused while other clients keep working,
+// that a killed node gives a prompt error naming it, and that the memory budget is enforced.
+#include <signal.h>
+#include <torch/torch.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "genie/client/remote_executor.h"
+#include "genie/frontend/remote_device.h"
+#include "genie/plan/messages.h"
+#include "genie/runtime/interpreter.h"
+#include "genie/transport/auth.h"
+#include "genie/transport/tcp.h"
+#include "gtest/gtest.h"
+#include "tests/e2e/node_process.h"
+
+namespace genie::e2e {
+namespace {
+
+using client::RemoteExecutor;
+using transport::Direction;
+using transport::MessageKind;
+using transport::Tcp;
+using transport::TrafficClass;
+
+const std::string kKey = "e2e-remote-node-key-0123456789abcdef";
+
+torch::Device Remote() { return torch::Device(std::string(frontend::EnsureRegistered()) + ":0"); }
+
+double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
+  return (a.to(torch::kCPU).to(torch::kDouble) - b.to(torch::kDouble)).abs().max().item<double>();
+}
+
+torch::nn::Sequential SmallNet() {
+  return torch::nn::Sequential(torch::nn::Linear(8, 16),
+                               torch::nn::LayerNorm(torch::nn::LayerNormOptions({16})),
+                               torch::nn::GELU(), torch::nn::Linear(16, 4));
+}
+
+class RemoteNodeTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    torch::manual_seed(0);
+    auto node = NodeProcess::Start(kKey);
+    ASSERT_TRUE(node.ok()) << node.status();
+    node_ = std::move(*node);
+  }
+  void TearDown() override {
+    frontend::SetExecutor(std::make_shared<runtime::Interpreter>());
+    node_.reset();
+  }
+  std::shared_ptr<RemoteExecutor<Tcp>> Connect(client::RemoteExecutorOptions options = {}) {
+    auto exec = RemoteExecutor<Tcp>::Connect("127.0.0.1", node_->port(), kKey, options);
+    EXPECT_TRUE(exec.ok()) << exec.status();
+    if (!exec.ok()) return nullptr;
+    return std::shared_ptr<RemoteExecutor<Tcp>>(std::move(*exec));
+  }
+  // A small captured computation through the frontend on the installed executor.
+  void ExpectFrontendWorks() {
+    torch::Tensor a = torch::randn({4, 6});
+    torch::Tensor r = (torch::relu(a.to(Remote())) * 3 + 1).to(torch::kCPU);
+    EXPECT_LE(MaxAbsDiff(r, torch::relu(a) * 3 + 1), 1e-6);
+  }
+
+  torch::NoGradGuard no_grad_;
+  std::unique_ptr<NodeProcess> node_;
+};
+
+TEST_F(RemoteNodeTest, ModuleMatchesEagerAndWeightsCrossTheWireOnce) {
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect();
+  ASSERT_NE(exec, nullptr);
+  EXPECT_EQ(exec->Describe(), absl::StrCat("genie-node 127.0.0.1:", node_->port(), " (cpu)"));
+  frontend::SetExecutor(exec);
+
+  torch::nn::Sequential net = SmallNet();
+  torch::Tensor x1 = torch::randn({5, 8});
+  torch::Tensor x2 = torch::randn({5, 8});
+  torch::Tensor expected1 = net->forward(x1);
+  torch::Tensor expected2 = net->forward(x2);
+  int64_t param_bytes = 0;
+  for (const torch::Tensor& p : net->parameters()) param_bytes += p.nbytes();
+  net->to(Remote());
+  frontend::NameParameters(*net, "mlp");
+
+  const transport::TrafficSnapshot t0 = exec->traffic();
+  torch::Tensor y1 = net->forward(x1.to(Remote())).to(torch::kCPU);
+  const transport::TrafficSnapshot t1 = exec->traffic();
+  torch::Tensor y2 = net->forward(x2.to(Remote())).to(torch::kCPU);
+  const transport::TrafficSnapshot t2 = exec->traffic();
+
+  EXPECT_LE(MaxAbsDiff(y1, expected1), 1e-5);
+  EXPECT_LE(MaxAbsDiff(y2, expected2), 1e-5);
+  const transport::TrafficSnapshot first = t1 - t0, second = t2 - t1;
+  EXPECT_GE(first.Bytes(Direction::kSent, TrafficClass::kWeights), static_cast<uint64_t>(param_bytes))
+      << first.ToString();
+  EXPECT_EQ(second.Bytes(Direction::kSent, TrafficClass::kWeights), 0u) << second.ToString();
+  EXPECT_GE(second.Bytes(Direction::kSent, TrafficClass::kActivations), static_cast<uint64_t>(x2.nbytes()))
+      << second.ToString();
+  EXPECT_GE(second.Bytes(Direction::kReceived, TrafficClass::kActivations),
+            static_cast<uint64_t>(y2.nbytes()))
+      << second.ToString();
+  std::printf("first forward: %s\nsecond forward: %s\n", first.ToString().c_str(),
+              second.ToString().c_str());
+}
+
+TEST_F(RemoteNodeTest, WrongKeyIsRefusedAndTheNodeKeepsServing) {
+  auto wrong = RemoteExecutor<Tcp>::Connect("127.0.0.1", node_->port(),
+                                            "not-the-node-key-0123456789abcdef");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_TRUE(absl::IsUnauthenticated(wrong.status())) << wrong.status();
+  const std::string msg(wrong.status().message());
+  EXPECT_NE(msg.find(absl::StrCat("127.0.0.1:", node_->port())), std::string::npos) << msg;
+  EXPECT_NE(msg.find("key"), std::string::npos) << msg;
+
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect();
+  ASSERT_NE(exec, nullptr);
+  frontend::SetExecutor(exec);
+  ExpectFrontendWorks();
+}
+
+// A raw, authenticated connection to the node, for sending what no client sends.
+transport::Connection<Tcp> RawClient(uint16_t port, bool authenticate = true) {
+  auto conn = transport::Connection<Tcp>::Connect("127.0.0.1", port, absl::Seconds(5));
+  EXPECT_TRUE(conn.ok()) << conn.status();
+  if (authenticate) {
+    absl::Status s = transport::AuthenticateClient(*conn, kKey, absl::Seconds(5));
+    EXPECT_TRUE(s.ok()) << s;
+  }
+  return std::move(*conn);
+}
+
+// The node answers with an Error (when `want_error`) and closes the connection, promptly.
+void ExpectRefused(transport::Connection<Tcp>& conn, bool want_error) {
+  auto header = conn.ReceiveHeader(absl::Seconds(10));
+  if (want_error) {
+    ASSERT_TRUE(header.ok()) << header.status();
+    ASSERT_EQ(header->kind, MessageKind::kError);
+    std::string payload(header->payload_bytes, '\0');
+    ASSERT_TRUE(conn.ReceivePayload(payload.data(), payload.size()).ok());
+    auto e = plan::DecodeError(payload);
+    ASSERT_TRUE(e.ok()) << e.status();
+    EXPECT_FALSE(e->message.empty());
+    header = conn.ReceiveHeader(absl::Seconds(10));
+  }
+  ASSERT_FALSE(header.ok());
+  EXPECT_FALSE(absl::IsDeadlineExceeded(header.status())) << "node did not close: " << header.status();
+}
+
+TEST_F(RemoteNodeTest, MalformedFramesAreRefusedWhileAnotherClientWorks) {
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect();
+  ASSERT_NE(exec, nullptr);
+  frontend::SetExecutor(exec);
+  ExpectFrontendWorks();
+  {  // Random bytes instead of a frame, before authentication.
+    auto conn = RawClient(node_->port(), /*authenticate=*/false);
+    std::string junk(64, '\0');
+    uint32_t s = 7;
+    for (char& c : junk) c = static_cast<char>((s = s * 1664525u + 1013904223u) >> 24);
+    ASSERT_TRUE(conn.WriteRawForTesting(junk).ok());
+    ExpectRefused(conn, /*want_error=*/false);
+  }
+  ExpectFrontendWorks();
+  {  // Random bytes after authentication (not a valid frame header).
+    auto conn = RawClient(node_->port());
+    ASSERT_TRUE(conn.WriteRawForTesting(std::string(48, '\x5a')).ok());
+    ExpectRefused(conn, /*want_error=*/false);
+  }
+  {  // A Run of a wrong message version.
+    auto conn = RawClient(node_->port());
+    std::string run = plan::EncodeRun(plan::RunMessage{});
+    run[0] = 42;
+    ASSERT_TRUE(conn.SendBytes(MessageKind::kRun, 1, run).ok());
+    ExpectRefused(conn, /*want_error=*/true);
+  }
+  ExpectFrontendWorks();
+  {  // A truncated Run message.
+    auto conn = RawClient(node_->port());
+    plan::RunMessage m;
+    m.binding.release = {1, 2, 3};
+    const std::string run = plan::EncodeRun(m);
+    ASSERT_TRUE(conn.SendBytes(MessageKind::kRun, 1, run.substr(0, run.size() / 2)).ok());
+    ExpectRefused(conn, /*want_error=*/true);
+  }
+  {  // An oversized frame: a LoadProgram announcing 900 MiB.
+    auto conn = RawClient(node_->port());
+    transport::FrameHeader h;
+    h.kind = MessageKind::kLoadProgram;
+    h.payload_bytes = uint64_t{900} << 20;
+    unsigned char head[transport::kFrameHeaderBytes];
+    transport::EncodeFrameHeader(h, head);
+    ASSERT_TRUE(conn.WriteRawForTesting(absl::string_view(reinterpret_cast<char*>(head), sizeof(head))).ok());
+    ExpectRefused(conn, /*want_error=*/true);
+  }
+  {  // A frame cut short: the header promises 100 bytes, 10 come, then the client leaves.
+    auto conn = RawClient(node_->port());
+    transport::FrameHeader h;
+    h.kind = MessageKind::kRun;
+    h.payload_bytes = 100;
+    unsigned char head[transport::kFrameHeaderBytes];
+    transport::EncodeFrameHeader(h, head);
+    ASSERT_TRUE(conn.WriteRawForTesting(absl::string_view(reinterpret_cast<char*>(head), sizeof(head))).ok());
+    ASSERT_TRUE(conn.WriteRawForTesting(std::string(10, '\1')).ok());
+    conn.Close();
+  }
+  {  // Random payloads in every message kind the node takes.
+    for (MessageKind kind : {MessageKind::kLoadProgram, MessageKind::kRun}) {
+      auto conn = RawClient(node_->port());
+      std::string junk(300, '\0');
+      uint32_t s = static_cast<uint32_t>(kind);
+      for (char& c : junk) c = static_cast<char>((s = s * 22695477u + 1u) >> 24);
+      ASSERT_TRUE(conn.SendBytes(kind, 1, junk).ok());
+      ExpectRefused(conn, /*want_error=*/true);
+    }
+  }
+  ExpectFrontendWorks();
+  // The well-behaved client's connection was never disturbed.
+  torch::nn::Sequential net = SmallNet();
+  torch::Tensor x = torch::randn({3, 8});
+  torch::Tensor expected = net->forward(x);
+  net->to(Remote());
+  frontend::NameParameters(*net, "net");
+  EXPECT_LE(MaxAbsDiff(net->forward(x.to(Remote())), expected), 1e-5);
+}
+
+TEST_F(RemoteNodeTest, KilledNodeGivesPromptErrorNamingTheNode) {
+  client::RemoteExecutorOptions options;
+  options.run_timeout = absl::Seconds(30);  // death must be noticed long before this
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect(options);
+  ASSERT_NE(exec, nullptr);
+  frontend::SetExecutor(exec);
+  torch::nn::Sequential net = SmallNet();
+  net->to(Remote());
+  frontend::NameParameters(*net, "mlp");
+  (void)net->forward(torch::randn({2, 8}).to(Remote())).to(torch::kCPU);
+
+  ASSERT_TRUE(node_->Signal(SIGKILL).ok());
+  const std::string where = absl::StrCat("127.0.0.1:", node_->port());
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    (void)net->forward(torch::randn({2, 8}).to(Remote())).to(torch::kCPU);
+    FAIL() << "running on a killed node must raise";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find(where), std::string::npos) << msg;
+    EXPECT_NE(msg.find("genie-node"), std::string::npos) << msg;
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+
+  // The executor itself says Unavailable, at once, on every later call.
+  core::Graph g;
+  core::BufferId in = g.AddBuffer(core::Buffer{core::DType::kFloat32, 4, core::BufferKind::kHostInput});
+  core::BufferId out = g.AddBuffer(core::Buffer{core::DType::kFloat32, 4});
+  core::Node n;
+  n.op = g.InternOp("aten::relu");
+  n.args = {core::Arg::Tensor(core::TensorRef::Contiguous(in, core::DType::kFloat32, {4}))};
+  n.outputs = {core::TensorRef::Contiguous(out, core::DType::kFloat32, {4})};
+  g.AddNode(n);
+  g.outputs().push_back(core::TensorRef::Contiguous(out, core::DType::kFloat32, {4}));
+  const std::string data(16, '\0');
+  core::ExecuteRequest req;
+  req.graph = &g;
+  req.uploads = {{in, core::HostBytes{data.data(), data.size(), nullptr}}};
+  const auto again = std::chrono::steady_clock::now();
+  auto r = exec->Execute(req);
+  EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
+  EXPECT_NE(std::string(r.status().message()).find(where), std::string::npos) << r.status();
+  EXPECT_LT(std::chrono::steady_clock::now() - again, std::chrono::seconds(1));
+}
+
+TEST(RemoteNodeBudgetTest, MemoryBudgetExceededIsResourceExhausted) {
+  torch::NoGradGuard no_grad;
+  auto node = NodeProcess::Start(kKey, {"--memory_budget=4096"});
+  ASSERT_TRUE(node.ok()) << node.status();
+  auto exec = RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node)->port(), kKey);
+  ASSERT_TRUE(exec.ok()) << exec.status();
+  std::shared_ptr<RemoteExecutor<Tcp>> shared(std::move(*exec));
+  frontend::SetExecutor(shared);
+  torch::nn::Linear big(64, 64);  // 16.6 KiB of weights > 4 KiB budget
+  big->to(Remote());
+  frontend::NameParameters(*big, "big");
+  try {
+    (void)big->forward(torch::randn({2, 64}).to(Remote())).to(torch::kCPU);
+    ADD_FAILURE() << "a run over the node's memory budget must raise";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find("RESOURCE_EXHAUSTED"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--memory_budget"), std::string::npos) << msg;
+  }
+  // Small work still fits on the same connection.
+  torch::Tensor a = torch::randn({4});
+  EXPECT_LE(MaxAbsDiff((a.to(Remote()) + 1).to(torch::kCPU), a + 1), 1e-6);
+  frontend::SetExecutor(std::make_shared<runtime::Interpreter>());
+}
+
+}  // namespace
+}  // namespace genie::e2e
