@@ -13,7 +13,8 @@
 //
 // Residency: a buffer of kind kResident is found by its handle among the buffers an
 // earlier Execute kept. After a run, each buffer in `keep` is kept under its handle
-// (replacing what that handle held). `release` names handles to forget.
+// (replacing what that handle held). `release` names handles to forget once the run is
+// over: a storage that died while this graph was captured may still be read by it.
 #ifndef GENIE_CORE_EXECUTOR_H_
 #define GENIE_CORE_EXECUTOR_H_
 
@@ -53,7 +54,7 @@ struct ExecuteRequest {
   uint64_t fingerprint = 0;
   std::vector<Upload> uploads;
   std::vector<BufferId> keep;     // buffers whose final contents stay resident by handle
-  std::vector<uint64_t> release;  // handles whose resident buffers may be freed
+  std::vector<uint64_t> release;  // handles to forget after this run
 };
 
 struct ExecuteStats {

@@ -757,7 +757,10 @@ std::optional<CachedOp> CaptureContext::InferWithMeta(const c10::OperatorHandle&
         o.sizes = t.sizes().vec();
         o.strides = t.strides().vec();
         o.offset = t.storage_offset();
-        o.storage_nbytes = static_cast<int64_t>(t.storage().nbytes());
+        // The bytes the view reaches, from its geometry (inference storages are never
+        // read: a Meta or scratch storage may be larger than what the output needs).
+        o.storage_nbytes = static_cast<int64_t>(
+            at::detail::computeStorageNbytes(t.sizes(), t.strides(), t.itemsize(), t.storage_offset()));
         if (o.kind == OutputSpec::Kind::kFresh) spec.has_node = true;
       }
       spec.outputs.push_back(std::move(o));

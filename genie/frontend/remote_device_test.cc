@@ -252,6 +252,17 @@ TEST_F(RemoteDeviceTest, ScopesNameTheOps) {
   EXPECT_NE(dump.find("vision.block0"), std::string::npos) << dump;
 }
 
+TEST_F(RemoteDeviceTest, StorageThatDiesDuringCaptureIsStillReadByItsGraph) {
+  // A growing KV cache: the old cache storage dies while the graph that reads it
+  // (cat onto it) is being captured; the executor must forget it only after the run.
+  torch::Tensor first = torch::randn({2, 3});
+  torch::Tensor cache = first.to(Remote()) * 1;
+  ASSERT_TRUE(Flush().ok());  // the cache is resident now
+  torch::Tensor step = torch::randn({1, 3});
+  cache = torch::cat({cache, step.to(Remote())}, 0);  // the old storage dies here
+  EXPECT_TRUE(torch::equal(cache.to(torch::kCPU), torch::cat({first, step}, 0)));
+}
+
 TEST_F(RemoteDeviceTest, DeadOpsAreEliminated) {
   torch::Tensor x = torch::randn({32, 32}).to(Remote());
   {
@@ -268,6 +279,9 @@ TEST_F(RemoteDeviceTest, CommonModulesMatchEager) {
   torch::Tensor e_conv = conv->forward(img);
   conv->to(Remote());
   EXPECT_LE(MaxAbsDiff(conv->forward(img.to(Remote())), e_conv), 1e-5);
+
+  torch::nn::MaxPool2d pool(torch::nn::MaxPool2dOptions(2));
+  EXPECT_LE(MaxAbsDiff(pool->forward(img.to(Remote())), pool->forward(img)), 0);
 
   torch::Tensor ids = torch::randint(0, 20, {3, 5}, torch::kLong);
   torch::nn::Embedding emb(20, 6);

@@ -109,8 +109,6 @@ struct Interpreter::Impl {
     c10::InferenceMode inference;
     core::ExecuteResult result;
 
-    for (uint64_t h : req.release) resident.erase(h);
-
     bool hit = false;
     GENIE_ASSIGN_OR_RETURN(std::shared_ptr<const Program> program, Prepare(g, req.fingerprint, &hit));
     result.stats.program_cache_hit = hit;
@@ -324,6 +322,8 @@ struct Interpreter::Impl {
       const uint64_t h = g.buffer(b).handle;
       if (h != 0) resident[h] = roots[b];
     }
+    // After the run: this graph may still have read storages that died during capture.
+    for (uint64_t h : req.release) resident.erase(h);
     result.stats.bytes_uploaded = upload_bytes;
     result.stats.resident_bytes = ResidentBytes();
     return result;

@@ -38,7 +38,7 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
 
   core::ExecuteRequest out;
   for (uint64_t h : request.release) {
-    if (held_.erase(h) == 0) out.release.push_back(h);
+    if (!held_.contains(h)) out.release.push_back(h);  // the node forgets it after the run
   }
   // Buffers the client holds go up again; the rest the node still has.
   core::Graph graph = in;
@@ -83,6 +83,7 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
     held_[graph.buffer(fetched[k]).handle] = result.outputs[n_outputs + k];
   }
   result.outputs.resize(n_outputs);
+  for (uint64_t h : request.release) held_.erase(h);  // after the run, which may read it
   return result;
 }
 
