@@ -370,6 +370,7 @@ class CaptureContext {
   core::ScopeId scope_cache_id_ = 0;
   uint64_t chain_ = 0;
   std::vector<int64_t> key_;
+  torch::jit::Stack scratch_args_;  // arguments of the last CPU shape inference
 };
 
 bool IsDataDependent(const std::string& name);
@@ -713,6 +714,9 @@ std::optional<CachedOp> CaptureContext::InferWithMeta(const c10::OperatorHandle&
       meta.push_back(v);
     }
   }
+  // out= returns alias their arguments: keep the converted arguments alive until the
+  // outputs have been read.
+  const torch::jit::Stack meta_args = meta;
   try {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.callBoxed(&meta);
@@ -823,6 +827,7 @@ bool CaptureContext::InferWithCpu(const c10::OperatorHandle& op, const torch::ji
       cpu.push_back(v);
     }
   }
+  scratch_args_ = cpu;  // out= returns alias the arguments: keep them alive (see InferWithMeta)
   try {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.callBoxed(&cpu);
@@ -1072,6 +1077,7 @@ void CaptureContext::CpuFallback(const c10::OperatorHandle& op, const SchemaInfo
       cpu.push_back(v);
     }
   }
+  scratch_args_ = cpu;  // out= returns alias the arguments: keep them alive
   try {
     at::AutoDispatchBelowADInplaceOrView guard;
     op.callBoxed(&cpu);

@@ -32,6 +32,10 @@ using core::TensorRef;
 struct Program {
   std::vector<c10::OperatorHandle> ops;           // by OpId
   std::vector<std::vector<bool>> generator_args;  // by OpId, by argument index
+  // By OpId: the op returns references to its arguments (out= variants). libtorch's
+  // boxed wrappers drop the arguments before the returns are read, so the caller must
+  // keep them alive across the call.
+  std::vector<bool> returns_alias_args;
 };
 
 absl::StatusOr<c10::OperatorHandle> Resolve(const std::string& qualified) {
@@ -88,8 +92,11 @@ struct Interpreter::Impl {
         if (t->kind() == c10::TypeKind::OptionalType) t = t->containedType(0);
         gens.push_back(t->kind() == c10::TypeKind::GeneratorType);
       }
+      bool aliasing = false;
+      for (const c10::Argument& r : h.schema().returns()) aliasing |= r.alias_info() != nullptr;
       p->ops.push_back(h);
       p->generator_args.push_back(std::move(gens));
+      p->returns_alias_args.push_back(aliasing);
     }
     if (fp != 0) {
       programs[fp] = p;
@@ -180,6 +187,7 @@ struct Interpreter::Impl {
     };
 
     torch::jit::Stack stack;
+    torch::jit::Stack alive;  // arguments of an op whose returns alias them
     for (const core::Node& n : g.nodes()) {
       const c10::OperatorHandle& op = program->ops[n.op];
       const std::vector<bool>& gens = program->generator_args[n.op];
@@ -267,6 +275,11 @@ struct Interpreter::Impl {
             stack.emplace_back(c10::complex<double>(a.doubles.at(0), a.doubles.at(1)));
             break;
         }
+      }
+      if (program->returns_alias_args[n.op]) {
+        alive.assign(stack.begin(), stack.end());
+      } else {
+        alive.clear();
       }
       try {
         op.callBoxed(&stack);

@@ -202,7 +202,7 @@ TEST_F(ModelsTest, BertEncoderMatchesEager) {
 
 TEST_F(ModelsTest, SmallCnnWithoutMaxPoolMatchesEager) {
   SmallCnnConfig config;
-  config.max_pool = false;  // see DISABLED_SmallCnnMatchesEager
+  config.max_pool = false;
   SmallCnn eager(config), remote(config);
   ToRemote(*remote, "cnn");
   torch::Tensor images = torch::randn({2, 3, 16, 16});
@@ -211,22 +211,15 @@ TEST_F(ModelsTest, SmallCnnWithoutMaxPoolMatchesEager) {
                     [&] { return remote(images.to(Remote())); });
 }
 
-// Frontend bug (genie/frontend/remote_device.cc, CaptureContext::InferWithMeta): a
-// multi-output out= op such as aten::max_pool2d_with_indices.out (which max_pool2d
-// reaches on PrivateUse1 through the CompositeExplicitAutogradNonFunctional wrapper)
-// crashes with a use-after-free. libtorch's boxed wrapper for a kernel returning
-// std::tuple<Tensor&, Tensor&> drops the arguments from the stack before copying the
-// returned references; the Meta copies of the out= tensors are owned only by that
-// stack, so the returns dangle and InferWithMeta reads freed TensorImpls (SIGSEGV in
-// t.storage()). Fix: keep the converted arguments alive across op.callBoxed (copy the
-// Meta stack before the call; likewise in InferWithCpu and CpuFallback).
-// Minimal repro: torch::max_pool2d(torch::randn({2, 4, 8, 8}).to(remote), {2, 2}).
-TEST_F(ModelsTest, DISABLED_MaxPool2dOnRemote) {
+// Regression: a multi-output out= op (aten::max_pool2d_with_indices.out, which
+// max_pool2d reaches on PrivateUse1) returns references to its arguments; shape
+// inference used to read them after the boxed call had dropped the arguments.
+TEST_F(ModelsTest, MaxPool2dOnRemote) {
   torch::Tensor x = torch::randn({2, 4, 8, 8});
   EXPECT_LE(MaxAbsDiff(torch::max_pool2d(x.to(Remote()), {2, 2}), torch::max_pool2d(x, {2, 2})), 0);
 }
 
-TEST_F(ModelsTest, DISABLED_SmallCnnMatchesEager) {
+TEST_F(ModelsTest, SmallCnnMatchesEager) {
   SmallCnn eager(SmallCnnConfig{}), remote(SmallCnnConfig{});
   ToRemote(*remote, "cnn");
   torch::Tensor images = torch::randn({2, 3, 16, 16});
@@ -290,17 +283,9 @@ TEST_F(ModelsTest, VqaMatchesEagerAndNamesModalities) {
   }
 }
 
-// Frontend bug (genie/frontend/remote_device.cc, CaptureContext::OnStorageFreed / Run):
-// when the last reference to a *resident* storage dies while captured ops that read it
-// are still pending, OnStorageFreed moves its handle to `released_` at once, and the
-// next Run sends it in ExecuteRequest::release together with the graph that reads it;
-// the interpreter drops it first and fails with "buffer bN ... is not resident ... it
-// was released". Fix: do not release a handle the pending graph references
-// (handle_buffer_ contains it) until after that graph has run (or have executors apply
-// `release` after executing). A decode loop with a growing KV cache hits it: the
-// previous step's keys are resident, torch::cat reads them, and the assignment drops
-// them before the logits are read. Minimal repro below.
-TEST_F(ModelsTest, DISABLED_ResidentTensorFreedBeforeFlush) {
+// Regression: a resident storage that dies while a pending graph still reads it (a
+// growing KV cache replacing its keys) must be released only after that graph ran.
+TEST_F(ModelsTest, ResidentTensorFreedBeforeFlush) {
   torch::Tensor a = torch::randn({4});
   torch::Tensor r = a.to(Remote());
   (void)(r + 1).to(torch::kCPU);  // r is now resident on the executor
@@ -332,11 +317,7 @@ void DecodeAndCompare(KvCacheMode mode, int steps, PerStep per_step) {
     const int64_t position = eager_cache.length;
     expected = eager(next, &eager_cache, position);
     ResetCaptureStats();
-    // Workaround for DISABLED_ResidentTensorFreedBeforeFlush: the growing cache replaces
-    // its resident tensors each step; hold the old ones until the step has run.
-    KvCache previous = remote_cache;
     got = remote(next.to(Remote()), &remote_cache, position).to(torch::kCPU);
-    previous = KvCache();
     const CaptureStats stats = GetCaptureStats();
     EXPECT_LE(MaxAbsDiff(got, expected), kTolerance) << "decode step " << step;
     EXPECT_EQ(stats.cpu_fallbacks, 0) << "decode step " << step;
