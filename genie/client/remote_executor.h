@@ -267,6 +267,10 @@ class RemoteExecutor final : public core::Executor {
     absl::StatusOr<transport::FrameHeader> header =
         conn_.ReceiveHeader(session_.options().run_timeout);
     if (!header.ok()) return Fail("waiting for the result", header.status());
+    if (header->kind == MessageKind::kGoodbye) {
+      return Fail("waiting for the result",
+                  absl::UnavailableError("the node is shutting down and closed the session"));
+    }
     if (header->request_id != id) {
       return Violation(absl::StrCat("answer for request ", header->request_id, ", expected ", id));
     }

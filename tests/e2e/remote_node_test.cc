@@ -5,9 +5,11 @@
 // once, that a wrong key and malformed frames are refused while other clients keep working,
 // that a killed node gives a prompt error naming it, and that the memory budget is enforced.
 #include <signal.h>
+#include <sys/wait.h>
 #include <torch/torch.h>
 
 #include <chrono>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -251,6 +253,7 @@ TEST_F(RemoteNodeTest, KilledNodeGivesPromptErrorNamingTheNode) {
     const std::string msg = e.what_without_backtrace();
     EXPECT_NE(msg.find(where), std::string::npos) << msg;
     EXPECT_NE(msg.find("genie-node"), std::string::npos) << msg;
+    std::printf("frontend error after SIGKILL: %s\n", msg.c_str());
   }
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
 
@@ -273,6 +276,36 @@ TEST_F(RemoteNodeTest, KilledNodeGivesPromptErrorNamingTheNode) {
   EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
   EXPECT_NE(std::string(r.status().message()).find(where), std::string::npos) << r.status();
   EXPECT_LT(std::chrono::steady_clock::now() - again, std::chrono::seconds(1));
+}
+
+TEST_F(RemoteNodeTest, SigtermStopsTheNodeCleanlyWithAClientConnected) {
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect();
+  ASSERT_NE(exec, nullptr);
+  frontend::SetExecutor(exec);
+  ExpectFrontendWorks();
+  const auto start = std::chrono::steady_clock::now();
+  absl::StatusOr<int> status = node_->Signal(SIGTERM, absl::Seconds(5));
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_TRUE(WIFEXITED(*status) && WEXITSTATUS(*status) == 0) << "wait status " << *status;
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(3));
+  // The client learns at its next run, with an error naming the node.
+  torch::Tensor a = torch::randn({4});
+  EXPECT_THROW((void)(a.to(Remote()) + 1).to(torch::kCPU), c10::Error);
+}
+
+TEST(GenieNodeBinaryTest, HelpListsTheFlags) {
+  absl::StatusOr<std::string> binary = NodeProcess::FindBinary();
+  ASSERT_TRUE(binary.ok()) << binary.status();
+  FILE* p = ::popen(absl::StrCat(*binary, " --help 2>&1").c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, n);
+  ::pclose(p);
+  for (const char* flag : {"--listen", "--key_file", "--memory_budget", "--device", "--threads",
+                           "--max_program_bytes"}) {
+    EXPECT_NE(out.find(flag), std::string::npos) << flag << " missing from --help:\n" << out;
+  }
 }
 
 TEST(RemoteNodeBudgetTest, MemoryBudgetExceededIsResourceExhausted) {
