@@ -126,6 +126,8 @@ class PipelineExecutor final : public core::Executor {
   }
 
   std::string Describe() const override { return scheduled_.Describe(); }
+  // What the scheduler shipped, by kind (weights, KV cache, activations).
+  scheduler::DataTraffic traffic() const { return scheduled_.traffic(); }
 
   std::vector<PipelineRecord> TakeRecords() {
     std::lock_guard<std::mutex> lock(mu_);

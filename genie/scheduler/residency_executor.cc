@@ -11,6 +11,33 @@
 
 namespace genie::scheduler {
 
+const char* StorageClassName(StorageClass c) {
+  switch (c) {
+    case StorageClass::kWeight: return "weights";
+    case StorageClass::kKvCache: return "KV cache";
+    case StorageClass::kActivation: return "activations";
+  }
+  return "?";
+}
+
+std::string DataTraffic::ToString() const {
+  std::string out;
+  for (int c = 0; c < 3; ++c) {
+    absl::StrAppend(&out, c ? ", " : "", StorageClassName(static_cast<StorageClass>(c)), " ",
+                    up[c], " B up / ", down[c], " B down");
+  }
+  return out;
+}
+
+DataTraffic ResidencyExecutor::traffic() const {
+  DataTraffic t;
+  for (int c = 0; c < 3; ++c) {
+    t.up[c] = up_[c].load(std::memory_order_relaxed);
+    t.down[c] = down_[c].load(std::memory_order_relaxed);
+  }
+  return t;
+}
+
 bool ResidencyExecutor::Ships(StorageClass c) const {
   switch (c) {
     case StorageClass::kWeight: return policy_.weights;
@@ -52,7 +79,10 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
       return absl::FailedPreconditionError(absl::StrCat(
           "buffer b", b.id, " (handle ", b.handle, ") is neither on the node nor held by the client"));
     }
-    graph.mutable_buffer(b.id).kind = core::BufferKind::kHostInput;
+    // Re-uploaded weights stay parameters, so the wire counts them as weights.
+    graph.mutable_buffer(b.id).kind = class_[b.handle] == StorageClass::kWeight
+                                          ? core::BufferKind::kParameter
+                                          : core::BufferKind::kHostInput;
     out.uploads.push_back({b.id, it->second});
     changed = true;
   }
@@ -75,6 +105,20 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
                             : request.fingerprint;
 
   GENIE_ASSIGN_OR_RETURN(core::ExecuteResult result, node_->Execute(out));
+  auto class_of = [&](core::BufferId b) {
+    const uint64_t h = graph.buffer(b).handle;
+    auto it = class_.find(h);
+    if (h != 0 && it != class_.end()) return it->second;
+    return graph.buffer(b).kind == core::BufferKind::kParameter ? StorageClass::kWeight
+                                                               : StorageClass::kActivation;
+  };
+  for (const core::Upload& u : out.uploads) {
+    up_[static_cast<int>(class_of(u.buffer))] += static_cast<int64_t>(u.bytes.nbytes);
+  }
+  for (size_t k = 0; k < result.outputs.size(); ++k) {
+    const StorageClass c = k < n_outputs ? StorageClass::kActivation : class_of(fetched[k - n_outputs]);
+    down_[static_cast<int>(c)] += static_cast<int64_t>(result.outputs[k].nbytes);
+  }
   if (result.outputs.size() != n_outputs + fetched.size()) {
     return absl::InternalError(absl::StrCat("node returned ", result.outputs.size(), " outputs, expected ",
                                             n_outputs + fetched.size()));

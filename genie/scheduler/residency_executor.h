@@ -11,6 +11,7 @@
 #ifndef GENIE_SCHEDULER_RESIDENCY_EXECUTOR_H_
 #define GENIE_SCHEDULER_RESIDENCY_EXECUTOR_H_
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -28,7 +29,17 @@ struct ShipPolicy {
   bool activations = false;
 };
 
-enum class StorageClass : uint8_t { kWeight, kKvCache, kActivation };
+enum class StorageClass : uint8_t { kWeight = 0, kKvCache = 1, kActivation = 2 };
+const char* StorageClassName(StorageClass c);
+
+// Bytes the client shipped to and from the node, by what they are.
+struct DataTraffic {
+  int64_t up[3] = {};    // by StorageClass
+  int64_t down[3] = {};  // by StorageClass
+  int64_t total() const { return up[0] + up[1] + up[2] + down[0] + down[1] + down[2]; }
+  int64_t of(StorageClass c) const { return up[static_cast<int>(c)] + down[static_cast<int>(c)]; }
+  std::string ToString() const;  // "weights 1.2 MiB up, KV cache 0 B, activations 24 KiB up / 8 KiB down"
+};
 
 class ResidencyExecutor {
  public:
@@ -40,6 +51,7 @@ class ResidencyExecutor {
   std::string Describe() const { return node_->Describe(); }
   const ShipPolicy& policy() const { return policy_; }
   int64_t client_held_bytes() const;  // what the client holds on the node's behalf
+  DataTraffic traffic() const;
 
  private:
   bool Ships(StorageClass c) const;
@@ -48,6 +60,8 @@ class ResidencyExecutor {
   ShipPolicy policy_;
   absl::flat_hash_map<uint64_t, StorageClass> class_;      // by storage handle
   absl::flat_hash_map<uint64_t, core::HostBytes> held_;    // client copies, by handle
+  std::atomic<int64_t> up_[3] = {};    // read by other threads while runs go on
+  std::atomic<int64_t> down_[3] = {};
 };
 
 }  // namespace genie::scheduler

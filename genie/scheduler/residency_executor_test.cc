@@ -106,6 +106,11 @@ TEST(ResidencyExecutor, BlindShipsEverythingEveryStepAndKeepsNothingOnTheNode) {
   EXPECT_EQ(node->uploaded_bytes, 2 * 440);  // weights and cache up, twice
   EXPECT_EQ(node->downloaded_bytes, 2 * (40 + 440));  // output + both back, twice
   EXPECT_TRUE(node->resident.empty());
+  const DataTraffic t = blind.traffic();
+  EXPECT_EQ(t.up[static_cast<int>(StorageClass::kWeight)], 2 * 400);
+  EXPECT_EQ(t.down[static_cast<int>(StorageClass::kWeight)], 2 * 400);
+  EXPECT_EQ(t.of(StorageClass::kKvCache), 4 * 40);
+  EXPECT_EQ(t.down[static_cast<int>(StorageClass::kActivation)], 2 * 40);
 }
 
 TEST(ResidencyExecutor, SemanticKeepsWeightsAndKvCacheResident) {
@@ -119,6 +124,8 @@ TEST(ResidencyExecutor, SemanticKeepsWeightsAndKvCacheResident) {
   EXPECT_EQ(node->downloaded_bytes, 2 * 40);  // only the requested output
   EXPECT_EQ(node->resident.size(), 2u);
   EXPECT_EQ(smart.client_held_bytes(), 0);
+  EXPECT_EQ(smart.traffic().of(StorageClass::kWeight), 400);
+  EXPECT_EQ(smart.traffic().up[static_cast<int>(StorageClass::kKvCache)], 40);  // first fill only
 }
 
 TEST(ResidencyExecutor, WithoutKvCacheColocationTheCacheTravelsButWeightsStay) {

@@ -57,6 +57,7 @@ class ScheduledExecutor<BlindScheduler> {
     return residency_.Execute(request, semantics);
   }
   std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
+  DataTraffic traffic() const { return residency_.traffic(); }
 
  private:
   ResidencyExecutor residency_;
@@ -83,6 +84,7 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
     return residency_.Execute(request, semantics);
   }
   std::string Describe() const { return absl::StrCat("semantic on ", residency_.Describe()); }
+  DataTraffic traffic() const { return residency_.traffic(); }
 
  private:
   ResidencyExecutor residency_;

@@ -54,15 +54,26 @@ std::string TrafficSnapshot::ToString() const {
   return out;
 }
 
-TrafficSnapshot operator-(const TrafficSnapshot& a, const TrafficSnapshot& b) {
+namespace {
+template <class Op>
+TrafficSnapshot Combine(const TrafficSnapshot& a, const TrafficSnapshot& b, Op op) {
   TrafficSnapshot out;
   for (int d = 0; d < 2; ++d) {
     for (int c = 0; c < kNumTrafficClasses; ++c) {
-      out.bytes[d][c] = a.bytes[d][c] - b.bytes[d][c];
-      out.frames[d][c] = a.frames[d][c] - b.frames[d][c];
+      out.bytes[d][c] = op(a.bytes[d][c], b.bytes[d][c]);
+      out.frames[d][c] = op(a.frames[d][c], b.frames[d][c]);
     }
   }
   return out;
+}
+}  // namespace
+
+TrafficSnapshot operator-(const TrafficSnapshot& a, const TrafficSnapshot& b) {
+  return Combine(a, b, [](std::uint64_t x, std::uint64_t y) { return x - y; });
+}
+
+TrafficSnapshot operator+(const TrafficSnapshot& a, const TrafficSnapshot& b) {
+  return Combine(a, b, [](std::uint64_t x, std::uint64_t y) { return x + y; });
 }
 
 bool operator==(const TrafficSnapshot& a, const TrafficSnapshot& b) {

@@ -39,6 +39,7 @@ struct TrafficSnapshot {
   std::string ToString() const;
 
   friend TrafficSnapshot operator-(const TrafficSnapshot& a, const TrafficSnapshot& b);
+  friend TrafficSnapshot operator+(const TrafficSnapshot& a, const TrafficSnapshot& b);
   friend bool operator==(const TrafficSnapshot& a, const TrafficSnapshot& b);
   friend bool operator!=(const TrafficSnapshot& a, const TrafficSnapshot& b) { return !(a == b); }
 };

@@ -1,0 +1,54 @@
+// File: genie/client/session.cc
+// The non-template parts of Session: the embedded node and address parsing.
+#include "genie/client/session.h"
+
+#include <charconv>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "genie/transport/internal/auth_crypto.h"
+
+namespace genie::session_internal {
+
+absl::StatusOr<std::unique_ptr<EmbeddedNode>> EmbeddedNode::Start(const std::string& key,
+                                                                  runtime::NodeOptions options) {
+  GENIE_ASSIGN_OR_RETURN(std::unique_ptr<runtime::NodeServer> server,
+                         runtime::NodeServer::Create("127.0.0.1", 0, key, std::move(options)));
+  std::unique_ptr<EmbeddedNode> node(new EmbeddedNode());
+  node->server_ = std::move(server);
+  runtime::NodeServer* raw = node->server_.get();
+  node->thread_ = std::thread([raw] { raw->Serve(); });
+  return node;
+}
+
+EmbeddedNode::~EmbeddedNode() {
+  if (server_) server_->Shutdown();
+  if (thread_.joinable()) thread_.join();
+}
+
+std::string EmbeddedNode::address() const {
+  return absl::StrCat(server_->host(), ":", server_->port());
+}
+
+absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  int port = -1;
+  if (colon != std::string::npos && colon > 0) {
+    const char* begin = address.data() + colon + 1;
+    const char* end = address.data() + address.size();
+    auto [ptr, ec] = std::from_chars(begin, end, port);
+    if (ec != std::errc() || ptr != end) port = -1;
+  }
+  if (port <= 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("node address '", address, "' is not HOST:PORT (e.g. 10.0.0.7:7070)"));
+  }
+  return std::make_pair(address.substr(0, colon), static_cast<uint16_t>(port));
+}
+
+absl::StatusOr<std::string> RandomKey() {
+  GENIE_ASSIGN_OR_RETURN(std::string bytes, transport_internal::RandomBytes(32));
+  return absl::BytesToHexString(bytes);
+}
+
+}  // namespace genie::session_internal

@@ -1,0 +1,142 @@
+// File: genie/client/session.h
+// A Session connects a libtorch program to Genie nodes through one deployment type:
+// graphs captured on remote_accelerator run through the pipeline's analyzers, its
+// scheduler and its transport. Without node addresses it starts an embedded node on
+// loopback (a real genie-node server in this process, over real sockets).
+//
+//   using Deployment = genie::Pipeline<genie::Annotations<...>, genie::Analyzers<...>,
+//                                      genie::scheduler::SemanticScheduler<...>,
+//                                      genie::transport::Tcp>;
+//   auto session = genie::Session<Deployment>::Start({});           // embedded node
+//   model->to(torch::Device(session->device()));
+//   auto y = model->forward(x.to(torch::Device(session->device())));
+//   session->Dispatch();                  // returns at once; the node works
+//   std::cout << y.to(torch::kCPU);       // waits for what it needs
+//   session->traffic();                   // bytes per class and direction
+#ifndef GENIE_CLIENT_SESSION_H_
+#define GENIE_CLIENT_SESSION_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <thread>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "genie/client/pipeline.h"
+#include "genie/client/remote_executor.h"
+#include "genie/core/status.h"
+#include "genie/frontend/remote_device.h"
+#include "genie/runtime/node_server.h"
+#include "genie/transport/counters.h"
+
+namespace genie {
+
+struct SessionOptions {
+  std::vector<std::string> nodes;  // "host:port"; empty: one embedded node on 127.0.0.1
+  std::string key;                 // shared node key; empty with an embedded node: random
+  runtime::NodeOptions embedded;   // options of the embedded node
+  client::RemoteExecutorOptions connection;
+  bool record_dumps = false;       // keep the annotated graph of each run in its record
+};
+
+namespace session_internal {
+
+// An in-process genie-node on 127.0.0.1 (ephemeral port), served by its own thread.
+class EmbeddedNode {
+ public:
+  static absl::StatusOr<std::unique_ptr<EmbeddedNode>> Start(const std::string& key,
+                                                              runtime::NodeOptions options);
+  ~EmbeddedNode();
+  std::string address() const;  // "127.0.0.1:PORT"
+
+ private:
+  std::unique_ptr<runtime::NodeServer> server_;
+  std::thread thread_;
+};
+
+absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& address);
+absl::StatusOr<std::string> RandomKey();
+
+}  // namespace session_internal
+
+template <class P>
+class Session {
+  static_assert(is_pipeline_v<P>, "Session<P> needs a genie::Pipeline<...>");
+  using Transport = typename P::transport_policy;
+  using Node = client::RemoteExecutor<Transport>;
+
+ public:
+  static absl::StatusOr<std::unique_ptr<Session>> Start(SessionOptions options) {
+    std::unique_ptr<Session> s(new Session());
+    frontend::EnsureRegistered();
+    if (options.nodes.empty()) {
+      if (options.key.empty()) {
+        GENIE_ASSIGN_OR_RETURN(options.key, session_internal::RandomKey());
+      }
+      GENIE_ASSIGN_OR_RETURN(s->embedded_,
+                             session_internal::EmbeddedNode::Start(options.key, options.embedded));
+      options.nodes.push_back(s->embedded_->address());
+    }
+    std::vector<std::shared_ptr<core::Executor>> executors;
+    for (const std::string& address : options.nodes) {
+      GENIE_ASSIGN_OR_RETURN(auto host_port, session_internal::ParseHostPort(address));
+      GENIE_ASSIGN_OR_RETURN(std::unique_ptr<Node> node,
+                             Node::Connect(host_port.first, host_port.second, options.key,
+                                           options.connection));
+      std::shared_ptr<Node> shared = std::move(node);
+      s->nodes_.push_back(shared);
+      executors.push_back(shared);
+    }
+    s->executor_ = std::make_shared<PipelineExecutor<P>>(std::move(executors), options.record_dumps);
+    s->previous_ = frontend::GetExecutor();
+    frontend::SetExecutor(s->executor_);
+    return s;
+  }
+
+  ~Session() {
+    (void)frontend::Join();
+    frontend::SetExecutor(previous_);
+  }
+
+  // The device to move modules and tensors to.
+  static constexpr const char* device() { return "remote_accelerator:0"; }
+
+  absl::Status Dispatch() { return frontend::Dispatch(); }
+  absl::Status Join() { return frontend::Join(); }
+
+  // What the pipeline saw and did for each run since the last call.
+  std::vector<PipelineRecord> TakeRecords() { return executor_->TakeRecords(); }
+
+  // Bytes and frames moved, per class and direction, over all node connections.
+  transport::TrafficSnapshot traffic() const {
+    transport::TrafficSnapshot total;
+    for (const auto& n : nodes_) total = total + n->traffic();
+    return total;
+  }
+
+  // What the scheduler shipped to and from the nodes, by kind.
+  scheduler::DataTraffic data_traffic() const { return executor_->traffic(); }
+
+  std::vector<std::string> node_descriptions() const {
+    std::vector<std::string> out;
+    for (const auto& n : nodes_) out.push_back(n->Describe());
+    return out;
+  }
+  bool embedded() const { return embedded_ != nullptr; }
+  std::string scheduler_description() const { return executor_->Describe(); }
+
+ private:
+  Session() = default;
+
+  std::unique_ptr<session_internal::EmbeddedNode> embedded_;  // destroyed last
+  std::vector<std::shared_ptr<Node>> nodes_;
+  std::shared_ptr<PipelineExecutor<P>> executor_;
+  std::shared_ptr<core::Executor> previous_;
+};
+
+}  // namespace genie
+
+#endif  // GENIE_CLIENT_SESSION_H_
