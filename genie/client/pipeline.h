@@ -18,6 +18,7 @@
 #ifndef GENIE_CLIENT_PIPELINE_H_
 #define GENIE_CLIENT_PIPELINE_H_
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <list>
@@ -87,9 +88,18 @@ struct is_pipeline<Pipeline<Ts...>> : std::true_type {};
 template <class P>
 inline constexpr bool is_pipeline_v = is_pipeline<P>::value;
 
+// Ops of one top-level module ("vision", "language", ...) in a run.
+struct ModuleRecord {
+  std::string name;
+  int64_t ops = 0;
+  semantic::ModalityKind modality = semantic::ModalityKind::kUnknown;  // most common
+};
+
 // What the pipeline saw and decided, for reports.
 struct PipelineRecord {
   semantic::WorkloadClass workload = semantic::WorkloadClass::kUnknown;
+  semantic::PhaseKind phase = semantic::PhaseKind::kNone;
+  std::vector<ModuleRecord> modules;  // in first-seen order
   std::string summary;        // GraphSemantics::Summary
   std::string annotated;      // AnnotatedGraph::Dump (only when record_dumps)
   double milliseconds = 0;    // analysis + execution on the node
@@ -115,6 +125,8 @@ class PipelineExecutor final : public core::Executor {
     absl::StatusOr<core::ExecuteResult> result = scheduled_.Execute(request, semantics);
     PipelineRecord record;
     record.workload = semantics.workload;
+    record.phase = semantics.phase_of_graph;
+    record.modules = ModulesOf(semantics);
     record.summary = semantics.Summary(*request.graph);
     if (record_dumps_) record.annotated = annotated.Dump();
     record.milliseconds =
@@ -135,6 +147,29 @@ class PipelineExecutor final : public core::Executor {
   }
 
  private:
+  static std::vector<ModuleRecord> ModulesOf(const semantic::GraphSemantics& s) {
+    std::vector<ModuleRecord> out;
+    std::vector<std::array<int64_t, 5>> votes;
+    for (size_t n = 0; n < s.module.size(); ++n) {
+      const std::string top = s.module[n].substr(0, s.module[n].find('.'));
+      if (top.empty()) continue;
+      size_t i = 0;
+      while (i < out.size() && out[i].name != top) ++i;
+      if (i == out.size()) {
+        out.push_back({top, 0, semantic::ModalityKind::kUnknown});
+        votes.push_back({});
+      }
+      ++out[i].ops;
+      ++votes[i][static_cast<size_t>(s.modality[n])];
+    }
+    for (size_t i = 0; i < out.size(); ++i) {
+      size_t best = 0;
+      for (size_t m = 1; m < votes[i].size(); ++m) best = votes[i][m] > votes[i][best] ? m : best;
+      out[i].modality = static_cast<semantic::ModalityKind>(best);
+    }
+    return out;
+  }
+
   const semantic::GraphSemantics& SemanticsFor(const core::ExecuteRequest& request) {
     auto it = analyses_.find(request.fingerprint);
     if (request.fingerprint != 0 && it != analyses_.end()) return it->second;

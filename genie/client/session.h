@@ -31,6 +31,7 @@
 #include "genie/frontend/remote_device.h"
 #include "genie/runtime/node_server.h"
 #include "genie/transport/counters.h"
+#include "genie/transport/tcp.h"  // the backends sessions connect over
 
 namespace genie {
 

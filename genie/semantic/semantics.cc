@@ -250,7 +250,8 @@ GraphSemantics Analyze(const Graph& g, absl::Span<const BufferId> keep) {
     for (const core::TensorRef* in : node.Inputs()) {
       if (in->buffer >= n_buffers) continue;
       const core::Buffer& b = g.buffer(in->buffer);
-      if (b.kind == BufferKind::kParameter && !b.name.empty()) {
+      // Named storages are a module's parameters or buffers (uploaded now or resident).
+      if (!b.name.empty()) {
         from_param = ModuleOfParameter(b.name);
         break;
       }

@@ -220,6 +220,16 @@ TEST_F(CorpusTest, VqaOpsCarryModulePathsAndModalities) {
   }
 }
 
+TEST_F(CorpusTest, ResidentWeightsStillNameTheirModules) {
+  for (const Sample& s : *corpus_) {
+    if (s.phase != PhaseKind::kDecode) continue;  // decode steps read resident weights only
+    semantic::GraphSemantics sem = semantic::Analyze(s.graph, s.keep);
+    bool named_block = false;
+    for (const std::string& m : sem.module) named_block |= m.rfind("blocks.", 0) == 0;
+    EXPECT_TRUE(named_block) << s.name << ": " << sem.Summary(s.graph);
+  }
+}
+
 TEST_F(CorpusTest, DecodeGraphsFindTheKvCacheAndItsAppends) {
   for (const Sample& s : *corpus_) {
     if (s.phase != PhaseKind::kDecode) continue;
