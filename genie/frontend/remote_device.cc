@@ -47,6 +47,7 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "genie/runtime/interpreter.h"
 
 namespace genie::frontend {
@@ -1417,9 +1418,30 @@ TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
 // for clarity); every op falls through to the capture kernels.
 TORCH_LIBRARY_IMPL(_, AutogradPrivateUse1, m) { m.fallback(torch::CppFunction::makeFallthrough()); }
 
+// Structured ops reach an out-of-tree backend through CompositeExplicitAutogradNonFunctional
+// wrappers that run the meta function, allocate the output (an extra empty node) and
+// call the .out variant. Capturing the op itself skips all three: one node, with the
+// executor's kernel allocating its output.
+void CaptureStructuredOpsDirectly() {
+  static torch::Library* library = new torch::Library(
+      torch::Library::IMPL, "aten", c10::DispatchKey::PrivateUse1, __FILE__, __LINE__);
+  c10::Dispatcher& dispatcher = c10::Dispatcher::singleton();
+  for (const c10::OperatorName& name :
+       dispatcher.getAllOpNamesForDispatchKey(c10::DispatchKey::CompositeExplicitAutogradNonFunctional)) {
+    std::optional<c10::OperatorHandle> op = dispatcher.findOp(name);
+    if (!op || op->hasKernelForDispatchKey(c10::DispatchKey::PrivateUse1)) continue;
+    absl::string_view base = name.name;
+    if (!absl::ConsumePrefix(&base, "aten::")) continue;
+    const std::string qualified =
+        name.overload_name.empty() ? std::string(base) : absl::StrCat(base, ".", name.overload_name);
+    library->impl(qualified.c_str(), torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
+  }
+}
+
 const bool kRegistered = [] {
   c10::register_privateuse1_backend(kDeviceName);
   at::RegisterPrivateUse1HooksInterface(new RemoteHooks());
+  CaptureStructuredOpsDirectly();
   return true;
 }();
 
