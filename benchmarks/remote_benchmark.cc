@@ -11,6 +11,9 @@
 // node_us: the node's own execution time per run, so wire_us = time - node_us is the
 // price of going remote. The node runs with --log_runs=false and --threads=node_threads
 // (ATen intra-op threads; the in-process interpreter uses ATen's default).
+// On a shared, oversubscribed machine (client and node on the same 2 cores, other jobs
+// running), OpenMP's spinning workers dominate and scatter the timings by 10x; run with
+// OMP_WAIT_POLICY=PASSIVE (inherited by the node) for stable figures there.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
