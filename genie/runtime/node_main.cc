@@ -91,9 +91,14 @@ int main(int argc, char** argv) {
 
   genie::runtime::NodeOptions options;
   options.device = absl::GetFlag(FLAGS_device);
-  if (options.device != "cpu") {
+#ifdef GENIE_WITH_CUDA
+  const bool device_ok = options.device == "cpu" || absl::StartsWith(options.device, "cuda:");
+#else
+  const bool device_ok = options.device == "cpu";
+#endif
+  if (!device_ok) {
     return Fail(absl::StrCat("--device=", options.device,
-                             " is not supported by this build (cpu only for now)"));
+                             " is not supported by this build (cpu; cuda:N needs --config=cuda)"));
   }
   options.memory_budget_bytes = absl::GetFlag(FLAGS_memory_budget);
   if (options.memory_budget_bytes < 0) return Fail("--memory_budget must be >= 0");
