@@ -19,14 +19,17 @@ done
 [[ ${#targets[@]} -gt 0 ]] || { echo "usage: $0 [bazel flags] //pkg:target ..." >&2; exit 2; }
 
 bazel build -c opt "${flags[@]}" "${targets[@]}"
+# Ask Bazel where outputs are: the bazel-bin symlink may point at another output base.
+bin="$(bazel info -c opt "${flags[@]}" bazel-bin 2>/dev/null)"
 out=device_pack
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
 for t in "${targets[@]}"; do
   pkg="${t#//}"; pkg="${pkg%%:*}"; name="${t##*:}"
-  cp -L "bazel-bin/$pkg/$name" "$out/bin/$name"
+  cp -L "$bin/$pkg/$name" "$out/bin/$name"
   chmod u+w "$out/bin/$name"
-  # Copy the non-system, non-torch libraries the binary resolves here.
-  ldd "$out/bin/$name" | awk '/=> \// {print $3}' | while read -r lib; do
+  # Copy the non-system, non-torch libraries the binary resolves here (resolved from its
+  # own location, so Bazel's _solib libraries of dynamically linked tests come along).
+  ldd "$bin/$pkg/$name" | awk '/=> \// {print $3}' | while read -r lib; do
     base=$(basename "$lib")
     case "$base" in
       libc.so*|libm.so*|libdl.so*|librt.so*|libpthread.so*|ld-linux*|libstdc++*|libgcc_s*) ;;
