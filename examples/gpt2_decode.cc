@@ -6,7 +6,7 @@
 //
 //   bazel run //examples:gpt2_decode                                  # embedded node
 //   bazel run //examples:gpt2_decode -- --tokens=64 --cache=growing
-//   bazel run //examples:gpt2_decode -- --node=10.0.0.7:7070 --key_file=/etc/genie/key
+//   bazel run //examples:gpt2_decode -- --node=10.0.0.7:7070 --key-file=/etc/genie/key
 #include <torch/torch.h>
 
 #include <chrono>
@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   absl::SetProgramUsageMessage(
       "Generates tokens with a GPT-2-style decoder on a Genie node (KV cache on the node), checks "
       "each token's logits against local libtorch and compares with the semantics-blind baseline.");
+  genie::examples::AcceptDashedFlags(argc, argv);  // --key-file as well as --key_file
   absl::ParseCommandLine(argc, argv);
   torch::NoGradGuard no_grad;
   at::set_num_threads(1);

@@ -54,6 +54,19 @@ inline absl::StatusOr<SessionOptions> SessionOptionsFromFlags(const std::string&
   return options;
 }
 
+// Lets users spell flags with dashes (--key-file) as well as underscores (--key_file):
+// rewrites the names of "--long-flag[=value]" arguments in place, before "--".
+inline void AcceptDashedFlags(int argc, char** argv) {
+  for (int i = 1; i < argc; ++i) {
+    char* a = argv[i];
+    if (a[0] != '-' || a[1] != '-') continue;
+    if (a[2] == '\0') break;  // "--": what follows is not flags
+    for (char* c = a + 2; *c != '\0' && *c != '='; ++c) {
+      if (*c == '-') *c = '_';
+    }
+  }
+}
+
 inline std::string Bytes(double b) {
   const char* unit[] = {"B", "KiB", "MiB", "GiB"};
   int u = 0;

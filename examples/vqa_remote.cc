@@ -5,7 +5,7 @@
 // same work through the semantics-blind baseline, and reports what Genie saw and did.
 //
 //   bazel run //examples:vqa_remote                          # embedded node on loopback
-//   bazel run //examples:vqa_remote -- --node=10.0.0.7:7070 --key_file=/etc/genie/key
+//   bazel run //examples:vqa_remote -- --node=10.0.0.7:7070 --key-file=/etc/genie/key
 #include <torch/torch.h>
 
 #include <chrono>
@@ -98,6 +98,7 @@ int main(int argc, char** argv) {
       "Answers visual questions with a VQA model on a Genie node, checks the answers against "
       "local libtorch and reports what Genie saw and did.\n  vqa_remote [--node=HOST:PORT "
       "--key_file=F] [--steps=N --batch=B]");
+  genie::examples::AcceptDashedFlags(argc, argv);  // --key-file as well as --key_file
   absl::ParseCommandLine(argc, argv);
   torch::NoGradGuard no_grad;
   at::set_num_threads(1);  // the embedded node and the client share this machine
