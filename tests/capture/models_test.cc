@@ -4,6 +4,10 @@
 // graph per forward with no CPU fallback, and a second forward must find the weights
 // resident (it uploads only its inputs). The GPT-2 decode tests also check the capture
 // cache and the program cache across steps.
+//
+// Built twice: models_test runs on the in-process executor; models_remote_test
+// (GENIE_MODELS_ON_NODE) runs the same suite through a Session whose genie-node serves
+// over loopback TCP, so every model's parity holds end to end over the wire.
 #include "examples/models/models.h"
 
 #include <gtest/gtest.h>
@@ -14,9 +18,32 @@
 #include <vector>
 
 #include "genie/frontend/remote_device.h"
+#ifdef GENIE_MODELS_ON_NODE
+#include "examples/report.h"
+#endif
 
 namespace genie::models {
 namespace {
+
+#ifdef GENIE_MODELS_ON_NODE
+// Every test of this binary runs on an embedded genie-node reached over TCP.
+class NodeEnvironment : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    SessionOptions options;
+    options.embedded.log_connections = false;
+    options.embedded.log_runs = false;
+    auto s = Session<examples::SemanticDeployment>::Start(options);
+    ASSERT_TRUE(s.ok()) << s.status();
+    session_ = std::move(*s);
+  }
+  void TearDown() override { session_.reset(); }
+
+ private:
+  std::unique_ptr<Session<examples::SemanticDeployment>> session_;
+};
+::testing::Environment* const kNodeEnvironment = ::testing::AddGlobalTestEnvironment(new NodeEnvironment);
+#endif
 
 using frontend::CaptureStats;
 using frontend::GetCaptureStats;
