@@ -32,7 +32,7 @@
 #include "absl/types/span.h"
 #include "genie/transport/counters.h"
 #include "genie/transport/frame.h"
-#include "genie/transport/internal/framed_connection.h"
+#include "genie/transport/internal/framed_handle.h"
 #include "genie/transport/internal/tcp_stream.h"
 #include "genie/transport/options.h"
 #include "genie/transport/policies.h"
@@ -44,14 +44,11 @@ template <class P>
 class Listener<P, Tcp>;
 
 template <class P>
-class Connection<P, Tcp> {
+class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_internal::TcpStream> {
   static_assert(is_transport_policy_v<P>, "Connection<P>: P is not a transport policy");
-  using Impl = transport_internal::FramedConnection<transport_internal::TcpStream>;
+  using Base = transport_internal::FramedHandle<P, transport_internal::TcpStream>;
 
  public:
-  using Policy = P;
-  static constexpr std::string_view kTransportName = transport_traits<P>::name;
-
   // Connects to host:port (IPv4 or IPv6 literal or name). Errors name host:port:
   // Unavailable on refusal, DeadlineExceeded after `timeout`.
   static absl::StatusOr<Connection> Connect(absl::string_view host, std::uint16_t port,
@@ -63,43 +60,9 @@ class Connection<P, Tcp> {
     return Connection(std::move(*stream), options);
   }
 
-  Connection(Connection&&) noexcept = default;
-  Connection& operator=(Connection&&) noexcept = default;
-
-  // Sends one frame whose payload is the concatenation of `payload` (gathered, no copy).
-  absl::Status Send(MessageKind kind, std::uint64_t request_id, absl::Span<const Piece> payload,
-                    TrafficClass traffic = TrafficClass::kControl) {
-    return impl_->Send(kind, request_id, payload, traffic);
-  }
-  absl::Status SendBytes(MessageKind kind, std::uint64_t request_id, absl::string_view payload,
-                         TrafficClass traffic = TrafficClass::kControl) {
-    const Piece piece{payload.data(), payload.size()};
-    return impl_->Send(kind, request_id, absl::MakeConstSpan(&piece, 1), traffic);
-  }
-  // Waits up to `timeout` for the next frame's header (DeadlineExceeded when none came).
-  absl::StatusOr<FrameHeader> ReceiveHeader(absl::Duration timeout) {
-    return impl_->ReceiveHeader(timeout);
-  }
-  // Reads the next `size` payload bytes of the current frame into `dst`; may be called
-  // several times until the frame's payload_bytes are consumed.
-  absl::Status ReceivePayload(void* dst, std::size_t size) {
-    return impl_->ReceivePayload(dst, size);
-  }
-  absl::Status DiscardPayload() { return impl_->DiscardPayload(); }
-  // ReceiveHeader + the payload into a fresh buffer.
-  absl::StatusOr<Frame> Receive(absl::Duration timeout) { return impl_->Receive(timeout); }
-
-  void Close() { impl_->Close(); }
-  bool broken() const { return impl_->broken(); }
-  absl::Status status() const { return impl_->status(); }
-  const TrafficCounters& counters() const { return impl_->counters(); }
-  const std::string& peer() const { return impl_->peer(); }
-  absl::Status WriteRawForTesting(absl::string_view bytes) {
-    return impl_->WriteRawForTesting(bytes);
-  }
-
  private:
   friend class Listener<P, Tcp>;
+  using Base::Base;
 
   static transport_internal::SocketSettings Settings() {
     transport_internal::SocketSettings s;
@@ -107,15 +70,6 @@ class Connection<P, Tcp> {
     s.buffer_bytes = transport_traits<P>::socket_buffer_bytes;
     return s;
   }
-
-  Connection(transport_internal::TcpStream stream, const ConnectionOptions& options)
-      : impl_(std::make_unique<Impl>(
-            std::move(stream), transport_internal::FramedParams{
-                                   transport_traits<P>::max_frame_bytes,
-                                   absl::string_view(kTransportName.data(), kTransportName.size()),
-                                   options.send_timeout, options.payload_timeout})) {}
-
-  std::unique_ptr<Impl> impl_;
 };
 
 template <class P>
