@@ -127,7 +127,10 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
     held_[graph.buffer(fetched[k]).handle] = result.outputs[n_outputs + k];
   }
   result.outputs.resize(n_outputs);
-  for (uint64_t h : request.release) held_.erase(h);  // after the run, which may read it
+  for (uint64_t h : request.release) {  // after the run, which may still read them
+    held_.erase(h);
+    class_.erase(h);
+  }
   return result;
 }
 

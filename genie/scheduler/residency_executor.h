@@ -52,6 +52,7 @@ class ResidencyExecutor {
   const ShipPolicy& policy() const { return policy_; }
   int64_t client_held_bytes() const;  // what the client holds on the node's behalf
   DataTraffic traffic() const;
+  size_t tracked_storages() const { return class_.size(); }
 
  private:
   bool Ships(StorageClass c) const;

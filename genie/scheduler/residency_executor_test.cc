@@ -150,6 +150,7 @@ TEST(ResidencyExecutor, ReleasedHandlesAreForgottenOnBothSides) {
   r.release = {1, 2};
   ASSERT_TRUE(blind.Execute(r, {}).ok());
   EXPECT_EQ(blind.client_held_bytes(), 0);
+  EXPECT_EQ(blind.tracked_storages(), 0u);  // nothing about released storages is kept
   r.graph = &s.second;
   r.release.clear();
   r.keep = s.keep_second;
