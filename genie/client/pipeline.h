@@ -140,6 +140,8 @@ class PipelineExecutor final : public core::Executor {
   std::string Describe() const override { return scheduled_.Describe(); }
   // What the scheduler shipped, by kind (weights, KV cache, activations).
   scheduler::DataTraffic traffic() const { return scheduled_.traffic(); }
+  // Where modules ran and what went node to node (ModalityPlacement on several nodes).
+  scheduler::PlacementStats placement() const { return scheduled_.placement(); }
 
   std::vector<PipelineRecord> TakeRecords() {
     std::lock_guard<std::mutex> lock(mu_);

@@ -121,6 +121,10 @@ class Session {
   // What the scheduler shipped to and from the nodes, by kind.
   scheduler::DataTraffic data_traffic() const { return executor_->traffic(); }
 
+  // Where each module ran and the bytes nodes sent each other (these never appear in
+  // traffic()); empty unless the scheduler places across several nodes.
+  scheduler::PlacementStats placement() const { return executor_->placement(); }
+
   std::vector<std::string> node_descriptions() const {
     std::vector<std::string> out;
     for (const auto& n : nodes_) out.push_back(n->Describe());

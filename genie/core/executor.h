@@ -79,6 +79,29 @@ class Executor {
   virtual std::string Describe() const = 0;
 };
 
+// One node-to-node transfer: the sending node reads its resident buffer `handle` and sends
+// it to the node at `peer` ("host:port"), which keeps it under `peer_handle` for the
+// client's next run there.
+struct PeerSend {
+  uint64_t handle = 0;
+  DType dtype = DType::kFloat32;
+  int64_t numel = 0;
+  std::string peer;
+  uint64_t peer_handle = 0;
+  bool release = false;  // the sender forgets `handle` once sent
+};
+
+// A node that can send its resident buffers straight to another node (the bytes never
+// pass through the client). Executors of remote nodes implement it beside Executor.
+class PeerSender {
+ public:
+  virtual ~PeerSender() = default;
+  // "host:port" at which other nodes reach this node.
+  virtual std::string peer_address() const = 0;
+  // Bytes sent node to node, or an error naming both nodes.
+  virtual absl::StatusOr<int64_t> SendToPeer(const PeerSend& send) = 0;
+};
+
 }  // namespace genie::core
 
 #endif  // GENIE_CORE_EXECUTOR_H_

@@ -28,6 +28,15 @@ struct JustInTimeTransfers {  // only live inputs move; intermediates never leav
   static constexpr const char* kName = "just_in_time_transfers";
 };
 
+// Places a graph across several nodes by its semantics (genie/scheduler/placement.h):
+// vision and language modules on their own nodes, fusion where its larger inputs are, a
+// KV cache with its attention; tensors that cross nodes go node to node, never through
+// the client. With one node it changes nothing. Needs JustInTimeTransfers (intermediates
+// stay on nodes between the parts of a graph).
+struct ModalityPlacement {
+  static constexpr const char* kName = "modality_placement";
+};
+
 template <class... Optimizations>
 struct SemanticScheduler {
   static constexpr const char* kName = "semantic";

@@ -7,6 +7,12 @@
 //       scheduler::ResidentWeights, scheduler::KvCacheColocation,
 //       scheduler::JustInTimeTransfers>> smart({node});
 //   smart.Execute(request, semantic::Analyze(*request.graph, request.keep));
+//
+//   // Across several nodes (vision on node 0, language on node 1, ...):
+//   scheduler::ScheduledExecutor<scheduler::SemanticScheduler<
+//       scheduler::ResidentWeights, scheduler::KvCacheColocation,
+//       scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>> placed({n0, n1});
+//   placed.placement().node_to_node_bytes;
 #ifndef GENIE_SCHEDULER_SCHEDULER_H_
 #define GENIE_SCHEDULER_SCHEDULER_H_
 
@@ -19,6 +25,7 @@
 #include "absl/strings/str_cat.h"
 #include "genie/core/executor.h"
 #include "genie/core/type_traits.h"
+#include "genie/scheduler/placement_executor.h"
 #include "genie/scheduler/policies.h"
 #include "genie/scheduler/residency_executor.h"
 #include "genie/semantic/semantics.h"
@@ -28,7 +35,7 @@ namespace genie::scheduler {
 template <class O>
 inline constexpr bool is_optimization_v =
     std::is_same_v<O, ResidentWeights> || std::is_same_v<O, KvCacheColocation> ||
-    std::is_same_v<O, JustInTimeTransfers>;
+    std::is_same_v<O, JustInTimeTransfers> || std::is_same_v<O, ModalityPlacement>;
 
 template <class S>
 struct is_scheduler_policy : std::false_type {};
@@ -58,6 +65,7 @@ class ScheduledExecutor<BlindScheduler> {
   }
   std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
   DataTraffic traffic() const { return residency_.traffic(); }
+  PlacementStats placement() const { return PlacementStats{}; }  // one node: nothing placed
 
  private:
   ResidencyExecutor residency_;
@@ -67,27 +75,42 @@ template <class... Os>
 class ScheduledExecutor<SemanticScheduler<Os...>> {
   static_assert((is_optimization_v<Os> && ...),
                 "SemanticScheduler<...> takes scheduler optimizations only (ResidentWeights, "
-                "KvCacheColocation, JustInTimeTransfers)");
+                "KvCacheColocation, JustInTimeTransfers, ModalityPlacement)");
   template <class O>
   static constexpr bool kHas = (std::is_same_v<O, Os> || ...);
+  static_assert(!kHas<ModalityPlacement> || kHas<JustInTimeTransfers>,
+                "ModalityPlacement keeps intermediates on nodes between the parts of a graph: "
+                "compose it with JustInTimeTransfers");
 
  public:
   // What does not stay resident ships, as in the blind baseline.
   static constexpr ShipPolicy kPolicy{!kHas<ResidentWeights>, !kHas<KvCacheColocation>,
                                       !kHas<JustInTimeTransfers>};
 
+  // With ModalityPlacement and more than one node, graphs are placed across all of them;
+  // otherwise everything runs on the first node.
   explicit ScheduledExecutor(std::vector<std::shared_ptr<core::Executor>> nodes)
-      : residency_(nodes.at(0), kPolicy) {}
+      : residency_(nodes.at(0), kPolicy) {
+    if constexpr (kHas<ModalityPlacement>) {
+      if (nodes.size() > 1) placed_ = std::make_unique<PlacementExecutor>(std::move(nodes), kPolicy);
+    }
+  }
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request,
                                               const semantic::GraphSemantics& semantics) {
+    if (placed_ != nullptr) return placed_->Execute(request, semantics);
     return residency_.Execute(request, semantics);
   }
-  std::string Describe() const { return absl::StrCat("semantic on ", residency_.Describe()); }
-  DataTraffic traffic() const { return residency_.traffic(); }
+  std::string Describe() const {
+    return absl::StrCat("semantic on ", placed_ != nullptr ? placed_->Describe() : residency_.Describe());
+  }
+  DataTraffic traffic() const { return placed_ != nullptr ? placed_->traffic() : residency_.traffic(); }
+  // Where modules ran and what moved node to node (empty with one node).
+  PlacementStats placement() const { return placed_ != nullptr ? placed_->stats() : PlacementStats{}; }
 
  private:
   ResidencyExecutor residency_;
+  std::unique_ptr<PlacementExecutor> placed_;
 };
 
 }  // namespace genie::scheduler
