@@ -10,6 +10,36 @@
 
 namespace genie::client::client_internal {
 
+absl::StatusOr<plan::PeerSendMessage> PeerSendFor(const core::PeerSend& send) {
+  plan::PeerSendMessage m;
+  m.handle = send.handle;
+  m.dtype = send.dtype;
+  m.numel = send.numel;
+  m.peer_handle = send.peer_handle;
+  m.release = send.release;
+  const size_t colon = send.peer.rfind(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == send.peer.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("peer address \"", send.peer,
+                                                   "\" is not host:port"));
+  }
+  std::string host = send.peer.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  int port = 0;
+  for (size_t k = colon + 1; k < send.peer.size(); ++k) {
+    const char c = send.peer[k];
+    if (c < '0' || c > '9' || port > 65535) {
+      return absl::InvalidArgumentError(absl::StrCat("peer address \"", send.peer, "\" has a bad port"));
+    }
+    port = port * 10 + (c - '0');
+  }
+  if (port == 0 || port > 65535 || host.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("peer address \"", send.peer, "\" has a bad port"));
+  }
+  m.peer_host = std::move(host);
+  m.peer_port = static_cast<uint16_t>(port);
+  return m;
+}
+
 std::string NodeName(absl::string_view host, uint16_t port) {
   if (host.find(':') != absl::string_view::npos) return absl::StrCat("[", host, "]:", port);
   return absl::StrCat(host, ":", port);

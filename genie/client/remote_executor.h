@@ -129,6 +129,10 @@ class Session {
   uint64_t transient_id_ = 0;
 };
 
+// The PeerSend message for `send` (its "host:port" or "[v6]:port" parsed), or
+// InvalidArgument naming what is wrong with the address.
+absl::StatusOr<plan::PeerSendMessage> PeerSendFor(const core::PeerSend& send);
+
 // Setup failures, with the node named and what to do.
 absl::Status ConnectFailed(const std::string& node, const absl::Status& cause);
 absl::Status AuthFailed(const std::string& node, const absl::Status& cause);
@@ -137,7 +141,7 @@ std::string NodeName(absl::string_view host, uint16_t port);
 }  // namespace client_internal
 
 template <class P>
-class RemoteExecutor final : public core::Executor {
+class RemoteExecutor final : public core::Executor, public core::PeerSender {
   static_assert(transport::is_transport_policy_v<P>,
                 "RemoteExecutor<P>: P is not a transport policy (see genie/transport/policies.h)");
 
@@ -219,6 +223,53 @@ class RemoteExecutor final : public core::Executor {
   }
 
   std::string Describe() const override { return session_.Describe(); }
+
+  // Node to node: the node this executor talks to sends its resident buffer to another
+  // node (which must be reachable from it at send.peer and share the key); the bytes never
+  // pass through this client. Returns the bytes sent.
+  std::string peer_address() const override { return session_.node(); }
+  absl::StatusOr<int64_t> SendToPeer(const core::PeerSend& send) override {
+    using transport::MessageKind;
+    absl::MutexLock lock(&mu_);
+    if (!lost_.ok()) return lost_;
+    if (conn_.broken()) return session_.Lost("asking for a node-to-node transfer", conn_.status());
+    GENIE_ASSIGN_OR_RETURN(plan::PeerSendMessage m, client_internal::PeerSendFor(send));
+    const plan::MessageLimits& limits = session_.limits();
+    const uint64_t id = ++request_id_;
+    absl::Status s = conn_.SendBytes(MessageKind::kPeerSend, id, plan::EncodePeerSend(m));
+    if (!s.ok()) return Fail("asking for a node-to-node transfer", s);
+    absl::StatusOr<transport::FrameHeader> header = conn_.ReceiveHeader(session_.options().run_timeout);
+    if (!header.ok()) return Fail("waiting for a node-to-node transfer", header.status());
+    if (header->kind == MessageKind::kGoodbye) {
+      return Fail("waiting for a node-to-node transfer",
+                  absl::UnavailableError("the node is shutting down and closed the session"));
+    }
+    if (header->request_id != id) {
+      return Violation(absl::StrCat("answer for request ", header->request_id, ", expected ", id));
+    }
+    const bool error = header->kind == MessageKind::kError;
+    if (!error && header->kind != MessageKind::kResult) {
+      return Violation(absl::StrCat("expected kResult, got ", transport::MessageKindName(header->kind)));
+    }
+    if (header->payload_bytes > (error ? plan::MaxErrorBytes(limits) : plan::MaxResultBytes(limits))) {
+      return Violation("answer to a node-to-node transfer larger than allowed");
+    }
+    message_.resize(static_cast<size_t>(header->payload_bytes));
+    s = conn_.ReceivePayload(message_.data(), message_.size());
+    if (!s.ok()) return Fail("receiving the answer to a node-to-node transfer", s);
+    if (error) {
+      absl::StatusOr<plan::ErrorMessage> e = plan::DecodeError(message_, limits);
+      if (!e.ok()) return Violation(e.status().message());
+      return session_.Refused(*e);
+    }
+    s = plan::DecodeResult(message_, limits, &result_message_);
+    if (!s.ok()) return Violation(s.message());
+    if (!result_message_.output_bytes.empty() ||
+        result_message_.stats.bytes_uploaded != static_cast<int64_t>(m.nbytes())) {
+      return Violation("the node's answer to a node-to-node transfer does not match the request");
+    }
+    return result_message_.stats.bytes_uploaded;
+  }
 
   // Bytes and frames moved on this connection so far, per direction and traffic class.
   transport::TrafficSnapshot traffic() const { return conn_.counters().Snapshot(); }

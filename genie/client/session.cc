@@ -30,6 +30,8 @@ std::string EmbeddedNode::address() const {
   return absl::StrCat(server_->host(), ":", server_->port());
 }
 
+runtime::PeerStats EmbeddedNode::peer_stats() const { return server_->peer_stats(); }
+
 absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& address) {
   const size_t colon = address.rfind(':');
   int port = -1;

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "genie/client/pipeline.h"
 #include "genie/client/remote_executor.h"
 #include "genie/core/status.h"
@@ -36,7 +37,8 @@
 namespace genie {
 
 struct SessionOptions {
-  std::vector<std::string> nodes;  // "host:port"; empty: one embedded node on 127.0.0.1
+  std::vector<std::string> nodes;  // "host:port"; empty: embedded nodes on 127.0.0.1
+  int embedded_nodes = 1;          // how many embedded nodes when `nodes` is empty
   std::string key;                 // shared node key; empty with an embedded node: random
   runtime::NodeOptions embedded;   // options of the embedded node
   client::RemoteExecutorOptions connection;
@@ -52,6 +54,7 @@ class EmbeddedNode {
                                                               runtime::NodeOptions options);
   ~EmbeddedNode();
   std::string address() const;  // "127.0.0.1:PORT"
+  runtime::PeerStats peer_stats() const;  // what it sent to and received from other nodes
 
  private:
   std::unique_ptr<runtime::NodeServer> server_;
@@ -77,9 +80,16 @@ class Session {
       if (options.key.empty()) {
         GENIE_ASSIGN_OR_RETURN(options.key, session_internal::RandomKey());
       }
-      GENIE_ASSIGN_OR_RETURN(s->embedded_,
-                             session_internal::EmbeddedNode::Start(options.key, options.embedded));
-      options.nodes.push_back(s->embedded_->address());
+      if (options.embedded_nodes < 1) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "SessionOptions::embedded_nodes is ", options.embedded_nodes, "; use 1 or more"));
+      }
+      for (int k = 0; k < options.embedded_nodes; ++k) {
+        GENIE_ASSIGN_OR_RETURN(std::unique_ptr<session_internal::EmbeddedNode> node,
+                               session_internal::EmbeddedNode::Start(options.key, options.embedded));
+        options.nodes.push_back(node->address());
+        s->embedded_.push_back(std::move(node));
+      }
     }
     std::vector<std::shared_ptr<core::Executor>> executors;
     for (const std::string& address : options.nodes) {
@@ -130,13 +140,19 @@ class Session {
     for (const auto& n : nodes_) out.push_back(n->Describe());
     return out;
   }
-  bool embedded() const { return embedded_ != nullptr; }
+  bool embedded() const { return !embedded_.empty(); }
+  // Node-to-node bytes each embedded node sent and received (empty with remote nodes).
+  std::vector<runtime::PeerStats> embedded_peer_stats() const {
+    std::vector<runtime::PeerStats> out;
+    for (const auto& n : embedded_) out.push_back(n->peer_stats());
+    return out;
+  }
   std::string scheduler_description() const { return executor_->Describe(); }
 
  private:
   Session() = default;
 
-  std::unique_ptr<session_internal::EmbeddedNode> embedded_;  // destroyed last
+  std::vector<std::unique_ptr<session_internal::EmbeddedNode>> embedded_;  // destroyed last
   std::vector<std::shared_ptr<Node>> nodes_;
   std::shared_ptr<PipelineExecutor<P>> executor_;
   std::shared_ptr<core::Executor> previous_;

@@ -37,7 +37,7 @@ absl::StatusOr<MessageType> ReadPrefix(core::ByteReader& r) {
   }
   GENIE_ASSIGN_OR_RETURN(uint8_t type, r.ReadU8("message type"));
   if (type < static_cast<uint8_t>(MessageType::kNodeInfo) ||
-      type > static_cast<uint8_t>(MessageType::kError)) {
+      type > static_cast<uint8_t>(MessageType::kPeerPut)) {
     return Invalid(absl::StrCat("unknown message type ", static_cast<int>(type)));
   }
   return static_cast<MessageType>(type);
@@ -102,6 +102,10 @@ const char* MessageTypeName(MessageType type) {
       return "Result";
     case MessageType::kError:
       return "Error";
+    case MessageType::kPeerSend:
+      return "PeerSend";
+    case MessageType::kPeerPut:
+      return "PeerPut";
   }
   return "unknown";
 }
@@ -338,6 +342,94 @@ uint64_t MaxResultBytes(const MessageLimits& limits) {
 uint64_t MaxErrorBytes(const MessageLimits& limits) {
   return kPrefixBytes + 4 + 1 + 4 + limits.max_error_bytes;
 }
+
+// ---- PeerSend / PeerPut -------------------------------------------------------------
+
+namespace {
+
+// handle, dtype and numel: shared by PeerSend and PeerPut.
+absl::Status ReadBufferFields(core::ByteReader& r, const MessageLimits& limits,
+                              absl::string_view what, uint64_t* handle, core::DType* dtype,
+                              int64_t* numel) {
+  GENIE_ASSIGN_OR_RETURN(*handle, r.ReadU64("peer buffer handle"));
+  if (*handle == 0) return Invalid(absl::StrCat(what, " names handle 0 (no storage)"));
+  GENIE_ASSIGN_OR_RETURN(uint8_t code, r.ReadU8("peer buffer dtype"));
+  if (!core::IsKnownDType(code)) {
+    return Invalid(absl::StrCat(what, " has unknown dtype code ", static_cast<int>(code)));
+  }
+  *dtype = static_cast<core::DType>(code);
+  GENIE_ASSIGN_OR_RETURN(*numel, r.ReadI64("peer buffer numel"));
+  if (*numel < 0) return Invalid(absl::StrCat(what, " has a negative element count"));
+  const uint64_t size = core::DTypeSize(*dtype);
+  if (static_cast<uint64_t>(*numel) > limits.max_bytes_per_upload / size) {
+    return Invalid(absl::StrCat(what, " of ", *numel, " elements is above the limit of ",
+                                limits.max_bytes_per_upload, " bytes per buffer"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+std::string EncodePeerSend(const PeerSendMessage& m) {
+  core::ByteWriter w(WireFor(~uint64_t{0}));
+  WritePrefix(w, MessageType::kPeerSend);
+  w.WriteU64(m.handle);
+  w.WriteU8(static_cast<uint8_t>(m.dtype));
+  w.WriteI64(m.numel);
+  w.WriteString(m.peer_host);
+  w.WriteU16(m.peer_port);
+  w.WriteU64(m.peer_handle);
+  w.WriteU8(m.release ? 1 : 0);
+  return w.Release();
+}
+
+absl::StatusOr<PeerSendMessage> DecodePeerSend(absl::string_view bytes, const MessageLimits& limits) {
+  if (bytes.size() > MaxPeerSendBytes(limits)) {
+    return Invalid(absl::StrCat("PeerSend message of ", bytes.size(), " bytes is too large"));
+  }
+  core::ByteReader r(StdView(bytes), WireFor(limits.max_string_bytes));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kPeerSend));
+  PeerSendMessage m;
+  GENIE_RETURN_IF_ERROR(ReadBufferFields(r, limits, "PeerSend", &m.handle, &m.dtype, &m.numel));
+  GENIE_ASSIGN_OR_RETURN(m.peer_host, r.ReadString("peer host"));
+  if (m.peer_host.empty()) return Invalid("PeerSend names no peer host");
+  GENIE_ASSIGN_OR_RETURN(m.peer_port, r.ReadU16("peer port"));
+  if (m.peer_port == 0) return Invalid("PeerSend names peer port 0");
+  GENIE_ASSIGN_OR_RETURN(m.peer_handle, r.ReadU64("peer handle"));
+  if (m.peer_handle == 0) return Invalid("PeerSend names peer handle 0 (no storage)");
+  GENIE_ASSIGN_OR_RETURN(uint8_t release, r.ReadU8("peer release flag"));
+  if (release > 1) return Invalid(absl::StrCat("PeerSend release flag ", static_cast<int>(release), " is not 0 or 1"));
+  m.release = release == 1;
+  GENIE_RETURN_IF_ERROR(r.ExpectEnd("PeerSend message"));
+  return m;
+}
+
+std::string EncodePeerPut(const PeerPutMessage& m) {
+  core::ByteWriter w;
+  WritePrefix(w, MessageType::kPeerPut);
+  w.WriteU64(m.handle);
+  w.WriteU8(static_cast<uint8_t>(m.dtype));
+  w.WriteI64(m.numel);
+  return w.Release();
+}
+
+absl::StatusOr<PeerPutMessage> DecodePeerPut(absl::string_view bytes, const MessageLimits& limits) {
+  if (bytes.size() > MaxPeerPutBytes(limits)) {
+    return Invalid(absl::StrCat("PeerPut message of ", bytes.size(), " bytes is too large"));
+  }
+  core::ByteReader r(StdView(bytes));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kPeerPut));
+  PeerPutMessage m;
+  GENIE_RETURN_IF_ERROR(ReadBufferFields(r, limits, "PeerPut", &m.handle, &m.dtype, &m.numel));
+  GENIE_RETURN_IF_ERROR(r.ExpectEnd("PeerPut message"));
+  return m;
+}
+
+uint64_t MaxPeerSendBytes(const MessageLimits& limits) {
+  return kPrefixBytes + 8 + 1 + 8 + 4 + limits.max_string_bytes + 2 + 8 + 1;
+}
+
+uint64_t MaxPeerPutBytes(const MessageLimits& limits) { return kPrefixBytes + 8 + 1 + 8; }
 
 std::vector<TransferFrame> GroupTransfers(absl::Span<const UploadEntry> entries,
                                           uint64_t max_frame_bytes) {

@@ -15,6 +15,14 @@
 //                                      <-    kTransfer output bytes, raw (kActivations)
 //                                  or  <-    kError   Error{status code, message}
 //
+// Node to node (ModalityPlacement): the client asks node A to send one of its resident
+// buffers to node B; A authenticates to B with the same shared key and pushes the bytes;
+// B keeps them until the client's next run there reads them as a resident buffer.
+//   client -> A  kPeerSend PeerSend{handle, dtype, numel, B's host:port, B's handle, release}
+//   A -> B       kPeerPut  PeerPut{handle, dtype, numel}, then one kTransfer frame (bytes)
+//   B -> A       kResult   Result{stats.bytes_uploaded = bytes}   (or kError)
+//   A -> client  kResult   Result{stats.bytes_uploaded = bytes}   (or kError)
+//
 // Upload and output bytes never pass through these encoders: they follow in kTransfer
 // frames, gathered straight from (and received straight into) the tensors' memory. The
 // tables say how many bytes each entry has; GroupTransfers says how entries share frames.
@@ -50,6 +58,8 @@ enum class MessageType : uint8_t {
   kRun = 3,
   kResult = 4,
   kError = 5,
+  kPeerSend = 6,
+  kPeerPut = 7,
 };
 const char* MessageTypeName(MessageType type);
 
@@ -94,6 +104,28 @@ struct ErrorMessage {
   absl::Status ToStatus() const { return absl::Status(code, message); }
 };
 
+// PeerSend: send resident `handle` (dtype, numel elements) to the node at
+// peer_host:peer_port, which keeps it under `peer_handle`; forget it afterwards if
+// `release`.
+struct PeerSendMessage {
+  uint64_t handle = 0;
+  core::DType dtype = core::DType::kFloat32;
+  int64_t numel = 0;
+  std::string peer_host;
+  uint16_t peer_port = 0;
+  uint64_t peer_handle = 0;
+  bool release = false;
+  uint64_t nbytes() const { return static_cast<uint64_t>(numel) * core::DTypeSize(dtype); }
+};
+
+// PeerPut: the next kTransfer frame holds nbytes() bytes to keep under `handle`.
+struct PeerPutMessage {
+  uint64_t handle = 0;
+  core::DType dtype = core::DType::kFloat32;
+  int64_t numel = 0;
+  uint64_t nbytes() const { return static_cast<uint64_t>(numel) * core::DTypeSize(dtype); }
+};
+
 // The type of an encoded message after checking its version prefix.
 absl::StatusOr<MessageType> PeekMessageType(absl::string_view bytes);
 
@@ -113,6 +145,16 @@ absl::Status DecodeRun(absl::string_view bytes, const MessageLimits& limits, Run
 std::string EncodeResult(const ResultMessage& m);
 absl::Status DecodeResult(absl::string_view bytes, const MessageLimits& limits, ResultMessage* out);
 
+// Decoders refuse a zero handle, an unknown dtype, a negative numel, more than
+// limits.max_bytes_per_upload bytes, an empty or over-long host, port 0 and a release flag
+// other than 0 or 1.
+std::string EncodePeerSend(const PeerSendMessage& m);
+absl::StatusOr<PeerSendMessage> DecodePeerSend(absl::string_view bytes,
+                                               const MessageLimits& limits = {});
+std::string EncodePeerPut(const PeerPutMessage& m);
+absl::StatusOr<PeerPutMessage> DecodePeerPut(absl::string_view bytes,
+                                             const MessageLimits& limits = {});
+
 // `message` is cut to MessageLimits::max_error_bytes; code kOk is sent as kUnknown.
 std::string EncodeError(const absl::Status& status, bool unknown_program = false,
                         const MessageLimits& limits = {});
@@ -125,6 +167,8 @@ uint64_t MaxLoadProgramBytes(const MessageLimits& limits);
 uint64_t MaxRunBytes(const MessageLimits& limits);
 uint64_t MaxResultBytes(const MessageLimits& limits);
 uint64_t MaxErrorBytes(const MessageLimits& limits);
+uint64_t MaxPeerSendBytes(const MessageLimits& limits);
+uint64_t MaxPeerPutBytes(const MessageLimits& limits);
 
 // Consecutive entries of one class grouped into frames of at most `max_frame_bytes`
 // payload; an entry never spans frames and empty entries travel in no frame. Both ends

@@ -245,5 +245,68 @@ TEST(MessagesTest, GroupTransfersByClassAndFrameSize) {
   EXPECT_TRUE(GroupTransfers({{0, UploadClass::kWeights, 0}}, 10).empty());
 }
 
+TEST(MessagesTest, PeerMessagesRoundTripAndRefuseBadFields) {
+  PeerSendMessage send;
+  send.handle = 7;
+  send.dtype = core::DType::kFloat16;
+  send.numel = 10;
+  send.peer_host = "10.0.0.2";
+  send.peer_port = 7071;
+  send.peer_handle = 9;
+  send.release = true;
+  const std::string bytes = EncodePeerSend(send);
+  EXPECT_LE(bytes.size(), MaxPeerSendBytes({}));
+  absl::StatusOr<PeerSendMessage> back = DecodePeerSend(bytes);
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_EQ(back->handle, 7u);
+  EXPECT_EQ(back->dtype, core::DType::kFloat16);
+  EXPECT_EQ(back->nbytes(), 20u);
+  EXPECT_EQ(back->peer_host, "10.0.0.2");
+  EXPECT_EQ(back->peer_port, 7071);
+  EXPECT_EQ(back->peer_handle, 9u);
+  EXPECT_TRUE(back->release);
+  EXPECT_EQ(*PeekMessageType(bytes), MessageType::kPeerSend);
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    EXPECT_FALSE(DecodePeerSend(bytes.substr(0, n)).ok()) << n;
+  }
+  EXPECT_FALSE(DecodePeerSend(bytes + "x").ok());
+  auto refused = [](PeerSendMessage m) { return !DecodePeerSend(EncodePeerSend(m)).ok(); };
+  PeerSendMessage m = send;
+  m.handle = 0;
+  EXPECT_TRUE(refused(m));
+  m = send;
+  m.peer_handle = 0;
+  EXPECT_TRUE(refused(m));
+  m = send;
+  m.numel = -1;
+  EXPECT_TRUE(refused(m));
+  m = send;
+  m.numel = int64_t{1} << 40;
+  EXPECT_TRUE(refused(m));
+  m = send;
+  m.peer_host = "";
+  EXPECT_TRUE(refused(m));
+  m = send;
+  m.peer_port = 0;
+  EXPECT_TRUE(refused(m));
+  m = send;
+  m.dtype = static_cast<core::DType>(200);
+  EXPECT_TRUE(refused(m));
+  std::string bad_flag = bytes;
+  bad_flag.back() = 2;
+  EXPECT_FALSE(DecodePeerSend(bad_flag).ok());
+
+  PeerPutMessage put{5, core::DType::kInt64, 3};
+  const std::string put_bytes = EncodePeerPut(put);
+  EXPECT_LE(put_bytes.size(), MaxPeerPutBytes({}));
+  absl::StatusOr<PeerPutMessage> put_back = DecodePeerPut(put_bytes);
+  ASSERT_TRUE(put_back.ok()) << put_back.status();
+  EXPECT_EQ(put_back->handle, 5u);
+  EXPECT_EQ(put_back->nbytes(), 24u);
+  EXPECT_FALSE(DecodePeerPut(bytes).ok());      // a PeerSend is not a PeerPut
+  EXPECT_FALSE(DecodePeerSend(put_bytes).ok());
+  for (size_t n = 0; n < put_bytes.size(); ++n) EXPECT_FALSE(DecodePeerPut(put_bytes.substr(0, n)).ok());
+}
+
 }  // namespace
 }  // namespace genie::plan

@@ -18,6 +18,38 @@
 #include "genie/transport/tcp.h"
 
 namespace genie::runtime {
+
+// ---- PeerInbox ----------------------------------------------------------------------
+
+void PeerInbox::Put(uint64_t handle, Entry entry) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.puts;
+  stats_.bytes_received += static_cast<int64_t>(entry.bytes.size());
+  entries_[handle] = std::move(entry);
+  size_.store(entries_.size(), std::memory_order_release);
+}
+
+bool PeerInbox::Take(uint64_t handle, Entry* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = entries_.find(handle);
+  if (it == entries_.end()) return false;
+  *out = std::move(it->second);
+  entries_.erase(it);
+  size_.store(entries_.size(), std::memory_order_release);
+  return true;
+}
+
+void PeerInbox::CountSend(int64_t bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++stats_.sends;
+  stats_.bytes_sent += bytes;
+}
+
+PeerStats PeerInbox::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
 namespace node_internal {
 namespace {
 
@@ -139,6 +171,7 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
     }
   }
   GENIE_RETURN_IF_ERROR(plan::ApplyBinding(run.binding, &program));
+  if (inbox_ != nullptr && !inbox_->empty()) GENIE_RETURN_IF_ERROR(AdoptPeerBuffers(run.binding));
 
   request_.graph = &program.graph;
   request_.fingerprint = loaded.fingerprint;
@@ -177,6 +210,121 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   return &*result_;
 }
 
+absl::Status Session::AdoptPeerBuffers(const plan::RunBinding& binding) {
+  for (uint64_t h : binding.resident_handles) {
+    PeerInbox::Entry entry;
+    if (!inbox_->Take(h, &entry)) continue;
+    core::Graph g;
+    const core::BufferId b =
+        g.AddBuffer(core::Buffer{entry.dtype, entry.numel, core::BufferKind::kHostInput, "", h});
+    core::ExecuteRequest r;
+    r.graph = &g;
+    r.uploads.push_back(core::Upload{b, core::HostBytes{entry.bytes.data(), entry.bytes.size(), nullptr}});
+    r.keep = {b};
+    absl::StatusOr<core::ExecuteResult> kept = interpreter_.Execute(r);
+    if (!kept.ok()) {
+      return absl::Status(kept.status().code(),
+                          absl::StrCat("cannot keep handle ", h, " that another node sent: ",
+                                       kept.status().message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
+  const absl::Time start = absl::Now();
+  const std::string peer = absl::StrCat(m.peer_host, ":", m.peer_port);
+  auto failed = [&](absl::string_view doing, const absl::Status& why) {
+    return absl::Status(why.code(), absl::StrCat("sending handle ", m.handle, " (", m.nbytes(),
+                                                 " bytes) to node ", peer, " failed while ", doing,
+                                                 ": ", why.message()));
+  };
+  // Read the resident buffer as one contiguous output of a graph without ops.
+  core::Graph g;
+  const core::BufferId b =
+      g.AddBuffer(core::Buffer{m.dtype, m.numel, core::BufferKind::kResident, "", m.handle});
+  g.outputs().push_back(core::TensorRef::Contiguous(b, m.dtype, {m.numel}));
+  core::ExecuteRequest read;
+  read.graph = &g;
+  absl::StatusOr<core::ExecuteResult> got = interpreter_.Execute(read);
+  if (!got.ok()) return failed("reading it", got.status());
+  const core::HostBytes& bytes = got->outputs.at(0);
+
+  transport::ConnectionOptions conn_options;
+  conn_options.send_timeout = options_.io_timeout;
+  conn_options.payload_timeout = options_.io_timeout;
+  absl::StatusOr<transport::Connection<transport::Tcp>> conn =
+      transport::Connection<transport::Tcp>::Connect(m.peer_host, m.peer_port, options_.io_timeout,
+                                                     conn_options);
+  if (!conn.ok()) return failed("connecting (is the peer node up and reachable from this node?)", conn.status());
+  absl::Status s = transport::AuthenticateClient(*conn, key_, options_.auth_timeout);
+  if (!s.ok()) return failed("authenticating (do both nodes use the same key?)", s);
+  constexpr uint64_t kId = 1;
+  s = conn->SendBytes(transport::MessageKind::kPeerPut, kId,
+                      plan::EncodePeerPut(plan::PeerPutMessage{m.peer_handle, m.dtype, m.numel}));
+  if (s.ok() && bytes.nbytes > 0) {
+    const transport::Piece piece{bytes.data, bytes.nbytes};
+    s = conn->Send(transport::MessageKind::kTransfer, kId, absl::Span<const transport::Piece>(&piece, 1),
+                   transport::TrafficClass::kActivations);
+  }
+  if (!s.ok()) return failed("sending", s);
+  absl::StatusOr<transport::FrameHeader> header = conn->ReceiveHeader(options_.io_timeout);
+  if (!header.ok()) return failed("waiting for the peer's answer", header.status());
+  if (header->payload_bytes > std::max(plan::MaxResultBytes(limits()), plan::MaxErrorBytes(limits())) ||
+      header->request_id != kId ||
+      (header->kind != transport::MessageKind::kResult && header->kind != transport::MessageKind::kError)) {
+    conn->Close();
+    return failed("reading the peer's answer",
+                  absl::InvalidArgumentError(absl::StrCat("unexpected ",
+                                                          transport::MessageKindName(header->kind),
+                                                          " frame of ", header->payload_bytes, " bytes")));
+  }
+  std::string answer(static_cast<size_t>(header->payload_bytes), '\0');
+  s = conn->ReceivePayload(answer.data(), answer.size());
+  if (!s.ok()) return failed("reading the peer's answer", s);
+  if (header->kind == transport::MessageKind::kError) {
+    absl::StatusOr<plan::ErrorMessage> e = plan::DecodeError(answer, limits());
+    conn->Close();
+    return failed("the peer refused", e.ok() ? e->ToStatus() : e.status());
+  }
+  plan::ResultMessage done;
+  s = plan::DecodeResult(answer, limits(), &done);
+  (void)conn->SendBytes(transport::MessageKind::kGoodbye, 0, "");
+  conn->Close();
+  if (!s.ok()) return failed("reading the peer's answer", s);
+  if (done.stats.bytes_uploaded != static_cast<int64_t>(bytes.nbytes)) {
+    return failed("checking the peer's answer",
+                  absl::DataLossError(absl::StrCat("the peer took ", done.stats.bytes_uploaded, " bytes")));
+  }
+  if (m.release) {
+    core::Graph none;
+    core::ExecuteRequest forget;
+    forget.graph = &none;
+    forget.release = {m.handle};
+    (void)interpreter_.Execute(forget);
+  }
+  inbox_->CountSend(static_cast<int64_t>(bytes.nbytes));
+  if (options_.log_runs) {
+    LogLine(absl::StrFormat("genie-node: sent handle %d (%s) to node %s for %s in %.3f ms", m.handle,
+                            FormatBytes(bytes.nbytes), peer, peer_,
+                            absl::ToDoubleMilliseconds(absl::Now() - start)));
+  }
+  return static_cast<int64_t>(bytes.nbytes);
+}
+
+absl::Status Session::AcceptPut(const plan::PeerPutMessage& m, std::string bytes) {
+  if (bytes.size() != m.nbytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("PeerPut of handle ", m.handle, " carried ",
+                                                   bytes.size(), " bytes, expected ", m.nbytes()));
+  }
+  if (options_.log_runs) {
+    LogLine(absl::StrFormat("genie-node: received handle %d (%s) from node %s", m.handle,
+                            FormatBytes(bytes.size()), peer_));
+  }
+  inbox_->Put(m.handle, PeerInbox::Entry{m.dtype, m.numel, std::move(bytes)});
+  return absl::OkStatus();
+}
+
 void Session::LogConnected() const {
   if (!options_.log_connections) return;
   LogLine(absl::StrCat("genie-node: session ", peer_, " authenticated (device ", options_.device,
@@ -212,6 +360,7 @@ struct NodeServer::Impl {
   std::atomic<bool> stop{false};
   std::atomic<int> active{0};
   std::list<Worker> workers;  // touched only by the Serve thread
+  PeerInbox inbox;            // shared by every session of this node
 
   Impl(transport::Listener<transport::Tcp> l, std::string h, std::string k, NodeOptions o)
       : listener(std::move(l)), host(std::move(h)), key(std::move(k)), options(std::move(o)) {}
@@ -254,6 +403,7 @@ NodeServer::~NodeServer() {
 const std::string& NodeServer::host() const { return impl_->host; }
 uint16_t NodeServer::port() const { return impl_->listener.port(); }
 int NodeServer::active_sessions() const { return impl_->active.load(); }
+PeerStats NodeServer::peer_stats() const { return impl_->inbox.stats(); }
 void NodeServer::Shutdown() { impl_->stop = true; }
 
 void NodeServer::Serve(const std::atomic<bool>* stop) {
@@ -280,7 +430,7 @@ void NodeServer::Serve(const std::atomic<bool>* stop) {
     s.active.fetch_add(1);
     s.workers.push_back(Impl::Worker{
         std::thread([&s, done, c = std::move(*conn)]() mutable {
-          (void)ServeConnection(c, s.key, s.options, s.stop);
+          (void)ServeConnection(c, s.key, s.options, s.stop, &s.inbox);
           s.active.fetch_sub(1);
           done->store(true);
         }),

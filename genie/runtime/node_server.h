@@ -16,6 +16,11 @@
 //   std::printf("listening on %s:%d\n", server->host().c_str(), server->port());
 //   server->Serve(&stop);  // until `stop` or Shutdown()
 //
+// Node to node: a client may ask this node (kPeerSend) to send one of its resident buffers
+// to another genie-node; this node connects to that node, authenticates with the same key
+// and pushes the bytes (kPeerPut + one kTransfer frame). The receiving node keeps them in
+// its PeerInbox until a run of any of its sessions reads that handle as a resident buffer.
+//
 // Logs one line per connection and per run to stderr (peer, program id, nodes, bytes in and
 // out, milliseconds). This header does not include libtorch.
 #ifndef GENIE_RUNTIME_NODE_SERVER_H_
@@ -26,6 +31,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -60,6 +66,37 @@ struct NodeOptions {
   bool log_runs = true;
 };
 
+// What this node sent to and received from other nodes (never client traffic).
+struct PeerStats {
+  int64_t sends = 0;           // kPeerSend requests served
+  int64_t bytes_sent = 0;
+  int64_t puts = 0;            // kPeerPut messages accepted
+  int64_t bytes_received = 0;
+};
+
+// Buffers other nodes pushed here, by the handle the next run will read them under.
+// Shared by all sessions of a node; thread-safe.
+class PeerInbox {
+ public:
+  struct Entry {
+    core::DType dtype = core::DType::kFloat32;
+    int64_t numel = 0;
+    std::string bytes;
+  };
+  void Put(uint64_t handle, Entry entry);
+  // Moves the entry for `handle` into *out; false when there is none.
+  bool Take(uint64_t handle, Entry* out);
+  bool empty() const { return size_.load(std::memory_order_acquire) == 0; }
+  void CountSend(int64_t bytes);
+  PeerStats stats() const;
+
+ private:
+  mutable std::mutex mu_;
+  absl::flat_hash_map<uint64_t, Entry> entries_;
+  std::atomic<size_t> size_{0};
+  PeerStats stats_;
+};
+
 namespace node_internal {
 
 // One client session's state and the node's cold paths (node_server.cc): program cache,
@@ -86,6 +123,18 @@ class Session {
   absl::StatusOr<const core::ExecuteResult*> Run(const plan::RunMessage& run,
                                                  bool* unknown_program);
 
+  // Node to node: the key to authenticate to peers with and this node's inbox (null: this
+  // node takes no kPeerSend / kPeerPut).
+  void AttachPeers(std::string key, PeerInbox* inbox) {
+    key_ = std::move(key);
+    inbox_ = inbox;
+  }
+  bool has_peers() const { return inbox_ != nullptr; }
+  // Sends resident `m.handle` to the peer node; the bytes sent.
+  absl::StatusOr<int64_t> SendToPeer(const plan::PeerSendMessage& m);
+  // Keeps bytes a peer pushed until a run reads them.
+  absl::Status AcceptPut(const plan::PeerPutMessage& m, std::string bytes);
+
   // Scratch reused across messages.
   std::string& message() { return message_; }
   plan::RunMessage& run_message() { return run_message_; }
@@ -103,8 +152,13 @@ class Session {
     uint64_t fingerprint = 0;  // this session's own key for the interpreter's cache
   };
 
+  // Makes what peers pushed under the handles this run reads resident on this session.
+  absl::Status AdoptPeerBuffers(const plan::RunBinding& binding);
+
   NodeOptions options_;
   std::string peer_;
+  std::string key_;
+  PeerInbox* inbox_ = nullptr;
   Interpreter interpreter_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Loaded>> programs_;  // by client program id
   std::deque<uint64_t> load_order_;
@@ -279,6 +333,56 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         }
         break;
       }
+      case MessageKind::kPeerSend: {
+        absl::Status s = receive_message(plan::MaxPeerSendBytes(limits));
+        if (!s.ok() && conn.broken()) return s;
+        absl::StatusOr<plan::PeerSendMessage> send =
+            s.ok() ? plan::DecodePeerSend(message, limits)
+                   : absl::StatusOr<plan::PeerSendMessage>(s);
+        if (!send.ok()) return RefuseAndClose(conn, session, id, "PeerSend", send.status());
+        absl::StatusOr<int64_t> sent =
+            session.has_peers() ? session.SendToPeer(*send)
+                                : absl::StatusOr<int64_t>(absl::FailedPreconditionError(
+                                      "this node does not send to other nodes (no peer inbox)"));
+        if (!sent.ok()) {
+          s = conn.SendBytes(MessageKind::kError, id, plan::EncodeError(sent.status(), false, limits));
+        } else {
+          plan::ResultMessage done;
+          done.stats.bytes_uploaded = *sent;
+          s = conn.SendBytes(MessageKind::kResult, id, plan::EncodeResult(done));
+        }
+        if (!s.ok()) return s;
+        break;
+      }
+      case MessageKind::kPeerPut: {
+        absl::Status s = receive_message(plan::MaxPeerPutBytes(limits));
+        if (!s.ok() && conn.broken()) return s;
+        absl::StatusOr<plan::PeerPutMessage> put =
+            s.ok() ? plan::DecodePeerPut(message, limits) : absl::StatusOr<plan::PeerPutMessage>(s);
+        if (!put.ok()) return RefuseAndClose(conn, session, id, "PeerPut", put.status());
+        if (!session.has_peers()) {
+          return RefuseAndClose(conn, session, id, "PeerPut",
+                                absl::FailedPreconditionError(
+                                    "this node takes no buffers from other nodes (no peer inbox)"));
+        }
+        const plan::UploadEntry entry{core::kNoBuffer, plan::UploadClass::kActivations, put->nbytes()};
+        absl::StatusOr<char*> arena = session.UploadArena(entry.nbytes);
+        bool protocol_error = false;
+        s = ReceiveUploads(conn, id, absl::Span<const plan::UploadEntry>(&entry, 1),
+                           arena.ok() ? *arena : nullptr, io_timeout, &protocol_error);
+        if (protocol_error) return RefuseAndClose(conn, session, id, "PeerPut bytes", s);
+        if (!s.ok()) return s;
+        s = arena.ok() ? session.AcceptPut(*put, std::string(*arena, entry.nbytes)) : arena.status();
+        if (!s.ok()) {
+          s = conn.SendBytes(MessageKind::kError, id, plan::EncodeError(s, false, limits));
+        } else {
+          plan::ResultMessage done;
+          done.stats.bytes_uploaded = static_cast<int64_t>(entry.nbytes);
+          s = conn.SendBytes(MessageKind::kResult, id, plan::EncodeResult(done));
+        }
+        if (!s.ok()) return s;
+        break;
+      }
       case MessageKind::kGoodbye:
         (void)conn.DiscardPayload();
         conn.Close();
@@ -288,7 +392,8 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
             conn, session, id, "frame",
             absl::InvalidArgumentError(absl::StrCat(
                 "unexpected ", transport::MessageKindName(header->kind),
-                " frame (this node takes kPing, kLoadProgram, kRun, kGoodbye)")));
+                " frame (this node takes kPing, kLoadProgram, kRun, kPeerSend, kPeerPut, "
+                "kGoodbye)")));
     }
   }
   (void)conn.SendBytes(MessageKind::kGoodbye, 0, "node shutting down");
@@ -300,11 +405,12 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
 
 // Authenticates `conn` with `key`, then serves it until the client leaves, it breaks the
 // protocol, or `stop` becomes true. Returns why the session ended (OK: the client said
-// goodbye or closed).
+// goodbye or closed). With `inbox`, the session also sends to and takes from other nodes.
 template <class Conn>
 absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOptions& options,
-                             const std::atomic<bool>& stop) {
+                             const std::atomic<bool>& stop, PeerInbox* inbox = nullptr) {
   node_internal::Session session(options, conn.peer());
+  if (inbox != nullptr) session.AttachPeers(std::string(key), inbox);
   absl::Status s = transport::AuthenticateServer(conn, key, options.auth_timeout);
   if (!s.ok()) {
     session.LogRefused("authentication", s);
@@ -335,6 +441,8 @@ class NodeServer {
   void Shutdown();
   // Sessions currently open.
   int active_sessions() const;
+  // What this node sent to and received from other nodes.
+  PeerStats peer_stats() const;
 
  private:
   struct Impl;

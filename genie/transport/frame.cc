@@ -53,6 +53,10 @@ absl::string_view MessageKindName(MessageKind kind) {
       return "kStats";
     case MessageKind::kGoodbye:
       return "kGoodbye";
+    case MessageKind::kPeerSend:
+      return "kPeerSend";
+    case MessageKind::kPeerPut:
+      return "kPeerPut";
   }
   return "kind(unknown)";
 }

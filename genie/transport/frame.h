@@ -40,8 +40,10 @@ enum class MessageKind : std::uint8_t {
   kTransfer = 12,
   kStats = 13,
   kGoodbye = 14,  // orderly shutdown notice
+  kPeerSend = 15,  // client -> node: send a resident buffer to another node
+  kPeerPut = 16,   // node -> node: keep these bytes for the client's next run
 };
-inline constexpr std::uint8_t kMaxMessageKind = 14;
+inline constexpr std::uint8_t kMaxMessageKind = 16;
 
 // What the bytes of a frame are for; counted separately per direction.
 enum class TrafficClass : std::uint8_t {
