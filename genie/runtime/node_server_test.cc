@@ -295,6 +295,72 @@ TEST(NodeServerTest, OpErrorIsReportedAndSessionGoesOn) {
   EXPECT_TRUE((*remote)->Execute(FirstStep(first, d, d.x)).ok());
 }
 
+// ---- Node to node ---------------------------------------------------------------------
+
+TEST(NodeServerTest, NodesSendResidentBuffersStraightToEachOther) {
+  NodeOptions options;
+  options.log_runs = false;
+  auto node_a = NodeServer::Create("127.0.0.1", 0, kKey, options);
+  auto node_b = NodeServer::Create("127.0.0.1", 0, kKey, options);
+  auto stranger = NodeServer::Create("127.0.0.1", 0, "another-key-0123456789abcdef0123", options);
+  ASSERT_TRUE(node_a.ok() && node_b.ok() && stranger.ok());
+  std::thread serving_a([&] { (*node_a)->Serve(); });
+  std::thread serving_b([&] { (*node_b)->Serve(); });
+  std::thread serving_s([&] { (*stranger)->Serve(); });
+  Data d;
+  MmAdd first(false), later(true);
+  Interpreter local;
+  auto want = local.Execute(FirstStep(first, d, d.x2));
+  ASSERT_TRUE(want.ok());
+  {
+    auto a = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node_a)->port(), kKey);
+    auto b = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node_b)->port(), kKey);
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_TRUE((*a)->Execute(FirstStep(first, d, d.x)).ok());  // weights 11, 12 kept on A
+    const transport::TrafficSnapshot client_before = (*a)->traffic() + (*b)->traffic();
+    const std::string b_address = (*b)->peer_address();
+    EXPECT_EQ(b_address, absl::StrCat("127.0.0.1:", (*node_b)->port()));
+    auto sent_w = (*a)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 11, false});
+    ASSERT_TRUE(sent_w.ok()) << sent_w.status();
+    EXPECT_EQ(*sent_w, 256);
+    auto sent_b = (*a)->SendToPeer(core::PeerSend{12, DType::kFloat32, 16, b_address, 12, true});
+    ASSERT_TRUE(sent_b.ok()) << sent_b.status();
+    // B runs with the weights A sent, as if they had always been resident there.
+    auto got = (*b)->Execute(LaterStep(later, d.x2));
+    ASSERT_TRUE(got.ok()) << got.status();
+    ExpectSameOutputs(*got, *want);
+    // The bytes went node to node: the client sent and received control messages only.
+    const transport::TrafficSnapshot moved = (*a)->traffic() + (*b)->traffic() - client_before;
+    EXPECT_EQ(moved.Bytes(transport::Direction::kSent, transport::TrafficClass::kWeights), 0u);
+    EXPECT_EQ((*node_a)->peer_stats().bytes_sent, 320);
+    EXPECT_EQ((*node_a)->peer_stats().sends, 2);
+    EXPECT_EQ((*node_b)->peer_stats().bytes_received, 320);
+    // A released 12 after sending it; 11 is still there.
+    auto gone = (*a)->SendToPeer(core::PeerSend{12, DType::kFloat32, 16, b_address, 13, false});
+    EXPECT_TRUE(absl::IsFailedPrecondition(gone.status())) << gone.status();
+    // A peer with another key refuses; a bad address is refused before anything is sent.
+    auto refused = (*a)->SendToPeer(core::PeerSend{
+        11, DType::kFloat32, 64, absl::StrCat("127.0.0.1:", (*stranger)->port()), 11, false});
+    EXPECT_FALSE(refused.ok());
+    EXPECT_NE(std::string(refused.status().message()).find("same key"), std::string::npos)
+        << refused.status();
+    EXPECT_TRUE(absl::IsInvalidArgument(
+        (*a)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, "nowhere", 11, false}).status()));
+    // A dtype or size that differs from what is resident is refused too.
+    EXPECT_FALSE((*a)->SendToPeer(core::PeerSend{11, DType::kFloat32, 65, b_address, 14, false}).ok());
+    // And A's session goes on (12 was released there: upload the weights again).
+    auto again = (*a)->Execute(FirstStep(first, d, d.x2));
+    ASSERT_TRUE(again.ok()) << again.status();
+    ExpectSameOutputs(*again, *want);
+  }
+  (*node_a)->Shutdown();
+  (*node_b)->Shutdown();
+  (*stranger)->Shutdown();
+  serving_a.join();
+  serving_b.join();
+  serving_s.join();
+}
+
 // ---- Raw protocol: what a broken or hostile client sends ----------------------------
 
 class RawClientTest : public ::testing::Test {
@@ -407,4 +473,40 @@ TEST_F(RawClientTest, TransferOfTheWrongClassIsRefused) {
 }
 
 }  // namespace
+TEST_F(RawClientTest, TruncatedPeerSendIsRefused) {
+  plan::PeerSendMessage m;
+  m.handle = 1;
+  m.numel = 4;
+  m.peer_host = "127.0.0.1";
+  m.peer_port = 9;
+  m.peer_handle = 2;
+  const std::string bytes = plan::EncodePeerSend(m);
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kPeerSend, 1, bytes.substr(0, bytes.size() - 1)).ok());
+  ExpectErrorThenClose(absl::StatusCode::kOutOfRange);
+}
+
+TEST_F(RawClientTest, PeerSendWithoutInboxIsAnErrorButTheSessionGoesOn) {
+  plan::PeerSendMessage m;
+  m.handle = 1;
+  m.numel = 4;
+  m.peer_host = "127.0.0.1";
+  m.peer_port = 9;
+  m.peer_handle = 2;
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kPeerSend, 1, plan::EncodePeerSend(m)).ok());
+  auto f = conn_->Receive(absl::Seconds(5));
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->header.kind, MessageKind::kError);
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kPing, 2, "").ok());
+  auto pong = conn_->Receive(absl::Seconds(5));
+  ASSERT_TRUE(pong.ok()) << pong.status();
+  EXPECT_EQ(pong->header.kind, MessageKind::kPong);
+}
+
+TEST_F(RawClientTest, PeerPutWithoutInboxIsRefused) {
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kPeerPut, 1,
+                               plan::EncodePeerPut(plan::PeerPutMessage{5, DType::kFloat32, 1}))
+                  .ok());
+  ExpectErrorThenClose(absl::StatusCode::kFailedPrecondition, "no buffers from other nodes");
+}
+
 }  // namespace genie::runtime

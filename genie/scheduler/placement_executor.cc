@@ -173,17 +173,20 @@ absl::StatusOr<core::ExecuteResult> PlacementExecutor::Execute(
   for (size_t op = 0; op < placement.node_of_op.size(); ++op) {
     const std::string top = op < semantics.module.size() ? TopLevelModule(semantics.module[op]) : "";
     if (top.empty()) continue;
-    auto it = std::find_if(stats_.modules.begin(), stats_.modules.end(),
-                           [&](const ModulePlacement& m) { return m.module == top; });
-    if (it == stats_.modules.end()) {
+    size_t i = 0;
+    while (i < stats_.modules.size() && stats_.modules[i].module != top) ++i;
+    if (i == stats_.modules.size()) {
       stats_.modules.push_back(ModulePlacement{top, semantic::ModalityKind::kUnknown,
                                                std::vector<int64_t>(nodes_.size(), 0)});
-      it = stats_.modules.end() - 1;
+      modality_votes_.push_back({});
     }
-    ++it->ops_per_node[placement.node_of_op[op]];
-    if (op < semantics.modality.size() && semantics.modality[op] != semantic::ModalityKind::kUnknown &&
-        it->modality == semantic::ModalityKind::kUnknown) {
-      it->modality = semantics.modality[op];
+    ++stats_.modules[i].ops_per_node[placement.node_of_op[op]];
+    if (op < semantics.modality.size()) {
+      std::array<int64_t, 5>& votes = modality_votes_[i];
+      ++votes[static_cast<size_t>(semantics.modality[op])];
+      size_t best = 0;
+      for (size_t m = 1; m < votes.size(); ++m) best = votes[m] > votes[best] ? m : best;
+      stats_.modules[i].modality = static_cast<semantic::ModalityKind>(best);
     }
   }
   return result;

@@ -11,6 +11,7 @@
 #ifndef GENIE_SCHEDULER_PLACEMENT_EXECUTOR_H_
 #define GENIE_SCHEDULER_PLACEMENT_EXECUTOR_H_
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -64,6 +65,7 @@ class PlacementExecutor {
   std::vector<std::vector<uint64_t>> pending_release_;      // per node
   mutable std::mutex mu_;                                   // guards stats_
   PlacementStats stats_;
+  std::vector<std::array<int64_t, 5>> modality_votes_;  // per stats_.modules entry
 };
 
 }  // namespace genie::scheduler

@@ -110,5 +110,54 @@ TEST(MultiNodeTest, VqaAcrossTwoNodesByModality) {
               static_cast<long long>(placement.transfers));
 }
 
+// An LLM decode keeps its KV cache with its attention: all of GPT-2 (language) runs on one
+// node, the static cache stays resident there across steps, nothing crosses nodes.
+TEST(MultiNodeTest, Gpt2DecodeKeepsItsKvCacheOnOneNode) {
+  models::Gpt2Config config;
+  models::Gpt2 local(config);
+  torch::NoGradGuard no_grad;
+  const torch::Tensor prompt = torch::randint(0, config.vocab_size, {1, 6}, torch::kLong);
+  constexpr int kDecodeSteps = 4;
+  std::vector<torch::Tensor> expected, tokens;
+  {
+    models::KvCache cache = local->NewCache(1, models::KvCacheMode::kStatic, torch::kCPU);
+    torch::Tensor logits = local->forward(prompt, &cache, 0);
+    expected.push_back(logits);
+    for (int i = 0; i < kDecodeSteps; ++i) {
+      torch::Tensor next = logits.select(1, logits.size(1) - 1).argmax(-1, /*keepdim=*/true);
+      tokens.push_back(next);
+      logits = local->forward(next, &cache, prompt.size(1) + i);
+      expected.push_back(logits);
+    }
+  }
+
+  SessionOptions options;
+  options.embedded_nodes = 2;
+  absl::StatusOr<std::unique_ptr<Session<Placed>>> session = Session<Placed>::Start(options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  const torch::Device device((*session)->device());
+  models::Gpt2 model(config);
+  model->to(device);
+  frontend::NameParameters(*model);
+  models::KvCache cache = model->NewCache(1, models::KvCacheMode::kStatic, device);
+  torch::Tensor got = model->forward(prompt.to(device), &cache, 0).to(torch::kCPU);
+  EXPECT_LE((got - expected[0]).abs().max().item<double>(), 1e-5);
+  for (int i = 0; i < kDecodeSteps; ++i) {
+    got = model->forward(tokens[i].to(device), &cache, prompt.size(1) + i).to(torch::kCPU);
+    EXPECT_LE((got - expected[i + 1]).abs().max().item<double>(), 1e-5) << "decode step " << i;
+  }
+  ASSERT_TRUE((*session)->Join().ok());
+
+  const scheduler::PlacementStats placement = (*session)->placement();
+  std::printf("%s", placement.last_report.c_str());
+  ASSERT_FALSE(placement.modules.empty());
+  for (const scheduler::ModulePlacement& m : placement.modules) {
+    EXPECT_EQ(placement.NodeOf(m.module), placement.NodeOf(placement.modules[0].module))
+        << "module " << m.module;
+  }
+  EXPECT_EQ(placement.node_to_node_bytes, 0);
+  EXPECT_EQ((*session)->data_traffic().of(scheduler::StorageClass::kKvCache), 0);
+}
+
 }  // namespace
 }  // namespace genie
