@@ -34,6 +34,15 @@ using SemanticDeployment = Pipeline<
                                  scheduler::JustInTimeTransfers>,
     transport::Tcp>;
 
+// The same across several nodes: modules placed by modality, crossing tensors node to node.
+using PlacedDeployment = Pipeline<
+    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
+    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
+              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+    scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
+                                 scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>,
+    transport::Tcp>;
+
 // API remoting without semantics: nothing resident, every buffer shipped each segment.
 using BlindDeployment = Pipeline<Annotations<>, Analyzers<>, scheduler::BlindScheduler, transport::Tcp>;
 

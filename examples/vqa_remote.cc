@@ -6,6 +6,8 @@
 //
 //   bazel run //examples:vqa_remote                          # embedded node on loopback
 //   bazel run //examples:vqa_remote -- --node=10.0.0.7:7070 --key-file=/etc/genie/key
+//   bazel run //examples:vqa_remote -- --embedded_nodes=2      # placed across two nodes
+//   bazel run //examples:vqa_remote -- --nodes=10.0.0.7:7070,10.0.0.8:7070 --key-file=F
 #include <torch/torch.h>
 
 #include <chrono>
@@ -17,11 +19,20 @@
 #include "absl/flags/flag.h"
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
 #include "examples/models/models.h"
 #include "examples/report.h"
 #include "genie/frontend/remote_device.h"
 
 ABSL_FLAG(std::string, node, "", "HOST:PORT of a running genie-node; empty starts an embedded node on 127.0.0.1");
+ABSL_FLAG(std::string, nodes, "",
+          "HOST:PORT,HOST:PORT,... of running genie-nodes: the model is placed across them by "
+          "modality (vision, language, fusion), tensors crossing nodes go node to node");
+ABSL_FLAG(int, embedded_nodes, 1,
+          "embedded nodes to start on 127.0.0.1 when no --node/--nodes is given; 2 or more "
+          "places the model across them");
 ABSL_FLAG(std::string, key_file, "", "file holding the node's shared key (chmod 600); default $GENIE_KEY");
 ABSL_FLAG(int, steps, 8, "question batches to answer");
 ABSL_FLAG(int, batch, 4, "questions (and images) per batch");
@@ -49,6 +60,8 @@ struct Outcome {
   genie::frontend::CaptureStats capture;
   std::vector<std::string> nodes;
   bool embedded = false;
+  genie::scheduler::PlacementStats placement;
+  std::vector<genie::runtime::PeerStats> peers;
 };
 
 template <class Deployment>
@@ -88,6 +101,8 @@ absl::StatusOr<Outcome> Answer(const char* label, const models::VqaConfig& confi
   out.wire = session->traffic();
   out.data = session->data_traffic();
   out.records = session->TakeRecords();
+  out.placement = session->placement();
+  out.peers = session->embedded_peer_stats();
   return out;
 }
 
@@ -105,12 +120,21 @@ int main(int argc, char** argv) {
 
   models::VqaConfig config;
   const int steps = absl::GetFlag(FLAGS_steps), batch = absl::GetFlag(FLAGS_batch);
-  absl::StatusOr<genie::SessionOptions> options =
-      genie::examples::SessionOptionsFromFlags(absl::GetFlag(FLAGS_node), absl::GetFlag(FLAGS_key_file));
+  const std::vector<std::string> node_list =
+      absl::StrSplit(absl::GetFlag(FLAGS_nodes), ',', absl::SkipEmpty());
+  if (!node_list.empty() && !absl::GetFlag(FLAGS_node).empty()) {
+    std::fprintf(stderr, "vqa_remote: give --node or --nodes, not both\n");
+    return 2;
+  }
+  absl::StatusOr<genie::SessionOptions> options = genie::examples::SessionOptionsFromFlags(
+      node_list.empty() ? absl::GetFlag(FLAGS_node) : node_list.front(), absl::GetFlag(FLAGS_key_file));
   if (!options.ok()) {
     std::fprintf(stderr, "vqa_remote: %s\n", std::string(options.status().message()).c_str());
     return 2;
   }
+  if (!node_list.empty()) options->nodes = node_list;
+  options->embedded_nodes = absl::GetFlag(FLAGS_embedded_nodes);
+  const bool placed = options->nodes.size() > 1 || (options->nodes.empty() && options->embedded_nodes > 1);
 
   // The questions, and the answers local libtorch gives.
   torch::manual_seed(1234);
@@ -133,7 +157,9 @@ int main(int argc, char** argv) {
   std::printf("Genie VQA: %d batches of %d questions; model %.2f M parameters (%s fp32)\n", steps, batch,
               params / 1e6, Bytes(params * 4.0).c_str());
 
-  absl::StatusOr<Outcome> genie = Answer<genie::examples::SemanticDeployment>("genie", config, batches, *options);
+  absl::StatusOr<Outcome> genie =
+      placed ? Answer<genie::examples::PlacedDeployment>("genie", config, batches, *options)
+             : Answer<genie::examples::SemanticDeployment>("genie", config, batches, *options);
   if (!genie.ok()) {
     std::fprintf(stderr, "vqa_remote: %s\n", std::string(genie.status().message()).c_str());
     return 1;
@@ -151,7 +177,9 @@ int main(int argc, char** argv) {
   const double tolerance = absl::GetFlag(FLAGS_tolerance);
   const bool parity = g.max_error <= tolerance && (!blind.ok() || blind->max_error <= tolerance);
   std::printf("\n== What Genie saw and did ==\n");
-  std::printf("nodes      : %s%s\n", g.nodes.empty() ? "?" : g.nodes[0].c_str(), g.embedded ? " (embedded, loopback)" : "");
+  std::printf("nodes      : %s%s\n",
+              g.nodes.empty() ? "?" : absl::StrJoin(g.nodes, ", ").c_str(),
+              g.embedded ? " (embedded, loopback)" : "");
   std::printf("parity     : max abs error %.2e vs local libtorch (limit %.0e): %s\n", g.max_error, tolerance,
               parity ? "OK" : "FAILED");
   std::printf("capture    : %lld ops captured, %lld views (no data, no node), capture cache %lld hits / %lld misses, "
@@ -163,9 +191,28 @@ int main(int argc, char** argv) {
     const genie::PipelineRecord& r = g.records.back();
     std::printf("analysis   : %s\n", r.summary.c_str());
     std::printf("modules    : %s\n", genie::examples::Modules(r.modules).c_str());
-    std::printf("placement  : every module on %s: weights resident after the first batch; only "
-                "images and questions go up, answers come back\n",
-                g.nodes.empty() ? "the node" : g.nodes[0].c_str());
+    if (!placed) {
+      std::printf("placement  : every module on %s: weights resident after the first batch; only "
+                  "images and questions go up, answers come back\n",
+                  g.nodes.empty() ? "the node" : g.nodes[0].c_str());
+    }
+  }
+  if (placed) {
+    std::printf("placement  : by modality across %d nodes; weights resident where first used\n",
+                g.placement.num_nodes);
+    for (const genie::scheduler::ModulePlacement& m : g.placement.modules) {
+      const int k = g.placement.NodeOf(m.module);
+      std::printf("             %-10s (%s) on node %d (%s)\n", m.module.c_str(),
+                  genie::semantic::ModalityName(m.modality), k,
+                  k >= 0 && k < static_cast<int>(g.nodes.size()) ? g.nodes[k].c_str() : "?");
+    }
+    int64_t peer_sent = 0;
+    for (const genie::runtime::PeerStats& p : g.peers) peer_sent += p.bytes_sent;
+    std::printf("node->node : %s in %lld transfers (%s per batch), never through the client%s\n",
+                Bytes(static_cast<double>(g.placement.node_to_node_bytes)).c_str(),
+                static_cast<long long>(g.placement.transfers),
+                Bytes(g.placement.node_to_node_bytes / static_cast<double>(steps)).c_str(),
+                g.peers.empty() ? "" : absl::StrCat("; the nodes counted ", Bytes(static_cast<double>(peer_sent)), " sent").c_str());
   }
   const double n = static_cast<double>(steps);
   std::printf("latency    : median per batch: genie %.2f ms", Median(g.step_ms));
