@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <queue>
 #include <tuple>
@@ -207,7 +208,7 @@ H HashTensorRef(H h, const TensorRef& t) {
 }
 
 template <typename H>
-H HashTensorRefs(H h, const std::vector<TensorRef>& ts) {
+H HashTensorRefs(H h, absl::Span<const TensorRef> ts) {
   h = H::combine(std::move(h), ts.size());
   for (const TensorRef& t : ts) h = HashTensorRef(std::move(h), t);
   return h;
@@ -351,7 +352,7 @@ void WriteTensorRef(ByteWriter& w, const TensorRef& t) {
   w.WriteI64(t.storage_offset);
 }
 
-void WriteTensorRefs(ByteWriter& w, const std::vector<TensorRef>& ts, std::string_view what) {
+void WriteTensorRefs(ByteWriter& w, absl::Span<const TensorRef> ts, std::string_view what) {
   w.WriteCount(ts.size(), what);
   for (const TensorRef& t : ts) WriteTensorRef(w, t);
 }
@@ -411,7 +412,8 @@ absl::StatusOr<TensorRef> ReadTensorRef(ByteReader& r) {
   return t;
 }
 
-absl::Status ReadTensorRefs(ByteReader& r, std::string_view what, std::vector<TensorRef>* out) {
+template <typename Refs>  // std::vector<TensorRef> or Arg::tensors
+absl::Status ReadTensorRefs(ByteReader& r, std::string_view what, Refs* out) {
   GENIE_ASSIGN_OR_RETURN(uint32_t n, r.ReadCount(what, kMinTensorRefBytes));
   out->clear();
   out->reserve(n);
@@ -741,14 +743,14 @@ Arg Arg::Tensor(TensorRef t) {
 Arg Arg::TensorList(std::vector<TensorRef> ts) {
   Arg a;
   a.kind = ArgKind::kTensorList;
-  a.tensors = std::move(ts);
+  a.tensors.assign(std::make_move_iterator(ts.begin()), std::make_move_iterator(ts.end()));
   return a;
 }
 
 Arg Arg::OptionalTensorList(std::vector<TensorRef> ts, std::vector<uint8_t> present) {
   Arg a;
   a.kind = ArgKind::kOptionalTensorList;
-  a.tensors = std::move(ts);
+  a.tensors.assign(std::make_move_iterator(ts.begin()), std::make_move_iterator(ts.end()));
   a.present = std::move(present);
   return a;
 }
@@ -848,23 +850,7 @@ bool operator==(const Arg& a, const Arg& b) {
 
 std::vector<const TensorRef*> Node::Inputs() const {
   std::vector<const TensorRef*> inputs;
-  for (const Arg& a : args) {
-    switch (a.kind) {
-      case ArgKind::kTensor:
-        if (!a.tensors.empty()) inputs.push_back(&a.tensors[0]);
-        break;
-      case ArgKind::kTensorList:
-        for (const TensorRef& t : a.tensors) inputs.push_back(&t);
-        break;
-      case ArgKind::kOptionalTensorList:
-        for (size_t k = 0; k < a.tensors.size(); ++k) {
-          if (k < a.present.size() && a.present[k] != 0) inputs.push_back(&a.tensors[k]);
-        }
-        break;
-      default:
-        break;
-    }
-  }
+  ForEachInput([&](const TensorRef& t) { inputs.push_back(&t); });
   return inputs;
 }
 
@@ -903,12 +889,11 @@ BufferId Graph::AddBuffer(Buffer buffer) {
 NodeId Graph::AddNode(Node node) {
   NodeId id = static_cast<NodeId>(nodes_.size());
   node.id = id;
-  std::vector<const TensorRef*> inputs = node.Inputs();
   for (const TensorRef& t : node.outputs) {
     if (t.buffer >= buffers_.size() || buffers_[t.buffer].producer != kNoNode) continue;
     // An in-place or out= op returns a buffer it was given: it does not create it.
-    bool is_argument = std::any_of(inputs.begin(), inputs.end(),
-                                   [&](const TensorRef* in) { return in->buffer == t.buffer; });
+    bool is_argument = false;
+    node.ForEachInput([&](const TensorRef& in) { is_argument |= in.buffer == t.buffer; });
     if (!is_argument) buffers_[t.buffer].producer = id;
   }
   nodes_.push_back(std::move(node));
@@ -1036,21 +1021,25 @@ absl::Status Graph::Validate() const {
           break;
       }
     }
-    std::vector<const TensorRef*> inputs = n.Inputs();
-    for (size_t j = 0; j < inputs.size(); ++j) {
-      GENIE_RETURN_IF_ERROR(check_view(*inputs[j], absl::StrCat(where, " input ", j)));
-      NodeId producer = buffers_[inputs[j]->buffer].producer;
+    absl::Status input_status;
+    size_t j = 0;
+    n.ForEachInput([&](const TensorRef& in) {
+      if (!input_status.ok()) return;
+      input_status = check_view(in, absl::StrCat(where, " input ", j++));
+      if (!input_status.ok()) return;
+      NodeId producer = buffers_[in.buffer].producer;
       if (producer != kNoNode && producer > k) {
-        return invalid(where, " reads ", FormatBufferId(inputs[j]->buffer),
-                       " before its producer %", producer);
+        input_status = invalid(where, " reads ", FormatBufferId(in.buffer),
+                               " before its producer %", producer);
       }
-    }
+    });
+    GENIE_RETURN_IF_ERROR(input_status);
     for (size_t j = 0; j < n.outputs.size(); ++j) {
       GENIE_RETURN_IF_ERROR(check_view(n.outputs[j], absl::StrCat(where, " output ", j)));
     }
     for (BufferId w : n.writes) {
-      bool read = std::any_of(inputs.begin(), inputs.end(),
-                              [&](const TensorRef* t) { return t->buffer == w; });
+      bool read = false;
+      n.ForEachInput([&](const TensorRef& t) { read |= t.buffer == w; });
       if (!read) {
         return invalid(where, " writes ", FormatBufferId(w),
                        " which is not one of its tensor arguments");

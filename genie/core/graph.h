@@ -151,7 +151,8 @@ struct Arg {
   std::string s;
   std::vector<int64_t> ints;
   std::vector<double> doubles;
-  std::vector<TensorRef> tensors;
+  // One inline view: a kTensor argument (the common case) allocates nothing.
+  absl::InlinedVector<TensorRef, 1> tensors;
   std::vector<uint8_t> present;
 
   static Arg None() { return Arg{}; }
@@ -184,6 +185,28 @@ struct Node {
 
   // Every TensorRef the node reads, in argument order.
   std::vector<const TensorRef*> Inputs() const;
+  // Calls `f(const TensorRef&)` for each of Inputs(), in the same order, without
+  // building a vector (for hot loops).
+  template <typename F>
+  void ForEachInput(F&& f) const {
+    for (const Arg& a : args) {
+      switch (a.kind) {
+        case ArgKind::kTensor:
+          if (!a.tensors.empty()) f(a.tensors[0]);
+          break;
+        case ArgKind::kTensorList:
+          for (const TensorRef& t : a.tensors) f(t);
+          break;
+        case ArgKind::kOptionalTensorList:
+          for (size_t k = 0; k < a.tensors.size(); ++k) {
+            if (k < a.present.size() && a.present[k] != 0) f(a.tensors[k]);
+          }
+          break;
+        default:
+          break;
+      }
+    }
+  }
 };
 
 class Graph {

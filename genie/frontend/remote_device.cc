@@ -31,6 +31,8 @@
 #include <torch/library.h>
 #include <torch/nn/module.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstring>
@@ -45,6 +47,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/node_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
@@ -153,6 +156,11 @@ class RemoteHooks final : public at::PrivateUse1HooksInterface {
 // Storages.
 struct StorageContext {
   uint64_t handle;
+  // The storage's buffer in the graph under construction, valid while `generation` equals
+  // the capture context's graph generation (under its mutex): BufferFor's hit is a read.
+  uint64_t generation = 0;
+  BufferId buffer = core::kNoBuffer;
+  uint8_t dtype = 0;  // at::ScalarType code of that buffer
 };
 
 void DeleteStorage(void* ctx);
@@ -200,12 +208,42 @@ struct CachedOp {
   std::vector<ReturnSpec> returns;
   std::vector<OutputSpec> outputs;
   bool has_node = true;  // false when every output is a view and nothing is written
+  const SchemaInfo* info = nullptr;  // the op's schema facts (node-stable storage)
+  // The op's id in the graph under construction, valid for graph `op_generation`.
+  mutable core::OpId op_id = 0;
+  mutable uint64_t op_generation = 0;
 };
 
+// The capture cache is keyed by std::vector<int64_t> and looked up with a span over the
+// key under construction (heterogeneous lookup), so a hit copies nothing.
 struct KeyHash {
-  size_t operator()(const std::vector<int64_t>& k) const {
-    return absl::Hash<absl::Span<const int64_t>>{}(absl::MakeConstSpan(k));
+  using is_transparent = void;
+  size_t operator()(absl::Span<const int64_t> k) const {
+    return absl::Hash<absl::Span<const int64_t>>{}(k);
   }
+};
+struct KeyEq {
+  using is_transparent = void;
+  bool operator()(absl::Span<const int64_t> a, absl::Span<const int64_t> b) const { return a == b; }
+};
+
+// A growable int64 array written through pointers: one capacity check per tensor, not
+// per element. Its storage is reused from op to op.
+class KeyBuilder {
+ public:
+  void Clear() { len_ = 0; }
+  int64_t* Extend(size_t n) {
+    if (C10_UNLIKELY(len_ + n > buf_.size())) buf_.resize(std::max(2 * buf_.size(), len_ + n + 64));
+    int64_t* p = buf_.data() + len_;
+    len_ += n;
+    return p;
+  }
+  void Push(int64_t v) { *Extend(1) = v; }
+  absl::Span<const int64_t> span() const { return absl::MakeConstSpan(buf_.data(), len_); }
+
+ private:
+  std::vector<int64_t> buf_;
+  size_t len_ = 0;
 };
 
 // Runs graphs on their executors in submission order, off the capturing thread, so a
@@ -297,8 +335,11 @@ class CaptureContext {
   void set_executor(std::shared_ptr<core::Executor> e) { executor_ = std::move(e); }
 
   CaptureStats stats;
+  // View kernels (as_strided, view, _reshape_alias) count here without the mutex;
+  // GetCaptureStats adds it to stats.views.
+  std::atomic<int64_t> view_kernels{0};
   bool cache_enabled = true;
-  absl::flat_hash_map<std::vector<int64_t>, CachedOp, KeyHash> cache;
+  absl::flat_hash_map<std::vector<int64_t>, CachedOp, KeyHash, KeyEq> cache;
   GraphObserver observer;
   core::Graph graph;
 
@@ -308,13 +349,14 @@ class CaptureContext {
  private:
   CaptureContext() = default;
 
-  static uint64_t HandleOf(const at::Tensor& t) {
+  static StorageContext* ContextOf(const at::Tensor& t) {
     const c10::DataPtr& dp = t.storage().data_ptr();
     TORCH_CHECK(dp.get_deleter() == &DeleteStorage,
                 "genie: a remote_accelerator tensor whose storage was not made by Genie's "
                 "allocator (set_ or from_blob on this device are not supported)");
-    return static_cast<StorageContext*>(dp.get_context())->handle;
+    return static_cast<StorageContext*>(dp.get_context());
   }
+  static uint64_t HandleOf(const at::Tensor& t) { return ContextOf(t)->handle; }
   const SchemaInfo& InfoFor(const c10::OperatorHandle& op);
   core::OpId OpIdFor(const c10::FunctionSchema* schema, const std::string& name);
   core::ScopeId CurrentScope();
@@ -323,6 +365,8 @@ class CaptureContext {
   // (otherwise a storage nothing wrote yet gets an allocation node).
   BufferId BufferFor(const at::Tensor& t, bool produced_here = false);
   TensorRef RefOf(const at::Tensor& t, bool produced_here = false);
+  void FillRef(const at::Tensor& t, bool produced_here, TensorRef* r);
+  BufferId NewBufferFor(const at::Tensor& t, StorageContext* sc, bool produced_here);
   BufferId AddHostConstant(const at::Tensor& cpu);
   Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
   bool AppendKey(const c10::IValue& v);
@@ -333,6 +377,8 @@ class CaptureContext {
                     torch::jit::Stack* out, std::string* error);
   std::optional<CachedOp> InferWithMeta(const c10::OperatorHandle& op, const SchemaInfo& info,
                                         const torch::jit::Stack& args, std::string* error);
+  void CaptureMiss(const c10::OperatorHandle& op, torch::jit::Stack* stack, bool cacheable);
+  void Emit(const c10::OperatorHandle& op, const CachedOp& spec, torch::jit::Stack* stack);
   at::Tensor MakeOutput(const OutputSpec& spec, const at::Tensor* aliased);
   void UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src);
   void CpuFallback(const c10::OperatorHandle& op, const SchemaInfo& info,
@@ -360,17 +406,19 @@ class CaptureContext {
   std::vector<uint64_t> released_;
   absl::flat_hash_map<uint64_t, at::Tensor> pending_;  // host data bound to a storage
   absl::flat_hash_map<uint64_t, std::string> names_;
-  absl::flat_hash_map<const c10::FunctionSchema*, SchemaInfo> schema_info_;
+  absl::node_hash_map<const c10::FunctionSchema*, SchemaInfo> schema_info_;  // stable refs
   absl::flat_hash_set<std::string> warned_;
 
-  // Per-graph state.
+  // Per-graph state. graph_generation_ changes with every new graph (ResetGraph), which
+  // invalidates every StorageContext's and CachedOp's per-graph ids at once.
+  uint64_t graph_generation_ = 1;
   absl::flat_hash_map<uint64_t, BufferId> handle_buffer_;
   absl::flat_hash_map<BufferId, at::Tensor> constants_;  // host constants (0-dim CPU args)
   absl::flat_hash_map<const c10::FunctionSchema*, core::OpId> op_ids_;
   uint64_t scope_cache_version_ = 0;
   core::ScopeId scope_cache_id_ = 0;
   uint64_t chain_ = 0;
-  std::vector<int64_t> key_;
+  KeyBuilder key_;
   torch::jit::Stack scratch_args_;  // arguments of the last CPU shape inference
 };
 
@@ -475,37 +523,60 @@ core::ScopeId CaptureContext::CurrentScope() {
 }
 
 BufferId CaptureContext::BufferFor(const at::Tensor& t, bool produced_here) {
-  const uint64_t h = HandleOf(t);
-  auto it = handle_buffer_.find(h);
-  if (it != handle_buffer_.end()) {
-    TORCH_CHECK(graph.buffer(it->second).dtype == ToDType(t.scalar_type()),
+  StorageContext* sc = ContextOf(t);
+  if (C10_LIKELY(sc->generation == graph_generation_ &&
+                 sc->dtype == static_cast<uint8_t>(t.scalar_type()))) {
+    return sc->buffer;
+  }
+  return NewBufferFor(t, sc, produced_here);
+}
+
+BufferId CaptureContext::NewBufferFor(const at::Tensor& t, StorageContext* sc,
+                                      bool produced_here) {
+  const uint64_t h = sc->handle;
+  // The context is current exactly when handle_buffer_ holds the storage (both are set
+  // together, and cleared together by ResetGraph and UploadInto): here the dtype differs.
+  if (sc->generation == graph_generation_) {
+    const core::DType held = graph.buffer(sc->buffer).dtype;
+    TORCH_CHECK(held == ToDType(t.scalar_type()),
                 "genie: a view that reinterprets a remote storage as ", t.scalar_type(),
-                " (it holds ", core::DTypeName(graph.buffer(it->second).dtype),
+                " (it holds ", core::DTypeName(held),
                 ") is not supported; copy it with .to(dtype) instead");
-    return it->second;
+    sc->dtype = static_cast<uint8_t>(t.scalar_type());
+    return sc->buffer;
   }
   core::Buffer b;
   b.dtype = ToDType(t.scalar_type());
   b.numel = static_cast<int64_t>(t.storage().nbytes()) / static_cast<int64_t>(t.itemsize());
   b.handle = h;
-  auto name = names_.find(h);
-  if (name != names_.end()) b.name = name->second;
-  const bool pending = pending_.contains(h);
-  const bool resident = resident_.contains(h);
+  // A storage this op just allocated has no name, host data or residency yet.
+  bool pending = false, resident = false;
+  if (!produced_here) {
+    auto name = names_.find(h);
+    if (name != names_.end()) b.name = name->second;
+    pending = pending_.contains(h);
+    resident = resident_.contains(h);
+  }
   b.kind = pending ? (b.name.empty() ? BufferKind::kHostInput : BufferKind::kParameter)
                    : (resident ? BufferKind::kResident : BufferKind::kIntermediate);
-  BufferId id = graph.AddBuffer(b);
-  handle_buffer_[h] = id;
+  const BufferKind kind = b.kind;
+  const int64_t numel = b.numel;
+  const core::DType dtype = b.dtype;
+  BufferId id = graph.AddBuffer(std::move(b));
+  handle_buffer_.emplace(h, id);
+  sc->generation = graph_generation_;
+  sc->buffer = id;
+  sc->dtype = static_cast<uint8_t>(t.scalar_type());
   if (pending) constants_[id] = pending_.at(h);  // survives the storage dying before the run
-  Chain(static_cast<uint64_t>(b.kind) * 1000003u + static_cast<uint64_t>(b.numel) * 31u +
-        static_cast<uint64_t>(b.dtype));
+  Chain(static_cast<uint64_t>(kind) * 1000003u + static_cast<uint64_t>(numel) * 31u +
+        static_cast<uint64_t>(dtype));
   if (!pending && !resident && !produced_here) {
     // A storage no op has written yet (torch::empty, resize_): allocate it where it runs.
     core::Node n;
     n.op = graph.InternOp("aten::empty.memory_format");
-    n.args = {Arg::IntList({b.numel}), Arg::Int(static_cast<int64_t>(b.dtype)), Arg::None(),
+    n.args = {Arg::IntList({numel}), Arg::Int(static_cast<int64_t>(dtype)), Arg::None(),
               Arg::Device(core::kRemoteDeviceType, 0), Arg::None(), Arg::None()};
-    n.outputs = {TensorRef::Contiguous(id, b.dtype, {b.numel})};
+    n.outputs = {TensorRef::Contiguous(id, dtype, {numel})};
     n.scope = CurrentScope();
     ChainNode(n);
     graph.AddNode(std::move(n));
@@ -515,12 +586,18 @@ BufferId CaptureContext::BufferFor(const at::Tensor& t, bool produced_here) {
 
 TensorRef CaptureContext::RefOf(const at::Tensor& t, bool produced_here) {
   TensorRef r;
-  r.buffer = BufferFor(t, produced_here);
-  r.dtype = ToDType(t.scalar_type());
-  r.sizes.assign(t.sizes().begin(), t.sizes().end());
-  r.strides.assign(t.strides().begin(), t.strides().end());
-  r.storage_offset = t.storage_offset();
+  FillRef(t, produced_here, &r);
   return r;
+}
+
+void CaptureContext::FillRef(const at::Tensor& t, bool produced_here, TensorRef* r) {
+  r->buffer = BufferFor(t, produced_here);
+  // BufferFor checked the dtype against the buffer's, a known one.
+  r->dtype = static_cast<core::DType>(t.scalar_type());
+  const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
+  r->sizes.assign(sizes.begin(), sizes.end());
+  r->strides.assign(strides.begin(), strides.end());
+  r->storage_offset = t.storage_offset();
 }
 
 BufferId CaptureContext::AddHostConstant(const at::Tensor& cpu) {
@@ -613,69 +690,103 @@ Arg CaptureContext::ToArg(const c10::IValue& v, int arg_index, const SchemaInfo&
 bool CaptureContext::AppendKey(const c10::IValue& v) {
   auto add_tensor = [&](const at::Tensor& t) {
     if (!t.defined()) {
-      key_.push_back(-7);
+      key_.Push(-7);
       return;
     }
-    key_.push_back(static_cast<int64_t>(t.scalar_type()) * 64 + static_cast<int64_t>(t.device().type()) +
-                   (t.unsafeGetTensorImpl()->is_wrapped_number() ? 1 << 20 : 0));
-    key_.push_back(t.dim());
-    key_.insert(key_.end(), t.sizes().begin(), t.sizes().end());
-    key_.insert(key_.end(), t.strides().begin(), t.strides().end());
-    key_.push_back(t.storage_offset());
-    key_.push_back(static_cast<int64_t>(t.storage().nbytes()));
+    const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
+    const size_t dim = sizes.size();
+    int64_t* p = key_.Extend(4 + 2 * dim);
+    *p++ = static_cast<int64_t>(t.scalar_type()) * 64 + static_cast<int64_t>(t.device().type()) +
+           (t.unsafeGetTensorImpl()->is_wrapped_number() ? 1 << 20 : 0);
+    *p++ = static_cast<int64_t>(dim);
+    for (size_t k = 0; k < dim; ++k) *p++ = sizes[k];
+    for (size_t k = 0; k < dim; ++k) *p++ = strides[k];
+    *p++ = t.storage_offset();
+    *p = static_cast<int64_t>(t.storage().nbytes());
   };
   if (v.isTensor()) {
     add_tensor(v.toTensor());
   } else if (v.isNone()) {
-    key_.push_back(-1);
+    key_.Push(-1);
   } else if (v.isInt()) {
-    key_.push_back(-2);
-    key_.push_back(v.toInt());
+    int64_t* p = key_.Extend(2);
+    p[0] = -2;
+    p[1] = v.toInt();
   } else if (v.isBool()) {
-    key_.push_back(v.toBool() ? -3 : -4);
+    key_.Push(v.toBool() ? -3 : -4);
   } else if (v.isDouble()) {
     double d = v.toDouble();
     int64_t bits;
     std::memcpy(&bits, &d, sizeof bits);
-    key_.push_back(-5);
-    key_.push_back(bits);
+    int64_t* p = key_.Extend(2);
+    p[0] = -5;
+    p[1] = bits;
   } else if (v.isIntList()) {
-    auto l = v.toIntList();
-    key_.push_back(-6 - static_cast<int64_t>(l.size()) * 16);
-    for (int64_t x : l) key_.push_back(x);
+    const c10::List<int64_t> l = v.toIntList();
+    int64_t* p = key_.Extend(1 + l.size());
+    *p++ = -6 - static_cast<int64_t>(l.size()) * 16;
+    for (int64_t x : l) *p++ = x;
+  } else if (v.isDoubleList()) {
+    auto l = v.toDoubleList();
+    key_.Push(-13 - static_cast<int64_t>(l.size()) * 16);
+    for (double d : l) {
+      int64_t bits;
+      std::memcpy(&bits, &d, sizeof bits);
+      key_.Push(bits);
+    }
+  } else if (v.isBoolList()) {
+    auto l = v.toBoolList();
+    key_.Push(-14 - static_cast<int64_t>(l.size()) * 16);
+    for (bool b : l) key_.Push(b ? 1 : 0);
   } else if (v.isTensorList()) {
     auto l = v.toTensorList();
-    key_.push_back(-8 - static_cast<int64_t>(l.size()) * 16);
+    key_.Push(-8 - static_cast<int64_t>(l.size()) * 16);
     for (const at::Tensor& t : l) add_tensor(t);
   } else if (v.isList()) {
-    key_.push_back(-9);
+    key_.Push(-9);
     for (const c10::IValue& e : v.toListRef()) {
       if (e.isTensor()) add_tensor(e.toTensor());
-      else key_.push_back(-1);
+      else key_.Push(-1);
     }
   } else if (v.isDevice()) {
-    key_.push_back(-10 - static_cast<int64_t>(v.toDevice().type()));
+    key_.Push(-10 - static_cast<int64_t>(v.toDevice().type()));
   } else if (v.isString()) {
-    key_.push_back(-11);
-    key_.push_back(static_cast<int64_t>(std::hash<std::string>{}(v.toStringRef())));
+    key_.Push(-11);
+    key_.Push(static_cast<int64_t>(std::hash<std::string>{}(v.toStringRef())));
   } else if (v.isGenerator()) {
-    key_.push_back(-12);
+    key_.Push(-12);
   } else {
     return false;
   }
   return true;
 }
 
+// splitmix64's finalizer: a strong 64-bit mix, a few instructions.
+inline uint64_t Mix(uint64_t h, uint64_t v) {
+  uint64_t z = h ^ (v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2));
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+
+// A cheap fold for the values of one node (Mix finishes it).
+inline uint64_t Fold(uint64_t h, uint64_t v) {
+  h = (h ^ v) * 0x9e3779b97f4a7c15ull;
+  return h ^ (h >> 29);
+}
+
+// Folds the node's structure (op, argument kinds, the buffers it reads and writes, scope)
+// into the graph's running fingerprint, without building anything.
 void CaptureContext::ChainNode(const core::Node& n) {
-  key_.clear();
-  key_.push_back(n.op);
+  uint64_t h = Fold(0x6e6f6465ull, n.op);
   for (const Arg& a : n.args) {
-    key_.push_back(static_cast<int64_t>(a.kind));
-    for (const TensorRef& t : a.tensors) key_.push_back(t.buffer);
+    h = Fold(h, static_cast<uint64_t>(a.kind));
+    for (const TensorRef& t : a.tensors) h = Fold(h, t.buffer);
   }
-  for (const TensorRef& t : n.outputs) key_.push_back(t.buffer);
-  key_.push_back(n.scope);
-  Chain(KeyHash{}(key_));
+  h = Fold(h, 0x6f757473ull + n.outputs.size());
+  for (const TensorRef& t : n.outputs) h = Fold(h, t.buffer);
+  h = Fold(h, n.scope);
+  chain_ = Mix(chain_, h);
 }
 
 at::Tensor CaptureContext::ToMeta(const at::Tensor& t) {
@@ -870,46 +981,93 @@ at::Tensor CaptureContext::MakeOutput(const OutputSpec& o, const at::Tensor* ali
 }
 
 void CaptureContext::Capture(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
-  const SchemaInfo& info = InfoFor(op);
   const size_t nargs = op.schema().arguments().size();
-  torch::jit::Stack args(stack->end() - static_cast<std::ptrdiff_t>(nargs), stack->end());
+  const c10::IValue* args = stack->data() + (stack->size() - nargs);  // read in place
 
-  key_.clear();
-  key_.push_back(reinterpret_cast<intptr_t>(&op.schema()));
+  key_.Clear();
+  key_.Push(reinterpret_cast<intptr_t>(&op.schema()));
   bool cacheable = cache_enabled;
-  for (const c10::IValue& v : args) cacheable = AppendKey(v) && cacheable;
-
-  const CachedOp* spec = nullptr;
-  std::optional<CachedOp> fresh;
+  for (size_t j = 0; j < nargs; ++j) cacheable = AppendKey(args[j]) && cacheable;
   if (cacheable) {
-    auto it = cache.find(key_);
+    auto it = cache.find(key_.span());
     if (it != cache.end()) {
-      spec = &it->second;
       ++stats.cache_hits;
-    }
-  }
-  if (spec == nullptr) {
-    std::vector<int64_t> key = key_;
-    std::string error;
-    fresh = InferWithMeta(op, info, args, &error);
-    if (!fresh) {
-      CpuFallback(op, info, stack, error);
+      Emit(op, it->second, stack);
       return;
     }
-    if (cacheable) {
-      spec = &cache.emplace(std::move(key), std::move(*fresh)).first->second;
-    } else {
-      spec = &*fresh;
-    }
   }
+  CaptureMiss(op, stack, cacheable);
+}
+
+void CaptureContext::CaptureMiss(const c10::OperatorHandle& op, torch::jit::Stack* stack,
+                                 bool cacheable) {
+  const SchemaInfo& info = InfoFor(op);
+  const size_t nargs = op.schema().arguments().size();
+  const torch::jit::Stack args(stack->end() - static_cast<std::ptrdiff_t>(nargs), stack->end());
+  std::vector<int64_t> key(key_.span().begin(), key_.span().end());
+  std::string error;
+  std::optional<CachedOp> fresh = InferWithMeta(op, info, args, &error);
+  if (!fresh) {
+    CpuFallback(op, info, stack, error);
+    return;
+  }
+  fresh->info = &info;
+  if (cacheable) {
+    Emit(op, cache.emplace(std::move(key), std::move(*fresh)).first->second, stack);
+  } else {
+    Emit(op, *fresh, stack);
+  }
+}
+
+// Records the node (unless `spec` says the op only makes views) and replaces the op's
+// arguments on the stack with its outputs, made from `spec`.
+void CaptureContext::Emit(const c10::OperatorHandle& op, const CachedOp& spec,
+                          torch::jit::Stack* stack) {
+  const SchemaInfo& info = *spec.info;
+  const size_t nargs = op.schema().arguments().size();
+  const c10::IValue* args = stack->data() + (stack->size() - nargs);
 
   // The node: arguments are recorded before outputs exist (in-place ops read `self`).
   core::Node node;
-  if (spec->has_node) {
-    node.op = OpIdFor(&op.schema(), info.name);
+  if (spec.has_node) {
+    if (spec.op_generation != graph_generation_) {
+      spec.op_id = OpIdFor(&op.schema(), info.name);
+      spec.op_generation = graph_generation_;
+    }
+    node.op = spec.op_id;
     node.scope = CurrentScope();
     node.args.reserve(nargs);
-    for (size_t j = 0; j < nargs; ++j) node.args.push_back(ToArg(args[j], static_cast<int>(j), info));
+    node.outputs.reserve(spec.outputs.size());
+    for (size_t j = 0; j < nargs; ++j) {
+      const c10::IValue& v = args[j];
+      Arg& a = node.args.emplace_back();
+      // The common kinds are built in place; ToArg does the rest (and the generator).
+      if (static_cast<int>(j) != info.generator_arg) {
+        if (v.isTensor()) {
+          const at::Tensor& t = v.toTensor();
+          if (t.defined() && IsRemote(t)) {
+            a.kind = core::ArgKind::kTensor;
+            FillRef(t, /*produced_here=*/false, &a.tensors.emplace_back());
+            continue;
+          }
+        } else if (v.isInt()) {
+          a.kind = core::ArgKind::kInt;
+          a.i = v.toInt();
+          continue;
+        } else if (v.isBool()) {
+          a.kind = core::ArgKind::kBool;
+          a.i = v.toBool() ? 1 : 0;
+          continue;
+        } else if (v.isNone()) {
+          continue;  // kNone
+        } else if (v.isDouble()) {
+          a.kind = core::ArgKind::kDouble;
+          a.d = v.toDouble();
+          continue;
+        }
+      }
+      a = ToArg(v, static_cast<int>(j), info);
+    }
     for (int j : info.write_args) {
       if (args[j].isTensor() && IsRemote(args[j].toTensor())) {
         node.writes.push_back(BufferFor(args[j].toTensor()));
@@ -917,41 +1075,44 @@ void CaptureContext::Capture(const c10::OperatorHandle& op, torch::jit::Stack* s
     }
   }
 
-  torch::jit::drop(*stack, nargs);
-  for (const ReturnSpec& rs : spec->returns) {
-    std::vector<at::Tensor> outs;
-    for (int k = 0; k < rs.count; ++k) {
-      const OutputSpec& o = spec->outputs[rs.first + k];
-      const at::Tensor* aliased = nullptr;
-      if (o.arg >= 0) {
-        const c10::IValue& a = args[o.arg];
-        aliased = a.isTensor() ? &a.toTensor() : nullptr;
-        if (!aliased && a.isTensorList()) {
-          // Views of a list argument (rare): alias its first element.
-          static thread_local at::Tensor first;
-          first = a.toTensorList().get(0);
-          aliased = &first;
-        }
+  auto make = [&](const OutputSpec& o) -> at::Tensor {
+    const at::Tensor* aliased = nullptr;
+    if (o.arg >= 0) {
+      const c10::IValue& a = args[o.arg];
+      aliased = a.isTensor() ? &a.toTensor() : nullptr;
+      if (!aliased && a.isTensorList()) {
+        // Views of a list argument (rare): alias its first element.
+        static thread_local at::Tensor first;
+        first = a.toTensorList().get(0);
+        aliased = &first;
       }
-      const c10::StorageImpl* before = aliased ? aliased->storage().unsafeGetStorageImpl() : nullptr;
-      at::Tensor t = MakeOutput(o, aliased);
-      if (spec->has_node && t.defined()) {
-        // Fresh outputs, and out= tensors that had to grow into a new storage, are
-        // produced by this node.
-        const bool produced_here = o.kind == OutputSpec::Kind::kFresh ||
-                                   (o.kind == OutputSpec::Kind::kInPlace &&
-                                    t.storage().unsafeGetStorageImpl() != before);
-        node.outputs.push_back(RefOf(t, produced_here));
-      }
-      outs.push_back(std::move(t));
     }
+    const c10::StorageImpl* before = aliased ? aliased->storage().unsafeGetStorageImpl() : nullptr;
+    at::Tensor t = MakeOutput(o, aliased);
+    if (spec.has_node && t.defined()) {
+      // Fresh outputs, and out= tensors that had to grow into a new storage, are
+      // produced by this node.
+      const bool produced_here = o.kind == OutputSpec::Kind::kFresh ||
+                                 (o.kind == OutputSpec::Kind::kInPlace &&
+                                  t.storage().unsafeGetStorageImpl() != before);
+      FillRef(t, produced_here, &node.outputs.emplace_back());
+    }
+    return t;
+  };
+  c10::SmallVector<c10::IValue, 4> results;
+  for (const ReturnSpec& rs : spec.returns) {
     if (rs.is_list) {
-      stack->emplace_back(c10::List<at::Tensor>(outs));
+      c10::List<at::Tensor> list;
+      list.reserve(rs.count);
+      for (int k = 0; k < rs.count; ++k) list.push_back(make(spec.outputs[rs.first + k]));
+      results.emplace_back(std::move(list));
     } else {
-      stack->emplace_back(outs.empty() ? at::Tensor() : outs[0]);
+      results.emplace_back(rs.count > 0 ? make(spec.outputs[rs.first]) : at::Tensor());
     }
   }
-  if (spec->has_node) {
+  torch::jit::drop(*stack, nargs);  // the arguments die only now: outputs alias them
+  for (c10::IValue& r : results) stack->push_back(std::move(r));
+  if (spec.has_node) {
     ChainNode(node);
     graph.AddNode(std::move(node));
     ++stats.ops_captured;
@@ -970,8 +1131,10 @@ void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src
     data.copy_(cpu_src);
     // Ops already captured keep reading the earlier version (its graph buffer); later
     // references get a new buffer bound to this data.
-    const uint64_t h = HandleOf(dst);
+    StorageContext* sc = ContextOf(dst);
+    const uint64_t h = sc->handle;
     handle_buffer_.erase(h);
+    sc->generation = 0;  // the next reference gets the new buffer
     pending_[h] = data;
     return;
   }
@@ -1120,6 +1283,7 @@ void CaptureContext::CpuFallback(const c10::OperatorHandle& op, const SchemaInfo
 
 void CaptureContext::ResetGraph() {
   graph = core::Graph();
+  ++graph_generation_;
   handle_buffer_.clear();
   constants_.clear();
   op_ids_.clear();
@@ -1286,9 +1450,7 @@ at::Tensor EmptyStrided(c10::IntArrayRef size, c10::IntArrayRef stride,
 }
 
 void CountView() {
-  CaptureContext& ctx = CaptureContext::Get();
-  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
-  ++ctx.stats.views;
+  CaptureContext::Get().view_kernels.fetch_add(1, std::memory_order_relaxed);
 }
 
 at::Tensor AsStrided(const at::Tensor& self, c10::SymIntArrayRef size, c10::SymIntArrayRef stride,
@@ -1520,13 +1682,16 @@ absl::Status Flush() {
 CaptureStats GetCaptureStats() {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
-  return ctx.stats;
+  CaptureStats stats = ctx.stats;
+  stats.views += ctx.view_kernels.load(std::memory_order_relaxed);
+  return stats;
 }
 
 void ResetCaptureStats() {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
   ctx.stats = CaptureStats();
+  ctx.view_kernels.store(0, std::memory_order_relaxed);
 }
 
 void SetCaptureCacheEnabled(bool enabled) {
