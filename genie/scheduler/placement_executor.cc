@@ -60,6 +60,13 @@ PlacementStats PlacementExecutor::stats() const {
 
 absl::StatusOr<core::ExecuteResult> PlacementExecutor::Execute(
     const core::ExecuteRequest& request, const semantic::GraphSemantics& semantics) {
+  absl::StatusOr<core::ExecuteResult> result = Run(request, semantics);
+  if (!result.ok()) temporary_base_ += uint64_t{1} << 32;
+  return result;
+}
+
+absl::StatusOr<core::ExecuteResult> PlacementExecutor::Run(
+    const core::ExecuteRequest& request, const semantic::GraphSemantics& semantics) {
   if (request.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
   const core::Graph& graph = *request.graph;
   PlacementInput in;
@@ -70,8 +77,7 @@ absl::StatusOr<core::ExecuteResult> PlacementExecutor::Execute(
   in.num_nodes = static_cast<int>(nodes_.size());
   in.capacity_bytes = capacity_bytes_;
   in.home = &home_;
-  // Every temporary is released by the end of its run, so each run reuses the same range.
-  in.first_temporary_handle = kTemporaryHandleBase;
+  in.first_temporary_handle = temporary_base_;
   GENIE_ASSIGN_OR_RETURN(Placement placement, Place(in));
 
   absl::flat_hash_map<core::BufferId, const core::Upload*> upload_of;

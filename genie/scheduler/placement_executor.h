@@ -58,11 +58,18 @@ class PlacementExecutor {
   PlacementStats stats() const;
 
  private:
+  absl::StatusOr<core::ExecuteResult> Run(const core::ExecuteRequest& request,
+                                          const semantic::GraphSemantics& semantics);
+
   std::vector<std::shared_ptr<core::Executor>> nodes_;
   std::vector<std::unique_ptr<ResidencyExecutor>> residency_;
   std::vector<int64_t> capacity_bytes_;
   absl::flat_hash_map<uint64_t, int> home_;                 // handle -> node
   std::vector<std::vector<uint64_t>> pending_release_;      // per node
+  // Temporaries of a run are all released by its end, so runs reuse one range; a failed
+  // run may leave some behind (on a node, or in a node's peer inbox), so the next run
+  // moves to a fresh range that cannot meet them.
+  uint64_t temporary_base_ = kTemporaryHandleBase;
   mutable std::mutex mu_;                                   // guards stats_
   PlacementStats stats_;
   std::vector<std::array<int64_t, 5>> modality_votes_;  // per stats_.modules entry

@@ -180,6 +180,25 @@ TEST(PlacementExecutorTest, TwoNodesMatchOneAndMoveTheCrossingTensorNodeToNode) 
   EXPECT_NE(st.last_report.find("transfer"), std::string::npos);
 }
 
+TEST(PlacementExecutorTest, AFailedTransferFailsTheRunAndTheNextRunStartsClean) {
+  auto n0 = std::make_shared<FakeNode>("d:4");
+  auto n1 = std::make_shared<FakeNode>("e:5");
+  Placed placed({n0, n1});
+  Registry().erase("e:5");  // node 0 cannot reach node 1
+  Model m(false);
+  absl::StatusOr<core::ExecuteResult> r = placed.Execute(m.Request(), m.s);
+  EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
+  Registry()["e:5"] = n1.get();
+  r = placed.Execute(m.Request(), m.s);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Floats(r->outputs[0]), (std::vector<float>{120, 220, 320, 420, 520, 620, 720, 820}));
+  // The failed run's temporary is left on node 0 under a handle the next run did not reuse.
+  int temporaries = 0;
+  for (const auto& [h, data] : n0->resident) temporaries += h >= kTemporaryHandleBase;
+  EXPECT_EQ(temporaries, 1);
+  EXPECT_EQ(placed.placement().runs, 1);
+}
+
 TEST(PlacementExecutorTest, OneNodeRunsAsBefore) {
   auto n0 = std::make_shared<FakeNode>("c:3");
   Placed placed({n0});
