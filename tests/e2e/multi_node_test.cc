@@ -7,10 +7,14 @@
 #include <torch/torch.h>
 
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <cstdio>
+#include <fstream>
+#include <sstream>
 
 #include "examples/models/models.h"
+#include "tests/e2e/node_process.h"
 #include "genie/client/session.h"
 #include "genie/frontend/remote_device.h"
 #include "genie/scheduler/policies.h"
@@ -108,6 +112,67 @@ TEST(MultiNodeTest, VqaAcrossTwoNodesByModality) {
               wire.ToString().c_str(), data.ToString().c_str(),
               static_cast<long long>(placement.node_to_node_bytes),
               static_cast<long long>(placement.transfers));
+}
+
+int CountLines(const std::string& path, const std::string& needle) {
+  std::ifstream in(path);
+  std::string line;
+  int n = 0;
+  while (std::getline(in, line)) n += line.find(needle) != std::string::npos;
+  return n;
+}
+
+// The same across two genie-node processes: node 0 pushes to node 1 itself (its log says
+// so), and the answers still match.
+TEST(MultiNodeTest, VqaAcrossTwoNodeProcesses) {
+  const std::string key = "e2e-multi-node-key-0123456789abcdef";
+  absl::StatusOr<std::string> dir = e2e::MakeTempDir();
+  ASSERT_TRUE(dir.ok()) << dir.status();
+  const std::string log0 = *dir + "/node0.log", log1 = *dir + "/node1.log";
+  auto node0 = e2e::NodeProcess::Start(key, {}, absl::Seconds(60), log0);
+  auto node1 = e2e::NodeProcess::Start(key, {}, absl::Seconds(60), log1);
+  ASSERT_TRUE(node0.ok()) << node0.status();
+  ASSERT_TRUE(node1.ok()) << node1.status();
+
+  models::VqaConfig config;
+  models::Vqa local(config);
+  torch::manual_seed(5);
+  const torch::Tensor images = torch::randn(
+      {2, config.vision.channels, config.vision.image_size, config.vision.image_size});
+  const torch::Tensor questions = torch::randint(1, config.language.vocab_size, {2, 12}, torch::kLong);
+  torch::Tensor expected;
+  {
+    torch::NoGradGuard no_grad;
+    expected = local->forward(images, questions);
+  }
+  constexpr int kSteps = 2;
+  {
+    SessionOptions options;
+    options.key = key;
+    options.nodes = {absl::StrCat("127.0.0.1:", (*node0)->port()),
+                     absl::StrCat("127.0.0.1:", (*node1)->port())};
+    absl::StatusOr<std::unique_ptr<Session<Placed>>> session = Session<Placed>::Start(options);
+    ASSERT_TRUE(session.ok()) << session.status();
+    const torch::Device device((*session)->device());
+    models::Vqa model(config);
+    model->eval();
+    model->to(device);
+    frontend::NameParameters(*model);
+    for (int i = 0; i < kSteps; ++i) {
+      torch::Tensor got = model->forward(images.to(device), questions.to(device)).to(torch::kCPU);
+      EXPECT_LE((got - expected).abs().max().item<double>(), 1e-5) << "step " << i;
+    }
+    ASSERT_TRUE((*session)->Join().ok());
+    const scheduler::PlacementStats placement = (*session)->placement();
+    EXPECT_EQ(placement.NodeOf("vision"), 0);
+    EXPECT_EQ(placement.NodeOf("language"), 1);
+    EXPECT_EQ(placement.transfers, kSteps);
+    EXPECT_GT(placement.node_to_node_bytes, 0);
+  }
+  (void)(*node0)->Signal(SIGTERM);
+  (void)(*node1)->Signal(SIGTERM);
+  EXPECT_EQ(CountLines(log0, "genie-node: sent handle"), kSteps);
+  EXPECT_EQ(CountLines(log1, "genie-node: received handle"), kSteps);
 }
 
 // An LLM decode keeps its KV cache with its attention: all of GPT-2 (language) runs on one
