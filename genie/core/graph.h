@@ -222,6 +222,11 @@ class Graph {
   size_t num_scopes() const { return scope_names_.size(); }
 
   BufferId AddBuffer(Buffer buffer);  // assigns buffer.id
+  // Capacity hint (capture expects about as many nodes and buffers as the last graph).
+  void Reserve(size_t nodes, size_t buffers) {
+    nodes_.reserve(nodes);
+    buffers_.reserve(buffers);
+  }
   // Appends a node; sets `producer` of each output buffer that has none yet, except
   // buffers the node also takes as a tensor argument (the self an in-place op returns, an
   // out= target): a node produces the buffers it creates, not the ones it was given.

@@ -595,8 +595,13 @@ void CaptureContext::FillRef(const at::Tensor& t, bool produced_here, TensorRef*
   // BufferFor checked the dtype against the buffer's, a known one.
   r->dtype = static_cast<core::DType>(t.scalar_type());
   const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
-  r->sizes.assign(sizes.begin(), sizes.end());
-  r->strides.assign(strides.begin(), strides.end());
+  const size_t dim = sizes.size();
+  r->sizes.resize(dim);
+  r->strides.resize(dim);
+  if (dim > 0) {
+    std::memcpy(r->sizes.data(), sizes.data(), dim * sizeof(int64_t));
+    std::memcpy(r->strides.data(), strides.data(), dim * sizeof(int64_t));
+  }
   r->storage_offset = t.storage_offset();
 }
 
@@ -1282,7 +1287,10 @@ void CaptureContext::CpuFallback(const c10::OperatorHandle& op, const SchemaInfo
 }
 
 void CaptureContext::ResetGraph() {
+  // The next graph is usually the same program again (a decode step): size it alike.
+  const size_t nodes = graph.nodes().size(), buffers = graph.buffers().size();
   graph = core::Graph();
+  graph.Reserve(nodes, buffers);
   ++graph_generation_;
   handle_buffer_.clear();
   constants_.clear();
