@@ -2,6 +2,7 @@
 #include "genie/scheduler/placement_executor.h"
 
 #include <algorithm>
+#include <random>
 #include <tuple>
 #include <utility>
 
@@ -31,6 +32,9 @@ PlacementExecutor::PlacementExecutor(std::vector<std::shared_ptr<core::Executor>
     : nodes_(std::move(nodes)),
       capacity_bytes_(std::move(capacity_bytes)),
       pending_release_(nodes_.size()) {
+  std::random_device entropy;
+  const uint64_t range = (uint64_t{entropy()} << 8 ^ entropy()) & ((uint64_t{1} << 29) - 1);
+  temporary_base_ = kTemporaryHandleBase + (range << 32);
   for (const auto& n : nodes_) residency_.push_back(std::make_unique<ResidencyExecutor>(n, policy));
   stats_.num_nodes = static_cast<int>(nodes_.size());
 }

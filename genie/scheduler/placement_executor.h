@@ -68,8 +68,9 @@ class PlacementExecutor {
   std::vector<std::vector<uint64_t>> pending_release_;      // per node
   // Temporaries of a run are all released by its end, so runs reuse one range; a failed
   // run may leave some behind (on a node, or in a node's peer inbox), so the next run
-  // moves to a fresh range that cannot meet them.
-  uint64_t temporary_base_ = kTemporaryHandleBase;
+  // moves to a fresh range that cannot meet them. Each executor starts at a random range
+  // so that clients sharing nodes do not meet each other's temporaries in a peer inbox.
+  uint64_t temporary_base_;
   mutable std::mutex mu_;                                   // guards stats_
   PlacementStats stats_;
   std::vector<std::array<int64_t, 5>> modality_votes_;  // per stats_.modules entry
