@@ -419,6 +419,7 @@ class CaptureContext {
   core::ScopeId scope_cache_id_ = 0;
   uint64_t chain_ = 0;
   KeyBuilder key_;
+  std::vector<uint64_t> chain_scratch_;  // values of one node for the chain hash
   torch::jit::Stack scratch_args_;  // arguments of the last CPU shape inference
 };
 
@@ -766,32 +767,44 @@ bool CaptureContext::AppendKey(const c10::IValue& v) {
   return true;
 }
 
-// splitmix64's finalizer: a strong 64-bit mix, a few instructions.
-inline uint64_t Mix(uint64_t h, uint64_t v) {
-  uint64_t z = h ^ (v + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2));
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
+// Everything a view is: buffer, dtype and geometry.
+void AppendView(std::vector<uint64_t>* out, const TensorRef& t) {
+  out->push_back(t.buffer);
+  out->push_back(static_cast<uint64_t>(t.dtype) + (static_cast<uint64_t>(t.sizes.size()) << 8));
+  for (int64_t v : t.sizes) out->push_back(static_cast<uint64_t>(v));
+  for (int64_t v : t.strides) out->push_back(static_cast<uint64_t>(v));
+  out->push_back(static_cast<uint64_t>(t.storage_offset));
 }
 
-// A cheap fold for the values of one node (Mix finishes it).
-inline uint64_t Fold(uint64_t h, uint64_t v) {
-  h = (h ^ v) * 0x9e3779b97f4a7c15ull;
-  return h ^ (h >> 29);
+uint64_t Bits(double d) {
+  uint64_t bits;
+  std::memcpy(&bits, &d, sizeof bits);
+  return bits;
 }
 
-// Folds the node's structure (op, argument kinds, the buffers it reads and writes, scope)
-// into the graph's running fingerprint, without building anything.
+// The chain is the program's identity for program caches (a node keeps programs by it):
+// it covers every argument's value and every view's geometry, or two graphs differing
+// only in a scalar or an offset would share a program. The node's values are gathered
+// into a reused buffer and hashed once.
 void CaptureContext::ChainNode(const core::Node& n) {
-  uint64_t h = Fold(0x6e6f6465ull, n.op);
+  std::vector<uint64_t>& v = chain_scratch_;
+  v.clear();
+  v.push_back(n.op);
   for (const Arg& a : n.args) {
-    h = Fold(h, static_cast<uint64_t>(a.kind));
-    for (const TensorRef& t : a.tensors) h = Fold(h, t.buffer);
+    v.push_back(static_cast<uint64_t>(a.kind));
+    v.push_back(static_cast<uint64_t>(a.i));
+    v.push_back(Bits(a.d));
+    if (!a.s.empty()) v.push_back(absl::Hash<std::string>{}(a.s));
+    for (int64_t x : a.ints) v.push_back(static_cast<uint64_t>(x));
+    for (double d : a.doubles) v.push_back(Bits(d));
+    for (uint8_t p : a.present) v.push_back(p);
+    for (const TensorRef& t : a.tensors) AppendView(&v, t);
   }
-  h = Fold(h, 0x6f757473ull + n.outputs.size());
-  for (const TensorRef& t : n.outputs) h = Fold(h, t.buffer);
-  h = Fold(h, n.scope);
-  chain_ = Mix(chain_, h);
+  v.push_back(0x6f757473ull + n.outputs.size());
+  for (const TensorRef& t : n.outputs) AppendView(&v, t);
+  for (BufferId b : n.writes) v.push_back(b);
+  v.push_back(n.scope);
+  Chain(absl::Hash<absl::Span<const uint64_t>>{}(absl::MakeConstSpan(v)));
 }
 
 at::Tensor CaptureContext::ToMeta(const at::Tensor& t) {
@@ -1329,18 +1342,19 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Te
   }
   std::sort(req.uploads.begin(), req.uploads.end(),
             [](const core::Upload& a, const core::Upload& b) { return a.buffer < b.buffer; });
-  uint64_t fp = chain_;
-  for (BufferId b : keep) fp = absl::Hash<std::pair<uint64_t, uint64_t>>{}({fp, b});
-  for (const TensorRef& o : run->outputs()) {
-    fp = absl::Hash<std::pair<uint64_t, uint64_t>>{}({fp, o.buffer * 1000003ull + o.numel()});
-  }
-  req.fingerprint = fp;
+  // The program's identity: the captured chain, what stays, and the views read back.
+  std::vector<uint64_t>& tail = chain_scratch_;
+  tail.assign(keep.begin(), keep.end());
+  tail.push_back(0x6f757470ull + run->outputs().size());
+  for (const TensorRef& o : run->outputs()) AppendView(&tail, o);
+  req.fingerprint = absl::Hash<std::pair<uint64_t, uint64_t>>{}(
+      {chain_, absl::Hash<absl::Span<const uint64_t>>{}(absl::MakeConstSpan(tail))});
   job->executor = executor();
   if (observer) observer(*run, req);
   static const bool dump = std::getenv("GENIE_DUMP_GRAPHS") != nullptr;
   if (dump) {
     std::fprintf(stderr, "genie: graph to %s (fingerprint %016llx, %zu uploads, %zu kept)\n%s\n",
-                 job->executor->Describe().c_str(), static_cast<unsigned long long>(fp),
+                 job->executor->Describe().c_str(), static_cast<unsigned long long>(req.fingerprint),
                  req.uploads.size(), req.keep.size(), run->Dump().c_str());
   }
   job->graph = std::move(run);

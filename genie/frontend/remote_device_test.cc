@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <future>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -318,6 +319,40 @@ TEST_F(RemoteDeviceTest, CommonModulesMatchEager) {
             1e-5);
   EXPECT_LE(MaxAbsDiff(torch::bmm(a0.to(Remote()), b0.to(Remote())), torch::bmm(a0, b0)), 1e-5);
   EXPECT_EQ(GetCaptureStats().cpu_fallbacks, 0) << "every module above runs remotely";
+}
+
+// Records each graph's dump by fingerprint: executors (a node's program cache) may reuse
+// what they prepared for an equal fingerprint, so equal fingerprints must mean equal graphs.
+class FingerprintAuditor final : public core::Executor {
+ public:
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
+    const std::string dump = request.graph->Dump();  // ops, arguments, views, outputs
+    auto [it, inserted] = seen.emplace(request.fingerprint, dump);
+    if (!inserted && it->second != dump) ++collisions;
+    return inner.Execute(request);
+  }
+  std::string Describe() const override { return "fingerprint auditor"; }
+  runtime::Interpreter inner;
+  std::map<uint64_t, std::string> seen;
+  int collisions = 0;
+};
+
+TEST_F(RemoteDeviceTest, EqualFingerprintsMeanEqualGraphs) {
+  auto audit = std::make_shared<FingerprintAuditor>();
+  SetExecutor(audit);
+  torch::Tensor x = torch::arange(12, torch::kFloat).reshape({3, 4});
+  torch::Tensor rx = x.to(Remote());
+  ASSERT_TRUE(Flush().ok());
+  // Same ops on the same storages, differing only in a scalar or in a view's offset.
+  EXPECT_TRUE(torch::equal((rx + 1).to(torch::kCPU), x + 1));
+  EXPECT_TRUE(torch::equal((rx + 2).to(torch::kCPU), x + 2));
+  EXPECT_TRUE(torch::equal(rx.narrow(0, 0, 2).mul(3).to(torch::kCPU), x.narrow(0, 0, 2).mul(3)));
+  EXPECT_TRUE(torch::equal(rx.narrow(0, 1, 2).mul(3).to(torch::kCPU), x.narrow(0, 1, 2).mul(3)));
+  EXPECT_TRUE(torch::equal(rx.select(1, 0).to(torch::kCPU), x.select(1, 0)));
+  EXPECT_TRUE(torch::equal(rx.select(1, 3).to(torch::kCPU), x.select(1, 3)));
+  EXPECT_EQ(audit->collisions, 0);
+  EXPECT_GE(audit->seen.size(), 6u);
+  SetExecutor(std::make_shared<runtime::Interpreter>());
 }
 
 // Wraps the interpreter; blocks each Execute until released, or fails it.
