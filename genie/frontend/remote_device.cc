@@ -807,6 +807,36 @@ void CaptureContext::ChainNode(const core::Node& n) {
   Chain(absl::Hash<absl::Span<const uint64_t>>{}(absl::MakeConstSpan(v)));
 }
 
+// A copy of an argument stack with every tensor (lists and optional-tensor lists
+// included) passed through `convert`, and remote device arguments replaced by `device`:
+// how shape inference (Meta, CPU zeros) and the CPU fallback see an op's arguments.
+template <class Convert>
+torch::jit::Stack MapTensorArgs(const torch::jit::Stack& args, Convert&& convert, c10::Device device) {
+  torch::jit::Stack out;
+  out.reserve(args.size());
+  for (const c10::IValue& v : args) {
+    if (v.isTensor()) {
+      out.emplace_back(convert(v.toTensor()));
+    } else if (v.isTensorList()) {
+      std::vector<at::Tensor> l;
+      for (const at::Tensor& t : v.toTensorList()) l.push_back(convert(t));
+      out.emplace_back(c10::List<at::Tensor>(l));
+    } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
+      c10::List<std::optional<at::Tensor>> l;
+      for (const c10::IValue& e : v.toListRef()) {
+        if (e.isTensor()) l.push_back(convert(e.toTensor()));
+        else l.push_back(std::nullopt);
+      }
+      out.emplace_back(l);
+    } else if (v.isDevice() && v.toDevice().type() == kRemote) {
+      out.emplace_back(device);
+    } else {
+      out.push_back(v);
+    }
+  }
+  return out;
+}
+
 at::Tensor CaptureContext::ToMeta(const at::Tensor& t) {
   const int64_t storage_numel = static_cast<int64_t>(t.storage().nbytes()) / t.itemsize();
   at::Tensor base = at::empty({storage_numel}, at::TensorOptions().dtype(t.scalar_type()).device(at::kMeta));
@@ -821,29 +851,8 @@ std::optional<CachedOp> CaptureContext::InferWithMeta(const c10::OperatorHandle&
     *error = "it returns a value that is not a tensor";
     return std::nullopt;
   }
-  torch::jit::Stack meta;
-  meta.reserve(args.size());
   auto convert = [](const at::Tensor& t) { return IsRemote(t) ? ToMeta(t) : t; };
-  for (const c10::IValue& v : args) {
-    if (v.isTensor()) {
-      meta.emplace_back(convert(v.toTensor()));
-    } else if (v.isTensorList()) {
-      std::vector<at::Tensor> l;
-      for (const at::Tensor& t : v.toTensorList()) l.push_back(convert(t));
-      meta.emplace_back(c10::List<at::Tensor>(l));
-    } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
-      c10::List<std::optional<at::Tensor>> l;
-      for (const c10::IValue& e : v.toListRef()) {
-        if (e.isTensor()) l.push_back(convert(e.toTensor()));
-        else l.push_back(std::nullopt);
-      }
-      meta.emplace_back(l);
-    } else if (v.isDevice() && v.toDevice().type() == kRemote) {
-      meta.emplace_back(c10::Device(at::kMeta));
-    } else {
-      meta.push_back(v);
-    }
-  }
+  torch::jit::Stack meta = MapTensorArgs(args, convert, at::kMeta);
   // out= returns alias their arguments: keep the converted arguments alive until the
   // outputs have been read.
   const torch::jit::Stack meta_args = meta;
@@ -936,27 +945,7 @@ bool CaptureContext::InferWithCpu(const c10::OperatorHandle& op, const torch::ji
     return at::zeros({storage_numel}, at::TensorOptions().dtype(t.scalar_type()))
         .as_strided(t.sizes(), t.strides(), t.storage_offset());
   };
-  torch::jit::Stack cpu;
-  for (const c10::IValue& v : args) {
-    if (v.isTensor()) {
-      cpu.emplace_back(zeros_like_view(v.toTensor()));
-    } else if (v.isTensorList()) {
-      std::vector<at::Tensor> l;
-      for (const at::Tensor& t : v.toTensorList()) l.push_back(zeros_like_view(t));
-      cpu.emplace_back(c10::List<at::Tensor>(l));
-    } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
-      c10::List<std::optional<at::Tensor>> l;
-      for (const c10::IValue& e : v.toListRef()) {
-        if (e.isTensor()) l.push_back(zeros_like_view(e.toTensor()));
-        else l.push_back(std::nullopt);
-      }
-      cpu.emplace_back(l);
-    } else if (v.isDevice() && v.toDevice().type() == kRemote) {
-      cpu.emplace_back(c10::Device(at::kCPU));
-    } else {
-      cpu.push_back(v);
-    }
-  }
+  torch::jit::Stack cpu = MapTensorArgs(args, zeros_like_view, at::kCPU);
   scratch_args_ = cpu;  // out= returns alias the arguments: keep them alive (see InferWithMeta)
   try {
     at::AutoDispatchBelowADInplaceOrView guard;
@@ -1238,27 +1227,7 @@ void CaptureContext::CpuFallback(const c10::OperatorHandle& op, const SchemaInfo
   std::vector<at::Tensor> local = remote.empty() ? std::vector<at::Tensor>() : Run(remote);
   size_t next = 0;
   auto to_cpu = [&](const at::Tensor& t) { return IsRemote(t) ? local[next++] : t; };
-  torch::jit::Stack cpu;
-  for (const c10::IValue& v : args) {
-    if (v.isTensor()) {
-      cpu.emplace_back(to_cpu(v.toTensor()));
-    } else if (v.isTensorList()) {
-      std::vector<at::Tensor> l;
-      for (const at::Tensor& t : v.toTensorList()) l.push_back(to_cpu(t));
-      cpu.emplace_back(c10::List<at::Tensor>(l));
-    } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
-      c10::List<std::optional<at::Tensor>> l;
-      for (const c10::IValue& e : v.toListRef()) {
-        if (e.isTensor()) l.push_back(to_cpu(e.toTensor()));
-        else l.push_back(std::nullopt);
-      }
-      cpu.emplace_back(l);
-    } else if (v.isDevice() && v.toDevice().type() == kRemote) {
-      cpu.emplace_back(c10::Device(at::kCPU));
-    } else {
-      cpu.push_back(v);
-    }
-  }
+  torch::jit::Stack cpu = MapTensorArgs(args, to_cpu, at::kCPU);
   scratch_args_ = cpu;  // out= returns alias the arguments: keep them alive
   try {
     at::AutoDispatchBelowADInplaceOrView guard;
