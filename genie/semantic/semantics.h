@@ -123,49 +123,24 @@ std::string ModuleOfParameter(std::string_view parameter_name);
 // Each is a tag with kName and a static Annotate(AnnotatedGraph&, const GraphSemantics&).
 // An analyzer whose annotation the deployment did not compose fails to compile.
 
-struct ModulePathAnalyzer {
-  static constexpr std::string_view kName = "module_path";
+// Copies one per-node column of the analysis into annotation A.
+template <class A, const std::vector<typename A::value_type> GraphSemantics::*kColumn>
+struct ColumnAnalyzer {
+  static constexpr std::string_view kName = A::kName;
   template <class G>
   static void Annotate(G& g, const GraphSemantics& s) {
-    static_assert(G::template Has<ModulePath>(),
-                  "ModulePathAnalyzer writes ModulePath: add genie::semantic::ModulePath to "
-                  "the deployment's Annotations<...>");
-    for (core::NodeId n = 0; n < s.module.size(); ++n) g.template Set<ModulePath>(n, s.module[n]);
+    static_assert(G::template Has<A>(),
+                  "this analyzer writes an annotation the deployment did not compose (the A of "
+                  "ColumnAnalyzer<A, ...>): add it to the deployment's Annotations<...>");
+    const auto& column = s.*kColumn;
+    for (core::NodeId n = 0; n < column.size(); ++n) g.template Set<A>(n, column[n]);
   }
 };
 
-struct PhaseDetector {
-  static constexpr std::string_view kName = "phase";
-  template <class G>
-  static void Annotate(G& g, const GraphSemantics& s) {
-    static_assert(G::template Has<Phase>(),
-                  "PhaseDetector writes Phase: add genie::semantic::Phase to the deployment's "
-                  "Annotations<...>");
-    for (core::NodeId n = 0; n < s.phase.size(); ++n) g.template Set<Phase>(n, s.phase[n]);
-  }
-};
-
-struct ModalityDetector {
-  static constexpr std::string_view kName = "modality";
-  template <class G>
-  static void Annotate(G& g, const GraphSemantics& s) {
-    static_assert(G::template Has<Modality>(),
-                  "ModalityDetector writes Modality: add genie::semantic::Modality to the "
-                  "deployment's Annotations<...>");
-    for (core::NodeId n = 0; n < s.modality.size(); ++n) g.template Set<Modality>(n, s.modality[n]);
-  }
-};
-
-struct PatternRecognizer {
-  static constexpr std::string_view kName = "pattern";
-  template <class G>
-  static void Annotate(G& g, const GraphSemantics& s) {
-    static_assert(G::template Has<Pattern>(),
-                  "PatternRecognizer writes Pattern: add genie::semantic::Pattern to the "
-                  "deployment's Annotations<...>");
-    for (core::NodeId n = 0; n < s.pattern.size(); ++n) g.template Set<Pattern>(n, s.pattern[n]);
-  }
-};
+using ModulePathAnalyzer = ColumnAnalyzer<ModulePath, &GraphSemantics::module>;
+using PhaseDetector = ColumnAnalyzer<Phase, &GraphSemantics::phase>;
+using ModalityDetector = ColumnAnalyzer<Modality, &GraphSemantics::modality>;
+using PatternRecognizer = ColumnAnalyzer<Pattern, &GraphSemantics::pattern>;
 
 // Graph-level: the class lives in GraphSemantics::workload; no per-node column.
 struct WorkloadClassifier {
