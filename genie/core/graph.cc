@@ -856,26 +856,52 @@ std::vector<const TensorRef*> Node::Inputs() const {
 
 // ---- Graph --------------------------------------------------------------------------
 
-Graph::Graph() {
-  scope_names_.emplace_back();
-  scope_index_.emplace(std::string(), 0);
+Graph::Graph() : names_(std::make_shared<Names>()), nodes_(std::make_shared<std::vector<Node>>()) {
+  names_->scopes.emplace_back();
+  names_->scope_index.emplace(std::string(), 0);
+}
+
+Graph::Names& Graph::MutableNames() {
+  if (names_.use_count() > 1) names_ = std::make_shared<Names>(*names_);
+  return *names_;
+}
+
+std::vector<Node>& Graph::MutableNodes() {
+  if (nodes_.use_count() > 1) nodes_ = std::make_shared<std::vector<Node>>(*nodes_);
+  return *nodes_;
+}
+
+Graph Graph::Prefix(size_t num_nodes, size_t num_buffers) const {
+  Graph g;
+  g.names_ = names_;
+  g.buffers_.assign(buffers_.begin(), buffers_.begin() + static_cast<std::ptrdiff_t>(
+                                                             std::min(num_buffers, buffers_.size())));
+  num_nodes = std::min(num_nodes, nodes_->size());
+  for (Buffer& b : g.buffers_) {
+    if (b.producer != kNoNode && b.producer >= num_nodes) b.producer = kNoNode;
+  }
+  g.nodes_->reserve(nodes_->size());
+  g.nodes_->assign(nodes_->begin(), nodes_->begin() + static_cast<std::ptrdiff_t>(num_nodes));
+  return g;
 }
 
 OpId Graph::InternOp(std::string_view qualified_name) {
-  auto it = op_index_.find(Sv(qualified_name));
-  if (it != op_index_.end()) return it->second;
-  OpId id = static_cast<OpId>(op_names_.size());
-  op_names_.emplace_back(qualified_name);
-  op_index_.emplace(std::string(qualified_name), id);
+  auto it = names_->op_index.find(Sv(qualified_name));
+  if (it != names_->op_index.end()) return it->second;
+  Names& names = MutableNames();
+  OpId id = static_cast<OpId>(names.ops.size());
+  names.ops.emplace_back(qualified_name);
+  names.op_index.emplace(std::string(qualified_name), id);
   return id;
 }
 
 ScopeId Graph::InternScope(std::string_view path) {
-  auto it = scope_index_.find(Sv(path));
-  if (it != scope_index_.end()) return it->second;
-  ScopeId id = static_cast<ScopeId>(scope_names_.size());
-  scope_names_.emplace_back(path);
-  scope_index_.emplace(std::string(path), id);
+  auto it = names_->scope_index.find(Sv(path));
+  if (it != names_->scope_index.end()) return it->second;
+  Names& names = MutableNames();
+  ScopeId id = static_cast<ScopeId>(names.scopes.size());
+  names.scopes.emplace_back(path);
+  names.scope_index.emplace(std::string(path), id);
   return id;
 }
 
@@ -887,7 +913,8 @@ BufferId Graph::AddBuffer(Buffer buffer) {
 }
 
 NodeId Graph::AddNode(Node node) {
-  NodeId id = static_cast<NodeId>(nodes_.size());
+  std::vector<Node>& nodes = MutableNodes();
+  NodeId id = static_cast<NodeId>(nodes.size());
   node.id = id;
   for (const TensorRef& t : node.outputs) {
     if (t.buffer >= buffers_.size() || buffers_[t.buffer].producer != kNoNode) continue;
@@ -896,7 +923,7 @@ NodeId Graph::AddNode(Node node) {
     node.ForEachInput([&](const TensorRef& in) { is_argument |= in.buffer == t.buffer; });
     if (!is_argument) buffers_[t.buffer].producer = id;
   }
-  nodes_.push_back(std::move(node));
+  nodes.push_back(std::move(node));
   return id;
 }
 
@@ -904,7 +931,7 @@ absl::Status Graph::Validate() const {
   auto invalid = [](auto&&... parts) {
     return absl::InvalidArgumentError(absl::StrCat("invalid graph: ", parts...));
   };
-  if (scope_names_.empty() || !scope_names_[0].empty()) {
+  if (names_->scopes.empty() || !names_->scopes[0].empty()) {
     return invalid("scope 0 must be the root scope \"\"");
   }
   // A view: ids, dtype, geometry, and that it fits its buffer (compared in bytes).
@@ -954,11 +981,11 @@ absl::Status Graph::Validate() const {
       return invalid(where, " has impossible numel ", b.numel);
     }
     if (b.producer != kNoNode) {
-      if (b.producer >= nodes_.size()) {
-        return invalid(where, " names producer %", b.producer, " but the graph has ", nodes_.size(),
+      if (b.producer >= nodes_->size()) {
+        return invalid(where, " names producer %", b.producer, " but the graph has ", nodes_->size(),
                        " nodes");
       }
-      const std::vector<TensorRef>& outs = nodes_[b.producer].outputs;
+      const std::vector<TensorRef>& outs = (*nodes_)[b.producer].outputs;
       bool found =
           std::any_of(outs.begin(), outs.end(), [&](const TensorRef& t) { return t.buffer == k; });
       if (!found)
@@ -970,16 +997,16 @@ absl::Status Graph::Validate() const {
     }
   }
 
-  for (size_t k = 0; k < nodes_.size(); ++k) {
-    const Node& n = nodes_[k];
+  for (size_t k = 0; k < nodes_->size(); ++k) {
+    const Node& n = (*nodes_)[k];
     std::string where = absl::StrCat("node %", k);
     if (n.id != k) return invalid(where, " has id ", n.id, "; ids must equal the index");
-    if (n.op >= op_names_.size()) {
-      return invalid(where, " has op id ", n.op, " but ", op_names_.size(), " ops are interned");
+    if (n.op >= names_->ops.size()) {
+      return invalid(where, " has op id ", n.op, " but ", names_->ops.size(), " ops are interned");
     }
-    absl::StrAppend(&where, " (", op_names_[n.op], ")");
-    if (n.scope >= scope_names_.size()) {
-      return invalid(where, " has scope id ", n.scope, " but ", scope_names_.size(),
+    absl::StrAppend(&where, " (", names_->ops[n.op], ")");
+    if (n.scope >= names_->scopes.size()) {
+      return invalid(where, " has scope id ", n.scope, " but ", names_->scopes.size(),
                      " scopes are interned");
     }
     for (size_t j = 0; j < n.args.size(); ++j) {
@@ -1064,10 +1091,10 @@ std::string Graph::DumpBuffer(BufferId id) const {
 }
 
 std::string Graph::DumpNode(NodeId id) const {
-  if (id >= nodes_.size()) return absl::StrCat("%", id, " = ?");
-  const Node& n = nodes_[id];
+  if (id >= nodes_->size()) return absl::StrCat("%", id, " = ?");
+  const Node& n = (*nodes_)[id];
   std::string line =
-      absl::StrCat("%", id, " = ", n.op < op_names_.size() ? op_names_[n.op] : "?", "(",
+      absl::StrCat("%", id, " = ", n.op < names_->ops.size() ? names_->ops[n.op] : "?", "(",
                    absl::StrJoin(n.args, ", ",
                                  [](std::string* out, const Arg& a) { out->append(FormatArg(a)); }),
                    ") -> ");
@@ -1087,10 +1114,10 @@ std::string Graph::DumpNode(NodeId id) const {
                       [](std::string* out, BufferId b) { out->append(FormatBufferId(b)); }),
         ")");
   }
-  if (n.scope >= scope_names_.size()) {
+  if (n.scope >= names_->scopes.size()) {
     absl::StrAppend(&line, "  @?");
   } else if (n.scope != 0) {
-    absl::StrAppend(&line, "  @", scope_names_[n.scope]);
+    absl::StrAppend(&line, "  @", names_->scopes[n.scope]);
   }
   return line;
 }
@@ -1100,10 +1127,10 @@ std::string Graph::Dump() const {
 }
 
 std::string Graph::Dump(absl::FunctionRef<void(NodeId, std::string*)> node_suffix) const {
-  std::string out = absl::StrCat("graph: ", buffers_.size(), " buffers, ", nodes_.size(),
+  std::string out = absl::StrCat("graph: ", buffers_.size(), " buffers, ", nodes_->size(),
                                  " nodes, ", outputs_.size(), " outputs\n");
   for (BufferId b = 0; b < buffers_.size(); ++b) absl::StrAppend(&out, DumpBuffer(b), "\n");
-  for (NodeId n = 0; n < nodes_.size(); ++n) {
+  for (NodeId n = 0; n < nodes_->size(); ++n) {
     std::string line = DumpNode(n);
     node_suffix(n, &line);
     absl::StrAppend(&out, line, "\n");

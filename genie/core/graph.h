@@ -37,6 +37,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -214,27 +215,31 @@ class Graph {
   Graph();
 
   OpId InternOp(std::string_view qualified_name);  // "aten::add.Tensor"
-  const std::string& OpName(OpId op) const { return op_names_[op]; }
-  size_t num_ops() const { return op_names_.size(); }
+  const std::string& OpName(OpId op) const { return names_->ops[op]; }
+  size_t num_ops() const { return names_->ops.size(); }
 
   ScopeId InternScope(std::string_view path);  // "" is 0; "vision.blocks.0.attn"
-  const std::string& ScopeName(ScopeId scope) const { return scope_names_[scope]; }
-  size_t num_scopes() const { return scope_names_.size(); }
+  const std::string& ScopeName(ScopeId scope) const { return names_->scopes[scope]; }
+  size_t num_scopes() const { return names_->scopes.size(); }
 
   BufferId AddBuffer(Buffer buffer);  // assigns buffer.id
   // Capacity hint (capture expects about as many nodes and buffers as the last graph).
   void Reserve(size_t nodes, size_t buffers) {
-    nodes_.reserve(nodes);
+    MutableNodes().reserve(nodes);
     buffers_.reserve(buffers);
   }
+  // The first `num_nodes` nodes and `num_buffers` buffers of this graph, with the same
+  // interned names (a capture that replayed a recorded step up to where it diverged).
+  // A kept buffer whose producer is not kept has none in the prefix.
+  Graph Prefix(size_t num_nodes, size_t num_buffers) const;
   // Appends a node; sets `producer` of each output buffer that has none yet, except
   // buffers the node also takes as a tensor argument (the self an in-place op returns, an
   // out= target): a node produces the buffers it creates, not the ones it was given.
   NodeId AddNode(Node node);
 
-  const std::vector<Node>& nodes() const { return nodes_; }
+  const std::vector<Node>& nodes() const { return *nodes_; }
   const std::vector<Buffer>& buffers() const { return buffers_; }
-  const Node& node(NodeId id) const { return nodes_[id]; }
+  const Node& node(NodeId id) const { return (*nodes_)[id]; }
   const Buffer& buffer(BufferId id) const { return buffers_[id]; }
   Buffer& mutable_buffer(BufferId id) { return buffers_[id]; }
 
@@ -277,12 +282,22 @@ class Graph {
   uint64_t Fingerprint() const;
 
  private:
-  std::vector<std::string> op_names_;
-  absl::flat_hash_map<std::string, OpId> op_index_;
-  std::vector<std::string> scope_names_;
-  absl::flat_hash_map<std::string, ScopeId> scope_index_;
+  // Copies of a graph share their nodes and interned names until one of them changes
+  // them (copy on write), so copying a graph costs its buffers and outputs only: a
+  // replayed decode step reuses the last step's nodes with new buffer handles. A shared
+  // part is never written, so copies may be read from several threads.
+  struct Names {
+    std::vector<std::string> ops;
+    absl::flat_hash_map<std::string, OpId> op_index;
+    std::vector<std::string> scopes;
+    absl::flat_hash_map<std::string, ScopeId> scope_index;
+  };
+  Names& MutableNames();
+  std::vector<Node>& MutableNodes();
+
+  std::shared_ptr<Names> names_;
   std::vector<Buffer> buffers_;
-  std::vector<Node> nodes_;
+  std::shared_ptr<std::vector<Node>> nodes_;
   std::vector<TensorRef> outputs_;
 };
 

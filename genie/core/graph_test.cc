@@ -202,6 +202,45 @@ TEST(GraphTest, AddNodeSetsIdsAndFirstProducer) {
   EXPECT_TRUE(g.Validate().ok()) << g.Validate();
 }
 
+
+TEST(GraphTest, CopiesShareNodesUntilOneChanges) {
+  const Graph original = SmallGraph();
+  const std::string before = original.Dump();
+  Graph copy = original;
+  EXPECT_EQ(&copy.nodes(), &original.nodes());  // shared, not copied
+  copy.mutable_buffer(0).handle = 0x99;         // buffers are the copy's own
+  BufferId extra = copy.AddBuffer(MakeBuffer(16));
+  AddOp(copy, "aten::relu", {Arg::Tensor(F32(2, {2, 8}))}, {F32(extra, {2, 8})}, {}, "new.scope");
+  EXPECT_NE(&copy.nodes(), &original.nodes());
+  EXPECT_EQ(copy.nodes().size(), original.nodes().size() + 1);
+  EXPECT_EQ(copy.OpName(copy.nodes().back().op), "aten::relu");
+  EXPECT_EQ(original.Dump(), before);  // neither nodes, names nor handles changed
+  EXPECT_EQ(original.buffer(0).handle, 0x2au);
+  EXPECT_EQ(original.num_ops() + 1, copy.num_ops());
+  EXPECT_TRUE(copy.Validate().ok()) << copy.Validate();
+}
+
+TEST(GraphTest, PrefixKeepsLeadingNodesAndBuffers) {
+  const Graph g = SmallGraph();
+  Graph p = g.Prefix(/*num_nodes=*/2, /*num_buffers=*/3);
+  ASSERT_EQ(p.nodes().size(), 2u);
+  ASSERT_EQ(p.buffers().size(), 3u);
+  for (NodeId n = 0; n < 2; ++n) EXPECT_EQ(p.DumpNode(n), g.DumpNode(n));
+  for (BufferId b = 0; b < 3; ++b) EXPECT_EQ(p.DumpBuffer(b), g.DumpBuffer(b));
+  EXPECT_EQ(g.Prefix(2, 4).buffer(3).producer, kNoNode);  // made by %2, not in the prefix
+  EXPECT_TRUE(p.outputs().empty());
+  EXPECT_TRUE(p.Validate().ok()) << p.Validate();
+  // Growing the prefix leaves the graph it came from alone.
+  BufferId c = p.AddBuffer(MakeBuffer(32));
+  AddOp(p, "aten::cat", {Arg::TensorList({F32(2, {2, 8}), F32(0, {2, 8})}), Arg::Int(0)},
+        {F32(c, {4, 8})});
+  EXPECT_EQ(g.nodes().size(), 4u);
+  EXPECT_EQ(g.Prefix(100, 100).Dump(), [&] {
+    Graph all = g;
+    all.outputs().clear();
+    return all.Dump();
+  }());
+}
 TEST(GraphTest, DumpIsExact) {
   EXPECT_EQ(SmallGraph().Dump(),
             "graph: 5 buffers, 4 nodes, 2 outputs\n"
