@@ -873,10 +873,22 @@ std::vector<Node>& Graph::MutableNodes() {
 
 Graph Graph::Prefix(size_t num_nodes, size_t num_buffers) const {
   Graph g;
-  g.names_ = names_;
+  num_nodes = std::min(num_nodes, nodes_->size());
+  // Names up to the largest id the prefix uses: a graph interned in first-use order
+  // (as capture does) gets exactly the table a capture of the prefix alone would make.
+  size_t ops = 0, scopes = 1;
+  for (size_t n = 0; n < num_nodes; ++n) {
+    ops = std::max<size_t>(ops, (*nodes_)[n].op + size_t{1});
+    scopes = std::max<size_t>(scopes, (*nodes_)[n].scope + size_t{1});
+  }
+  if (ops == names_->ops.size() && scopes == names_->scopes.size()) {
+    g.names_ = names_;
+  } else {
+    for (size_t k = 0; k < ops && k < names_->ops.size(); ++k) g.InternOp(names_->ops[k]);
+    for (size_t k = 1; k < scopes && k < names_->scopes.size(); ++k) g.InternScope(names_->scopes[k]);
+  }
   g.buffers_.assign(buffers_.begin(), buffers_.begin() + static_cast<std::ptrdiff_t>(
                                                              std::min(num_buffers, buffers_.size())));
-  num_nodes = std::min(num_nodes, nodes_->size());
   for (Buffer& b : g.buffers_) {
     if (b.producer != kNoNode && b.producer >= num_nodes) b.producer = kNoNode;
   }

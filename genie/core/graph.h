@@ -228,9 +228,11 @@ class Graph {
     MutableNodes().reserve(nodes);
     buffers_.reserve(buffers);
   }
-  // The first `num_nodes` nodes and `num_buffers` buffers of this graph, with the same
-  // interned names (a capture that replayed a recorded step up to where it diverged).
-  // A kept buffer whose producer is not kept has none in the prefix.
+  // The first `num_nodes` nodes and `num_buffers` buffers of this graph (a capture that
+  // replayed a recorded step up to where it diverged), with the interned names up to
+  // the largest id those nodes use: for a graph interned in first-use order, the same
+  // table a capture of the prefix alone makes. A kept buffer whose producer is not kept
+  // has none in the prefix.
   Graph Prefix(size_t num_nodes, size_t num_buffers) const;
   // Appends a node; sets `producer` of each output buffer that has none yet, except
   // buffers the node also takes as a tensor argument (the self an in-place op returns, an

@@ -228,6 +228,8 @@ TEST(GraphTest, PrefixKeepsLeadingNodesAndBuffers) {
   for (NodeId n = 0; n < 2; ++n) EXPECT_EQ(p.DumpNode(n), g.DumpNode(n));
   for (BufferId b = 0; b < 3; ++b) EXPECT_EQ(p.DumpBuffer(b), g.DumpBuffer(b));
   EXPECT_EQ(g.Prefix(2, 4).buffer(3).producer, kNoNode);  // made by %2, not in the prefix
+  EXPECT_EQ(p.num_ops(), 2u);     // mm and add_, not sum and cat
+  EXPECT_EQ(p.num_scopes(), 2u);  // "" and encoder.fc1, not decoder
   EXPECT_TRUE(p.outputs().empty());
   EXPECT_TRUE(p.Validate().ok()) << p.Validate();
   // Growing the prefix leaves the graph it came from alone.

@@ -47,6 +47,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
@@ -154,13 +155,17 @@ class RemoteHooks final : public at::PrivateUse1HooksInterface {
 
 // ---------------------------------------------------------------------------------
 // Storages.
+// What Genie knows of one remote storage; read and written under the capture mutex.
 struct StorageContext {
   uint64_t handle;
   // The storage's buffer in the graph under construction, valid while `generation` equals
-  // the capture context's graph generation (under its mutex): BufferFor's hit is a read.
+  // the capture context's graph generation: BufferFor's hit is a read.
   uint64_t generation = 0;
   BufferId buffer = core::kNoBuffer;
   uint8_t dtype = 0;  // at::ScalarType code of that buffer
+  bool resident = false;  // an earlier graph left its data on the executor
+  std::string name;       // dotted parameter name (NameParameters), or empty
+  at::Tensor pending;     // host data bound to it (an upload), until a run keeps it
 };
 
 void DeleteStorage(void* ctx);
@@ -300,18 +305,14 @@ class CaptureContext {
   std::recursive_mutex mu;
 
   // --- storages ------------------------------------------------------------------
-  uint64_t NewHandle() {
+  uint64_t NewHandle() { return next_handle_.fetch_add(1, std::memory_order_relaxed); }
+  void OnStorageFreed(StorageContext* sc) {
     std::lock_guard<std::recursive_mutex> lock(mu);
-    uint64_t h = next_handle_++;
-    live_.insert(h);
-    return h;
-  }
-  void OnStorageFreed(uint64_t h) {
-    std::lock_guard<std::recursive_mutex> lock(mu);
-    live_.erase(h);
-    pending_.erase(h);
-    names_.erase(h);
-    if (resident_.erase(h) > 0) released_.push_back(h);
+    if (sc->generation == graph_generation_ && sc->buffer < buffer_owner_.size() &&
+        buffer_owner_[sc->buffer] == sc) {
+      buffer_owner_[sc->buffer] = nullptr;  // not kept: nothing can read it after the run
+    }
+    if (sc->resident) released_.push_back(sc->handle);
   }
 
   // --- capture -------------------------------------------------------------------
@@ -326,7 +327,11 @@ class CaptureContext {
   void Dispatch();
   // Waits for every submitted graph; the first error since the last Join, if any.
   absl::Status Join();
-  bool has_work() const { return !graph.nodes().empty() || !released_.empty(); }
+  bool has_work() const {
+    const bool captured = replaying_ ? cursor_ > 0 && template_->events[cursor_ - 1].nodes_after > 0
+                                     : !graph.nodes().empty();
+    return captured || !released_.empty();
+  }
 
   std::shared_ptr<core::Executor> executor() {
     if (!executor_) executor_ = std::make_shared<runtime::Interpreter>();
@@ -339,9 +344,18 @@ class CaptureContext {
   // GetCaptureStats adds it to stats.views.
   std::atomic<int64_t> view_kernels{0};
   bool cache_enabled = true;
-  absl::flat_hash_map<std::vector<int64_t>, CachedOp, KeyHash, KeyEq> cache;
+  bool replay_enabled = true;
+  // Node-based: step templates point at entries, which must not move.
+  absl::node_hash_map<std::vector<int64_t>, CachedOp, KeyHash, KeyEq> cache;
   GraphObserver observer;
+  // The graph under construction. While a step replays its template, it stays empty
+  // (the template stands for it); Materialize() makes it real.
   core::Graph graph;
+  // Ends a replay in progress: the graph becomes the template's prefix captured so far.
+  // `diverged`: because the capture stopped matching the template (counted in stats).
+  void Materialize(bool diverged = false);
+  // Drops the template (the capture cache it points into is changing).
+  void ForgetTemplate();
 
   // Scope names (thread-local stack joined by '.'), interned lazily per graph.
   uint64_t scope_version = 1;
@@ -356,7 +370,6 @@ class CaptureContext {
                 "allocator (set_ or from_blob on this device are not supported)");
     return static_cast<StorageContext*>(dp.get_context());
   }
-  static uint64_t HandleOf(const at::Tensor& t) { return ContextOf(t)->handle; }
   const SchemaInfo& InfoFor(const c10::OperatorHandle& op);
   core::OpId OpIdFor(const c10::FunctionSchema* schema, const std::string& name);
   core::ScopeId CurrentScope();
@@ -370,6 +383,7 @@ class CaptureContext {
   BufferId AddHostConstant(const at::Tensor& cpu);
   Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
   bool AppendKey(const c10::IValue& v);
+  void AppendTensorKey(const at::Tensor& t);
   void Chain(uint64_t v) { chain_ = absl::Hash<std::pair<uint64_t, uint64_t>>{}({chain_, v}); }
   void ChainNode(const core::Node& n);
   static at::Tensor ToMeta(const at::Tensor& t);
@@ -379,6 +393,53 @@ class CaptureContext {
                                         const torch::jit::Stack& args, std::string* error);
   void CaptureMiss(const c10::OperatorHandle& op, torch::jit::Stack* stack, bool cacheable);
   void Emit(const c10::OperatorHandle& op, const CachedOp& spec, torch::jit::Stack* stack);
+  // Makes the op's outputs from `spec`, calling `on_output(tensor, produced_here)` for
+  // each defined one in order, and replaces the arguments on the stack with them.
+  template <class OnOutput>
+  void PushOutputs(const CachedOp& spec, size_t nargs, torch::jit::Stack* stack, OnOutput&& on_output);
+
+  // --- step replay (see SetStepReplayEnabled) ----------------------------------------
+  struct TraceEvent {
+    const c10::FunctionSchema* schema = nullptr;  // nullptr: a remote-to-remote copy
+    const CachedOp* spec = nullptr;               // a capture-cache entry
+    uint32_t key_begin = 0, key_size = 0;         // in Trace::keys
+    uint32_t nodes_after = 0, buffers_after = 0;  // graph size after the event
+    uint64_t chain_after = 0;
+  };
+  struct Trace {
+    std::vector<TraceEvent> events;
+    std::vector<int64_t> keys;
+    // Set when the traced graph was flushed:
+    core::Graph graph;                         // as captured, with the outputs read back
+    std::vector<BufferId> keep;                // kept buffers (capture ids, sorted)
+    std::vector<BufferId> remap;               // capture id -> id in `run`
+    std::vector<BufferId> run_keep;            // `keep` in `run`'s ids
+    std::shared_ptr<const core::Graph> run;    // after dead-code elimination
+    uint64_t fingerprint = 0;
+    int64_t nodes_eliminated = 0;
+  };
+  // A first reference, during replay, to a storage (or a host constant) in this graph.
+  struct ReplayNew {
+    StorageContext* sc = nullptr;     // null for a host constant
+    const at::Tensor* host = nullptr;  // the host constant's tensor
+    BufferId id = core::kNoBuffer;
+  };
+  void Record(const c10::FunctionSchema* schema, const CachedOp* spec, absl::Span<const int64_t> key);
+  bool TryReplay(const c10::OperatorHandle& op, const CachedOp& spec, torch::jit::Stack* stack);
+  bool TryReplayCopy(const at::Tensor& self, const at::Tensor& dst);
+  // Whether `t` gets buffer `expected` as capture would number it; queues first references.
+  bool ReplayExpect(const at::Tensor& t, BufferId expected);
+  void CommitReplayNew();
+  void ReplayAssignOutput(const at::Tensor& t);
+  core::ScopeId ReplayScope();
+  std::unique_ptr<Worker::Job> PrepareReplayedJob(const std::vector<at::Tensor>& wanted);
+  // The buffers whose storages outlive the graph (sorted); after the run they are resident.
+  std::vector<BufferId> KeptBuffers() const;
+  void MarkResident(const std::vector<BufferId>& keep);
+  // Gathers uploads, names the job's effects (kept storages become resident) and dumps.
+  std::unique_ptr<Worker::Job> FinishJob(std::shared_ptr<const core::Graph> run,
+                                         const std::vector<BufferId>& run_keep,
+                                         const std::vector<BufferId>& remap, uint64_t fingerprint);
   at::Tensor MakeOutput(const OutputSpec& spec, const at::Tensor* aliased);
   void UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src);
   void CpuFallback(const c10::OperatorHandle& op, const SchemaInfo& info,
@@ -400,25 +461,33 @@ class CaptureContext {
   absl::Status first_error_;
 
   std::shared_ptr<core::Executor> executor_;
-  uint64_t next_handle_ = 1;
-  absl::flat_hash_set<uint64_t> live_;
-  absl::flat_hash_set<uint64_t> resident_;
+  std::atomic<uint64_t> next_handle_{1};
   std::vector<uint64_t> released_;
-  absl::flat_hash_map<uint64_t, at::Tensor> pending_;  // host data bound to a storage
-  absl::flat_hash_map<uint64_t, std::string> names_;
   absl::node_hash_map<const c10::FunctionSchema*, SchemaInfo> schema_info_;  // stable refs
   absl::flat_hash_set<std::string> warned_;
 
   // Per-graph state. graph_generation_ changes with every new graph (ResetGraph), which
   // invalidates every StorageContext's and CachedOp's per-graph ids at once.
   uint64_t graph_generation_ = 1;
-  absl::flat_hash_map<uint64_t, BufferId> handle_buffer_;
+  // Per buffer id of the graph under construction: the live storage whose current
+  // version it is, or null (host constants, freed storages, overwritten versions).
+  // Exactly the buffers to keep when the graph runs.
+  std::vector<StorageContext*> buffer_owner_;
   absl::flat_hash_map<BufferId, at::Tensor> constants_;  // host constants (0-dim CPU args)
   absl::flat_hash_map<const c10::FunctionSchema*, core::OpId> op_ids_;
   uint64_t scope_cache_version_ = 0;
   core::ScopeId scope_cache_id_ = 0;
   uint64_t chain_ = 0;
   KeyBuilder key_;
+  Trace recording_;            // this graph's events, while not replaying
+  bool recording_ok_ = true;   // false once something not replayable was captured
+  std::unique_ptr<Trace> template_;  // the last flushed graph that can be replayed
+  bool replaying_ = false;
+  size_t cursor_ = 0;                // next template event
+  std::vector<uint64_t> replay_handles_;  // per buffer id so far: its storage's handle
+  absl::InlinedVector<ReplayNew, 4> replay_new_;
+  uint64_t replay_scope_version_ = 0;
+  core::ScopeId replay_scope_ = 0;
   std::vector<uint64_t> chain_scratch_;  // values of one node for the chain hash
   torch::jit::Stack scratch_args_;  // arguments of the last CPU shape inference
 };
@@ -437,7 +506,7 @@ c10::DataPtr RemoteAllocator::allocate(size_t nbytes) {
 
 void DeleteStorage(void* ctx) {
   auto* sc = static_cast<StorageContext*>(ctx);
-  CaptureContext::Get().OnStorageFreed(sc->handle);
+  CaptureContext::Get().OnStorageFreed(sc);
   delete sc;
 }
 
@@ -535,8 +604,7 @@ BufferId CaptureContext::BufferFor(const at::Tensor& t, bool produced_here) {
 BufferId CaptureContext::NewBufferFor(const at::Tensor& t, StorageContext* sc,
                                       bool produced_here) {
   const uint64_t h = sc->handle;
-  // The context is current exactly when handle_buffer_ holds the storage (both are set
-  // together, and cleared together by ResetGraph and UploadInto): here the dtype differs.
+  // The context is current (ResetGraph and UploadInto end that): here the dtype differs.
   if (sc->generation == graph_generation_) {
     const core::DType held = graph.buffer(sc->buffer).dtype;
     TORCH_CHECK(held == ToDType(t.scalar_type()),
@@ -551,24 +619,19 @@ BufferId CaptureContext::NewBufferFor(const at::Tensor& t, StorageContext* sc,
   b.numel = static_cast<int64_t>(t.storage().nbytes()) / static_cast<int64_t>(t.itemsize());
   b.handle = h;
   // A storage this op just allocated has no name, host data or residency yet.
-  bool pending = false, resident = false;
-  if (!produced_here) {
-    auto name = names_.find(h);
-    if (name != names_.end()) b.name = name->second;
-    pending = pending_.contains(h);
-    resident = resident_.contains(h);
-  }
+  b.name = sc->name;
+  const bool pending = sc->pending.defined(), resident = sc->resident;
   b.kind = pending ? (b.name.empty() ? BufferKind::kHostInput : BufferKind::kParameter)
                    : (resident ? BufferKind::kResident : BufferKind::kIntermediate);
   const BufferKind kind = b.kind;
   const int64_t numel = b.numel;
   const core::DType dtype = b.dtype;
   BufferId id = graph.AddBuffer(std::move(b));
-  handle_buffer_.emplace(h, id);
+  buffer_owner_.push_back(sc);
   sc->generation = graph_generation_;
   sc->buffer = id;
   sc->dtype = static_cast<uint8_t>(t.scalar_type());
-  if (pending) constants_[id] = pending_.at(h);  // survives the storage dying before the run
+  if (pending) constants_[id] = sc->pending;  // survives the storage dying before the run
   Chain(static_cast<uint64_t>(kind) * 1000003u + static_cast<uint64_t>(numel) * 31u +
         static_cast<uint64_t>(dtype));
   if (!pending && !resident && !produced_here) {
@@ -613,6 +676,7 @@ BufferId CaptureContext::AddHostConstant(const at::Tensor& cpu) {
   b.numel = data.numel();
   b.kind = BufferKind::kHostInput;
   BufferId id = graph.AddBuffer(b);
+  buffer_owner_.push_back(nullptr);
   constants_[id] = data;
   Chain(0xC0457A47u + static_cast<uint64_t>(b.numel));
   return id;
@@ -693,23 +757,25 @@ Arg CaptureContext::ToArg(const c10::IValue& v, int arg_index, const SchemaInfo&
 
 // Appends what determines output metadata. Returns false for argument kinds that make
 // the op unsuitable for caching (they still capture; they just always run Meta).
+void CaptureContext::AppendTensorKey(const at::Tensor& t) {
+  if (!t.defined()) {
+    key_.Push(-7);
+    return;
+  }
+  const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
+  const size_t dim = sizes.size();
+  int64_t* p = key_.Extend(4 + 2 * dim);
+  *p++ = static_cast<int64_t>(t.scalar_type()) * 64 + static_cast<int64_t>(t.device().type()) +
+         (t.unsafeGetTensorImpl()->is_wrapped_number() ? 1 << 20 : 0);
+  *p++ = static_cast<int64_t>(dim);
+  for (size_t k = 0; k < dim; ++k) *p++ = sizes[k];
+  for (size_t k = 0; k < dim; ++k) *p++ = strides[k];
+  *p++ = t.storage_offset();
+  *p = static_cast<int64_t>(t.storage().nbytes());
+}
+
 bool CaptureContext::AppendKey(const c10::IValue& v) {
-  auto add_tensor = [&](const at::Tensor& t) {
-    if (!t.defined()) {
-      key_.Push(-7);
-      return;
-    }
-    const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
-    const size_t dim = sizes.size();
-    int64_t* p = key_.Extend(4 + 2 * dim);
-    *p++ = static_cast<int64_t>(t.scalar_type()) * 64 + static_cast<int64_t>(t.device().type()) +
-           (t.unsafeGetTensorImpl()->is_wrapped_number() ? 1 << 20 : 0);
-    *p++ = static_cast<int64_t>(dim);
-    for (size_t k = 0; k < dim; ++k) *p++ = sizes[k];
-    for (size_t k = 0; k < dim; ++k) *p++ = strides[k];
-    *p++ = t.storage_offset();
-    *p = static_cast<int64_t>(t.storage().nbytes());
-  };
+  auto add_tensor = [&](const at::Tensor& t) { AppendTensorKey(t); };
   if (v.isTensor()) {
     add_tensor(v.toTensor());
   } else if (v.isNone()) {
@@ -995,11 +1061,25 @@ void CaptureContext::Capture(const c10::OperatorHandle& op, torch::jit::Stack* s
   key_.Push(reinterpret_cast<intptr_t>(&op.schema()));
   bool cacheable = cache_enabled;
   for (size_t j = 0; j < nargs; ++j) cacheable = AppendKey(args[j]) && cacheable;
+  if (replaying_) {
+    if (cacheable && cursor_ < template_->events.size()) {
+      const TraceEvent& e = template_->events[cursor_];
+      if (e.schema == &op.schema() &&
+          key_.span() == absl::MakeConstSpan(template_->keys.data() + e.key_begin, e.key_size) &&
+          TryReplay(op, *e.spec, stack)) {
+        ++stats.cache_hits;
+        ++stats.ops_replayed;
+        return;
+      }
+    }
+    Materialize(/*diverged=*/true);
+  }
   if (cacheable) {
     auto it = cache.find(key_.span());
     if (it != cache.end()) {
       ++stats.cache_hits;
       Emit(op, it->second, stack);
+      Record(&op.schema(), &it->second, it->first);
       return;
     }
   }
@@ -1015,15 +1095,62 @@ void CaptureContext::CaptureMiss(const c10::OperatorHandle& op, torch::jit::Stac
   std::string error;
   std::optional<CachedOp> fresh = InferWithMeta(op, info, args, &error);
   if (!fresh) {
+    recording_ok_ = false;  // the step runs part of itself on the client: not replayable
     CpuFallback(op, info, stack, error);
     return;
   }
   fresh->info = &info;
   if (cacheable) {
-    Emit(op, cache.emplace(std::move(key), std::move(*fresh)).first->second, stack);
+    auto it = cache.emplace(std::move(key), std::move(*fresh)).first;
+    Emit(op, it->second, stack);
+    Record(&op.schema(), &it->second, it->first);
   } else {
+    recording_ok_ = false;
     Emit(op, *fresh, stack);
   }
+}
+
+template <class OnOutput>
+void CaptureContext::PushOutputs(const CachedOp& spec, size_t nargs, torch::jit::Stack* stack,
+                                 OnOutput&& on_output) {
+  const c10::IValue* args = stack->data() + (stack->size() - nargs);
+  auto make = [&](const OutputSpec& o) -> at::Tensor {
+    const at::Tensor* aliased = nullptr;
+    if (o.arg >= 0) {
+      const c10::IValue& a = args[o.arg];
+      aliased = a.isTensor() ? &a.toTensor() : nullptr;
+      if (!aliased && a.isTensorList()) {
+        // Views of a list argument (rare): alias its first element.
+        static thread_local at::Tensor first;
+        first = a.toTensorList().get(0);
+        aliased = &first;
+      }
+    }
+    const c10::StorageImpl* before = aliased ? aliased->storage().unsafeGetStorageImpl() : nullptr;
+    at::Tensor t = MakeOutput(o, aliased);
+    if (t.defined()) {
+      // Fresh outputs, and out= tensors that had to grow into a new storage, are
+      // produced by this node.
+      const bool produced_here = o.kind == OutputSpec::Kind::kFresh ||
+                                 (o.kind == OutputSpec::Kind::kInPlace &&
+                                  t.storage().unsafeGetStorageImpl() != before);
+      on_output(t, produced_here);
+    }
+    return t;
+  };
+  c10::SmallVector<c10::IValue, 4> results;
+  for (const ReturnSpec& rs : spec.returns) {
+    if (rs.is_list) {
+      c10::List<at::Tensor> list;
+      list.reserve(rs.count);
+      for (int k = 0; k < rs.count; ++k) list.push_back(make(spec.outputs[rs.first + k]));
+      results.emplace_back(std::move(list));
+    } else {
+      results.emplace_back(rs.count > 0 ? make(spec.outputs[rs.first]) : at::Tensor());
+    }
+  }
+  torch::jit::drop(*stack, nargs);  // the arguments die only now: outputs alias them
+  for (c10::IValue& r : results) stack->push_back(std::move(r));
 }
 
 // Records the node (unless `spec` says the op only makes views) and replaces the op's
@@ -1081,44 +1208,9 @@ void CaptureContext::Emit(const c10::OperatorHandle& op, const CachedOp& spec,
       }
     }
   }
-
-  auto make = [&](const OutputSpec& o) -> at::Tensor {
-    const at::Tensor* aliased = nullptr;
-    if (o.arg >= 0) {
-      const c10::IValue& a = args[o.arg];
-      aliased = a.isTensor() ? &a.toTensor() : nullptr;
-      if (!aliased && a.isTensorList()) {
-        // Views of a list argument (rare): alias its first element.
-        static thread_local at::Tensor first;
-        first = a.toTensorList().get(0);
-        aliased = &first;
-      }
-    }
-    const c10::StorageImpl* before = aliased ? aliased->storage().unsafeGetStorageImpl() : nullptr;
-    at::Tensor t = MakeOutput(o, aliased);
-    if (spec.has_node && t.defined()) {
-      // Fresh outputs, and out= tensors that had to grow into a new storage, are
-      // produced by this node.
-      const bool produced_here = o.kind == OutputSpec::Kind::kFresh ||
-                                 (o.kind == OutputSpec::Kind::kInPlace &&
-                                  t.storage().unsafeGetStorageImpl() != before);
-      FillRef(t, produced_here, &node.outputs.emplace_back());
-    }
-    return t;
-  };
-  c10::SmallVector<c10::IValue, 4> results;
-  for (const ReturnSpec& rs : spec.returns) {
-    if (rs.is_list) {
-      c10::List<at::Tensor> list;
-      list.reserve(rs.count);
-      for (int k = 0; k < rs.count; ++k) list.push_back(make(spec.outputs[rs.first + k]));
-      results.emplace_back(std::move(list));
-    } else {
-      results.emplace_back(rs.count > 0 ? make(spec.outputs[rs.first]) : at::Tensor());
-    }
-  }
-  torch::jit::drop(*stack, nargs);  // the arguments die only now: outputs alias them
-  for (c10::IValue& r : results) stack->push_back(std::move(r));
+  PushOutputs(spec, nargs, stack, [&](const at::Tensor& t, bool produced_here) {
+    if (spec.has_node) FillRef(t, produced_here, &node.outputs.emplace_back());
+  });
   if (spec.has_node) {
     ChainNode(node);
     graph.AddNode(std::move(node));
@@ -1126,6 +1218,205 @@ void CaptureContext::Emit(const c10::OperatorHandle& op, const CachedOp& spec,
   } else {
     ++stats.views;
   }
+}
+
+// ---------------------------------------------------------------------------------
+// Step replay.
+void CaptureContext::Record(const c10::FunctionSchema* schema, const CachedOp* spec,
+                            absl::Span<const int64_t> key) {
+  if (!recording_ok_) return;
+  TraceEvent& e = recording_.events.emplace_back();
+  e.schema = schema;
+  e.spec = spec;
+  e.key_begin = static_cast<uint32_t>(recording_.keys.size());
+  e.key_size = static_cast<uint32_t>(key.size());
+  recording_.keys.insert(recording_.keys.end(), key.begin(), key.end());
+  e.nodes_after = static_cast<uint32_t>(graph.nodes().size());
+  e.buffers_after = static_cast<uint32_t>(graph.buffers().size());
+  e.chain_after = chain_;
+}
+
+core::ScopeId CaptureContext::ReplayScope() {
+  if (replay_scope_version_ != scope_version) {
+    // The template's id for the current scope path (none: the scope is new).
+    const core::Graph& g = template_->graph;
+    replay_scope_ = static_cast<core::ScopeId>(g.num_scopes());
+    for (core::ScopeId s = 0; s < g.num_scopes(); ++s) {
+      if (g.ScopeName(s) == scope_path) {
+        replay_scope_ = s;
+        break;
+      }
+    }
+    replay_scope_version_ = scope_version;
+  }
+  return replay_scope_;
+}
+
+bool CaptureContext::ReplayExpect(const at::Tensor& t, BufferId expected) {
+  const core::Graph& g = template_->graph;
+  const BufferId next = static_cast<BufferId>(replay_handles_.size() + replay_new_.size());
+  if (!IsRemote(t)) {  // a host constant: a new kHostInput buffer (AddHostConstant)
+    if (expected != next || expected >= g.buffers().size()) return false;
+    const core::Buffer& b = g.buffer(expected);
+    if (b.kind != BufferKind::kHostInput || b.numel != t.numel() ||
+        b.dtype != ToDType(t.scalar_type()) || b.handle != 0) {
+      return false;
+    }
+    replay_new_.push_back({nullptr, &t, expected});
+    return true;
+  }
+  StorageContext* sc = ContextOf(t);
+  if (sc->generation == graph_generation_) {
+    return sc->buffer == expected && sc->dtype == static_cast<uint8_t>(t.scalar_type());
+  }
+  for (const ReplayNew& n : replay_new_) {
+    if (n.sc == sc) return n.id == expected;  // a second reference in the same op
+  }
+  if (expected != next || expected >= g.buffers().size()) return false;
+  // The buffer NewBufferFor would make must be the template's.
+  const core::Buffer& b = g.buffer(expected);
+  const bool pending = sc->pending.defined();
+  const BufferKind kind = pending ? (sc->name.empty() ? BufferKind::kHostInput : BufferKind::kParameter)
+                                  : (sc->resident ? BufferKind::kResident : BufferKind::kIntermediate);
+  if (b.kind != kind || b.dtype != ToDType(t.scalar_type()) ||
+      b.numel != static_cast<int64_t>(t.storage().nbytes()) / static_cast<int64_t>(t.itemsize()) ||
+      b.name != sc->name) {
+    return false;
+  }
+  replay_new_.push_back({sc, nullptr, expected});
+  return true;
+}
+
+void CaptureContext::CommitReplayNew() {
+  for (const ReplayNew& n : replay_new_) {
+    buffer_owner_.push_back(n.sc);
+    if (n.sc == nullptr) {
+      replay_handles_.push_back(0);
+      constants_[n.id] = n.host->contiguous().clone();
+      continue;
+    }
+    replay_handles_.push_back(n.sc->handle);
+    n.sc->generation = graph_generation_;
+    n.sc->buffer = n.id;
+    n.sc->dtype = static_cast<uint8_t>(template_->graph.buffer(n.id).dtype);  // codes mirror c10
+    if (n.sc->pending.defined()) constants_[n.id] = n.sc->pending;
+  }
+  replay_new_.clear();
+}
+
+void CaptureContext::ReplayAssignOutput(const at::Tensor& t) {
+  StorageContext* sc = ContextOf(t);
+  const BufferId id = static_cast<BufferId>(replay_handles_.size());
+  replay_handles_.push_back(sc->handle);
+  buffer_owner_.push_back(sc);
+  sc->generation = graph_generation_;
+  sc->buffer = id;
+  sc->dtype = static_cast<uint8_t>(t.scalar_type());
+}
+
+// The op matched the template's next event by schema and key (so its output metadata,
+// scalars and views are the template's). What is left: the storages, which must play
+// the template's roles, and the scope. Checks first, then commits; false changes nothing.
+bool CaptureContext::TryReplay(const c10::OperatorHandle& op, const CachedOp& spec,
+                               torch::jit::Stack* stack) {
+  const TraceEvent& e = template_->events[cursor_];
+  const SchemaInfo& info = *spec.info;
+  const size_t nargs = op.schema().arguments().size();
+  if (spec.has_node) {
+    if (info.generator_arg >= 0) return false;  // draws a new seed: a different node
+    const core::Node& tn = template_->graph.node(e.nodes_after - 1);
+    if (tn.scope != ReplayScope() || tn.args.size() != nargs) return false;
+    const c10::IValue* args = stack->data() + (stack->size() - nargs);
+    replay_new_.clear();
+    auto expect = [&](const at::Tensor& t, const core::Arg& a, size_t k) {
+      return k < a.tensors.size() && ReplayExpect(t, a.tensors[k].buffer);
+    };
+    for (size_t j = 0; j < nargs; ++j) {
+      const c10::IValue& v = args[j];
+      const core::Arg& a = tn.args[j];
+      if (v.isTensor()) {
+        const at::Tensor& t = v.toTensor();
+        if (t.defined() && !expect(t, a, 0)) return false;
+      } else if (v.isTensorList()) {
+        size_t k = 0;
+        for (const at::Tensor& t : v.toTensorList()) {
+          if (!IsRemote(t) || !expect(t, a, k++)) return false;
+        }
+      } else if (v.isList() && !v.isIntList() && !v.isDoubleList() && !v.isBoolList()) {
+        size_t k = 0;
+        for (const c10::IValue& el : v.toListRef()) {
+          if (el.isTensor() && el.toTensor().defined() && !expect(el.toTensor(), a, k)) return false;
+          ++k;
+        }
+      }
+    }
+    CommitReplayNew();
+  }
+  PushOutputs(spec, nargs, stack, [&](const at::Tensor& t, bool produced_here) {
+    if (spec.has_node && produced_here) ReplayAssignOutput(t);
+  });
+  chain_ = e.chain_after;
+  ++cursor_;
+  if (spec.has_node) ++stats.ops_captured;
+  else ++stats.views;
+  return true;
+}
+
+bool CaptureContext::TryReplayCopy(const at::Tensor& self, const at::Tensor& dst) {
+  if (cursor_ >= template_->events.size()) return false;
+  const TraceEvent& e = template_->events[cursor_];
+  if (e.schema != nullptr) return false;
+  key_.Clear();
+  AppendTensorKey(dst);
+  AppendTensorKey(self);
+  if (key_.span() != absl::MakeConstSpan(template_->keys.data() + e.key_begin, e.key_size)) return false;
+  const core::Node& tn = template_->graph.node(e.nodes_after - 1);
+  if (tn.scope != ReplayScope() || tn.args.size() != 3) return false;
+  replay_new_.clear();
+  if (!ReplayExpect(dst, tn.args[0].tensors[0].buffer) || !ReplayExpect(self, tn.args[1].tensors[0].buffer)) {
+    return false;
+  }
+  CommitReplayNew();
+  chain_ = e.chain_after;
+  ++cursor_;
+  ++stats.ops_captured;
+  ++stats.ops_replayed;
+  return true;
+}
+
+void CaptureContext::Materialize(bool diverged) {
+  if (!replaying_) return;
+  replaying_ = false;
+  if (diverged) {
+    ++stats.replay_divergences;
+    static const bool log = std::getenv("GENIE_LOG_REPLAY") != nullptr;
+    if (log) {
+      const size_t n = template_->events.size();
+      const TraceEvent* e = cursor_ < n ? &template_->events[cursor_] : nullptr;
+      std::fprintf(stderr, "genie: step replay stopped at event %zu of %zu (template: %s)\n", cursor_, n,
+                   e == nullptr ? "ended; outputs or kept buffers differ"
+                   : e->schema == nullptr ? "copy_"
+                                          : e->spec->info->name.c_str());
+    }
+  }
+  const Trace& t = *template_;
+  const size_t k = cursor_;
+  const TraceEvent* last = k > 0 ? &t.events[k - 1] : nullptr;
+  TORCH_INTERNAL_ASSERT(replay_handles_.size() == (last ? last->buffers_after : 0u),
+                        "genie: step replay lost track of buffers");
+  graph = t.graph.Prefix(last ? last->nodes_after : 0, replay_handles_.size());
+  for (BufferId b = 0; b < replay_handles_.size(); ++b) graph.mutable_buffer(b).handle = replay_handles_[b];
+  chain_ = last ? last->chain_after : 0;
+  recording_.events.assign(t.events.begin(), t.events.begin() + static_cast<std::ptrdiff_t>(k));
+  recording_.keys.assign(t.keys.begin(),
+                         t.keys.begin() + static_cast<std::ptrdiff_t>(last ? last->key_begin + last->key_size : 0));
+  recording_ok_ = true;
+}
+
+void CaptureContext::ForgetTemplate() {
+  Materialize();
+  template_.reset();
+  recording_ok_ = false;
 }
 
 void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src) {
@@ -1139,13 +1430,16 @@ void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src
     // Ops already captured keep reading the earlier version (its graph buffer); later
     // references get a new buffer bound to this data.
     StorageContext* sc = ContextOf(dst);
-    const uint64_t h = sc->handle;
-    handle_buffer_.erase(h);
+    if (sc->generation == graph_generation_ && buffer_owner_[sc->buffer] == sc) {
+      buffer_owner_[sc->buffer] = nullptr;  // that version is overwritten: not kept
+    }
     sc->generation = 0;  // the next reference gets the new buffer
-    pending_[h] = data;
+    sc->pending = data;
     return;
   }
   at::Tensor src = cpu_src.to(dst.scalar_type()).expand(dst.sizes()).contiguous();
+  Materialize();
+  recording_ok_ = false;  // a node made outside the op stream: this step is not replayable
   core::Node n;
   n.op = graph.InternOp("aten::copy_");
   BufferId c = AddHostConstant(src);
@@ -1162,6 +1456,10 @@ void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src
 
 void CaptureContext::CopyFrom(const at::Tensor& self, const at::Tensor& dst) {
   if (IsRemote(self) && IsRemote(dst)) {
+    if (replaying_) {
+      if (TryReplayCopy(self, dst)) return;
+      Materialize(/*diverged=*/true);
+    }
     core::Node n;
     n.op = graph.InternOp("aten::copy_");
     TensorRef dref = RefOf(dst);
@@ -1172,6 +1470,10 @@ void CaptureContext::CopyFrom(const at::Tensor& self, const at::Tensor& dst) {
     ChainNode(n);
     graph.AddNode(std::move(n));
     ++stats.ops_captured;
+    key_.Clear();
+    AppendTensorKey(dst);
+    AppendTensorKey(self);
+    Record(nullptr, nullptr, key_.span());
   } else if (IsRemote(dst)) {
     TORCH_CHECK(self.device().is_cpu(), "genie: copying from ", self.device(),
                 " to remote_accelerator is not supported; copy through the CPU");
@@ -1190,11 +1492,11 @@ at::Scalar CaptureContext::LocalScalarDense(const at::Tensor& self) {
 
 void CaptureContext::NameParameter(const at::Tensor& t, const std::string& name) {
   if (!IsRemote(t)) return;
-  const uint64_t h = HandleOf(t);
-  names_[h] = name;
-  auto it = handle_buffer_.find(h);
-  if (it != handle_buffer_.end()) {
-    core::Buffer& b = graph.mutable_buffer(it->second);
+  StorageContext* sc = ContextOf(t);
+  sc->name = name;
+  if (sc->generation == graph_generation_) {
+    Materialize();
+    core::Buffer& b = graph.mutable_buffer(sc->buffer);
     b.name = name;
     if (b.kind == BufferKind::kHostInput) b.kind = BufferKind::kParameter;
   }
@@ -1274,7 +1576,14 @@ void CaptureContext::ResetGraph() {
   graph = core::Graph();
   graph.Reserve(nodes, buffers);
   ++graph_generation_;
-  handle_buffer_.clear();
+  recording_.events.clear();
+  recording_.keys.clear();
+  recording_ok_ = cache_enabled && replay_enabled;
+  replaying_ = template_ != nullptr && recording_ok_;
+  cursor_ = 0;
+  replay_handles_.clear();
+  replay_scope_version_ = 0;
+  buffer_owner_.clear();
   constants_.clear();
   op_ids_.clear();
   scope_cache_version_ = 0;
@@ -1282,25 +1591,109 @@ void CaptureContext::ResetGraph() {
 }
 
 std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Tensor>& wanted) {
+  if (replaying_) {
+    if (std::unique_ptr<Worker::Job> job = PrepareReplayedJob(wanted)) return job;
+    Materialize(/*diverged=*/true);
+  }
   graph.outputs().clear();
   for (const at::Tensor& t : wanted) graph.outputs().push_back(RefOf(t));
 
-  std::vector<BufferId> keep;
-  for (const auto& [h, b] : handle_buffer_) {
-    if (live_.contains(h)) keep.push_back(b);
-  }
-  std::sort(keep.begin(), keep.end());
+  std::vector<BufferId> keep = KeptBuffers();
   std::vector<BufferId> remap;
-  auto job = std::make_unique<Worker::Job>();
-  auto run = std::make_shared<core::Graph>(core::EliminateDeadCode(graph, keep, &remap));
-  stats.nodes_eliminated += static_cast<int64_t>(graph.nodes().size() - run->nodes().size());
+  auto run = std::make_shared<const core::Graph>(core::EliminateDeadCode(graph, keep, &remap));
+  const int64_t eliminated = static_cast<int64_t>(graph.nodes().size() - run->nodes().size());
+  stats.nodes_eliminated += eliminated;
+  std::vector<BufferId> run_keep;
+  for (BufferId b : keep) {
+    if (remap[b] != core::kNoBuffer) run_keep.push_back(remap[b]);
+  }
+  // The program's identity: the captured chain, what stays, and the views read back.
+  std::vector<uint64_t>& tail = chain_scratch_;
+  tail.assign(run_keep.begin(), run_keep.end());
+  tail.push_back(0x6f757470ull + run->outputs().size());
+  for (const TensorRef& o : run->outputs()) AppendView(&tail, o);
+  const uint64_t fingerprint = absl::Hash<std::pair<uint64_t, uint64_t>>{}(
+      {chain_, absl::Hash<absl::Span<const uint64_t>>{}(absl::MakeConstSpan(tail))});
 
+  std::unique_ptr<Worker::Job> job = FinishJob(run, run_keep, remap, fingerprint);
+  MarkResident(keep);
+  if (recording_ok_ && !recording_.events.empty()) {
+    // This graph is the template the next capture replays.
+    auto t = std::make_unique<Trace>();
+    t->events = std::move(recording_.events);
+    t->keys = std::move(recording_.keys);
+    t->graph = graph;  // shares the nodes; `graph` is reset below
+    t->keep = std::move(keep);
+    t->remap = std::move(remap);
+    t->run_keep = std::move(run_keep);
+    t->run = std::move(run);
+    t->fingerprint = fingerprint;
+    t->nodes_eliminated = eliminated;
+    template_ = std::move(t);
+  }
+  ResetGraph();
+  return job;
+}
+
+// The step repeated the template to its end. It is the same program if it reads back
+// the same views and keeps the same buffers: then the template's pruned graph runs with
+// this step's storages, and nothing is rebuilt. Null when it is not the same program.
+std::unique_ptr<Worker::Job> CaptureContext::PrepareReplayedJob(const std::vector<at::Tensor>& wanted) {
+  const Trace& t = *template_;
+  if (cursor_ != t.events.size() || wanted.size() != t.graph.outputs().size()) return nullptr;
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const at::Tensor& w = wanted[i];
+    if (!IsRemote(w)) return nullptr;
+    const StorageContext* sc = ContextOf(w);
+    const TensorRef& o = t.graph.outputs()[i];
+    if (sc->generation != graph_generation_ || sc->buffer != o.buffer ||
+        o.dtype != ToDType(w.scalar_type()) || o.storage_offset != w.storage_offset() ||
+        !std::equal(o.sizes.begin(), o.sizes.end(), w.sizes().begin(), w.sizes().end()) ||
+        !std::equal(o.strides.begin(), o.strides.end(), w.strides().begin(), w.strides().end())) {
+      return nullptr;
+    }
+  }
+  std::vector<BufferId> keep = KeptBuffers();
+  if (keep != t.keep) return nullptr;
+
+  auto run = std::make_shared<core::Graph>(*t.run);  // shares the template's nodes
+  for (BufferId b = 0; b < replay_handles_.size(); ++b) {
+    if (t.remap[b] != core::kNoBuffer) run->mutable_buffer(t.remap[b]).handle = replay_handles_[b];
+  }
+  stats.nodes_eliminated += t.nodes_eliminated;
+  std::unique_ptr<Worker::Job> job = FinishJob(std::move(run), t.run_keep, t.remap, t.fingerprint);
+  MarkResident(keep);
+  ResetGraph();
+  return job;
+}
+
+std::vector<BufferId> CaptureContext::KeptBuffers() const {
+  std::vector<BufferId> keep;
+  for (BufferId b = 0; b < buffer_owner_.size(); ++b) {
+    if (buffer_owner_[b] != nullptr) keep.push_back(b);
+  }
+  return keep;
+}
+
+void CaptureContext::MarkResident(const std::vector<BufferId>& keep) {
+  // Executors run jobs in order, so later graphs may already name these as resident.
+  for (BufferId b : keep) {
+    StorageContext* sc = buffer_owner_[b];
+    sc->resident = true;
+    sc->pending = at::Tensor();
+  }
+}
+
+std::unique_ptr<Worker::Job> CaptureContext::FinishJob(std::shared_ptr<const core::Graph> run,
+                                                       const std::vector<BufferId>& run_keep,
+                                                       const std::vector<BufferId>& remap,
+                                                       uint64_t fingerprint) {
+  auto job = std::make_unique<Worker::Job>();
   core::ExecuteRequest& req = job->request;
   req.graph = run.get();
-  for (BufferId& b : keep) b = remap[b];
-  keep.erase(std::remove(keep.begin(), keep.end(), core::kNoBuffer), keep.end());
-  req.keep = keep;
+  req.keep = run_keep;
   req.release = released_;
+  req.fingerprint = fingerprint;
   // Uploads: whole storages bound to host data, and host constants.
   for (const auto& [old_id, data] : constants_) {
     const BufferId id = old_id < remap.size() ? remap[old_id] : core::kNoBuffer;
@@ -1311,13 +1704,6 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Te
   }
   std::sort(req.uploads.begin(), req.uploads.end(),
             [](const core::Upload& a, const core::Upload& b) { return a.buffer < b.buffer; });
-  // The program's identity: the captured chain, what stays, and the views read back.
-  std::vector<uint64_t>& tail = chain_scratch_;
-  tail.assign(keep.begin(), keep.end());
-  tail.push_back(0x6f757470ull + run->outputs().size());
-  for (const TensorRef& o : run->outputs()) AppendView(&tail, o);
-  req.fingerprint = absl::Hash<std::pair<uint64_t, uint64_t>>{}(
-      {chain_, absl::Hash<absl::Span<const uint64_t>>{}(absl::MakeConstSpan(tail))});
   job->executor = executor();
   if (observer) observer(*run, req);
   static const bool dump = std::getenv("GENIE_DUMP_GRAPHS") != nullptr;
@@ -1326,17 +1712,8 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Te
                  job->executor->Describe().c_str(), static_cast<unsigned long long>(req.fingerprint),
                  req.uploads.size(), req.keep.size(), run->Dump().c_str());
   }
-  job->graph = std::move(run);
-
-  // Executors run jobs in order, so later graphs may already name these as resident.
-  for (BufferId b : keep) {
-    const uint64_t h = job->graph->buffer(b).handle;
-    if (h == 0) continue;
-    resident_.insert(h);
-    pending_.erase(h);
-  }
   released_.clear();
-  ResetGraph();
+  job->graph = std::move(run);
   return job;
 }
 
@@ -1688,13 +2065,22 @@ void ResetCaptureStats() {
 void SetCaptureCacheEnabled(bool enabled) {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  if (!enabled) ctx.ForgetTemplate();
   ctx.cache_enabled = enabled;
 }
 
 void ClearCaptureCache() {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.ForgetTemplate();  // it points into the cache
   ctx.cache.clear();
+}
+
+void SetStepReplayEnabled(bool enabled) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  if (!enabled) ctx.ForgetTemplate();
+  ctx.replay_enabled = enabled;
 }
 
 void SetGraphObserver(GraphObserver observer) {
@@ -1706,6 +2092,7 @@ void SetGraphObserver(GraphObserver observer) {
 std::string DumpPendingGraph() {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.Materialize();
   return ctx.graph.Dump();
 }
 

@@ -74,6 +74,8 @@ struct CaptureStats {
   int64_t ops_captured = 0;     // nodes recorded (views excluded)
   int64_t views = 0;            // view ops (no node, no data)
   int64_t cache_hits = 0;       // ops whose output metadata came from the capture cache
+  int64_t ops_replayed = 0;     // of those, ops matched against the last step (no node built)
+  int64_t replay_divergences = 0;  // steps whose replay stopped at an op that differed
   int64_t cache_misses = 0;     // ops that ran shape inference (Meta, else CPU on zeros)
   int64_t cpu_shape_inferences = 0;  // misses with no C++ Meta kernel: inferred on CPU
   int64_t cpu_fallbacks = 0;    // ops run on the client CPU (no remote kernel)
@@ -90,6 +92,16 @@ void ResetCaptureStats();
 // The capture cache (on by default); off means every op runs Meta inference.
 void SetCaptureCacheEnabled(bool enabled);
 void ClearCaptureCache();
+
+// Step replay (on by default; needs the capture cache). The last graph run is kept as a
+// template: while the next capture repeats it op for op (same ops, arguments, views,
+// storages in the same roles, scopes), capture only makes each op's outputs and checks
+// it against the template, and the graph run is the template's with this step's
+// storages; dead-code elimination and the program fingerprint are reused too. At the
+// first op that differs, the graph so far is rebuilt from the template and capture goes
+// on as usual, so results never depend on it. Random ops always differ (each draws a
+// seed), as does anything run on the client CPU.
+void SetStepReplayEnabled(bool enabled);
 
 // Called with each graph just before it executes (after dead-code elimination), for
 // tools and tests. Pass nullptr to remove.

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <future>
 #include <map>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -353,6 +354,113 @@ TEST_F(RemoteDeviceTest, EqualFingerprintsMeanEqualGraphs) {
   EXPECT_EQ(audit->collisions, 0);
   EXPECT_GE(audit->seen.size(), 6u);
   SetExecutor(std::make_shared<runtime::Interpreter>());
+}
+
+// What each executed graph was, for comparing a run with step replay against one without.
+struct GraphLog {
+  std::vector<std::string> dumps;
+  std::vector<uint64_t> fingerprints;
+  std::vector<size_t> uploads;
+  std::vector<torch::Tensor> results;
+  CaptureStats stats;
+};
+
+// Decode-like steps over a persistent state: repeats, new data, a changed scalar, a
+// changed role of a storage (x + x instead of x + y), a write into a static cache, an
+// extra live intermediate, and a different output read back.
+GraphLog RunReplayScenario(bool replay) {
+  SetStepReplayEnabled(replay);
+  GraphLog log;
+  SetGraphObserver([&](const core::Graph& g, const core::ExecuteRequest& r) {
+    // Handles name this run's storages (a process-wide counter): compared by results.
+    log.dumps.push_back(std::regex_replace(g.Dump(), std::regex("handle=0x[0-9a-f]+"), "handle=*"));
+    log.fingerprints.push_back(r.fingerprint);
+    log.uploads.push_back(r.uploads.size());
+  });
+  ResetCaptureStats();
+  torch::manual_seed(3);
+  torch::Tensor w = torch::randn({8, 8});
+  std::vector<torch::Tensor> xs;
+  for (int i = 0; i < 9; ++i) xs.push_back(torch::randn({2, 8}));
+  torch::Tensor rw = w.to(Remote());
+  torch::Tensor cache = torch::zeros({4, 8}).to(Remote());  // a static cache, written in place
+  auto step = [&](const torch::Tensor& x, double scale, bool self_add, int64_t slot,
+                  torch::Tensor* extra) {
+    torch::Tensor rx = x.to(Remote());
+    torch::Tensor h = torch::matmul(rx, rw).mul(scale);
+    h = self_add ? h + h : h + rx;
+    h.relu_();
+    cache.index_copy_(0, torch::tensor({slot}).to(Remote()), h.narrow(0, 0, 1));
+    if (extra != nullptr) *extra = h * 2;  // stays alive past the step: kept
+    return (h.sum(1) + cache.sum()).to(torch::kCPU);
+  };
+  torch::Tensor extra;
+  log.results.push_back(step(xs[0], 0.5, false, 0, nullptr));
+  log.results.push_back(step(xs[1], 0.5, false, 1, nullptr));  // same step, new data
+  log.results.push_back(step(xs[2], 0.5, false, 2, nullptr));
+  log.results.push_back(step(xs[3], 0.25, false, 3, nullptr));  // a scalar differs
+  log.results.push_back(step(xs[4], 0.25, false, 0, nullptr));
+  log.results.push_back(step(xs[5], 0.25, true, 1, nullptr));   // a storage in another role
+  log.results.push_back(step(xs[6], 0.25, true, 2, &extra));   // one more buffer kept
+  log.results.push_back(extra.to(torch::kCPU));
+  log.results.push_back(step(xs[7], 0.25, true, 3, nullptr));
+  log.results.push_back(cache.to(torch::kCPU));  // another output read back
+  log.results.push_back(step(xs[8], 0.25, true, 0, nullptr));
+  SetGraphObserver(nullptr);
+  log.stats = GetCaptureStats();
+  SetStepReplayEnabled(true);
+  return log;
+}
+
+TEST_F(RemoteDeviceTest, StepReplayBuildsTheGraphsCaptureWould) {
+  GraphLog plain = RunReplayScenario(/*replay=*/false);
+  GraphLog replayed = RunReplayScenario(/*replay=*/true);
+  EXPECT_EQ(plain.stats.ops_replayed, 0);
+  EXPECT_GT(replayed.stats.ops_replayed, plain.stats.ops_captured / 3);
+  // Weights turning resident, the storage in another role, the extra kept buffer, the
+  // other output read back, and the step after it. A changed scalar is not one: a
+  // wrapped number is a host constant, so only its data differs.
+  EXPECT_GE(replayed.stats.replay_divergences, 5);
+  EXPECT_EQ(replayed.stats.ops_captured, plain.stats.ops_captured);
+  ASSERT_EQ(replayed.dumps.size(), plain.dumps.size());
+  for (size_t i = 0; i < plain.dumps.size(); ++i) {
+    EXPECT_EQ(replayed.dumps[i], plain.dumps[i]) << "graph " << i;
+    EXPECT_EQ(replayed.fingerprints[i], plain.fingerprints[i]) << "graph " << i;
+    EXPECT_EQ(replayed.uploads[i], plain.uploads[i]) << "graph " << i;
+  }
+  ASSERT_EQ(replayed.results.size(), plain.results.size());
+  for (size_t i = 0; i < plain.results.size(); ++i) {
+    EXPECT_TRUE(torch::equal(replayed.results[i], plain.results[i])) << "result " << i;
+  }
+}
+
+TEST_F(RemoteDeviceTest, StepReplayMatchesEagerOverManySteps) {
+  torch::Tensor w = torch::randn({16, 16});
+  torch::Tensor rw = w.to(Remote());
+  torch::Tensor state = torch::zeros({1, 16});
+  torch::Tensor rstate = state.to(Remote());
+  ResetCaptureStats();
+  for (int i = 0; i < 6; ++i) {
+    torch::Tensor x = torch::randn({1, 16});
+    state = torch::tanh(torch::matmul(x + state, w));
+    rstate = torch::tanh(torch::matmul(x.to(Remote()) + rstate, rw));
+    ASSERT_TRUE(Flush().ok());
+  }
+  EXPECT_LE(MaxAbsDiff(rstate, state), 1e-5);
+  // The first step records; from the third on (the second finds the weight resident,
+  // a different graph) every op replays.
+  EXPECT_GE(GetCaptureStats().ops_replayed, 3 * 3);
+}
+
+TEST_F(RemoteDeviceTest, RandomOpsNeverReplay) {
+  torch::manual_seed(5);
+  std::vector<torch::Tensor> got;
+  for (int i = 0; i < 3; ++i) got.push_back((torch::rand({32}, Remote()) + 1).to(torch::kCPU));
+  EXPECT_FALSE(torch::equal(got[1], got[2]));  // each step draws a new seed
+  torch::manual_seed(5);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_TRUE(torch::equal((torch::rand({32}, Remote()) + 1).to(torch::kCPU), got[i])) << i;
+  }
 }
 
 // Wraps the interpreter; blocks each Execute until released, or fails it.
