@@ -380,6 +380,9 @@ TEST_F(ModelsTest, Gpt2StaticKvCacheMatchesEagerAndHitsBothCaches) {
     EXPECT_EQ(s.cache_misses, 0) << "step " << step;
     EXPECT_GT(s.cache_hits, 0) << "step " << step;
     EXPECT_EQ(s.program_cache_hits, 1) << "step " << step;
+    // And the step replays the last one: every op is checked against it, no node built.
+    EXPECT_GE(s.ops_replayed, s.ops_captured) << "step " << step;
+    EXPECT_EQ(s.replay_divergences, 0) << "step " << step;
     EXPECT_LE(s.bytes_uploaded, 2 * 8 + kUploadSlack)
         << "step " << step << ": more than the token and position";
   });
