@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -118,12 +119,21 @@ double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
 
-void ReportPerOp(benchmark::State& state, double total_seconds, int64_t ops) {
+// CPU time of the calling thread: on a shared machine, what the timed span itself
+// consumed, whoever else was running.
+double ThreadCpuSeconds() {
+  timespec ts;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+// ns_per_op: wall time of the timed spans per op; cpu_ns_per_op: this thread's CPU time
+// in them per op.
+void ReportPerOp(benchmark::State& state, double total_seconds, double cpu_seconds, int64_t ops) {
+  const double per = state.iterations() == 0 ? 0.0 : 1e9 / (static_cast<double>(state.iterations()) * ops);
   state.counters["ops"] = static_cast<double>(ops);
-  state.counters["ns_per_op"] =
-      state.iterations() == 0
-          ? 0.0
-          : total_seconds * 1e9 / (static_cast<double>(state.iterations()) * ops);
+  state.counters["ns_per_op"] = total_seconds * per;
+  state.counters["cpu_ns_per_op"] = cpu_seconds * per;
 }
 
 enum class CacheState {
@@ -170,11 +180,12 @@ void CaptureLoop(benchmark::State& state, CacheState cache, Span span = Span::kC
       if (absl::Status s = frontend::Flush(); !s.ok()) state.SkipWithError(std::string(s.message()).c_str());
     }
   }
-  double total = 0;
+  double total = 0, cpu = 0;
   int64_t misses = 0, captured = 0, replayed = 0;
   for (auto _ : state) {
     if (cache == CacheState::kCleared) frontend::ClearCaptureCache();
     frontend::ResetCaptureStats();
+    const double c0 = ThreadCpuSeconds();
     const auto t0 = std::chrono::steady_clock::now();
     torch::Tensor logits = f.remote->Run();
     if (span == Span::kClient) {
@@ -184,6 +195,7 @@ void CaptureLoop(benchmark::State& state, CacheState cache, Span span = Span::kC
       }
     }
     const auto t1 = std::chrono::steady_clock::now();
+    cpu += ThreadCpuSeconds() - c0;
     const frontend::CaptureStats stats = frontend::GetCaptureStats();
     misses += stats.cache_misses;
     captured += stats.ops_captured;
@@ -208,7 +220,7 @@ void CaptureLoop(benchmark::State& state, CacheState cache, Span span = Span::kC
   if (cache == CacheState::kWarm && replayed < captured) state.SkipWithError("the warm step did not replay");
   state.counters["cache_misses_per_step"] = steps == 0 ? 0.0 : static_cast<double>(misses) / steps;
   state.counters["replayed_per_step"] = steps == 0 ? 0.0 : static_cast<double>(replayed) / steps;
-  ReportPerOp(state, total, f.ops);
+  ReportPerOp(state, total, cpu, f.ops);
 }
 
 // The layers repeat, so after ClearCaptureCache only the first layer's ops (and a few
@@ -225,16 +237,18 @@ void BM_CaptureNoCache(benchmark::State& state) { CaptureLoop(state, CacheState:
 void EagerLoop(benchmark::State& state, Mode mode) {
   ModeGuard guard(mode);
   Fixture& f = Get();
-  double total = 0;
+  double total = 0, cpu = 0;
   for (auto _ : state) {
+    const double c0 = ThreadCpuSeconds();
     const auto t0 = std::chrono::steady_clock::now();
     torch::Tensor logits = f.eager->Run();
     const auto t1 = std::chrono::steady_clock::now();
+    cpu += ThreadCpuSeconds() - c0;
     benchmark::DoNotOptimize(logits);
     state.SetIterationTime(Seconds(t1 - t0));
     total += Seconds(t1 - t0);
   }
-  ReportPerOp(state, total, f.ops);
+  ReportPerOp(state, total, cpu, f.ops);
 }
 void BM_EagerCpu(benchmark::State& state) { EagerLoop(state, Mode::kNoGrad); }
 
