@@ -435,7 +435,7 @@ class CaptureContext {
   std::unique_ptr<Worker::Job> PrepareReplayedJob(const std::vector<at::Tensor>& wanted);
   // The buffers whose storages outlive the graph (sorted); after the run they are resident.
   std::vector<BufferId> KeptBuffers() const;
-  void MarkResident(const std::vector<BufferId>& keep);
+  void MarkResident(const std::vector<BufferId>& keep, const std::vector<BufferId>& remap);
   // Gathers uploads, names the job's effects (kept storages become resident) and dumps.
   std::unique_ptr<Worker::Job> FinishJob(std::shared_ptr<const core::Graph> run,
                                          const std::vector<BufferId>& run_keep,
@@ -1616,7 +1616,7 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Te
       {chain_, absl::Hash<absl::Span<const uint64_t>>{}(absl::MakeConstSpan(tail))});
 
   std::unique_ptr<Worker::Job> job = FinishJob(run, run_keep, remap, fingerprint);
-  MarkResident(keep);
+  MarkResident(keep, remap);
   if (recording_ok_ && !recording_.events.empty()) {
     // This graph is the template the next capture replays.
     auto t = std::make_unique<Trace>();
@@ -1662,7 +1662,7 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareReplayedJob(const std::vecto
   }
   stats.nodes_eliminated += t.nodes_eliminated;
   std::unique_ptr<Worker::Job> job = FinishJob(std::move(run), t.run_keep, t.remap, t.fingerprint);
-  MarkResident(keep);
+  MarkResident(keep, t.remap);
   ResetGraph();
   return job;
 }
@@ -1675,9 +1675,13 @@ std::vector<BufferId> CaptureContext::KeptBuffers() const {
   return keep;
 }
 
-void CaptureContext::MarkResident(const std::vector<BufferId>& keep) {
+void CaptureContext::MarkResident(const std::vector<BufferId>& keep,
+                                  const std::vector<BufferId>& remap) {
   // Executors run jobs in order, so later graphs may already name these as resident.
+  // A kept buffer the run does not touch (host data nothing read yet) stays as it was:
+  // its data uploads with the first graph that reads it.
   for (BufferId b : keep) {
+    if (remap[b] == core::kNoBuffer) continue;
     StorageContext* sc = buffer_owner_[b];
     sc->resident = true;
     sc->pending = at::Tensor();

@@ -452,6 +452,19 @@ TEST_F(RemoteDeviceTest, StepReplayMatchesEagerOverManySteps) {
   EXPECT_GE(GetCaptureStats().ops_replayed, 3 * 3);
 }
 
+TEST_F(RemoteDeviceTest, UploadOnlyDeadOpsReadSurvivesTheRun) {
+  torch::Tensor x = torch::randn({6});
+  torch::Tensor rx = x.to(Remote());  // uploaded lazily, with the first graph that reads it
+  torch::Tensor y = torch::randn({6});
+  for (int i = 0; i < 3; ++i) {
+    // rx is in these graphs and stays alive, but only a dead op reads it: the run drops
+    // that op and does not upload rx, so rx must still count as not uploaded.
+    { torch::Tensor dead = rx * 3; }
+    EXPECT_TRUE(torch::equal((y.to(Remote()) * 2).to(torch::kCPU), y * 2));
+  }
+  EXPECT_TRUE(torch::equal((rx + 1).to(torch::kCPU), x + 1));
+}
+
 TEST_F(RemoteDeviceTest, RandomOpsNeverReplay) {
   torch::manual_seed(5);
   std::vector<torch::Tensor> got;
