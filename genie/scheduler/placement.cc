@@ -223,11 +223,25 @@ class Builder {
   void MakeParts() {
     const std::vector<int>& node_of = out_->node_of_op;
     part_of_op_.assign(node_of.size(), -1);
+    // A new part where the node changes, and where a part that so far needs nothing from
+    // other nodes first reads what another node made: the ops before that point can start
+    // at once (VQA: language runs on node 1 while vision runs on node 0; fusion, the next
+    // part on node 1, waits for vision's output).
+    bool reads_other_node = false;
     for (NodeId op = 0; op < node_of.size(); ++op) {
-      if (out_->parts.empty() || out_->parts.back().node != node_of[op]) {
+      bool needs_other_node = false;
+      g_.node(op).ForEachInput([&](const core::TensorRef& t) {
+        const NodeId producer = g_.buffer(t.buffer).producer;
+        needs_other_node |= producer != core::kNoNode && producer < node_of.size() &&
+                            node_of[producer] != node_of[op];
+      });
+      if (out_->parts.empty() || out_->parts.back().node != node_of[op] ||
+          (needs_other_node && !reads_other_node)) {
         out_->parts.emplace_back();
         out_->parts.back().node = node_of[op];
+        reads_other_node = false;
       }
+      reads_other_node |= needs_other_node;
       out_->parts.back().ops.push_back(op);
       part_of_op_[op] = static_cast<int>(out_->parts.size()) - 1;
     }
