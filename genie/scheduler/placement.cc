@@ -352,6 +352,30 @@ class Builder {
     return local;
   }
 
+  // Appends `copy = aten::clone(local)` to part `p` and returns `copy`, which carries
+  // original buffer `b`'s own handle.
+  BufferId KeepCopy(BufferId b, int p, BufferId local) {
+    Part& part = out_->parts[p];
+    const core::Buffer& buf = g_.buffer(b);
+    core::Buffer nb;
+    nb.dtype = buf.dtype;
+    nb.numel = buf.numel;
+    nb.name = buf.name;
+    nb.handle = buf.handle;
+    nb.kind = BufferKind::kIntermediate;
+    const BufferId copy = part.graph.AddBuffer(std::move(nb));
+    part.original.push_back(b);
+    core::Node clone;
+    clone.op = part.graph.InternOp("aten::clone");
+    clone.args = {core::Arg::Tensor(core::TensorRef::Contiguous(local, buf.dtype, {buf.numel})),
+                  core::Arg::None()};  // memory_format
+    clone.outputs = {core::TensorRef::Contiguous(copy, buf.dtype, {buf.numel})};
+    if (!part.ops.empty()) clone.scope = part.graph.node(part.graph.nodes().size() - 1).scope;
+    part.graph.AddNode(std::move(clone));
+    local_[p][b] = copy;
+    return copy;
+  }
+
   absl::Status MapRef(core::TensorRef& t, int p) {
     absl::StatusOr<BufferId> local = Local(t.buffer, p);
     if (!local.ok()) return local.status();
@@ -432,11 +456,12 @@ class Builder {
         GENIE_RETURN_IF_ERROR(Local(b, p).status());
         keep_part_[b] = p;
       }
-      const BufferId local = local_[p][b];
+      BufferId local = local_[p][b];
       if (parts[p].graph.buffer(local).handle != buf.handle) {
-        return absl::UnimplementedError(absl::StrCat(
-            "buffer b", b, " is kept but its final version was brought to node ", parts[p].node,
-            " under a temporary handle; placement cannot keep it under its own handle yet"));
+        // The final version lives here under a temporary handle (it was exported for
+        // another node, or brought here, before a later op of this part wrote it): the
+        // part ends with a copy of it kept under the buffer's own handle.
+        local = KeepCopy(b, p, local);
       }
       if (std::find(parts[p].keep.begin(), parts[p].keep.end(), local) == parts[p].keep.end()) {
         parts[p].keep.push_back(local);

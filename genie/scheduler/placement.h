@@ -73,7 +73,10 @@ struct Transfer {
 struct Part {
   int node = 0;
   core::Graph graph;
-  std::vector<core::NodeId> ops;             // original node ids, in order
+  // Original node ids, in order. The graph may end with one more node per kept buffer
+  // whose final version is here under a temporary handle: an aten::clone that keeps it
+  // under its own handle.
+  std::vector<core::NodeId> ops;
   std::vector<core::BufferId> original;      // part buffer id -> original buffer id
   std::vector<core::BufferId> uploads;       // part buffers the client uploads
   std::vector<core::BufferId> keep;          // part buffers kept (original or temporary handle)

@@ -190,6 +190,9 @@ absl::StatusOr<PlacementExecutor::Ticket> PlacementExecutor::Submit(
       ss.modality.push_back(op < semantics.modality.size() ? semantics.modality[op]
                                                           : semantic::ModalityKind::kUnknown);
     }
+    // Copies placement added to keep a buffer under its own handle: no module of their own.
+    ss.module.resize(part.graph.nodes().size());
+    ss.modality.resize(part.graph.nodes().size(), semantic::ModalityKind::kUnknown);
   }
   // Checks that cannot fail later, before anything is queued.
   for (const Transfer& t : placement.transfers) {

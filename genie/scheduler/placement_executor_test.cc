@@ -90,9 +90,15 @@ class FakeNode final : public core::Executor, public core::PeerSender {
     }
     for (const core::Node& n : g.nodes()) {
       const TensorRef& a = n.args[0].tensors[0];
-      const TensorRef& b = n.args[1].tensors[0];
       const TensorRef& o = n.outputs[0];
-      const bool add = g.OpName(n.op) == "aten::add.Tensor";
+      const std::string name(g.OpName(n.op));
+      if (name == "aten::clone") {
+        for (int64_t i = 0; i < o.numel(); ++i) data[o.buffer][i] = data[a.buffer][i];
+        ++ops;
+        continue;
+      }
+      const TensorRef& b = n.args[1].tensors[0];
+      const bool add = name == "aten::add.Tensor" || name == "aten::add_.Tensor";
       for (int64_t i = 0; i < o.numel(); ++i) {
         const float x = data[a.buffer][i % a.numel()], y = data[b.buffer][i % b.numel()];
         data[o.buffer][i] = add ? x + y : x * y;
@@ -270,6 +276,67 @@ TEST(PlacementExecutorTest, OneNodeRunsAsBefore) {
 }
 
 const std::vector<float> kExpected = {120, 220, 320, 420, 520, 620, 720, 820};
+
+// v = img * vision.w (kept under handle 50); l = txt * language.w; f = v + l[:8] on node 1
+// (language's bytes are larger), so v goes to node 1 under a temporary handle; then
+// vision.post writes v in place on node 0: the final version of a kept buffer lives under
+// the temporary handle it was exported with. Placement keeps a copy under handle 50.
+TEST(PlacementExecutorTest, AKeptBufferWhoseFinalVersionWasExportedIsKeptUnderItsOwnHandle) {
+  auto n0 = std::make_shared<FakeNode>("l:12");
+  auto n1 = std::make_shared<FakeNode>("m:13");
+  Placed placed({n0, n1});
+  Model m(false);
+  core::Graph& g = m.g;
+  // Rebuild: a fresh graph with a larger language side and the in-place vision op.
+  g = core::Graph();
+  m.s = semantic::GraphSemantics();
+  m.uploads.clear();
+  const BufferId img = g.AddBuffer({DType::kFloat32, 8, BufferKind::kHostInput, "", 11});
+  const BufferId vw = g.AddBuffer({DType::kFloat32, 1, BufferKind::kParameter, "vision.w", 12});
+  const BufferId txt = g.AddBuffer({DType::kFloat32, 16, BufferKind::kHostInput, "", 13});
+  const BufferId lw = g.AddBuffer({DType::kFloat32, 1, BufferKind::kParameter, "language.w", 14});
+  const BufferId v = g.AddBuffer({DType::kFloat32, 8, BufferKind::kIntermediate, "", 50});
+  const BufferId l = g.AddBuffer({DType::kFloat32, 16});
+  const BufferId f = g.AddBuffer({DType::kFloat32, 8});
+  auto op = [&](const char* name, TensorRef a, TensorRef b, TensorRef out, const char* module,
+                ModalityKind mod, bool in_place) {
+    core::Node n;
+    n.op = g.InternOp(name);
+    n.args = {core::Arg::Tensor(a), core::Arg::Tensor(b)};
+    n.outputs = {out};
+    if (in_place) n.writes = {out.buffer};
+    n.scope = g.InternScope(module);
+    g.AddNode(std::move(n));
+    m.s.module.push_back(module);
+    m.s.modality.push_back(mod);
+  };
+  op("aten::mul.Tensor", Vec(img, 8), Vec(vw, 1), Vec(v, 8), "vision.enc", ModalityKind::kVision, false);
+  op("aten::mul.Tensor", Vec(txt, 16), Vec(lw, 1), Vec(l, 16), "language.enc", ModalityKind::kLanguage, false);
+  op("aten::add.Tensor", Vec(v, 8), Vec(l, 8), Vec(f, 8), "fusion", ModalityKind::kFusion, false);
+  op("aten::add_.Tensor", Vec(v, 8), Vec(img, 8), Vec(v, 8), "vision.post", ModalityKind::kVision, true);
+  g.outputs().push_back(Vec(f, 8));
+  m.keep = {vw, lw, v};
+  m.Upload(img, std::vector<float>(8, 2.f));
+  m.Upload(vw, {10.f});
+  std::vector<float> text(16);
+  for (int i = 0; i < 16; ++i) text[i] = static_cast<float>(i + 1);
+  m.Upload(txt, text);
+  m.Upload(lw, {100.f});
+  ASSERT_TRUE(g.Validate().ok());
+
+  absl::StatusOr<core::ExecuteResult> r = placed.Execute(m.Request(), m.s);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(Floats(r->outputs[0]), kExpected);  // f = 20 + 100 * (i + 1)
+  // Node 0 keeps the final v (img * w + img = 22) under its own handle; nothing else of v.
+  ASSERT_TRUE(n0->resident.contains(50));
+  EXPECT_EQ(n0->resident[50], std::vector<float>(8, 22.f));
+  EXPECT_FALSE(n1->resident.contains(50));
+  for (FakeNode* n : {n0.get(), n1.get()}) {
+    for (const auto& [h, data] : n->resident) EXPECT_LT(h, kTemporaryHandleBase) << n->Describe();
+  }
+  EXPECT_NE(placed.placement().last_report.find("transfer"), std::string::npos);
+}
+
 
 TEST(PlacementExecutorTest, VisionAndLanguageRunAtTheSameTimeOnTheirNodes) {
   auto n0 = std::make_shared<FakeNode>("f:6");
