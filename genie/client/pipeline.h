@@ -143,6 +143,10 @@ class PipelineExecutor final : public core::Executor {
   // Where modules ran and what went node to node (ModalityPlacement on several nodes).
   scheduler::PlacementStats placement() const { return scheduled_.placement(); }
 
+  // The scheduler itself: runs analysed graphs (Execute), and with ModalityPlacement on
+  // several nodes keeps runs in flight (placer()->Submit / Wait).
+  ::genie::scheduler::ScheduledExecutor<typename P::scheduler_policy>& scheduler() { return scheduled_; }
+
   std::vector<PipelineRecord> TakeRecords() {
     std::lock_guard<std::mutex> lock(mu_);
     return std::exchange(records_, {});

@@ -55,6 +55,7 @@ class EmbeddedNode {
   ~EmbeddedNode();
   std::string address() const;  // "127.0.0.1:PORT"
   runtime::PeerStats peer_stats() const;  // what it sent to and received from other nodes
+  runtime::RunGate::Stats gate_stats() const;  // how its runs were admitted
 
  private:
   std::unique_ptr<runtime::NodeServer> server_;
@@ -147,7 +148,22 @@ class Session {
     for (const auto& n : embedded_) out.push_back(n->peer_stats());
     return out;
   }
+  // How each embedded node admitted runs (SessionOptions::embedded.run_slots).
+  std::vector<runtime::RunGate::Stats> embedded_gate_stats() const {
+    std::vector<runtime::RunGate::Stats> out;
+    for (const auto& n : embedded_) out.push_back(n->gate_stats());
+    return out;
+  }
   std::string scheduler_description() const { return executor_->Describe(); }
+  // The deployment's executor (analysis, annotations, scheduler), for tools that drive the
+  // scheduler directly (pipelined runs of captured graphs).
+  PipelineExecutor<P>& pipeline() { return *executor_; }
+  // Node execution time of each node's last run, in microseconds, summed over nodes.
+  int64_t last_node_micros() const {
+    int64_t total = 0;
+    for (const auto& n : nodes_) total += n->last_node_micros();
+    return total;
+  }
 
  private:
   Session() = default;

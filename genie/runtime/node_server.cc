@@ -15,6 +15,7 @@
 
 #include "absl/strings/str_format.h"
 #include "genie/core/status.h"
+#include "genie/semantic/semantics.h"
 #include "genie/transport/tcp.h"
 
 namespace genie::runtime {
@@ -71,6 +72,58 @@ PeerStats PeerInbox::stats() const {
   out.inbox_bytes = held_;
   out.inbox_buffers = static_cast<int64_t>(entries_.size());
   return out;
+}
+
+// ---- RunGate ------------------------------------------------------------------------
+
+const RunGate::Waiter* RunGate::Next() const {
+  if (waiting_.empty()) return nullptr;
+  if (decode_first_) {
+    for (const Waiter& w : waiting_) {
+      if (w.decode) return &w;
+    }
+  }
+  return &waiting_.front();
+}
+
+void RunGate::Enter(bool decode) {
+  if (slots_ <= 0) return;
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t ticket = next_ticket_++;
+  waiting_.push_back(Waiter{ticket, decode});
+  if (free_ == 0 || Next()->ticket != ticket) ++stats_.waited;
+  cv_.wait(lock, [&] { return free_ > 0 && Next()->ticket == ticket; });
+  // Admitted: a decode run that leaves an earlier waiter behind went ahead of it.
+  if (decode && waiting_.front().ticket != ticket) ++stats_.decode_ahead;
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if (it->ticket == ticket) {
+      waiting_.erase(it);
+      break;
+    }
+  }
+  --free_;
+  ++stats_.admitted;
+  if (decode) ++stats_.decode_admitted;
+  cv_.notify_all();  // another slot may be free for the next waiter
+}
+
+void RunGate::Leave() {
+  if (slots_ <= 0) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++free_;
+  }
+  cv_.notify_all();
+}
+
+int RunGate::waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(waiting_.size());
+}
+
+RunGate::Stats RunGate::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
 }
 
 // ---- PeerPool -----------------------------------------------------------------------
@@ -243,6 +296,14 @@ absl::Status Session::Load(absl::string_view payload) {
   // The interpreter caches resolved operators by fingerprint: give every load its own, so a
   // reused program id can never run with another graph's operators.
   loaded->fingerprint = next_fingerprint_++;
+  if (options_.run_slots > 0) {
+    // Phase from the graph itself (KV cache growth, one query position): decode steps are
+    // admitted ahead of other runs.
+    std::vector<core::BufferId> keep;
+    for (const plan::ResidentSlot& k : loaded->program.keep) keep.push_back(k.buffer);
+    loaded->decode = semantic::Analyze(loaded->program.graph, keep).phase_of_graph ==
+                     semantic::PhaseKind::kDecode;
+  }
   auto it = programs_.find(load.program_id);
   if (it != programs_.end()) {
     it->second = std::move(loaded);
@@ -325,9 +386,11 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   for (const plan::ResidentSlot& s : program.keep) request_.keep.push_back(s.buffer);
   request_.release.assign(run.binding.release.begin(), run.binding.release.end());
 
+  if (gate_ != nullptr) gate_->Enter(loaded.decode);
   const absl::Time start = absl::Now();
   result_ = interpreter_.Execute(request_);
   last_run_micros_ = absl::ToInt64Microseconds(absl::Now() - start);
+  if (gate_ != nullptr) gate_->Leave();
   ++runs_;
   if (options_.log_runs) {
     if (result_.ok()) {
@@ -467,6 +530,7 @@ struct NodeServer::Impl {
   std::list<Worker> workers;  // touched only by the Serve thread
   PeerInbox inbox;            // shared by every session of this node
   PeerPool pool;              // this node's connections to other nodes
+  RunGate gate;               // admission of runs (no-op without options.run_slots)
 
   Impl(transport::Listener<transport::Tcp> l, std::string h, std::string k, NodeOptions o)
       : listener(std::move(l)),
@@ -474,7 +538,8 @@ struct NodeServer::Impl {
         key(std::move(k)),
         options(std::move(o)),
         inbox(options.peer_inbox_bytes),
-        pool(key, options, &inbox) {}
+        pool(key, options, &inbox),
+        gate(options.run_slots, options.decode_first) {}
 
   void Reap(bool all) {
     for (auto it = workers.begin(); it != workers.end();) {
@@ -515,6 +580,7 @@ const std::string& NodeServer::host() const { return impl_->host; }
 uint16_t NodeServer::port() const { return impl_->listener.port(); }
 int NodeServer::active_sessions() const { return impl_->active.load(); }
 PeerStats NodeServer::peer_stats() const { return impl_->inbox.stats(); }
+RunGate::Stats NodeServer::gate_stats() const { return impl_->gate.stats(); }
 void NodeServer::Shutdown() { impl_->stop = true; }
 
 void NodeServer::Serve(const std::atomic<bool>* stop) {
@@ -541,7 +607,7 @@ void NodeServer::Serve(const std::atomic<bool>* stop) {
     s.active.fetch_add(1);
     s.workers.push_back(Impl::Worker{
         std::thread([&s, done, c = std::move(*conn)]() mutable {
-          (void)ServeConnection(c, s.key, s.options, s.stop, &s.inbox, &s.pool);
+          (void)ServeConnection(c, s.key, s.options, s.stop, &s.inbox, &s.pool, &s.gate);
           s.active.fetch_sub(1);
           done->store(true);
         }),

@@ -32,6 +32,7 @@
 #define GENIE_RUNTIME_NODE_SERVER_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -71,6 +72,54 @@ struct NodeOptions {
   bool log_runs = true;
   // Bytes other nodes may push here that no run has read yet (node-wide); 0 = unlimited.
   int64_t peer_inbox_bytes = int64_t{1} << 30;
+  // Runs of all sessions executing at once (node-wide); 0 = no limit (each session runs
+  // as soon as its run arrives). With a limit, waiting runs are admitted by RunGate.
+  int run_slots = 0;
+  // With run_slots: admit LLM decode steps (recognised from the program at load) ahead of
+  // waiting prefills and other runs; false: in arrival order.
+  bool decode_first = true;
+};
+
+// Admission of runs to the node's compute, shared by every session. At most `slots` runs
+// execute at once (0: no gate). Waiting runs are admitted decode first when
+// `decode_first`: an LLM decode step is short and latency-bound, so it goes ahead of a
+// queued prefill, and the decode steps of several clients waiting together run back to
+// back before the next prefill; otherwise in arrival order. Thread-safe.
+//
+//   RunGate gate(1, /*decode_first=*/true);
+//   gate.Enter(/*decode=*/true);   // blocks until admitted
+//   ... execute ...
+//   gate.Leave();
+class RunGate {
+ public:
+  struct Stats {
+    int64_t admitted = 0;
+    int64_t decode_admitted = 0;
+    int64_t decode_ahead = 0;  // decode runs admitted while an earlier other run waited
+    int64_t waited = 0;        // runs that found no free slot
+  };
+  RunGate(int slots, bool decode_first) : slots_(slots), free_(slots), decode_first_(decode_first) {}
+  void Enter(bool decode);
+  void Leave();
+  int waiting() const;
+  Stats stats() const;
+
+ private:
+  struct Waiter {
+    uint64_t ticket;
+    bool decode;
+  };
+  // The waiter to admit next (under mu_), or null.
+  const Waiter* Next() const;
+
+  const int slots_;
+  int free_;
+  const bool decode_first_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Waiter> waiting_;  // in arrival order
+  uint64_t next_ticket_ = 1;
+  Stats stats_;
 };
 
 // What this node sent to and received from other nodes (never client traffic).
@@ -172,6 +221,8 @@ class Session {
   // node takes no kPeerSend / kPeerPut).
   // `pool`: the node's connections to peers (null: this session opens its own pool).
   void AttachPeers(std::string key, PeerInbox* inbox, PeerPool* pool);
+  // Runs of this session are admitted by the node-wide `gate` (null: none).
+  void AttachGate(RunGate* gate) { gate_ = gate; }
   bool has_peers() const { return inbox_ != nullptr; }
   // Sends resident `m.handle` to the peer node; the bytes sent.
   absl::StatusOr<int64_t> SendToPeer(const plan::PeerSendMessage& m);
@@ -193,6 +244,7 @@ class Session {
   struct Loaded {
     plan::Program program;
     uint64_t fingerprint = 0;  // this session's own key for the interpreter's cache
+    bool decode = false;       // an LLM decode step (semantic analysis at load)
   };
 
   // Makes what peers pushed under the handles this run reads resident on this session.
@@ -204,6 +256,7 @@ class Session {
   PeerInbox* inbox_ = nullptr;
   PeerPool* pool_ = nullptr;
   std::unique_ptr<PeerPool> own_pool_;
+  RunGate* gate_ = nullptr;
   Interpreter interpreter_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Loaded>> programs_;  // by client program id
   std::deque<uint64_t> load_order_;
@@ -451,13 +504,15 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
 // Authenticates `conn` with `key`, then serves it until the client leaves, it breaks the
 // protocol, or `stop` becomes true. Returns why the session ended (OK: the client said
 // goodbye or closed). With `inbox`, the session also sends to and takes from other nodes
-// (over `pool`'s connections; null: a pool of the session's own).
+// (over `pool`'s connections; null: a pool of the session's own). With `gate`, its runs
+// are admitted by that node-wide RunGate.
 template <class Conn>
 absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOptions& options,
                              const std::atomic<bool>& stop, PeerInbox* inbox = nullptr,
-                             PeerPool* pool = nullptr) {
+                             PeerPool* pool = nullptr, RunGate* gate = nullptr) {
   node_internal::Session session(options, conn.peer());
   if (inbox != nullptr) session.AttachPeers(std::string(key), inbox, pool);
+  session.AttachGate(gate);
   absl::Status s = transport::AuthenticateServer(conn, key, options.auth_timeout);
   if (!s.ok()) {
     session.LogRefused("authentication", s);
@@ -490,6 +545,8 @@ class NodeServer {
   int active_sessions() const;
   // What this node sent to and received from other nodes.
   PeerStats peer_stats() const;
+  // How runs were admitted (zeros without NodeOptions::run_slots).
+  RunGate::Stats gate_stats() const;
 
  private:
   struct Impl;

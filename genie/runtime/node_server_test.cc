@@ -478,6 +478,61 @@ TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {
   ExpectSameOutputs(*step, *want);
 }
 
+// ---- Run admission --------------------------------------------------------------------
+
+// One slot, held by a prefill; a prefill then two decodes arrive (each seen waiting
+// before the next arrives); the order they are admitted in when the slot frees.
+std::vector<std::string> AdmissionOrder(bool decode_first, RunGate::Stats* stats) {
+  RunGate gate(1, decode_first);
+  gate.Enter(false);
+  std::mutex mu;
+  std::vector<std::string> order;
+  std::vector<std::thread> threads;
+  const std::vector<std::pair<bool, std::string>> arrivals = {
+      {false, "prefill 2"}, {true, "decode 1"}, {true, "decode 2"}};
+  for (size_t k = 0; k < arrivals.size(); ++k) {
+    threads.emplace_back([&, k] {
+      gate.Enter(arrivals[k].first);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back(arrivals[k].second);
+      }
+      gate.Leave();
+    });
+    while (gate.waiting() < static_cast<int>(k) + 1) std::this_thread::yield();
+  }
+  gate.Leave();
+  for (std::thread& t : threads) t.join();
+  *stats = gate.stats();
+  return order;
+}
+
+TEST(RunGateTest, DecodeStepsGoAheadOfAWaitingPrefillAndRunBackToBack) {
+  RunGate::Stats st;
+  EXPECT_EQ(AdmissionOrder(true, &st),
+            (std::vector<std::string>{"decode 1", "decode 2", "prefill 2"}));
+  EXPECT_EQ(st.admitted, 4);
+  EXPECT_EQ(st.decode_admitted, 2);
+  EXPECT_EQ(st.decode_ahead, 2);
+  EXPECT_EQ(st.waited, 3);
+}
+
+TEST(RunGateTest, WithoutDecodeFirstRunsAreAdmittedInArrivalOrder) {
+  RunGate::Stats st;
+  EXPECT_EQ(AdmissionOrder(false, &st),
+            (std::vector<std::string>{"prefill 2", "decode 1", "decode 2"}));
+  EXPECT_EQ(st.decode_ahead, 0);
+}
+
+TEST(RunGateTest, NoSlotsMeansNoGate) {
+  RunGate gate(0, true);
+  gate.Enter(false);
+  gate.Enter(true);  // would block with one slot
+  gate.Leave();
+  gate.Leave();
+  EXPECT_EQ(gate.stats().admitted, 0);
+}
+
 // ---- Raw protocol: what a broken or hostile client sends ----------------------------
 
 class RawClientTest : public ::testing::Test {

@@ -198,6 +198,7 @@ TEST(MultiNodeTest, Gpt2DecodeKeepsItsKvCacheOnOneNode) {
 
   SessionOptions options;
   options.embedded_nodes = 2;
+  options.embedded.run_slots = 1;  // runs admitted by the node's phase-aware gate
   absl::StatusOr<std::unique_ptr<Session<Placed>>> session = Session<Placed>::Start(options);
   ASSERT_TRUE(session.ok()) << session.status();
   const torch::Device device((*session)->device());
@@ -222,6 +223,15 @@ TEST(MultiNodeTest, Gpt2DecodeKeepsItsKvCacheOnOneNode) {
   }
   EXPECT_EQ(placement.node_to_node_bytes, 0);
   EXPECT_EQ((*session)->data_traffic().of(scheduler::StorageClass::kKvCache), 0);
+  // The node recognised the decode steps from the programs themselves (the prefill is not
+  // one) and admitted them as such.
+  int64_t admitted = 0, decode = 0;
+  for (const runtime::RunGate::Stats& g : (*session)->embedded_gate_stats()) {
+    admitted += g.admitted;
+    decode += g.decode_admitted;
+  }
+  EXPECT_EQ(decode, kDecodeSteps);
+  EXPECT_GT(admitted, decode);
 }
 
 }  // namespace
