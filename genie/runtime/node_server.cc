@@ -78,7 +78,9 @@ PeerStats PeerInbox::stats() const {
 
 const RunGate::Waiter* RunGate::Next() const {
   if (waiting_.empty()) return nullptr;
-  if (decode_first_) {
+  // A run that decode steps went ahead of kMaxOvertakes times goes next: decode first,
+  // but no prefill starves.
+  if (decode_first_ && waiting_.front().overtaken < kMaxOvertakes) {
     for (const Waiter& w : waiting_) {
       if (w.decode) return &w;
     }
@@ -90,11 +92,22 @@ void RunGate::Enter(bool decode) {
   if (slots_ <= 0) return;
   std::unique_lock<std::mutex> lock(mu_);
   const uint64_t ticket = next_ticket_++;
-  waiting_.push_back(Waiter{ticket, decode});
-  if (free_ == 0 || Next()->ticket != ticket) ++stats_.waited;
-  cv_.wait(lock, [&] { return free_ > 0 && Next()->ticket == ticket; });
-  // Admitted: a decode run that leaves an earlier waiter behind went ahead of it.
-  if (decode && waiting_.front().ticket != ticket) ++stats_.decode_ahead;
+  waiting_.push_back(Waiter{ticket, decode, 0});
+  if (free_ < (decode || !decode_first_ || slots_ == 1 ? 1 : 2) || Next()->ticket != ticket) {
+    ++stats_.waited;
+  }
+  // With several slots and decode first, other runs leave the last slot to decode steps:
+  // a prefill never makes a decode step wait for a slot.
+  const int needed = decode || !decode_first_ || slots_ == 1 ? 1 : 2;
+  cv_.wait(lock, [&] { return free_ >= needed && Next()->ticket == ticket; });
+  // Admitted: a decode run that leaves earlier waiters behind went ahead of them.
+  if (decode && waiting_.front().ticket != ticket) {
+    ++stats_.decode_ahead;
+    for (Waiter& w : waiting_) {
+      if (w.ticket == ticket) break;
+      ++w.overtaken;
+    }
+  }
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
     if (it->ticket == ticket) {
       waiting_.erase(it);

@@ -84,7 +84,9 @@ struct NodeOptions {
 // execute at once (0: no gate). Waiting runs are admitted decode first when
 // `decode_first`: an LLM decode step is short and latency-bound, so it goes ahead of a
 // queued prefill, and the decode steps of several clients waiting together run back to
-// back before the next prefill; otherwise in arrival order. Thread-safe.
+// back before the next prefill; with two or more slots, other runs also leave the last
+// free slot to decode steps. A run that decode steps went ahead of kMaxOvertakes times
+// is admitted next (no prefill starves). Otherwise in arrival order. Thread-safe.
 //
 //   RunGate gate(1, /*decode_first=*/true);
 //   gate.Enter(/*decode=*/true);   // blocks until admitted
@@ -98,6 +100,7 @@ class RunGate {
     int64_t decode_ahead = 0;  // decode runs admitted while an earlier other run waited
     int64_t waited = 0;        // runs that found no free slot
   };
+  static constexpr int kMaxOvertakes = 8;
   RunGate(int slots, bool decode_first) : slots_(slots), free_(slots), decode_first_(decode_first) {}
   void Enter(bool decode);
   void Leave();
@@ -108,6 +111,7 @@ class RunGate {
   struct Waiter {
     uint64_t ticket;
     bool decode;
+    int overtaken;  // decode runs admitted ahead of this one
   };
   // The waiter to admit next (under mu_), or null.
   const Waiter* Next() const;

@@ -524,6 +524,51 @@ TEST(RunGateTest, WithoutDecodeFirstRunsAreAdmittedInArrivalOrder) {
   EXPECT_EQ(st.decode_ahead, 0);
 }
 
+TEST(RunGateTest, APrefillIsOvertakenAtMostKMaxOvertakesTimes) {
+  RunGate gate(1, true);
+  gate.Enter(false);  // held
+  std::mutex mu;
+  std::vector<std::string> order;
+  std::vector<std::thread> threads;
+  const int decodes = RunGate::kMaxOvertakes + 3;
+  auto arrive = [&](bool decode, std::string name, int waiting_after) {
+    threads.emplace_back([&, decode, name] {
+      gate.Enter(decode);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back(name);
+      }
+      gate.Leave();
+    });
+    while (gate.waiting() < waiting_after) std::this_thread::yield();
+  };
+  arrive(false, "prefill", 1);
+  for (int k = 0; k < decodes; ++k) arrive(true, absl::StrCat("decode ", k), k + 2);
+  gate.Leave();
+  for (std::thread& t : threads) t.join();
+  ASSERT_EQ(order.size(), static_cast<size_t>(decodes + 1));
+  EXPECT_EQ(order[RunGate::kMaxOvertakes], "prefill");
+  EXPECT_EQ(order[0], "decode 0");
+}
+
+TEST(RunGateTest, WithTwoSlotsOtherRunsLeaveOneToDecodeSteps) {
+  RunGate gate(2, true);
+  gate.Enter(false);  // a prefill holds one slot
+  std::atomic<bool> second_prefill_in{false};
+  std::thread prefill([&] {
+    gate.Enter(false);  // must wait: the last slot is for decode steps
+    second_prefill_in = true;
+    gate.Leave();
+  });
+  while (gate.waiting() < 1) std::this_thread::yield();
+  gate.Enter(true);  // a decode step gets the last slot at once, ahead of the prefill
+  EXPECT_FALSE(second_prefill_in.load());
+  gate.Leave();
+  gate.Leave();
+  prefill.join();
+  EXPECT_TRUE(second_prefill_in.load());
+}
+
 TEST(RunGateTest, NoSlotsMeansNoGate) {
   RunGate gate(0, true);
   gate.Enter(false);
