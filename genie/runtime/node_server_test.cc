@@ -478,6 +478,35 @@ TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {
   ExpectSameOutputs(*step, *want);
 }
 
+// Placement ends a part with aten::clone(x, memory_format=None) to keep a buffer's final
+// version under its own handle (genie/scheduler/placement.cc): the node runs it.
+TEST(NodeServerTest, TheCloneThatPlacementAddsRunsAndKeepsTheCopy) {
+  Data d;
+  core::Graph g;
+  const core::BufferId x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
+  const core::BufferId c = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kIntermediate, "", 77});
+  core::Node clone;
+  clone.op = g.InternOp("aten::clone");
+  clone.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {16})), Arg::None()};
+  clone.outputs = {TensorRef::Contiguous(c, DType::kFloat32, {16})};
+  g.AddNode(clone);
+  ASSERT_TRUE(g.Validate().ok());
+  Interpreter interpreter;
+  core::ExecuteRequest req;
+  req.graph = &g;
+  req.uploads = {{x, Borrow(d.x)}};
+  req.keep = {c};
+  ASSERT_TRUE(interpreter.Execute(req).ok());
+  core::Graph read;
+  const core::BufferId r = read.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kResident, "", 77});
+  read.outputs().push_back(TensorRef::Contiguous(r, DType::kFloat32, {16}));
+  core::ExecuteRequest get;
+  get.graph = &read;
+  auto got = interpreter.Execute(get);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(std::string(static_cast<const char*>(got->outputs[0].data), got->outputs[0].nbytes), d.x);
+}
+
 // ---- Run admission --------------------------------------------------------------------
 
 // One slot, held by a prefill; a prefill then two decodes arrive (each seen waiting
