@@ -34,6 +34,7 @@ int PlacementStats::NodeOf(const std::string& module) const {
 class PlacementExecutor::PlacedRun {
  public:
   uint64_t seq = 0;
+  int range = 0;  // its temporaries: range_base_ + range << 32
   Placement placement;
   std::vector<core::ExecuteRequest> subs;                  // per part
   std::vector<semantic::GraphSemantics> sub_semantics;    // per part
@@ -60,7 +61,8 @@ PlacementExecutor::PlacementExecutor(std::vector<std::shared_ptr<core::Executor>
       depth_(std::max(1, pipeline_depth)),
       pending_release_(nodes_.size()),
       lanes_(nodes_.size()),
-      executing_(nodes_.size(), 0) {
+      executing_(nodes_.size(), 0),
+      range_busy_(static_cast<size_t>(depth_), 0) {
   std::random_device entropy;
   const uint64_t range = (uint64_t{entropy()} << 8 ^ entropy()) & ((uint64_t{1} << 28) - 1);
   range_base_ = kTemporaryHandleBase + (range << 32);
@@ -142,7 +144,12 @@ absl::StatusOr<PlacementExecutor::Ticket> PlacementExecutor::Submit(
     failures_seen = failures_;
   }
   auto run = std::make_shared<PlacedRun>();
-  run->seq = next_seq_++;
+  run->seq = next_seq_;  // taken (++next_seq_) only once the run is queued
+  {
+    // A range no run in flight uses (runs may finish out of submission order).
+    std::lock_guard<std::mutex> lock(mu_);
+    while (range_busy_[run->range]) ++run->range;
+  }
   PlacementInput in;
   in.graph = &graph;
   in.semantics = &semantics;
@@ -151,7 +158,7 @@ absl::StatusOr<PlacementExecutor::Ticket> PlacementExecutor::Submit(
   in.num_nodes = static_cast<int>(nodes_.size());
   in.capacity_bytes = capacity_bytes_;
   in.home = &home_;
-  in.first_temporary_handle = range_base_ + ((run->seq % static_cast<uint64_t>(depth_)) << 32);
+  in.first_temporary_handle = range_base_ + (static_cast<uint64_t>(run->range) << 32);
   GENIE_ASSIGN_OR_RETURN(run->placement, Place(in));
   Placement& placement = run->placement;
 
@@ -261,6 +268,8 @@ absl::StatusOr<PlacementExecutor::Ticket> PlacementExecutor::Submit(
       lanes_[placement.parts[p].node].queue.push_back(Task{run, false, p});
     }
     ++in_flight_;
+    ++next_seq_;
+    range_busy_[run->range] = 1;
     last_submitted_ = run->seq;
     // A run failed while this one was being placed: it may have been placed on what that
     // run would have left behind.
@@ -376,6 +385,7 @@ absl::Status PlacementExecutor::RunTask(const Task& task, int node, int64_t* sen
 void PlacementExecutor::Finish(PlacedRun& run) {
   run.finished = true;
   --in_flight_;
+  range_busy_[run.range] = 0;
   if (!run.status.ok()) return;
   ++stats_.runs;
   stats_.parts += static_cast<int64_t>(run.placement.parts.size());

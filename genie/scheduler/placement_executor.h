@@ -143,10 +143,11 @@ class PlacementExecutor {
   std::mutex submit_mu_;
   absl::flat_hash_map<uint64_t, int> home_;             // handle -> node
   std::vector<std::vector<uint64_t>> pending_release_;  // per node
-  // Run k uses temporary handles range_base_ + (k % depth_) << 32; a failed run moves
-  // range_base_ past every range in use, so later runs cannot meet what it left behind
-  // on a node or in a node's peer inbox. Each executor starts at a random range so that
-  // clients sharing nodes do not meet each other's temporaries in a peer inbox.
+  // A run's temporary handles start at range_base_ + (r << 32) for a range r in [0,
+  // depth_) no other run in flight uses (range_busy_); a failed run moves range_base_ past
+  // every range, so later runs cannot meet what it left behind on a node or in a node's
+  // peer inbox. Each executor starts at a random range so that clients sharing nodes do
+  // not meet each other's temporaries in a peer inbox.
   uint64_t range_base_;
   uint64_t next_seq_ = 1;
 
@@ -159,6 +160,7 @@ class PlacementExecutor {
   uint64_t poisoned_from_ = 0, poisoned_to_ = 0;  // runs failed by an earlier failure
   absl::Status poison_;
   std::vector<uint64_t> executing_;  // per node: run seq of the part executing, 0: none
+  std::vector<char> range_busy_;     // per range of temporaries: used by a run in flight
   bool range_moved_ = false;         // a failure asks Submit to move range_base_
   uint64_t failures_ = 0;
   // Homes to restore (seq of the failed run, handle -> previous node or none).

@@ -13,6 +13,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include "absl/container/flat_hash_map.h"
 #include "genie/scheduler/scheduler.h"
@@ -425,6 +426,72 @@ TEST(PlacementExecutorTest, SuccessiveRunsPipelineNextVisionWithThisFusion) {
   }
   EXPECT_EQ(n0->resident.size(), 1u);
   EXPECT_EQ(n1->resident.size(), 1u);
+}
+
+// Run B (vision only) finishes while run A waits in its fusion part; run C, submitted then,
+// must not reuse A's temporary handles: its vision output (other values) goes to node 1
+// while A's is still there, unread.
+TEST(PlacementExecutorTest, RunsFinishingOutOfOrderNeverShareTemporaries) {
+  auto n0 = std::make_shared<FakeNode>("n:14");
+  auto n1 = std::make_shared<FakeNode>("o:15");
+  Placed placed({n0, n1});
+  PlacementExecutor* exec = placed.placer();
+  Model warm(false);
+  ASSERT_TRUE(placed.Execute(warm.Request(), warm.s).ok());
+  auto temporaries_on_n1 = [&] {
+    std::lock_guard<std::mutex> lock(n1->mu);
+    int k = 0;
+    for (const auto& [h, data] : n1->resident) k += h >= kTemporaryHandleBase;
+    return k;
+  };
+  bool saw_both = false;
+  Rendezvous r;
+  n1->on_part = [&](const std::string& scope) {
+    if (scope == "fusion" && r.count("fusion") == 0) {
+      r.Arrive("fusion");
+      // Wait (bounded) until C's vision output is on node 1 beside A's.
+      for (int i = 0; i < 20000 && temporaries_on_n1() < 3; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      saw_both = temporaries_on_n1() >= 3;  // A's v, A's l, C's v
+    }
+    return absl::OkStatus();
+  };
+  Model a(true), c(true);
+  c.uploads[0] = core::Upload{c.uploads[0].buffer, core::HostBytes::Owned(std::string(32, '\0'))};  // img = 0
+  // B: v = img * vision.w only (node 0).
+  core::Graph bg;
+  semantic::GraphSemantics bs;
+  const BufferId img = bg.AddBuffer({DType::kFloat32, 8, BufferKind::kHostInput, "", 11});
+  const BufferId vw = bg.AddBuffer({DType::kFloat32, 1, BufferKind::kResident, "vision.w", 12});
+  const BufferId v = bg.AddBuffer({DType::kFloat32, 8});
+  core::Node n;
+  n.op = bg.InternOp("aten::mul.Tensor");
+  n.args = {core::Arg::Tensor(Vec(img, 8)), core::Arg::Tensor(Vec(vw, 1))};
+  n.outputs = {Vec(v, 8)};
+  n.scope = bg.InternScope("vision.enc");
+  bg.AddNode(std::move(n));
+  bg.outputs().push_back(Vec(v, 8));
+  bs.module = {"vision.enc"};
+  bs.modality = {ModalityKind::kVision};
+  core::ExecuteRequest br;
+  br.graph = &bg;
+  br.uploads = {a.uploads[0]};
+
+  absl::StatusOr<PlacementExecutor::Ticket> ta = exec->Submit(a.Request(), a.s);
+  ASSERT_TRUE(ta.ok());
+  ASSERT_TRUE(r.Await("fusion", 1));
+  absl::StatusOr<core::ExecuteResult> rb = exec->Execute(br, bs);  // finishes while A waits
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  EXPECT_EQ(Floats(rb->outputs[0]), std::vector<float>(8, 20.f));
+  absl::StatusOr<PlacementExecutor::Ticket> tc = exec->Submit(c.Request(), c.s);
+  ASSERT_TRUE(tc.ok());
+  absl::StatusOr<core::ExecuteResult> ra = exec->Wait(*std::move(ta));
+  absl::StatusOr<core::ExecuteResult> rc = exec->Wait(*std::move(tc));
+  ASSERT_TRUE(ra.ok() && rc.ok());
+  EXPECT_TRUE(saw_both);
+  EXPECT_EQ(Floats(ra->outputs[0]), kExpected);
+  EXPECT_EQ(Floats(rc->outputs[0]), (std::vector<float>{100, 200, 300, 400, 500, 600, 700, 800}));
 }
 
 TEST(PlacementExecutorTest, ARunFailingInFlightFailsTheRunPlacedBehindItAndLaterRunsStartClean) {
