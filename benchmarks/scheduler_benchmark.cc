@@ -126,6 +126,41 @@ void BM_VqaRemote(benchmark::State& state) {
       static_cast<double>((*session)->placement().node_to_node_bytes), benchmark::Counter::kAvgIterations);
 }
 
+// Through the frontend with asynchronous dispatch: each iteration captures batch i and
+// dispatches it (Session::Dispatch returns at once), then reads batch i-1's answers. With
+// SessionOptions::pipelined on two nodes the dispatched batch is queued on the nodes'
+// lanes, so batch i's vision (node 0) runs while batch i-1's fusion (node 1) finishes.
+template <class Deployment, int kNodes, bool kPipelined>
+void BM_VqaDispatched(benchmark::State& state) {
+  torch::NoGradGuard no_grad;
+  VqaInputs in(state.range(0));
+  genie::SessionOptions options = Quiet();
+  options.embedded_nodes = kNodes;
+  options.pipelined = kPipelined;
+  auto session = genie::Session<Deployment>::Start(options);
+  if (!session.ok()) {
+    state.SkipWithError(std::string(session.status().message()).c_str());
+    return;
+  }
+  const torch::Device dev((*session)->device());
+  models::Vqa model(in.config);
+  model->eval();
+  model->to(dev);
+  genie::frontend::NameParameters(*model);
+  for (int i = 0; i < 3; ++i) (void)model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU);
+  torch::Tensor previous;
+  for (auto _ : state) {
+    torch::Tensor answers = model->forward(in.images.to(dev), in.questions.to(dev));
+    (void)(*session)->Dispatch();
+    if (previous.defined()) benchmark::DoNotOptimize(previous.to(torch::kCPU));
+    previous = answers;
+  }
+  if (previous.defined()) benchmark::DoNotOptimize(previous.to(torch::kCPU));
+  if (!(*session)->Join().ok()) state.SkipWithError("a dispatched batch failed");
+  state.SetItemsProcessed(state.iterations());
+  state.counters["pipelined_parts"] = static_cast<double>((*session)->placement().pipelined_parts);
+}
+
 // The scheduler on its own, replaying the graph the frontend captured for one batch (so
 // capture is not in the loop): one node, two nodes one batch at a time, and two nodes
 // with two batches in flight (batch i+1's vision on node 0 while batch i's fusion runs on
@@ -255,6 +290,9 @@ BENCHMARK(BM_VqaLocal)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTi
 BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)->Name("BM_VqaRemote/semantic")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)->Name("BM_VqaRemote/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)->Name("BM_VqaRemote/semantic_two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaDispatched, SemanticDeployment, 1, false)->Name("BM_VqaDispatched/one_node")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, false)->Name("BM_VqaDispatched/two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, true)->Name("BM_VqaDispatched/two_nodes_pipelined")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaScheduler, SemanticDeployment, 1, 1)->Name("BM_VqaScheduler/one_node")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaScheduler, PlacedDeployment, 2, 1)->Name("BM_VqaScheduler/two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaScheduler, PlacedDeployment, 2, 2)->Name("BM_VqaScheduler/two_nodes_pipelined")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -43,6 +43,10 @@ struct SessionOptions {
   runtime::NodeOptions embedded;   // options of the embedded node
   client::RemoteExecutorOptions connection;
   bool record_dumps = false;       // keep the annotated graph of each run in its record
+  // With ModalityPlacement on several nodes: Dispatch queues each graph on the nodes and
+  // returns, so successive batches pipeline across nodes; a queued run's failure comes
+  // back from the next run or from Join (PipelineExecutor).
+  bool pipelined = false;
 };
 
 namespace session_internal {
@@ -102,14 +106,15 @@ class Session {
       s->nodes_.push_back(shared);
       executors.push_back(shared);
     }
-    s->executor_ = std::make_shared<PipelineExecutor<P>>(std::move(executors), options.record_dumps);
+    s->executor_ = std::make_shared<PipelineExecutor<P>>(std::move(executors), options.record_dumps,
+                                                         options.pipelined);
     s->previous_ = frontend::GetExecutor();
     frontend::SetExecutor(s->executor_);
     return s;
   }
 
   ~Session() {
-    (void)frontend::Join();
+    (void)Join();
     frontend::SetExecutor(previous_);
   }
 
@@ -117,7 +122,13 @@ class Session {
   static constexpr const char* device() { return "remote_accelerator:0"; }
 
   absl::Status Dispatch() { return frontend::Dispatch(); }
-  absl::Status Join() { return frontend::Join(); }
+  // Waits for every dispatched graph (queued runs of a pipelined session included); the
+  // first error since the last Join.
+  absl::Status Join() {
+    absl::Status s = frontend::Join();
+    absl::Status queued = executor_->Drain();
+    return s.ok() ? queued : s;
+  }
 
   // What the pipeline saw and did for each run since the last call.
   std::vector<PipelineRecord> TakeRecords() { return executor_->TakeRecords(); }

@@ -254,8 +254,15 @@ absl::StatusOr<PlacementExecutor::Ticket> PlacementExecutor::Submit(
     if (op < semantics.modality.size()) run->modality_of_op[op] = semantics.modality[op];
   }
 
+  // A transfer into a storage's own handle (a kept buffer crossing nodes) lands in the
+  // receiving node's inbox, where any later run there would take it: such a run waits
+  // until nothing else is in flight. Transfers under temporary handles (a range per run)
+  // never meet another run's.
+  bool barrier = false;
+  for (const Transfer& t : placement.transfers) barrier |= t.target_handle < kTemporaryHandleBase;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    std::unique_lock<std::mutex> lock(mu_);
+    if (barrier) cv_.wait(lock, [&] { return in_flight_ == 0; });
     run->remaining = n_parts + placement.transfers.size();
     size_t next_transfer = 0;
     for (size_t p = 0; p < n_parts; ++p) {
@@ -409,6 +416,12 @@ void PlacementExecutor::Finish(PlacedRun& run) {
     for (size_t m = 1; m < votes.size(); ++m) best = votes[m] > votes[best] ? m : best;
     stats_.modules[i].modality = static_cast<semantic::ModalityKind>(best);
   }
+}
+
+bool PlacementExecutor::Finished(const Ticket& ticket) const {
+  if (!ticket.valid()) return true;
+  std::lock_guard<std::mutex> lock(mu_);
+  return ticket.run_->finished;
 }
 
 absl::StatusOr<core::ExecuteResult> PlacementExecutor::Wait(Ticket ticket) {

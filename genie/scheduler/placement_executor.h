@@ -13,7 +13,9 @@
 // on node 1), a part starts as soon as its inputs have arrived, and successive runs
 // pipeline: Submit() returns once a run is placed and queued, so run i+1's vision part
 // runs on node 0 while run i's fusion part runs on node 1. At most `pipeline_depth` runs
-// are in flight; each has its own range of temporary handles.
+// are in flight; each has its own range of temporary handles. A run that sends a kept
+// storage to another node under its own handle is queued only once nothing else is in
+// flight (the receiving node's inbox is keyed by handle).
 //
 //   PlacementExecutor exec({node0, node1}, ShipPolicy{});
 //   exec.Execute(request, semantics);                 // Submit + Wait
@@ -105,6 +107,8 @@ class PlacementExecutor {
                                 const semantic::GraphSemantics& semantics);
   // Waits for a submitted run and returns its outputs (or the first error of its parts).
   absl::StatusOr<core::ExecuteResult> Wait(Ticket ticket);
+  // Whether a submitted run is done (Wait will not block).
+  bool Finished(const Ticket& ticket) const;
   // Submit, then Wait.
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request,
                                               const semantic::GraphSemantics& semantics);
