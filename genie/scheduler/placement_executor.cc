@@ -269,10 +269,20 @@ absl::StatusOr<PlacementExecutor::Ticket> PlacementExecutor::Submit(
       for (; next_transfer < placement.transfers.size() &&
              placement.transfers[next_transfer].before_part == p;
            ++next_transfer) {
-        lanes_[placement.transfers[next_transfer].from].queue.push_back(
-            Task{run, true, next_transfer});
+        const Transfer& t = placement.transfers[next_transfer];
+        Task task{run, true, next_transfer, {t.source_handle}, {}};
+        if (t.release_source) task.writes.push_back(t.source_handle);
+        lanes_[t.from].queue.push_back(std::move(task));
       }
-      lanes_[placement.parts[p].node].queue.push_back(Task{run, false, p});
+      const Part& part = placement.parts[p];
+      Task task{run, false, p, {}, run->subs[p].release};
+      for (const core::Buffer& b : part.graph.buffers()) {
+        if (b.kind == core::BufferKind::kResident) task.reads.push_back(b.handle);
+      }
+      for (core::BufferId k : part.keep) task.writes.push_back(part.graph.buffer(k).handle);
+      std::sort(task.reads.begin(), task.reads.end());
+      std::sort(task.writes.begin(), task.writes.end());
+      lanes_[part.node].queue.push_back(std::move(task));
     }
     ++in_flight_;
     ++next_seq_;
@@ -312,15 +322,45 @@ void PlacementExecutor::Poison(PlacedRun& run) {
                                       "flight, and that run failed: ", poison_.message())));
 }
 
+namespace {
+
+bool Intersect(const std::vector<uint64_t>& a, const std::vector<uint64_t>& b) {
+  auto i = a.begin(), j = b.begin();
+  while (i != a.end() && j != b.end()) {
+    if (*i == *j) return true;
+    *i < *j ? ++i : ++j;
+  }
+  return false;
+}
+
+}  // namespace
+
+std::deque<PlacementExecutor::Task>::iterator PlacementExecutor::Runnable(Lane& lane) {
+  for (auto it = lane.queue.begin(); it != lane.queue.end(); ++it) {
+    bool conflicts = false;
+    for (auto earlier = lane.queue.begin(); earlier != it && !conflicts; ++earlier) {
+      // Tasks of one run keep their order; across runs, only what touches the same state.
+      conflicts = earlier->run == it->run || Intersect(it->reads, earlier->writes) ||
+                  Intersect(it->writes, earlier->reads) || Intersect(it->writes, earlier->writes);
+    }
+    if (!conflicts && Ready(*it)) return it;
+  }
+  return lane.queue.end();
+}
+
 void PlacementExecutor::LaneLoop(int node) {
   Lane& lane = lanes_[node];
   std::unique_lock<std::mutex> lock(mu_);
   for (;;) {
-    cv_.wait(lock, [&] { return (stopping_ && lane.queue.empty()) ||
-                                (!lane.queue.empty() && Ready(lane.queue.front())); });
+    std::deque<Task>::iterator next = lane.queue.end();
+    cv_.wait(lock, [&] {
+      if (lane.queue.empty()) return stopping_;
+      next = Runnable(lane);
+      return next != lane.queue.end();
+    });
     if (lane.queue.empty()) return;  // stopping
-    Task task = std::move(lane.queue.front());
-    lane.queue.pop_front();
+    Task task = std::move(*next);
+    lane.queue.erase(next);
     PlacedRun& run = *task.run;
     if (run.status.ok() && run.seq >= poisoned_from_ && run.seq <= poisoned_to_) Poison(run);
     if (run.status.ok()) {

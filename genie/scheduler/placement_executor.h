@@ -5,10 +5,13 @@
 // core::PeerSender before the part that reads them. Residency sticks: the node that keeps
 // a storage is its home for later runs.
 //
-// Concurrency: every node has a lane (one thread, a FIFO of tasks: its parts and the
-// transfers it sends). A lane runs its tasks in submission order; a task waits only for
-// the tasks of other lanes it needs (a part for the transfers that bring its inputs, a
-// transfer for the transfer that brought its source). So parts on different nodes that do
+// Concurrency: every node has a lane (one thread, a queue of tasks: its parts and the
+// transfers it sends). A lane runs its tasks in submission order, except that a task of a
+// later run may go ahead of waiting tasks of earlier runs that touch none of the node
+// state it touches (no handle one reads and the other keeps or releases): reading batch
+// i's answers does not wait behind batch i+1's fusion. A task waits only for the tasks of
+// other lanes it needs (a part for the transfers that bring its inputs, a transfer for the
+// transfer that brought its source). So parts on different nodes that do
 // not depend on each other run at the same time (VQA: vision on node 0 while language runs
 // on node 1), a part starts as soon as its inputs have arrived, and successive runs
 // pipeline: Submit() returns once a run is placed and queued, so run i+1's vision part
@@ -123,6 +126,9 @@ class PlacementExecutor {
     std::shared_ptr<PlacedRun> run;
     bool transfer = false;
     size_t index = 0;  // part or transfer index in the run's placement
+    // Node state it touches, by handle (sorted): resident buffers it reads; buffers it
+    // keeps, releases or (a transfer) forgets once sent.
+    std::vector<uint64_t> reads, writes;
   };
   struct Lane {
     std::deque<Task> queue;
@@ -131,6 +137,8 @@ class PlacementExecutor {
 
   void LaneLoop(int node);
   bool Ready(const Task& task) const;                 // under mu_
+  // The first task of `lane` that may start now (under mu_), or lane.queue.end().
+  std::deque<Task>::iterator Runnable(Lane& lane);
   absl::Status RunTask(const Task& task, int node, int64_t* sent);  // without mu_
   void Finish(PlacedRun& run);                                       // under mu_
   void Fail(PlacedRun& run, absl::Status why);                       // under mu_

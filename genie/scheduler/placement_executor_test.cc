@@ -494,6 +494,58 @@ TEST(PlacementExecutorTest, RunsFinishingOutOfOrderNeverShareTemporaries) {
   EXPECT_EQ(Floats(rc->outputs[0]), (std::vector<float>{100, 200, 300, 400, 500, 600, 700, 800}));
 }
 
+// Run B on node 1 touches nothing run A's waiting fusion part touches: it goes ahead of
+// it instead of waiting behind it (A's vision only finishes once B is done).
+TEST(PlacementExecutorTest, ALaterRunGoesAheadOfWaitingTasksItDoesNotConflictWith) {
+  auto n0 = std::make_shared<FakeNode>("p:16");
+  auto n1 = std::make_shared<FakeNode>("q:17");
+  Placed placed({n0, n1});
+  PlacementExecutor* exec = placed.placer();
+  Model warm(false);
+  ASSERT_TRUE(placed.Execute(warm.Request(), warm.s).ok());
+  Rendezvous r;
+  bool vision_saw_b = false;
+  n0->on_part = [&](const std::string& scope) {
+    if (scope == "vision.enc" && r.count("vision") == 0) {
+      r.Arrive("vision");
+      vision_saw_b = r.Await("b done", 1);
+    }
+    return absl::OkStatus();
+  };
+  Model a(true);
+  a.keep.clear();  // A keeps nothing: its parts only read the weights
+  // B: l = txt * language.w on node 1, reading what A reads, keeping nothing.
+  core::Graph bg;
+  semantic::GraphSemantics bs;
+  const BufferId txt = bg.AddBuffer({DType::kFloat32, 8, BufferKind::kHostInput, "", 13});
+  const BufferId lw = bg.AddBuffer({DType::kFloat32, 1, BufferKind::kResident, "language.w", 14});
+  const BufferId l = bg.AddBuffer({DType::kFloat32, 8});
+  core::Node n;
+  n.op = bg.InternOp("aten::mul.Tensor");
+  n.args = {core::Arg::Tensor(Vec(txt, 8)), core::Arg::Tensor(Vec(lw, 1))};
+  n.outputs = {Vec(l, 8)};
+  n.scope = bg.InternScope("language.enc");
+  bg.AddNode(std::move(n));
+  bg.outputs().push_back(Vec(l, 8));
+  bs.module = {"language.enc"};
+  bs.modality = {ModalityKind::kLanguage};
+  core::ExecuteRequest br;
+  br.graph = &bg;
+  br.uploads = {core::Upload{txt, a.uploads[1].bytes}};
+
+  absl::StatusOr<PlacementExecutor::Ticket> ta = exec->Submit(a.Request(), a.s);
+  ASSERT_TRUE(ta.ok());
+  ASSERT_TRUE(r.Await("vision", 1));
+  absl::StatusOr<core::ExecuteResult> rb = exec->Execute(br, bs);
+  r.Arrive("b done");
+  ASSERT_TRUE(rb.ok()) << rb.status();
+  EXPECT_EQ(Floats(rb->outputs[0]), (std::vector<float>{100, 200, 300, 400, 500, 600, 700, 800}));
+  absl::StatusOr<core::ExecuteResult> ra = exec->Wait(*std::move(ta));
+  ASSERT_TRUE(ra.ok()) << ra.status();
+  EXPECT_EQ(Floats(ra->outputs[0]), kExpected);
+  EXPECT_TRUE(vision_saw_b);
+}
+
 TEST(PlacementExecutorTest, ARunFailingInFlightFailsTheRunPlacedBehindItAndLaterRunsStartClean) {
   auto n0 = std::make_shared<FakeNode>("j:10");
   auto n1 = std::make_shared<FakeNode>("k:11");
