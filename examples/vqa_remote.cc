@@ -213,6 +213,12 @@ int main(int argc, char** argv) {
                 static_cast<long long>(g.placement.transfers),
                 Bytes(g.placement.node_to_node_bytes / static_cast<double>(steps)).c_str(),
                 g.peers.empty() ? "" : absl::StrCat("; the nodes counted ", Bytes(static_cast<double>(peer_sent)), " sent").c_str());
+    int64_t connections = 0;
+    for (const genie::runtime::PeerStats& p : g.peers) connections += p.connections_opened;
+    std::printf("overlap    : %lld parts in %lld batches, up to %lld running at once on different nodes%s\n",
+                static_cast<long long>(g.placement.parts), static_cast<long long>(g.placement.runs),
+                static_cast<long long>(g.placement.max_parts_in_flight),
+                g.peers.empty() ? "" : absl::StrCat("; ", connections, " node-to-node connection(s), reused").c_str());
   }
   const double n = static_cast<double>(steps);
   std::printf("latency    : median per batch: genie %.2f ms", Median(g.step_ms));

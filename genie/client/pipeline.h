@@ -20,6 +20,7 @@
 
 #include <array>
 #include <chrono>
+#include <deque>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -32,6 +33,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "genie/core/annotations.h"
 #include "genie/core/executor.h"
+#include "genie/core/status.h"
 #include "genie/core/type_traits.h"
 #include "genie/scheduler/scheduler.h"
 #include "genie/semantic/semantics.h"
@@ -108,18 +110,44 @@ struct PipelineRecord {
 
 // The executor a pipeline turns into: analysis (cached per graph fingerprint), the
 // deployment's annotations, then the scheduler.
+//
+// Pipelined dispatch (`pipelined`, with ModalityPlacement on several nodes): a graph with
+// no outputs (what frontend::Dispatch hands over: its results stay resident) is placed
+// and queued on the nodes' lanes, and Execute returns at once, so the next batch is
+// captured and placed while this one runs (batch i+1's vision on node 0 while batch i's
+// fusion runs on node 1). A graph that reads its results back is placed behind the queued
+// ones on each node, so it sees them. A queued run's failure is returned by the next
+// Execute and by Drain() (Session::Join calls it), naming it as an earlier dispatched run;
+// runs placed behind a failed one fail too (see PlacementExecutor). Queued runs report no
+// ExecuteStats.
 template <class P>
 class PipelineExecutor final : public core::Executor {
   static_assert(is_pipeline_v<P>, "PipelineExecutor<P> needs a genie::Pipeline<...>");
 
  public:
-  explicit PipelineExecutor(std::vector<std::shared_ptr<core::Executor>> nodes, bool record_dumps = false)
-      : scheduled_(std::move(nodes)), record_dumps_(record_dumps) {}
+  explicit PipelineExecutor(std::vector<std::shared_ptr<core::Executor>> nodes, bool record_dumps = false,
+                            bool pipelined = false)
+      : scheduled_(std::move(nodes)), record_dumps_(record_dumps), pipelined_(pipelined) {}
+  ~PipelineExecutor() override { (void)Drain(); }
+
+  // Waits for every queued run; the first failure among them since the last call.
+  absl::Status Drain() {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    Reap(/*wait_for=*/0);
+    return TakeDeferred();
+  }
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
     const auto start = std::chrono::steady_clock::now();
     if (request.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      ReapFinished();
+      GENIE_RETURN_IF_ERROR(TakeDeferred());
+    }
     const semantic::GraphSemantics& semantics = SemanticsFor(request);
+    scheduler::PlacementExecutor* placer = pipelined_ ? scheduled_.placer() : nullptr;
+    if (placer != nullptr && request.graph->outputs().empty()) return Queue(*placer, request, semantics);
     typename P::annotated_graph annotated(*request.graph);
     P::Annotate(annotated, semantics);
     absl::StatusOr<core::ExecuteResult> result = scheduled_.Execute(request, semantics);
@@ -137,11 +165,21 @@ class PipelineExecutor final : public core::Executor {
     return result;
   }
 
+  // Runs pipelined dispatch queued and returned from at once, since the start.
+  int64_t queued_runs() const {
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    return queued_runs_;
+  }
+
   std::string Describe() const override { return scheduled_.Describe(); }
   // What the scheduler shipped, by kind (weights, KV cache, activations).
   scheduler::DataTraffic traffic() const { return scheduled_.traffic(); }
   // Where modules ran and what went node to node (ModalityPlacement on several nodes).
   scheduler::PlacementStats placement() const { return scheduled_.placement(); }
+
+  // The scheduler itself: runs analysed graphs (Execute), and with ModalityPlacement on
+  // several nodes keeps runs in flight (placer()->Submit / Wait).
+  ::genie::scheduler::ScheduledExecutor<typename P::scheduler_policy>& scheduler() { return scheduled_; }
 
   std::vector<PipelineRecord> TakeRecords() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -184,9 +222,76 @@ class PipelineExecutor final : public core::Executor {
     return analyses_.emplace(request.fingerprint, std::move(s)).first->second;
   }
 
+  // A run queued by pipelined dispatch, with copies of what it reads until it is done.
+  struct Queued {
+    core::Graph graph;
+    core::ExecuteRequest request;
+    semantic::GraphSemantics semantics;
+    std::vector<std::string> copies;  // bytes of uploads that had no owner
+    scheduler::PlacementExecutor::Ticket ticket;
+  };
+
+  absl::StatusOr<core::ExecuteResult> Queue(scheduler::PlacementExecutor& placer,
+                                            const core::ExecuteRequest& request,
+                                            const semantic::GraphSemantics& semantics) {
+    auto q = std::make_unique<Queued>();
+    q->graph = *request.graph;
+    q->request = request;
+    q->request.graph = &q->graph;
+    q->semantics = semantics;
+    size_t borrowed = 0;
+    for (const core::Upload& u : request.uploads) borrowed += u.bytes.owner == nullptr;
+    q->copies.reserve(borrowed);
+    for (core::Upload& u : q->request.uploads) {
+      if (u.bytes.owner != nullptr) continue;
+      q->copies.emplace_back(static_cast<const char*>(u.bytes.data), u.bytes.nbytes);
+      u.bytes.data = q->copies.back().data();
+    }
+    std::lock_guard<std::mutex> lock(queue_mu_);
+    // At most the placer's depth queued: wait for the oldest.
+    Reap(static_cast<size_t>(placer.pipeline_depth()) - 1);
+    absl::StatusOr<scheduler::PlacementExecutor::Ticket> ticket = placer.Submit(q->request, q->semantics);
+    if (!ticket.ok()) return ticket.status();
+    q->ticket = *std::move(ticket);
+    queue_.push_back(std::move(q));
+    ++queued_runs_;
+    return core::ExecuteResult{};
+  }
+
+  // Waits for queued runs, oldest first, until at most `wait_for` remain (under queue_mu_).
+  void Reap(size_t wait_for) {
+    while (queue_.size() > wait_for) {
+      Collect(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+  }
+  // Collects the queued runs that are done, oldest first, without waiting.
+  void ReapFinished() {
+    scheduler::PlacementExecutor* placer = scheduled_.placer();
+    while (!queue_.empty() && placer != nullptr && placer->Finished(queue_.front()->ticket)) {
+      Collect(std::move(queue_.front()));
+      queue_.pop_front();
+    }
+  }
+  void Collect(std::unique_ptr<Queued> q) {
+    scheduler::PlacementExecutor* placer = scheduled_.placer();
+    if (placer == nullptr) return;  // nothing is queued without a placer
+    absl::StatusOr<core::ExecuteResult> r = placer->Wait(std::move(q->ticket));
+    if (!r.ok() && deferred_.ok()) {
+      deferred_ = absl::Status(r.status().code(), absl::StrCat("an earlier dispatched run failed: ",
+                                                               r.status().message()));
+    }
+  }
+  absl::Status TakeDeferred() { return std::exchange(deferred_, absl::OkStatus()); }
+
   static constexpr size_t kMaxAnalyses = 256;
   ::genie::scheduler::ScheduledExecutor<typename P::scheduler_policy> scheduled_;
   bool record_dumps_;
+  bool pipelined_;
+  mutable std::mutex queue_mu_;
+  std::deque<std::unique_ptr<Queued>> queue_;  // oldest first
+  absl::Status deferred_;                      // first failure of a reaped queued run
+  int64_t queued_runs_ = 0;
   absl::flat_hash_map<uint64_t, semantic::GraphSemantics> analyses_;
   semantic::GraphSemantics uncached_;
   std::mutex mu_;

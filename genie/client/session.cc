@@ -31,6 +31,7 @@ std::string EmbeddedNode::address() const {
 }
 
 runtime::PeerStats EmbeddedNode::peer_stats() const { return server_->peer_stats(); }
+runtime::RunGate::Stats EmbeddedNode::gate_stats() const { return server_->gate_stats(); }
 
 absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& address) {
   const size_t colon = address.rfind(':');

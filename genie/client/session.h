@@ -43,6 +43,10 @@ struct SessionOptions {
   runtime::NodeOptions embedded;   // options of the embedded node
   client::RemoteExecutorOptions connection;
   bool record_dumps = false;       // keep the annotated graph of each run in its record
+  // With ModalityPlacement on several nodes: Dispatch queues each graph on the nodes and
+  // returns, so successive batches pipeline across nodes; a queued run's failure comes
+  // back from the next run or from Join (PipelineExecutor).
+  bool pipelined = false;
 };
 
 namespace session_internal {
@@ -55,6 +59,7 @@ class EmbeddedNode {
   ~EmbeddedNode();
   std::string address() const;  // "127.0.0.1:PORT"
   runtime::PeerStats peer_stats() const;  // what it sent to and received from other nodes
+  runtime::RunGate::Stats gate_stats() const;  // how its runs were admitted
 
  private:
   std::unique_ptr<runtime::NodeServer> server_;
@@ -101,14 +106,15 @@ class Session {
       s->nodes_.push_back(shared);
       executors.push_back(shared);
     }
-    s->executor_ = std::make_shared<PipelineExecutor<P>>(std::move(executors), options.record_dumps);
+    s->executor_ = std::make_shared<PipelineExecutor<P>>(std::move(executors), options.record_dumps,
+                                                         options.pipelined);
     s->previous_ = frontend::GetExecutor();
     frontend::SetExecutor(s->executor_);
     return s;
   }
 
   ~Session() {
-    (void)frontend::Join();
+    (void)Join();
     frontend::SetExecutor(previous_);
   }
 
@@ -116,7 +122,13 @@ class Session {
   static constexpr const char* device() { return "remote_accelerator:0"; }
 
   absl::Status Dispatch() { return frontend::Dispatch(); }
-  absl::Status Join() { return frontend::Join(); }
+  // Waits for every dispatched graph (queued runs of a pipelined session included); the
+  // first error since the last Join.
+  absl::Status Join() {
+    absl::Status s = frontend::Join();
+    absl::Status queued = executor_->Drain();
+    return s.ok() ? queued : s;
+  }
 
   // What the pipeline saw and did for each run since the last call.
   std::vector<PipelineRecord> TakeRecords() { return executor_->TakeRecords(); }
@@ -147,7 +159,22 @@ class Session {
     for (const auto& n : embedded_) out.push_back(n->peer_stats());
     return out;
   }
+  // How each embedded node admitted runs (SessionOptions::embedded.run_slots).
+  std::vector<runtime::RunGate::Stats> embedded_gate_stats() const {
+    std::vector<runtime::RunGate::Stats> out;
+    for (const auto& n : embedded_) out.push_back(n->gate_stats());
+    return out;
+  }
   std::string scheduler_description() const { return executor_->Describe(); }
+  // The deployment's executor (analysis, annotations, scheduler), for tools that drive the
+  // scheduler directly (pipelined runs of captured graphs).
+  PipelineExecutor<P>& pipeline() { return *executor_; }
+  // Node execution time of each node's last run, in microseconds, summed over nodes.
+  int64_t last_node_micros() const {
+    int64_t total = 0;
+    for (const auto& n : nodes_) total += n->last_node_micros();
+    return total;
+  }
 
  private:
   Session() = default;

@@ -41,6 +41,15 @@ ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
 ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
 ABSL_FLAG(bool, log_runs, true, "log one line per run to stderr");
+ABSL_FLAG(int32_t, run_slots, 0,
+          "runs of all clients executing at once; 0 = no limit. With a limit, waiting runs "
+          "are admitted LLM decode steps first (see --decode_first)");
+ABSL_FLAG(bool, decode_first, true,
+          "with --run_slots: admit decode steps (recognised from the program) ahead of "
+          "waiting prefills and other runs; false: in arrival order");
+ABSL_FLAG(int64_t, peer_inbox_bytes, int64_t{1} << 30,
+          "bytes other nodes may push here that no run has read yet; a push above it is "
+          "refused with an error naming the sizes; 0 = unlimited");
 
 namespace {
 
@@ -111,6 +120,11 @@ int main(int argc, char** argv) {
   if (max_programs <= 0) return Fail("--max_cached_programs must be > 0");
   options.max_cached_programs = static_cast<uint32_t>(max_programs);
   options.log_runs = absl::GetFlag(FLAGS_log_runs);
+  options.peer_inbox_bytes = absl::GetFlag(FLAGS_peer_inbox_bytes);
+  if (options.peer_inbox_bytes < 0) return Fail("--peer_inbox_bytes must be >= 0");
+  options.run_slots = absl::GetFlag(FLAGS_run_slots);
+  if (options.run_slots < 0) return Fail("--run_slots must be >= 0");
+  options.decode_first = absl::GetFlag(FLAGS_decode_first);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) return Fail("--threads must be > 0");
   at::set_num_threads(threads);

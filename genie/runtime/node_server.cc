@@ -15,18 +15,33 @@
 
 #include "absl/strings/str_format.h"
 #include "genie/core/status.h"
+#include "genie/semantic/semantics.h"
 #include "genie/transport/tcp.h"
 
 namespace genie::runtime {
 
 // ---- PeerInbox ----------------------------------------------------------------------
 
-void PeerInbox::Put(uint64_t handle, Entry entry) {
+absl::Status PeerInbox::Put(uint64_t handle, Entry entry) {
   std::lock_guard<std::mutex> lock(mu_);
+  const int64_t bytes = static_cast<int64_t>(entry.bytes.size());
+  auto it = entries_.find(handle);
+  const int64_t replaced = it == entries_.end() ? 0 : static_cast<int64_t>(it->second.bytes.size());
+  if (max_bytes_ > 0 && held_ - replaced + bytes > max_bytes_) {
+    ++stats_.puts_refused;
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "this node's peer inbox holds ", held_, " bytes in ", entries_.size(),
+        " buffers that no run has read yet; handle ", handle, " (", bytes,
+        " bytes) would take it past --peer_inbox_bytes=", max_bytes_,
+        "; start genie-node with a larger --peer_inbox_bytes (0: no bound), or run the "
+        "parts that read what was sent before sending more"));
+  }
   ++stats_.puts;
-  stats_.bytes_received += static_cast<int64_t>(entry.bytes.size());
+  stats_.bytes_received += bytes;
+  held_ += bytes - replaced;
   entries_[handle] = std::move(entry);
   size_.store(entries_.size(), std::memory_order_release);
+  return absl::OkStatus();
 }
 
 bool PeerInbox::Take(uint64_t handle, Entry* out) {
@@ -34,6 +49,7 @@ bool PeerInbox::Take(uint64_t handle, Entry* out) {
   auto it = entries_.find(handle);
   if (it == entries_.end()) return false;
   *out = std::move(it->second);
+  held_ -= static_cast<int64_t>(out->bytes.size());
   entries_.erase(it);
   size_.store(entries_.size(), std::memory_order_release);
   return true;
@@ -45,9 +61,197 @@ void PeerInbox::CountSend(int64_t bytes) {
   stats_.bytes_sent += bytes;
 }
 
+void PeerInbox::CountConnection(bool reused) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++(reused ? stats_.connections_reused : stats_.connections_opened);
+}
+
 PeerStats PeerInbox::stats() const {
   std::lock_guard<std::mutex> lock(mu_);
+  PeerStats out = stats_;
+  out.inbox_bytes = held_;
+  out.inbox_buffers = static_cast<int64_t>(entries_.size());
+  return out;
+}
+
+// ---- RunGate ------------------------------------------------------------------------
+
+const RunGate::Waiter* RunGate::Next() const {
+  if (waiting_.empty()) return nullptr;
+  // A run that decode steps went ahead of kMaxOvertakes times goes next: decode first,
+  // but no prefill starves.
+  if (decode_first_ && waiting_.front().overtaken < kMaxOvertakes) {
+    for (const Waiter& w : waiting_) {
+      if (w.decode) return &w;
+    }
+  }
+  return &waiting_.front();
+}
+
+void RunGate::Enter(bool decode) {
+  if (slots_ <= 0) return;
+  std::unique_lock<std::mutex> lock(mu_);
+  const uint64_t ticket = next_ticket_++;
+  waiting_.push_back(Waiter{ticket, decode, 0});
+  if (free_ < (decode || !decode_first_ || slots_ == 1 ? 1 : 2) || Next()->ticket != ticket) {
+    ++stats_.waited;
+  }
+  // With several slots and decode first, other runs leave the last slot to decode steps:
+  // a prefill never makes a decode step wait for a slot.
+  const int needed = decode || !decode_first_ || slots_ == 1 ? 1 : 2;
+  cv_.wait(lock, [&] { return free_ >= needed && Next()->ticket == ticket; });
+  // Admitted: a decode run that leaves earlier waiters behind went ahead of them.
+  if (decode && waiting_.front().ticket != ticket) {
+    ++stats_.decode_ahead;
+    for (Waiter& w : waiting_) {
+      if (w.ticket == ticket) break;
+      ++w.overtaken;
+    }
+  }
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if (it->ticket == ticket) {
+      waiting_.erase(it);
+      break;
+    }
+  }
+  --free_;
+  ++stats_.admitted;
+  if (decode) ++stats_.decode_admitted;
+  cv_.notify_all();  // another slot may be free for the next waiter
+}
+
+void RunGate::Leave() {
+  if (slots_ <= 0) return;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++free_;
+  }
+  cv_.notify_all();
+}
+
+int RunGate::waiting() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return static_cast<int>(waiting_.size());
+}
+
+RunGate::Stats RunGate::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
   return stats_;
+}
+
+// ---- PeerPool -----------------------------------------------------------------------
+
+struct PeerPool::Link {
+  std::mutex mu;  // one transfer at a time on this connection
+  std::unique_ptr<transport::Connection<transport::Tcp>> conn;
+  uint64_t next_id = 1;
+};
+
+PeerPool::PeerPool(std::string key, const NodeOptions& options, PeerInbox* counters)
+    : key_(std::move(key)), options_(options), counters_(counters) {}
+
+PeerPool::~PeerPool() {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [peer, link] : links_) {
+    std::lock_guard<std::mutex> link_lock(link->mu);
+    if (link->conn != nullptr && !link->conn->broken()) {
+      (void)link->conn->SendBytes(transport::MessageKind::kGoodbye, 0, "");
+      link->conn->Close();
+    }
+  }
+}
+
+absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
+                                      const plan::PeerPutMessage& m, const void* bytes,
+                                      size_t nbytes) {
+  using transport::MessageKind;
+  const std::string peer = absl::StrCat(host, ":", port);
+  std::shared_ptr<Link> link;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::shared_ptr<Link>& slot = links_[peer];
+    if (slot == nullptr) slot = std::make_shared<Link>();
+    link = slot;
+  }
+  std::lock_guard<std::mutex> link_lock(link->mu);
+  const plan::MessageLimits& limits = options_.limits;
+  for (int attempt = 0;; ++attempt) {
+    const bool reused = link->conn != nullptr && !link->conn->broken();
+    if (!reused) {
+      link->conn.reset();
+      transport::ConnectionOptions conn_options;
+      conn_options.send_timeout = options_.io_timeout;
+      conn_options.payload_timeout = options_.io_timeout;
+      absl::StatusOr<transport::Connection<transport::Tcp>> conn =
+          transport::Connection<transport::Tcp>::Connect(host, port, options_.io_timeout,
+                                                         conn_options);
+      if (!conn.ok()) {
+        return absl::Status(conn.status().code(),
+                            absl::StrCat("connecting (is the peer node up and reachable from "
+                                         "this node?): ", conn.status().message()));
+      }
+      absl::Status auth = transport::AuthenticateClient(*conn, key_, options_.auth_timeout);
+      if (!auth.ok()) {
+        return absl::Status(auth.code(), absl::StrCat("authenticating (do both nodes use the same "
+                                                      "key?): ", auth.message()));
+      }
+      link->conn = std::make_unique<transport::Connection<transport::Tcp>>(std::move(*conn));
+    }
+    counters_->CountConnection(reused);
+    transport::Connection<transport::Tcp>& conn = *link->conn;
+    const uint64_t id = link->next_id++;
+    // A transport failure on a connection that sat in the pool: it went stale (the peer
+    // restarted or closed it); replace it once. Anything else is this transfer's error.
+    auto lost = [&](absl::string_view doing, const absl::Status& why) -> absl::Status {
+      conn.Close();
+      link->conn.reset();
+      return absl::Status(why.code(), absl::StrCat(doing, ": ", why.message()));
+    };
+    absl::Status s = conn.SendBytes(MessageKind::kPeerPut, id, plan::EncodePeerPut(m));
+    if (s.ok() && nbytes > 0) {
+      const transport::Piece piece{bytes, nbytes};
+      s = conn.Send(MessageKind::kTransfer, id, absl::Span<const transport::Piece>(&piece, 1),
+                    transport::TrafficClass::kActivations);
+    }
+    if (!s.ok()) {
+      s = lost("sending", s);
+      if (reused && attempt == 0) continue;
+      return s;
+    }
+    absl::StatusOr<transport::FrameHeader> header = conn.ReceiveHeader(options_.io_timeout);
+    if (!header.ok() || header->kind == MessageKind::kGoodbye) {
+      s = lost("waiting for the peer's answer",
+               header.ok() ? absl::UnavailableError("the peer node closed the connection")
+                           : header.status());
+      if (reused && attempt == 0) continue;
+      return s;
+    }
+    if (header->payload_bytes > std::max(plan::MaxResultBytes(limits), plan::MaxErrorBytes(limits)) ||
+        header->request_id != id ||
+        (header->kind != MessageKind::kResult && header->kind != MessageKind::kError)) {
+      return lost("reading the peer's answer",
+                  absl::InvalidArgumentError(absl::StrCat(
+                      "unexpected ", transport::MessageKindName(header->kind), " frame of ",
+                      header->payload_bytes, " bytes for request ", header->request_id)));
+    }
+    std::string answer(static_cast<size_t>(header->payload_bytes), '\0');
+    s = conn.ReceivePayload(answer.data(), answer.size());
+    if (!s.ok()) return lost("reading the peer's answer", s);
+    if (header->kind == MessageKind::kError) {
+      absl::StatusOr<plan::ErrorMessage> e = plan::DecodeError(answer, limits);
+      if (!e.ok()) return lost("reading the peer's refusal", e.status());
+      const absl::Status refused = e->ToStatus();
+      return absl::Status(refused.code(), absl::StrCat("the peer refused: ", refused.message()));
+    }
+    plan::ResultMessage done;
+    s = plan::DecodeResult(answer, limits, &done);
+    if (!s.ok()) return lost("reading the peer's answer", s);
+    if (done.stats.bytes_uploaded != static_cast<int64_t>(nbytes)) {
+      return absl::DataLossError(absl::StrCat("the peer took ", done.stats.bytes_uploaded,
+                                              " bytes of ", nbytes));
+    }
+    return static_cast<int64_t>(nbytes);
+  }
 }
 
 namespace node_internal {
@@ -105,6 +309,14 @@ absl::Status Session::Load(absl::string_view payload) {
   // The interpreter caches resolved operators by fingerprint: give every load its own, so a
   // reused program id can never run with another graph's operators.
   loaded->fingerprint = next_fingerprint_++;
+  if (options_.run_slots > 0) {
+    // Phase from the graph itself (KV cache growth, one query position): decode steps are
+    // admitted ahead of other runs.
+    std::vector<core::BufferId> keep;
+    for (const plan::ResidentSlot& k : loaded->program.keep) keep.push_back(k.buffer);
+    loaded->decode = semantic::Analyze(loaded->program.graph, keep).phase_of_graph ==
+                     semantic::PhaseKind::kDecode;
+  }
   auto it = programs_.find(load.program_id);
   if (it != programs_.end()) {
     it->second = std::move(loaded);
@@ -187,9 +399,11 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   for (const plan::ResidentSlot& s : program.keep) request_.keep.push_back(s.buffer);
   request_.release.assign(run.binding.release.begin(), run.binding.release.end());
 
+  if (gate_ != nullptr) gate_->Enter(loaded.decode);
   const absl::Time start = absl::Now();
   result_ = interpreter_.Execute(request_);
   last_run_micros_ = absl::ToInt64Microseconds(absl::Now() - start);
+  if (gate_ != nullptr) gate_->Leave();
   ++runs_;
   if (options_.log_runs) {
     if (result_.ok()) {
@@ -231,6 +445,16 @@ absl::Status Session::AdoptPeerBuffers(const plan::RunBinding& binding) {
   return absl::OkStatus();
 }
 
+void Session::AttachPeers(std::string key, PeerInbox* inbox, PeerPool* pool) {
+  key_ = std::move(key);
+  inbox_ = inbox;
+  pool_ = pool;
+  if (pool_ == nullptr) {
+    own_pool_ = std::make_unique<PeerPool>(key_, options_, inbox_);
+    pool_ = own_pool_.get();
+  }
+}
+
 absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
   const absl::Time start = absl::Now();
   const std::string peer = absl::StrCat(m.peer_host, ":", m.peer_port);
@@ -250,52 +474,10 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
   if (!got.ok()) return failed("reading it", got.status());
   const core::HostBytes& bytes = got->outputs.at(0);
 
-  transport::ConnectionOptions conn_options;
-  conn_options.send_timeout = options_.io_timeout;
-  conn_options.payload_timeout = options_.io_timeout;
-  absl::StatusOr<transport::Connection<transport::Tcp>> conn =
-      transport::Connection<transport::Tcp>::Connect(m.peer_host, m.peer_port, options_.io_timeout,
-                                                     conn_options);
-  if (!conn.ok()) return failed("connecting (is the peer node up and reachable from this node?)", conn.status());
-  absl::Status s = transport::AuthenticateClient(*conn, key_, options_.auth_timeout);
-  if (!s.ok()) return failed("authenticating (do both nodes use the same key?)", s);
-  constexpr uint64_t kId = 1;
-  s = conn->SendBytes(transport::MessageKind::kPeerPut, kId,
-                      plan::EncodePeerPut(plan::PeerPutMessage{m.peer_handle, m.dtype, m.numel}));
-  if (s.ok() && bytes.nbytes > 0) {
-    const transport::Piece piece{bytes.data, bytes.nbytes};
-    s = conn->Send(transport::MessageKind::kTransfer, kId, absl::Span<const transport::Piece>(&piece, 1),
-                   transport::TrafficClass::kActivations);
-  }
-  if (!s.ok()) return failed("sending", s);
-  absl::StatusOr<transport::FrameHeader> header = conn->ReceiveHeader(options_.io_timeout);
-  if (!header.ok()) return failed("waiting for the peer's answer", header.status());
-  if (header->payload_bytes > std::max(plan::MaxResultBytes(limits()), plan::MaxErrorBytes(limits())) ||
-      header->request_id != kId ||
-      (header->kind != transport::MessageKind::kResult && header->kind != transport::MessageKind::kError)) {
-    conn->Close();
-    return failed("reading the peer's answer",
-                  absl::InvalidArgumentError(absl::StrCat("unexpected ",
-                                                          transport::MessageKindName(header->kind),
-                                                          " frame of ", header->payload_bytes, " bytes")));
-  }
-  std::string answer(static_cast<size_t>(header->payload_bytes), '\0');
-  s = conn->ReceivePayload(answer.data(), answer.size());
-  if (!s.ok()) return failed("reading the peer's answer", s);
-  if (header->kind == transport::MessageKind::kError) {
-    absl::StatusOr<plan::ErrorMessage> e = plan::DecodeError(answer, limits());
-    conn->Close();
-    return failed("the peer refused", e.ok() ? e->ToStatus() : e.status());
-  }
-  plan::ResultMessage done;
-  s = plan::DecodeResult(answer, limits(), &done);
-  (void)conn->SendBytes(transport::MessageKind::kGoodbye, 0, "");
-  conn->Close();
-  if (!s.ok()) return failed("reading the peer's answer", s);
-  if (done.stats.bytes_uploaded != static_cast<int64_t>(bytes.nbytes)) {
-    return failed("checking the peer's answer",
-                  absl::DataLossError(absl::StrCat("the peer took ", done.stats.bytes_uploaded, " bytes")));
-  }
+  absl::StatusOr<int64_t> sent =
+      pool_->Put(m.peer_host, m.peer_port, plan::PeerPutMessage{m.peer_handle, m.dtype, m.numel},
+                 bytes.data, bytes.nbytes);
+  if (!sent.ok()) return failed("pushing it", sent.status());
   if (m.release) {
     core::Graph none;
     core::ExecuteRequest forget;
@@ -321,8 +503,7 @@ absl::Status Session::AcceptPut(const plan::PeerPutMessage& m, std::string bytes
     LogLine(absl::StrFormat("genie-node: received handle %d (%s) from node %s", m.handle,
                             FormatBytes(bytes.size()), peer_));
   }
-  inbox_->Put(m.handle, PeerInbox::Entry{m.dtype, m.numel, std::move(bytes)});
-  return absl::OkStatus();
+  return inbox_->Put(m.handle, PeerInbox::Entry{m.dtype, m.numel, std::move(bytes)});
 }
 
 void Session::LogConnected() const {
@@ -361,9 +542,17 @@ struct NodeServer::Impl {
   std::atomic<int> active{0};
   std::list<Worker> workers;  // touched only by the Serve thread
   PeerInbox inbox;            // shared by every session of this node
+  PeerPool pool;              // this node's connections to other nodes
+  RunGate gate;               // admission of runs (no-op without options.run_slots)
 
   Impl(transport::Listener<transport::Tcp> l, std::string h, std::string k, NodeOptions o)
-      : listener(std::move(l)), host(std::move(h)), key(std::move(k)), options(std::move(o)) {}
+      : listener(std::move(l)),
+        host(std::move(h)),
+        key(std::move(k)),
+        options(std::move(o)),
+        inbox(options.peer_inbox_bytes),
+        pool(key, options, &inbox),
+        gate(options.run_slots, options.decode_first) {}
 
   void Reap(bool all) {
     for (auto it = workers.begin(); it != workers.end();) {
@@ -404,6 +593,7 @@ const std::string& NodeServer::host() const { return impl_->host; }
 uint16_t NodeServer::port() const { return impl_->listener.port(); }
 int NodeServer::active_sessions() const { return impl_->active.load(); }
 PeerStats NodeServer::peer_stats() const { return impl_->inbox.stats(); }
+RunGate::Stats NodeServer::gate_stats() const { return impl_->gate.stats(); }
 void NodeServer::Shutdown() { impl_->stop = true; }
 
 void NodeServer::Serve(const std::atomic<bool>* stop) {
@@ -430,7 +620,7 @@ void NodeServer::Serve(const std::atomic<bool>* stop) {
     s.active.fetch_add(1);
     s.workers.push_back(Impl::Worker{
         std::thread([&s, done, c = std::move(*conn)]() mutable {
-          (void)ServeConnection(c, s.key, s.options, s.stop, &s.inbox);
+          (void)ServeConnection(c, s.key, s.options, s.stop, &s.inbox, &s.pool, &s.gate);
           s.active.fetch_sub(1);
           done->store(true);
         }),

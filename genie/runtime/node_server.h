@@ -17,9 +17,14 @@
 //   server->Serve(&stop);  // until `stop` or Shutdown()
 //
 // Node to node: a client may ask this node (kPeerSend) to send one of its resident buffers
-// to another genie-node; this node connects to that node, authenticates with the same key
-// and pushes the bytes (kPeerPut + one kTransfer frame). The receiving node keeps them in
-// its PeerInbox until a run of any of its sessions reads that handle as a resident buffer.
+// to another genie-node; this node pushes the bytes (kPeerPut + one kTransfer frame) over
+// its PeerPool's connection to that node: one authenticated connection per peer, opened on
+// first use and reused by every later transfer (a broken one is replaced once, then the
+// transfer fails naming the peer). The receiving node keeps the bytes in its PeerInbox
+// until a run of any of its sessions reads that handle as a resident buffer; the inbox
+// holds at most NodeOptions::peer_inbox_bytes (--peer_inbox_bytes) and refuses a put above
+// that with ResourceExhausted naming the sizes (the sender's client sees the error; nothing
+// the inbox accepted is ever dropped).
 //
 // Logs one line per connection and per run to stderr (peer, program id, nodes, bytes in and
 // out, milliseconds). This header does not include libtorch.
@@ -27,6 +32,7 @@
 #define GENIE_RUNTIME_NODE_SERVER_H_
 
 #include <atomic>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <deque>
@@ -64,6 +70,60 @@ struct NodeOptions {
   absl::Duration poll_interval = absl::Milliseconds(100);
   bool log_connections = true;
   bool log_runs = true;
+  // Bytes other nodes may push here that no run has read yet (node-wide); 0 = unlimited.
+  int64_t peer_inbox_bytes = int64_t{1} << 30;
+  // Runs of all sessions executing at once (node-wide); 0 = no limit (each session runs
+  // as soon as its run arrives). With a limit, waiting runs are admitted by RunGate.
+  int run_slots = 0;
+  // With run_slots: admit LLM decode steps (recognised from the program at load) ahead of
+  // waiting prefills and other runs; false: in arrival order.
+  bool decode_first = true;
+};
+
+// Admission of runs to the node's compute, shared by every session. At most `slots` runs
+// execute at once (0: no gate). Waiting runs are admitted decode first when
+// `decode_first`: an LLM decode step is short and latency-bound, so it goes ahead of a
+// queued prefill, and the decode steps of several clients waiting together run back to
+// back before the next prefill; with two or more slots, other runs also leave the last
+// free slot to decode steps. A run that decode steps went ahead of kMaxOvertakes times
+// is admitted next (no prefill starves). Otherwise in arrival order. Thread-safe.
+//
+//   RunGate gate(1, /*decode_first=*/true);
+//   gate.Enter(/*decode=*/true);   // blocks until admitted
+//   ... execute ...
+//   gate.Leave();
+class RunGate {
+ public:
+  struct Stats {
+    int64_t admitted = 0;
+    int64_t decode_admitted = 0;
+    int64_t decode_ahead = 0;  // decode runs admitted while an earlier other run waited
+    int64_t waited = 0;        // runs that found no free slot
+  };
+  static constexpr int kMaxOvertakes = 8;
+  RunGate(int slots, bool decode_first) : slots_(slots), free_(slots), decode_first_(decode_first) {}
+  void Enter(bool decode);
+  void Leave();
+  int waiting() const;
+  Stats stats() const;
+
+ private:
+  struct Waiter {
+    uint64_t ticket;
+    bool decode;
+    int overtaken;  // decode runs admitted ahead of this one
+  };
+  // The waiter to admit next (under mu_), or null.
+  const Waiter* Next() const;
+
+  const int slots_;
+  int free_;
+  const bool decode_first_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Waiter> waiting_;  // in arrival order
+  uint64_t next_ticket_ = 1;
+  Stats stats_;
 };
 
 // What this node sent to and received from other nodes (never client traffic).
@@ -72,6 +132,11 @@ struct PeerStats {
   int64_t bytes_sent = 0;
   int64_t puts = 0;            // kPeerPut messages accepted
   int64_t bytes_received = 0;
+  int64_t puts_refused = 0;    // over the inbox bound
+  int64_t inbox_bytes = 0;     // received, not yet read by a run
+  int64_t inbox_buffers = 0;
+  int64_t connections_opened = 0;  // to other nodes (PeerPool), reconnects included
+  int64_t connections_reused = 0;  // transfers that went over an open pooled connection
 };
 
 // Buffers other nodes pushed here, by the handle the next run will read them under.
@@ -83,18 +148,51 @@ class PeerInbox {
     int64_t numel = 0;
     std::string bytes;
   };
-  void Put(uint64_t handle, Entry entry);
+  // max_bytes: most bytes held at once (0 = unlimited).
+  explicit PeerInbox(int64_t max_bytes = 0) : max_bytes_(max_bytes) {}
+  // Keeps `entry` under `handle` (replacing what the handle held), or ResourceExhausted,
+  // keeping nothing, when that would hold more than max_bytes.
+  absl::Status Put(uint64_t handle, Entry entry);
   // Moves the entry for `handle` into *out; false when there is none.
   bool Take(uint64_t handle, Entry* out);
   bool empty() const { return size_.load(std::memory_order_acquire) == 0; }
   void CountSend(int64_t bytes);
+  void CountConnection(bool reused);
   PeerStats stats() const;
 
  private:
+  const int64_t max_bytes_;
   mutable std::mutex mu_;
   absl::flat_hash_map<uint64_t, Entry> entries_;
   std::atomic<size_t> size_{0};
+  int64_t held_ = 0;
   PeerStats stats_;
+};
+
+// This node's authenticated connections to other nodes, one per "host:port", opened on
+// first use and reused by every transfer to that peer (node-wide, thread-safe; transfers to
+// one peer take turns on its connection). A connection that broke since its last use (the
+// peer restarted, or closed it) is replaced once; a second failure is the transfer's error.
+class PeerPool {
+ public:
+  PeerPool(std::string key, const NodeOptions& options, PeerInbox* counters);
+  ~PeerPool();  // says goodbye on every open connection
+  PeerPool(const PeerPool&) = delete;
+  PeerPool& operator=(const PeerPool&) = delete;
+
+  // Pushes `bytes` to the peer, which keeps them under m.handle; the bytes it took, or an
+  // error naming the peer and what failed (connecting, authenticating, sending, the
+  // peer's refusal).
+  absl::StatusOr<int64_t> Put(const std::string& host, uint16_t port,
+                              const plan::PeerPutMessage& m, const void* bytes, size_t nbytes);
+
+ private:
+  struct Link;
+  std::string key_;
+  NodeOptions options_;
+  PeerInbox* counters_;
+  std::mutex mu_;
+  absl::flat_hash_map<std::string, std::shared_ptr<Link>> links_;
 };
 
 namespace node_internal {
@@ -125,10 +223,10 @@ class Session {
 
   // Node to node: the key to authenticate to peers with and this node's inbox (null: this
   // node takes no kPeerSend / kPeerPut).
-  void AttachPeers(std::string key, PeerInbox* inbox) {
-    key_ = std::move(key);
-    inbox_ = inbox;
-  }
+  // `pool`: the node's connections to peers (null: this session opens its own pool).
+  void AttachPeers(std::string key, PeerInbox* inbox, PeerPool* pool);
+  // Runs of this session are admitted by the node-wide `gate` (null: none).
+  void AttachGate(RunGate* gate) { gate_ = gate; }
   bool has_peers() const { return inbox_ != nullptr; }
   // Sends resident `m.handle` to the peer node; the bytes sent.
   absl::StatusOr<int64_t> SendToPeer(const plan::PeerSendMessage& m);
@@ -150,6 +248,7 @@ class Session {
   struct Loaded {
     plan::Program program;
     uint64_t fingerprint = 0;  // this session's own key for the interpreter's cache
+    bool decode = false;       // an LLM decode step (semantic analysis at load)
   };
 
   // Makes what peers pushed under the handles this run reads resident on this session.
@@ -159,6 +258,9 @@ class Session {
   std::string peer_;
   std::string key_;
   PeerInbox* inbox_ = nullptr;
+  PeerPool* pool_ = nullptr;
+  std::unique_ptr<PeerPool> own_pool_;
+  RunGate* gate_ = nullptr;
   Interpreter interpreter_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Loaded>> programs_;  // by client program id
   std::deque<uint64_t> load_order_;
@@ -405,12 +507,16 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
 
 // Authenticates `conn` with `key`, then serves it until the client leaves, it breaks the
 // protocol, or `stop` becomes true. Returns why the session ended (OK: the client said
-// goodbye or closed). With `inbox`, the session also sends to and takes from other nodes.
+// goodbye or closed). With `inbox`, the session also sends to and takes from other nodes
+// (over `pool`'s connections; null: a pool of the session's own). With `gate`, its runs
+// are admitted by that node-wide RunGate.
 template <class Conn>
 absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOptions& options,
-                             const std::atomic<bool>& stop, PeerInbox* inbox = nullptr) {
+                             const std::atomic<bool>& stop, PeerInbox* inbox = nullptr,
+                             PeerPool* pool = nullptr, RunGate* gate = nullptr) {
   node_internal::Session session(options, conn.peer());
-  if (inbox != nullptr) session.AttachPeers(std::string(key), inbox);
+  if (inbox != nullptr) session.AttachPeers(std::string(key), inbox, pool);
+  session.AttachGate(gate);
   absl::Status s = transport::AuthenticateServer(conn, key, options.auth_timeout);
   if (!s.ok()) {
     session.LogRefused("authentication", s);
@@ -443,6 +549,8 @@ class NodeServer {
   int active_sessions() const;
   // What this node sent to and received from other nodes.
   PeerStats peer_stats() const;
+  // How runs were admitted (zeros without NodeOptions::run_slots).
+  RunGate::Stats gate_stats() const;
 
  private:
   struct Impl;

@@ -361,6 +361,252 @@ TEST(NodeServerTest, NodesSendResidentBuffersStraightToEachOther) {
   serving_s.join();
 }
 
+// Node B, served on its own thread until stopped.
+struct ServedNode {
+  std::unique_ptr<NodeServer> server;
+  std::thread thread;
+  static std::unique_ptr<ServedNode> Start(uint16_t port, NodeOptions options) {
+    auto created = NodeServer::Create("127.0.0.1", port, kKey, options);
+    if (!created.ok()) {
+      ADD_FAILURE() << created.status();
+      return nullptr;
+    }
+    auto n = std::make_unique<ServedNode>();
+    n->server = std::move(*created);
+    n->thread = std::thread([raw = n->server.get()] { raw->Serve(); });
+    return n;
+  }
+  ~ServedNode() {
+    server->Shutdown();
+    thread.join();
+  }
+};
+
+TEST(NodeServerTest, PeerTransfersReuseOneConnectionAndReconnectWhenThePeerRestarts) {
+  NodeOptions options;
+  options.log_runs = false;
+  options.log_connections = false;
+  std::unique_ptr<ServedNode> a = ServedNode::Start(0, options);
+  std::unique_ptr<ServedNode> b = ServedNode::Start(0, options);
+  ASSERT_TRUE(a && b);
+  const uint16_t b_port = b->server->port();
+  const std::string b_address = absl::StrCat("127.0.0.1:", b_port);
+  Data d;
+  MmAdd first(false);
+  auto client = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", a->server->port(), kKey);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Execute(FirstStep(first, d, d.x)).ok());
+  for (uint64_t h = 100; h < 104; ++h) {
+    auto sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, h, false});
+    ASSERT_TRUE(sent.ok()) << sent.status();
+  }
+  // Four transfers, one connection: opened once, reused three times; B serves one session.
+  PeerStats st = a->server->peer_stats();
+  EXPECT_EQ(st.connections_opened, 1);
+  EXPECT_EQ(st.connections_reused, 3);
+  EXPECT_EQ(b->server->active_sessions(), 1);
+  EXPECT_EQ(b->server->peer_stats().puts, 4);
+  EXPECT_EQ(b->server->peer_stats().inbox_buffers, 4);
+
+  // B restarts on the same port: the pooled connection is stale, replaced once.
+  b.reset();
+  b = ServedNode::Start(b_port, options);
+  ASSERT_TRUE(b);
+  auto sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 200, false});
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  st = a->server->peer_stats();
+  EXPECT_EQ(st.connections_opened, 2);
+  EXPECT_EQ(b->server->peer_stats().puts, 1);
+
+  // B gone for good: a clear error naming the peer and what to check; A's session goes on.
+  b.reset();
+  sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 201, false});
+  ASSERT_FALSE(sent.ok());
+  EXPECT_NE(std::string(sent.status().message()).find(b_address), std::string::npos) << sent.status();
+  EXPECT_NE(std::string(sent.status().message()).find("is the peer node up"), std::string::npos)
+      << sent.status();
+  EXPECT_TRUE((*client)->Execute(LaterStep(MmAdd(true), d.x2)).ok());
+}
+
+TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {
+  NodeOptions options;
+  options.log_runs = false;
+  options.log_connections = false;
+  std::unique_ptr<ServedNode> a = ServedNode::Start(0, options);
+  NodeOptions small = options;
+  small.peer_inbox_bytes = 300;  // the weight (256 B) and the bias (64 B) do not fit together
+  std::unique_ptr<ServedNode> b = ServedNode::Start(0, small);
+  ASSERT_TRUE(a && b);
+  const std::string b_address = absl::StrCat("127.0.0.1:", b->server->port());
+  Data d;
+  MmAdd first(false), later(true);
+  Interpreter local;
+  auto want = local.Execute(FirstStep(first, d, d.x2));
+  ASSERT_TRUE(want.ok());
+  auto ca = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", a->server->port(), kKey);
+  auto cb = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", b->server->port(), kKey);
+  ASSERT_TRUE(ca.ok() && cb.ok());
+  ASSERT_TRUE((*ca)->Execute(FirstStep(first, d, d.x)).ok());
+  ASSERT_TRUE((*ca)->SendToPeer(core::PeerSend{12, DType::kFloat32, 16, b_address, 12, false}).ok());
+  auto refused = (*ca)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 11, false});
+  ASSERT_FALSE(refused.ok());
+  EXPECT_TRUE(absl::IsResourceExhausted(refused.status())) << refused.status();
+  const std::string why(refused.status().message());
+  EXPECT_NE(why.find("--peer_inbox_bytes=300"), std::string::npos) << why;
+  EXPECT_NE(why.find("holds 64 bytes in 1 buffers"), std::string::npos) << why;
+  EXPECT_NE(why.find("(256 bytes)"), std::string::npos) << why;
+  PeerStats st = b->server->peer_stats();
+  EXPECT_EQ(st.puts_refused, 1);
+  EXPECT_EQ(st.inbox_bytes, 64);  // what it took is still there
+
+  // A run on B reads handle 12 (the inbox empties into B's session); then 11 fits.
+  core::Graph read;
+  const core::BufferId bias = read.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kResident, "", 12});
+  read.outputs().push_back(TensorRef::Contiguous(bias, DType::kFloat32, {16}));
+  core::ExecuteRequest r;
+  r.graph = &read;
+  r.fingerprint = 77;
+  r.keep = {bias};
+  auto got = (*cb)->Execute(r);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(std::string(static_cast<const char*>(got->outputs[0].data), got->outputs[0].nbytes), d.b);
+  EXPECT_EQ(b->server->peer_stats().inbox_bytes, 0);
+  auto sent = (*ca)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 11, false});
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  auto step = (*cb)->Execute(LaterStep(later, d.x2));
+  ASSERT_TRUE(step.ok()) << step.status();
+  ExpectSameOutputs(*step, *want);
+}
+
+// Placement ends a part with aten::clone(x, memory_format=None) to keep a buffer's final
+// version under its own handle (genie/scheduler/placement.cc): the node runs it.
+TEST(NodeServerTest, TheCloneThatPlacementAddsRunsAndKeepsTheCopy) {
+  Data d;
+  core::Graph g;
+  const core::BufferId x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
+  const core::BufferId c = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kIntermediate, "", 77});
+  core::Node clone;
+  clone.op = g.InternOp("aten::clone");
+  clone.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {16})), Arg::None()};
+  clone.outputs = {TensorRef::Contiguous(c, DType::kFloat32, {16})};
+  g.AddNode(clone);
+  ASSERT_TRUE(g.Validate().ok());
+  Interpreter interpreter;
+  core::ExecuteRequest req;
+  req.graph = &g;
+  req.uploads = {{x, Borrow(d.x)}};
+  req.keep = {c};
+  ASSERT_TRUE(interpreter.Execute(req).ok());
+  core::Graph read;
+  const core::BufferId r = read.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kResident, "", 77});
+  read.outputs().push_back(TensorRef::Contiguous(r, DType::kFloat32, {16}));
+  core::ExecuteRequest get;
+  get.graph = &read;
+  auto got = interpreter.Execute(get);
+  ASSERT_TRUE(got.ok()) << got.status();
+  EXPECT_EQ(std::string(static_cast<const char*>(got->outputs[0].data), got->outputs[0].nbytes), d.x);
+}
+
+// ---- Run admission --------------------------------------------------------------------
+
+// One slot, held by a prefill; a prefill then two decodes arrive (each seen waiting
+// before the next arrives); the order they are admitted in when the slot frees.
+std::vector<std::string> AdmissionOrder(bool decode_first, RunGate::Stats* stats) {
+  RunGate gate(1, decode_first);
+  gate.Enter(false);
+  std::mutex mu;
+  std::vector<std::string> order;
+  std::vector<std::thread> threads;
+  const std::vector<std::pair<bool, std::string>> arrivals = {
+      {false, "prefill 2"}, {true, "decode 1"}, {true, "decode 2"}};
+  for (size_t k = 0; k < arrivals.size(); ++k) {
+    threads.emplace_back([&, k] {
+      gate.Enter(arrivals[k].first);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back(arrivals[k].second);
+      }
+      gate.Leave();
+    });
+    while (gate.waiting() < static_cast<int>(k) + 1) std::this_thread::yield();
+  }
+  gate.Leave();
+  for (std::thread& t : threads) t.join();
+  *stats = gate.stats();
+  return order;
+}
+
+TEST(RunGateTest, DecodeStepsGoAheadOfAWaitingPrefillAndRunBackToBack) {
+  RunGate::Stats st;
+  EXPECT_EQ(AdmissionOrder(true, &st),
+            (std::vector<std::string>{"decode 1", "decode 2", "prefill 2"}));
+  EXPECT_EQ(st.admitted, 4);
+  EXPECT_EQ(st.decode_admitted, 2);
+  EXPECT_EQ(st.decode_ahead, 2);
+  EXPECT_EQ(st.waited, 3);
+}
+
+TEST(RunGateTest, WithoutDecodeFirstRunsAreAdmittedInArrivalOrder) {
+  RunGate::Stats st;
+  EXPECT_EQ(AdmissionOrder(false, &st),
+            (std::vector<std::string>{"prefill 2", "decode 1", "decode 2"}));
+  EXPECT_EQ(st.decode_ahead, 0);
+}
+
+TEST(RunGateTest, APrefillIsOvertakenAtMostKMaxOvertakesTimes) {
+  RunGate gate(1, true);
+  gate.Enter(false);  // held
+  std::mutex mu;
+  std::vector<std::string> order;
+  std::vector<std::thread> threads;
+  const int decodes = RunGate::kMaxOvertakes + 3;
+  auto arrive = [&](bool decode, std::string name, int waiting_after) {
+    threads.emplace_back([&, decode, name] {
+      gate.Enter(decode);
+      {
+        std::lock_guard<std::mutex> lock(mu);
+        order.push_back(name);
+      }
+      gate.Leave();
+    });
+    while (gate.waiting() < waiting_after) std::this_thread::yield();
+  };
+  arrive(false, "prefill", 1);
+  for (int k = 0; k < decodes; ++k) arrive(true, absl::StrCat("decode ", k), k + 2);
+  gate.Leave();
+  for (std::thread& t : threads) t.join();
+  ASSERT_EQ(order.size(), static_cast<size_t>(decodes + 1));
+  EXPECT_EQ(order[RunGate::kMaxOvertakes], "prefill");
+  EXPECT_EQ(order[0], "decode 0");
+}
+
+TEST(RunGateTest, WithTwoSlotsOtherRunsLeaveOneToDecodeSteps) {
+  RunGate gate(2, true);
+  gate.Enter(false);  // a prefill holds one slot
+  std::atomic<bool> second_prefill_in{false};
+  std::thread prefill([&] {
+    gate.Enter(false);  // must wait: the last slot is for decode steps
+    second_prefill_in = true;
+    gate.Leave();
+  });
+  while (gate.waiting() < 1) std::this_thread::yield();
+  gate.Enter(true);  // a decode step gets the last slot at once, ahead of the prefill
+  EXPECT_FALSE(second_prefill_in.load());
+  gate.Leave();
+  gate.Leave();
+  prefill.join();
+  EXPECT_TRUE(second_prefill_in.load());
+}
+
+TEST(RunGateTest, NoSlotsMeansNoGate) {
+  RunGate gate(0, true);
+  gate.Enter(false);
+  gate.Enter(true);  // would block with one slot
+  gate.Leave();
+  gate.Leave();
+  EXPECT_EQ(gate.stats().admitted, 0);
+}
+
 // ---- Raw protocol: what a broken or hostile client sends ----------------------------
 
 class RawClientTest : public ::testing::Test {

@@ -223,11 +223,25 @@ class Builder {
   void MakeParts() {
     const std::vector<int>& node_of = out_->node_of_op;
     part_of_op_.assign(node_of.size(), -1);
+    // A new part where the node changes, and where a part that so far needs nothing from
+    // other nodes first reads what another node made: the ops before that point can start
+    // at once (VQA: language runs on node 1 while vision runs on node 0; fusion, the next
+    // part on node 1, waits for vision's output).
+    bool reads_other_node = false;
     for (NodeId op = 0; op < node_of.size(); ++op) {
-      if (out_->parts.empty() || out_->parts.back().node != node_of[op]) {
+      bool needs_other_node = false;
+      g_.node(op).ForEachInput([&](const core::TensorRef& t) {
+        const NodeId producer = g_.buffer(t.buffer).producer;
+        needs_other_node |= producer != core::kNoNode && producer < node_of.size() &&
+                            node_of[producer] != node_of[op];
+      });
+      if (out_->parts.empty() || out_->parts.back().node != node_of[op] ||
+          (needs_other_node && !reads_other_node)) {
         out_->parts.emplace_back();
         out_->parts.back().node = node_of[op];
+        reads_other_node = false;
       }
+      reads_other_node |= needs_other_node;
       out_->parts.back().ops.push_back(op);
       part_of_op_[op] = static_cast<int>(out_->parts.size()) - 1;
     }
@@ -338,6 +352,30 @@ class Builder {
     return local;
   }
 
+  // Appends `copy = aten::clone(local)` to part `p` and returns `copy`, which carries
+  // original buffer `b`'s own handle.
+  BufferId KeepCopy(BufferId b, int p, BufferId local) {
+    Part& part = out_->parts[p];
+    const core::Buffer& buf = g_.buffer(b);
+    core::Buffer nb;
+    nb.dtype = buf.dtype;
+    nb.numel = buf.numel;
+    nb.name = buf.name;
+    nb.handle = buf.handle;
+    nb.kind = BufferKind::kIntermediate;
+    const BufferId copy = part.graph.AddBuffer(std::move(nb));
+    part.original.push_back(b);
+    core::Node clone;
+    clone.op = part.graph.InternOp("aten::clone");
+    clone.args = {core::Arg::Tensor(core::TensorRef::Contiguous(local, buf.dtype, {buf.numel})),
+                  core::Arg::None()};  // memory_format
+    clone.outputs = {core::TensorRef::Contiguous(copy, buf.dtype, {buf.numel})};
+    if (!part.ops.empty()) clone.scope = part.graph.node(part.graph.nodes().size() - 1).scope;
+    part.graph.AddNode(std::move(clone));
+    local_[p][b] = copy;
+    return copy;
+  }
+
   absl::Status MapRef(core::TensorRef& t, int p) {
     absl::StatusOr<BufferId> local = Local(t.buffer, p);
     if (!local.ok()) return local.status();
@@ -418,11 +456,12 @@ class Builder {
         GENIE_RETURN_IF_ERROR(Local(b, p).status());
         keep_part_[b] = p;
       }
-      const BufferId local = local_[p][b];
+      BufferId local = local_[p][b];
       if (parts[p].graph.buffer(local).handle != buf.handle) {
-        return absl::UnimplementedError(absl::StrCat(
-            "buffer b", b, " is kept but its final version was brought to node ", parts[p].node,
-            " under a temporary handle; placement cannot keep it under its own handle yet"));
+        // The final version lives here under a temporary handle (it was exported for
+        // another node, or brought here, before a later op of this part wrote it): the
+        // part ends with a copy of it kept under the buffer's own handle.
+        local = KeepCopy(b, p, local);
       }
       if (std::find(parts[p].keep.begin(), parts[p].keep.end(), local) == parts[p].keep.end()) {
         parts[p].keep.push_back(local);

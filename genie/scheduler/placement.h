@@ -11,11 +11,13 @@
 //   - fusion, unknown and module-less ops go where their inputs are: the node that holds
 //     the most bytes they read;
 //   - every op that touches a KV cache buffer runs on one node.
-// Split: maximal runs of consecutive ops (capture order) on one node become parts, run in
-// order. A buffer a part needs whose current version lives on another node is sent there
-// node to node (a Transfer, under a temporary handle) before the part runs; one needed by a
-// later part on the same node stays resident there under a temporary handle. Host inputs
-// and first-run parameters are uploaded by the client to the node that first reads them.
+// Split: runs of consecutive ops (capture order) on one node become parts; a run is cut
+// where an op first reads what another node made, so the ops before it need nothing from
+// other nodes and can run while those nodes work (PlacementExecutor runs parts of
+// different nodes concurrently). A buffer a part needs whose current version lives on
+// another node is sent there node to node (a Transfer, under a temporary handle) before the
+// part runs; one needed by a later part on the same node stays resident there under a
+// temporary handle. Host inputs and first-run parameters are uploaded by the client to the node that first reads them.
 //
 //   PlacementInput in{&graph, &semantics, request.keep, request.release, 2};
 //   in.home = &homes;                    // handle -> node, from earlier runs
@@ -71,7 +73,10 @@ struct Transfer {
 struct Part {
   int node = 0;
   core::Graph graph;
-  std::vector<core::NodeId> ops;             // original node ids, in order
+  // Original node ids, in order. The graph may end with one more node per kept buffer
+  // whose final version is here under a temporary handle: an aten::clone that keeps it
+  // under its own handle.
+  std::vector<core::NodeId> ops;
   std::vector<core::BufferId> original;      // part buffer id -> original buffer id
   std::vector<core::BufferId> uploads;       // part buffers the client uploads
   std::vector<core::BufferId> keep;          // part buffers kept (original or temporary handle)

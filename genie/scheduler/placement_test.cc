@@ -6,6 +6,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "absl/container/flat_hash_map.h"
 
 namespace genie::scheduler {
@@ -87,9 +89,14 @@ TEST(PlacementTest, ModalitiesOnTheirNodesFusionWhereTheLargerInputIs) {
   absl::StatusOr<Placement> p = Place(in);
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_EQ(p->node_of_op, (std::vector<int>{0, 1, 1}));
-  ASSERT_EQ(p->parts.size(), 2u);
+  // Language needs nothing from node 0: it is a part of its own, so it runs while vision
+  // runs; fusion, which reads vision's output, is the next part on node 1.
+  ASSERT_EQ(p->parts.size(), 3u);
   EXPECT_EQ(p->parts[0].node, 0);
   EXPECT_EQ(p->parts[1].node, 1);
+  EXPECT_EQ(p->parts[2].node, 1);
+  EXPECT_EQ(p->parts[1].ops, std::vector<core::NodeId>{1});
+  EXPECT_EQ(p->parts[2].ops, std::vector<core::NodeId>{2});
   for (const Part& part : p->parts) EXPECT_TRUE(part.graph.Validate().ok()) << part.graph.Dump();
   // v crosses from node 0 to node 1 under a temporary handle, node to node.
   ASSERT_EQ(p->transfers.size(), 1u);
@@ -97,7 +104,7 @@ TEST(PlacementTest, ModalitiesOnTheirNodesFusionWhereTheLargerInputIs) {
   EXPECT_EQ(x.buffer, t.v);
   EXPECT_EQ(x.from, 0);
   EXPECT_EQ(x.to, 1);
-  EXPECT_EQ(x.before_part, 1u);
+  EXPECT_EQ(x.before_part, 2u);
   EXPECT_EQ(x.nbytes, 8 * 4);
   EXPECT_GE(x.source_handle, kTemporaryHandleBase);
   EXPECT_TRUE(x.release_source);
@@ -106,7 +113,7 @@ TEST(PlacementTest, ModalitiesOnTheirNodesFusionWhereTheLargerInputIs) {
   bool kept_v = false;
   for (BufferId b : p0.keep) kept_v |= p0.original[b] == t.v && p0.graph.buffer(b).handle == x.source_handle;
   EXPECT_TRUE(kept_v);
-  const Part& p1 = p->parts[1];
+  const Part& p1 = p->parts[2];
   bool reads_v = false;
   for (const core::Buffer& b : p1.graph.buffers()) {
     if (p1.original[b.id] == t.v) {
@@ -116,15 +123,19 @@ TEST(PlacementTest, ModalitiesOnTheirNodesFusionWhereTheLargerInputIs) {
     }
   }
   EXPECT_TRUE(reads_v);
-  EXPECT_EQ(p1.release, std::vector<uint64_t>{x.target_handle});
+  // Fusion forgets v and the language output the part before it left resident.
+  ASSERT_EQ(p1.release.size(), 2u);
+  EXPECT_NE(std::find(p1.release.begin(), p1.release.end(), x.target_handle), p1.release.end());
+  EXPECT_EQ(p->parts[1].keep.size(), 2u);  // language.w and the language output
   // Outputs come from node 1; weights are kept where they are read.
-  EXPECT_EQ(p->output_part, std::vector<size_t>{1});
+  EXPECT_EQ(p->output_part, std::vector<size_t>{2});
   EXPECT_EQ(p->output_index, std::vector<size_t>{0});
   ASSERT_EQ(p->kept.size(), 2u);
   EXPECT_EQ(p->kept[0], (std::pair<uint64_t, int>{12, 0}));
   EXPECT_EQ(p->kept[1], (std::pair<uint64_t, int>{14, 1}));
   EXPECT_EQ(p0.uploads.size(), 2u);
-  EXPECT_EQ(p1.uploads.size(), 2u);
+  EXPECT_EQ(p->parts[1].uploads.size(), 2u);  // language input and weight
+  EXPECT_TRUE(p1.uploads.empty());
   const std::string report = p->Report(t.g, t.s);
   EXPECT_NE(report.find("module vision (vision): node 0 1 ops"), std::string::npos) << report;
   EXPECT_NE(report.find("module fusion (fusion): node 1 1 ops"), std::string::npos) << report;

@@ -66,6 +66,7 @@ class ScheduledExecutor<BlindScheduler> {
   std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
   DataTraffic traffic() const { return residency_.traffic(); }
   PlacementStats placement() const { return PlacementStats{}; }  // one node: nothing placed
+  PlacementExecutor* placer() { return nullptr; }
 
  private:
   ResidencyExecutor residency_;
@@ -107,6 +108,8 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
   DataTraffic traffic() const { return placed_ != nullptr ? placed_->traffic() : residency_.traffic(); }
   // Where modules ran and what moved node to node (empty with one node).
   PlacementStats placement() const { return placed_ != nullptr ? placed_->stats() : PlacementStats{}; }
+  // The multi-node executor (Submit/Wait keep several runs in flight), or null with one node.
+  PlacementExecutor* placer() { return placed_.get(); }
 
  private:
   ResidencyExecutor residency_;
