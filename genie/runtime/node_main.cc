@@ -41,6 +41,12 @@ ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
 ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
 ABSL_FLAG(bool, log_runs, true, "log one line per run to stderr");
+ABSL_FLAG(int32_t, cuda_streams, 4,
+          "on cuda:N, CUDA streams per program: independent branches run concurrently (1: one "
+          "stream)");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "on cuda:N, capture a program into a CUDA graph on its second run and replay it "
+          "(programs with random, syncing or CPU ops stay eager); --nocuda_graphs turns it off");
 
 namespace {
 
@@ -111,6 +117,9 @@ int main(int argc, char** argv) {
   if (max_programs <= 0) return Fail("--max_cached_programs must be > 0");
   options.max_cached_programs = static_cast<uint32_t>(max_programs);
   options.log_runs = absl::GetFlag(FLAGS_log_runs);
+  options.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
+  if (options.cuda_streams < 1 || options.cuda_streams > 16) return Fail("--cuda_streams must be in [1, 16]");
+  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) return Fail("--threads must be > 0");
   at::set_num_threads(threads);
@@ -129,12 +138,15 @@ int main(int argc, char** argv) {
 
   std::printf("genie-node listening on %s:%d\n", (*server)->host().c_str(), (*server)->port());
   std::fflush(stdout);
-  std::fprintf(stderr, "genie-node: device %s, %d threads, memory budget %s, max program %lld bytes\n",
+  std::fprintf(stderr,
+               "genie-node: device %s, %d threads, memory budget %s, max program %lld bytes, "
+               "%d CUDA streams, CUDA graphs %s\n",
                options.device.c_str(), threads,
                options.memory_budget_bytes == 0
                    ? "unlimited"
                    : absl::StrCat(options.memory_budget_bytes, " bytes").c_str(),
-               static_cast<long long>(max_program));
+               static_cast<long long>(max_program), options.cuda_streams,
+               options.cuda_graphs ? "on" : "off");
   (*server)->Serve(&g_stop);
   std::fprintf(stderr, "genie-node: stopped\n");
   return 0;
