@@ -22,7 +22,6 @@ import sys
 import time
 
 import torch
-import torch.jit._pickle
 import torch.distributed.rpc as rpc
 import torch.multiprocessing as mp
 import torch.nn as nn
@@ -135,9 +134,9 @@ class Gpt2(nn.Module):
 
 
 def load_dict(path):
-    # torch::pickle_save tags the dict's types; allow exactly that one helper.
-    with torch.serialization.safe_globals([torch.jit._pickle.restore_type_tag]):
-        return dict(torch.load(path, map_location="cpu"))
+    # torch::pickle_save tags the dict's types with a reduce call that weights_only loading
+    # refuses; these files were written by export_weights in this same run.
+    return dict(torch.load(path, map_location="cpu", weights_only=False))
 
 
 def load(model, path):
@@ -146,28 +145,32 @@ def load(model, path):
 
 
 # ---- The remote modules (they live on the worker) ----
+# Where the worker runs the models: cuda:0 (--device=cpu only to try the script out).
+DEVICE = os.environ.get("GENIE_RPC_DEVICE", "cuda:0")
+
+
 class BertServer:
     def __init__(self, path):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        self.model = load(BertEncoder(), path).to("cuda:0")
+        self.model = load(BertEncoder(), path).to(DEVICE)
 
     @torch.no_grad()
     def forward(self, ids):
         if ids.is_cuda:
             return self.model(ids)
-        return self.model(ids.to("cuda:0")).cpu()
+        return self.model(ids.to(DEVICE)).cpu()
 
 
 class Gpt2Server:
     def __init__(self, path):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-        self.model = load(Gpt2(), path).to("cuda:0")
+        self.model = load(Gpt2(), path).to(DEVICE)
         self.reset()
 
     def reset(self):
-        self.cache = self.model.new_cache(1, "cuda:0")
+        self.cache = self.model.new_cache(1, DEVICE)
         self.length = 0
 
     @torch.no_grad()
@@ -175,7 +178,7 @@ class Gpt2Server:
         if position >= 0:
             self.length = position
         on_cuda = ids.is_cuda
-        logits = self.model(ids.to("cuda:0"), self.cache, self.length)
+        logits = self.model(ids.to(DEVICE), self.cache, self.length)
         self.length += ids.shape[1]
         return logits if on_cuda else logits.cpu()
 
@@ -199,7 +202,8 @@ def client(args):
         diffs.append((gpt.rpc_sync().step(torch.zeros(1, 1, dtype=torch.long)) - gref[f"step{s}_logits"]).abs().max().item())
     results["gpt2_max_abs_diff_vs_cpp"] = max(diffs)
 
-    for variant in ("cpu_tensors", "cuda_device_map"):
+    variants = ("cpu_tensors", "cuda_device_map") if DEVICE.startswith("cuda") else ("cpu_tensors",)
+    for variant in variants:
         dev = "cuda:0" if variant == "cuda_device_map" else "cpu"
         # BERT-base, batch 8 x 128 (as BM_BertBase).
         ids = torch.randint(1, 30522, (8, 128)).to(dev)
@@ -236,30 +240,40 @@ def run_rpc(rank, args, queue):
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(args.port)
     opts = rpc.TensorPipeRpcBackendOptions(num_worker_threads=16, rpc_timeout=600)
+    cuda = DEVICE.startswith("cuda")
     if rank == 0:
-        opts.set_device_map("worker", {0: 0})  # client cuda:0 -> worker cuda:0 (and back)
+        if cuda:
+            opts.set_device_map("worker", {0: 0})  # client cuda:0 -> worker cuda:0 (and back)
         rpc.init_rpc("client", rank=0, world_size=2, rpc_backend_options=opts)
         try:
             queue.put(client(args))
+        except Exception as e:  # reported by the parent, which must not wait forever
+            queue.put({"error": repr(e)})
         finally:
             rpc.shutdown()
     else:
-        opts.set_device_map("client", {0: 0})
+        if cuda:
+            opts.set_device_map("client", {0: 0})
         rpc.init_rpc("worker", rank=1, world_size=2, rpc_backend_options=opts)
         rpc.shutdown()
 
 
 def run_genie(args):
-    cmd = [os.path.join(args.pack, "run.sh"), "gpu_benchmark",
-           "--benchmark_filter=BM_(BertBase|Gpt2SmallDecode)/genie_remote$",
-           f"--benchmark_repetitions={args.genie_repetitions}",
-           "--benchmark_report_aggregates_only=true", "--benchmark_format=json"]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    if args.genie_json:
+        # gpu_benchmark's JSON from earlier in the same gpu_all.sh run on this machine.
+        with open(args.genie_json) as f:
+            out = f.read()
+    else:
+        cmd = [os.path.join(args.pack, "run.sh"), "gpu_benchmark",
+               "--benchmark_filter=BM_(BertBase|Gpt2SmallDecode)/genie_remote$",
+               f"--benchmark_repetitions={args.genie_repetitions}",
+               "--benchmark_report_aggregates_only=true", "--benchmark_format=json"]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     medians = {}
     for b in json.loads(out)["benchmarks"]:
         if b.get("aggregate_name") == "median":
             scale = {"ms": 1.0, "us": 1e-3, "ns": 1e-6}[b["time_unit"]]
-            medians[b["run_name"]] = b["real_time"] * scale
+            medians[b["run_name"].split("/min_time")[0]] = b["real_time"] * scale
     return {"genie_bert_ms": medians["BM_BertBase/genie_remote"],
             "genie_gpt2_token_ms": medians["BM_Gpt2SmallDecode/genie_remote"]}
 
@@ -273,18 +287,34 @@ def main():
     p.add_argument("--bert_iters", type=int, default=100)
     p.add_argument("--gpt_tokens", type=int, default=400)
     p.add_argument("--genie_repetitions", type=int, default=3)
+    p.add_argument("--try_on_cpu", action="store_true",
+                   help="run the RPC side on the CPU, without Genie (to try the script out)")
+    p.add_argument("--skip_export", action="store_true", help="reuse the files under --weights")
+    p.add_argument("--genie_json", default="",
+                   help="read Genie's medians from this gpu_benchmark JSON instead of running it")
     args = p.parse_args()
+    if args.try_on_cpu:
+        os.environ["GENIE_RPC_DEVICE"] = "cpu"
+        global DEVICE
+        DEVICE = "cpu"
     os.makedirs(args.weights, exist_ok=True)
-    subprocess.run([os.path.join(args.pack, "run.sh"), "export_weights", f"--out={args.weights}"], check=True)
+    if not args.skip_export:
+        subprocess.run([os.path.join(args.pack, "run.sh"), "export_weights", f"--out={args.weights}"], check=True)
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=run_rpc, args=(r, args, queue)) for r in (0, 1)]
     for pr in procs:
         pr.start()
-    results = queue.get(timeout=900)
+    results = queue.get(timeout=400)
     for pr in procs:
-        pr.join()
+        pr.join(timeout=60)
+    if "error" in results:
+        print("PyTorch RPC side failed:", results["error"])
+        return 1
+    if args.try_on_cpu:
+        print(json.dumps(results, indent=2))
+        return 0
     results.update(run_genie(args))
 
     best_bert = min(results["rpc_cpu_tensors_bert_ms"], results["rpc_cuda_device_map_bert_ms"])

@@ -25,5 +25,11 @@ step() {
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 step gpu_test 240 "$here/run.sh" gpu_test
 step cuda_peer_test 120 "$here/run.sh" cuda_peer_test
-step gpu_benchmark 300 "$here/run.sh" gpu_benchmark --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
-step rpc 300 env PYTHONUNBUFFERED=1 "$py" "$here/rpc_vs_genie.py" --pack="$here" --out="$out"
+step gpu_benchmark 360 "$here/run.sh" gpu_benchmark --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+  --benchmark_out="$out/gpu_benchmark.json" --benchmark_out_format=json
+# Where a GPT-2 decode step's time goes on the node (interpreter phases, stderr).
+step profile 120 env GENIE_INTERPRETER_PROFILE=1 "$here/run.sh" gpu_benchmark \
+  --benchmark_filter='Gpt2SmallDecode/genie_remote$' --benchmark_min_time=1
+genie_json=()
+[[ -s "$out/gpu_benchmark.json" ]] && genie_json=(--genie_json="$out/gpu_benchmark.json")
+step rpc 300 env PYTHONUNBUFFERED=1 "$py" "$here/rpc_vs_genie.py" --pack="$here" --out="$out" "${genie_json[@]}"
