@@ -29,7 +29,7 @@ step gpu_benchmark 360 "$here/run.sh" gpu_benchmark --benchmark_repetitions=3 --
   --benchmark_out="$out/gpu_benchmark.json" --benchmark_out_format=json
 # Where a GPT-2 decode step's time goes on the node (interpreter phases, stderr).
 step profile 120 env GENIE_INTERPRETER_PROFILE=1 "$here/run.sh" gpu_benchmark \
-  --benchmark_filter='Gpt2SmallDecode/genie_remote$' --benchmark_min_time=1
+  --benchmark_filter='Gpt2SmallDecode/genie_remote/' --benchmark_min_time=1
 genie_json=()
 [[ -s "$out/gpu_benchmark.json" ]] && genie_json=(--genie_json="$out/gpu_benchmark.json")
 step rpc 300 env PYTHONUNBUFFERED=1 "$py" "$here/rpc_vs_genie.py" --pack="$here" --out="$out" "${genie_json[@]}"
