@@ -37,6 +37,7 @@
 #if GENIE_WITH_CUDA
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
@@ -782,6 +783,66 @@ absl::StatusOr<core::ExecuteResult> Interpreter::Execute(const core::ExecuteRequ
 }
 
 std::string Interpreter::Describe() const { return impl_->Describe(); }
+
+absl::StatusOr<Interpreter::DeviceBuffer> Interpreter::ResidentDeviceBuffer(uint64_t handle) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  if (!impl_->device.is_cuda()) {
+    return absl::FailedPreconditionError(absl::StrCat(Describe(), " holds no device memory to export"));
+  }
+  auto it = impl_->resident.find(handle);
+  if (it == impl_->resident.end()) {
+    return absl::NotFoundError(absl::StrCat("handle ", handle, " is not resident on ", Describe()));
+  }
+  c10::cuda::CUDAGuard guard(impl_->device.index());
+  GENIE_RETURN_IF_ERROR(impl_->EnsureStreams());
+  at::Tensor t = it->second.is_contiguous() ? it->second : it->second.contiguous();
+  size_t segment = 0;
+  void* base = c10::cuda::CUDACachingAllocator::getBaseAllocation(t.data_ptr(), &segment);
+  DeviceBuffer d;
+  d.base = base;
+  d.offset = static_cast<uint64_t>(static_cast<char*>(t.data_ptr()) - static_cast<char*>(base));
+  d.nbytes = static_cast<uint64_t>(t.nbytes());
+  d.stream = impl_->streams[0].get().stream();
+  auto owner = std::make_shared<at::Tensor>(std::move(t));
+  d.owner = std::shared_ptr<const void>(owner, owner.get());
+  return d;
+#else
+  (void)handle;
+  return absl::UnimplementedError("exporting device memory needs a build with --config=cuda");
+#endif
+}
+
+absl::Status Interpreter::AdoptDeviceBuffer(
+    uint64_t handle, core::DType dtype, int64_t numel,
+    absl::FunctionRef<absl::Status(void* dst, uint64_t nbytes, void* stream)> fill) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  if (!impl_->device.is_cuda()) {
+    return absl::FailedPreconditionError(absl::StrCat(Describe(), " cannot adopt device memory"));
+  }
+  if (numel < 0) return absl::InvalidArgumentError("negative element count");
+  c10::cuda::CUDAGuard guard(impl_->device.index());
+  GENIE_RETURN_IF_ERROR(impl_->EnsureStreams());
+  const c10::cuda::CUDAStream main = impl_->streams[0].get();
+  c10::cuda::CUDAStreamGuard stream_guard(main);
+  at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(ToScalarType(dtype)).device(impl_->device));
+  const int64_t budget = impl_->options.memory_budget_bytes;
+  if (budget > 0 && impl_->ResidentBytes() + static_cast<int64_t>(t.nbytes()) > budget) {
+    return absl::ResourceExhaustedError(absl::StrCat("adopting handle ", handle, " (", t.nbytes(),
+                                                     " bytes) exceeds the memory budget of ", Describe()));
+  }
+  GENIE_RETURN_IF_ERROR(fill(t.data_ptr(), static_cast<uint64_t>(t.nbytes()), main.stream()));
+  impl_->resident[handle] = std::move(t);
+  return absl::OkStatus();
+#else
+  (void)handle;
+  (void)dtype;
+  (void)numel;
+  (void)fill;
+  return absl::UnimplementedError("adopting device memory needs a build with --config=cuda");
+#endif
+}
 
 int64_t Interpreter::resident_bytes() const {
   std::lock_guard<std::mutex> lock(impl_->mu);

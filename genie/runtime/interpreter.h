@@ -32,6 +32,9 @@
 #include <memory>
 #include <string>
 
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+
 #include "absl/status/statusor.h"
 #include "genie/core/executor.h"
 
@@ -64,6 +67,24 @@ class Interpreter final : public core::Executor {
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override;
   std::string Describe() const override;
+
+  // Node to node on one host (runtime/cuda_peer.h), CUDA only. The device memory of
+  // resident `handle`, for a CudaIpcExporter: the allocation's base, the buffer's offset in
+  // it, the interpreter's main stream (the buffer is complete once the work queued there
+  // is), and an owner that keeps the memory from being reused until it is dropped.
+  struct DeviceBuffer {
+    void* base = nullptr;
+    uint64_t offset = 0;
+    uint64_t nbytes = 0;
+    void* stream = nullptr;  // cudaStream_t
+    std::shared_ptr<const void> owner;
+  };
+  absl::StatusOr<DeviceBuffer> ResidentDeviceBuffer(uint64_t handle);
+  // Makes `numel` elements of `dtype` resident under `handle`: allocates them on this
+  // interpreter's device and calls fill(dst, nbytes, stream) on its main stream (for
+  // example CudaIpcImporter::CopyIn), which must return once the bytes are there.
+  absl::Status AdoptDeviceBuffer(uint64_t handle, core::DType dtype, int64_t numel,
+                                 absl::FunctionRef<absl::Status(void* dst, uint64_t nbytes, void* stream)> fill);
 
   int64_t resident_bytes() const;
   size_t resident_buffers() const;
