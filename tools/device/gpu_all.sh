@@ -4,6 +4,7 @@
 # benchmark, one log each under $1 (default $OUT), the tail of each on stdout.
 #   device_pack/gpu_all.sh $OUT            # all
 #   device_pack/gpu_all.sh $OUT gpu_test   # only the named steps
+#   BENCH_FILTER='genie_remote/|local_cuda/' device_pack/gpu_all.sh $OUT gpu_benchmark rpc
 set -u
 out="${1:-${OUT:-.}}"
 shift || true
@@ -25,7 +26,9 @@ step() {
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 step gpu_test 240 "$here/run.sh" gpu_test
 step cuda_peer_test 120 "$here/run.sh" cuda_peer_test
-step gpu_benchmark 360 "$here/run.sh" gpu_benchmark --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+# BENCH_FILTER: a --benchmark_filter regex for the benchmark step (default: all).
+step gpu_benchmark 360 "$here/run.sh" gpu_benchmark --benchmark_filter="${BENCH_FILTER:-.}" \
+  --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$out/gpu_benchmark.json" --benchmark_out_format=json
 # Where a GPT-2 decode step's time goes on the node (interpreter phases, stderr).
 step profile 120 env GENIE_INTERPRETER_PROFILE=1 "$here/run.sh" gpu_benchmark \
