@@ -16,6 +16,8 @@
 #include "examples/models/models.h"
 #include "examples/report.h"
 #include "genie/frontend/remote_device.h"
+#include "genie/runtime/interpreter.h"
+#include "tests/gpu/two_chains.h"
 
 namespace {
 
@@ -28,9 +30,11 @@ bool NoCuda(benchmark::State& state) {
   return true;
 }
 
-std::unique_ptr<genie::Session<Deployment>> StartGpuSession(benchmark::State& state) {
+std::unique_ptr<genie::Session<Deployment>> StartGpuSession(benchmark::State& state,
+                                                            bool cuda_graphs = true) {
   genie::SessionOptions o;
   o.embedded.device = "cuda:0";
+  o.embedded.cuda_graphs = cuda_graphs;
   o.embedded.log_connections = false;
   o.embedded.log_runs = false;
   auto s = genie::Session<Deployment>::Start(o);
@@ -83,11 +87,11 @@ void BM_BertBase(benchmark::State& state, bool remote) {
 }
 
 // ---- GPT-2 124M decode, one token per iteration -------------------------------------------
-void BM_Gpt2SmallDecode(benchmark::State& state, bool remote) {
+void BM_Gpt2SmallDecode(benchmark::State& state, bool remote, bool cuda_graphs = true) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::Gpt2Config c = m::Gpt2Config::Gpt2Small();
-  auto session = remote ? StartGpuSession(state) : nullptr;
+  auto session = remote ? StartGpuSession(state, cuda_graphs) : nullptr;
   if (remote && !session) return;
   const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::Gpt2 model(c);
@@ -105,11 +109,46 @@ void BM_Gpt2SmallDecode(benchmark::State& state, bool remote) {
   if (remote) ReportBytes(state, session->traffic() - before);
 }
 
+// ---- Two independent branches of small matmuls, the interpreter alone ------------------
+// 2 chains x 16 products of [256, 256] (each too small to fill the GPU), joined by add;
+// per iteration: upload x and w, run, read the sum back. Streams 1 vs 4, graphs off vs on.
+void BM_TwoBranches(benchmark::State& state, int streams, bool graphs) {
+  if (NoCuda(state)) return;
+  genie::testing_gpu::TwoChains chains(256, 16);
+  genie::runtime::InterpreterOptions o;
+  o.device = "cuda:0";
+  o.cuda_streams = streams;
+  o.cuda_graphs = graphs;
+  genie::runtime::Interpreter interpreter(o);
+  torch::Tensor x = torch::randn({chains.n, chains.n});
+  torch::Tensor w = torch::randn({chains.n, chains.n}) / 16.0;
+  genie::core::ExecuteRequest req;
+  req.graph = &chains.graph;
+  req.fingerprint = 7;
+  req.uploads.push_back({chains.x, genie::core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
+  req.uploads.push_back({chains.w, genie::core::HostBytes{w.data_ptr(), static_cast<size_t>(w.nbytes()), nullptr}});
+  for (int i = 0; i < 3; ++i) (void)interpreter.Execute(req);
+  for (auto _ : state) {
+    auto r = interpreter.Execute(req);
+    if (!r.ok()) {
+      state.SkipWithError(std::string(r.status().message()).c_str());
+      return;
+    }
+    benchmark::DoNotOptimize(r->outputs[0].data);
+  }
+}
+
+BENCHMARK_CAPTURE(BM_TwoBranches, streams1_eager, 1, false)->Unit(benchmark::kMicrosecond)->MinTime(1);
+BENCHMARK_CAPTURE(BM_TwoBranches, streams4_eager, 4, false)->Unit(benchmark::kMicrosecond)->MinTime(1);
+BENCHMARK_CAPTURE(BM_TwoBranches, streams1_graph, 1, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
+BENCHMARK_CAPTURE(BM_TwoBranches, streams4_graph, 4, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
+
 BENCHMARK_CAPTURE(BM_VitB16, local_cuda, false)->Unit(benchmark::kMillisecond)->MinTime(2);
 BENCHMARK_CAPTURE(BM_VitB16, genie_remote, true)->Unit(benchmark::kMillisecond)->MinTime(2);
 BENCHMARK_CAPTURE(BM_BertBase, local_cuda, false)->Unit(benchmark::kMillisecond)->MinTime(2);
 BENCHMARK_CAPTURE(BM_BertBase, genie_remote, true)->Unit(benchmark::kMillisecond)->MinTime(2);
 BENCHMARK_CAPTURE(BM_Gpt2SmallDecode, local_cuda, false)->Unit(benchmark::kMillisecond)->MinTime(2);
 BENCHMARK_CAPTURE(BM_Gpt2SmallDecode, genie_remote, true)->Unit(benchmark::kMillisecond)->MinTime(2);
+BENCHMARK_CAPTURE(BM_Gpt2SmallDecode, genie_remote_no_graphs, true, false)->Unit(benchmark::kMillisecond)->MinTime(2);
 
 }  // namespace

@@ -1,7 +1,15 @@
 // File: genie/runtime/interpreter.cc
 // The ATen interpreter: resolves a graph's ops once into a Program, then runs nodes in
-// capture order on real tensors. Each buffer has a root tensor; every op argument is a
+// topological order on real tensors. Each buffer has a root tensor; every op argument is a
 // view of a root rebuilt with as_strided (or the root itself when the geometry matches).
+//
+// On CUDA (see interpreter.h): lanes of the program's StreamPlan run on the interpreter's
+// own streams; each run forks from the main stream (every lane waits for it) and joins
+// back (the main stream waits for every lane) before outputs are read. Buffers live in
+// `roots` until the run's host side ends and every later run starts after that join, so a
+// block freed by the caching allocator on one lane's stream is only reused on that stream
+// after every other lane finished with it (the fork/join keeps cross-stream tensors alive
+// instead of recordStream).
 #include "genie/runtime/interpreter.h"
 
 #include <ATen/ATen.h>
@@ -9,8 +17,14 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <list>
+#include <optional>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -18,6 +32,16 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "genie/core/status.h"
+#include "genie/runtime/stream_plan.h"
+
+#if GENIE_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#endif
 
 namespace genie::runtime {
 namespace {
@@ -36,7 +60,88 @@ struct Program {
   // boxed wrappers drop the arguments before the returns are read, so the caller must
   // keep them alive across the call.
   std::vector<bool> returns_alias_args;
+  StreamPlan streams;         // one lane unless on CUDA with cuda_streams > 1
+  std::string graph_blocker;  // non-empty: why this program is never a CUDA graph
 };
+
+// Ops that synchronize with the host or whose output sizes depend on data: never captured.
+bool SyncsOrDataDependent(const std::string& op) {
+  static const char* const kDeny[] = {
+      "aten::_local_scalar_dense", "aten::item",          "aten::nonzero",
+      "aten::nonzero_numpy",       "aten::argwhere",      "aten::masked_select",
+      "aten::unique",              "aten::_unique",       "aten::_unique2",
+      "aten::unique_consecutive",  "aten::unique_dim",    "aten::repeat_interleave",
+      "aten::equal",               "aten::is_nonzero",    "aten::allclose",
+      "aten::bincount",            "aten::histc",         "aten::multinomial",
+      "aten::randperm",            "aten::_assert_async", "aten::cpu",
+      "aten::_copy_from_and_resize", "aten::resize_",     "aten::set_",
+  };
+  const std::string base = op.substr(0, op.find('.'));
+  for (const char* d : kDeny) {
+    if (base == d) return true;
+  }
+  return false;
+}
+
+std::atomic<int64_t> g_graph_captures{0};
+std::atomic<int64_t> g_graph_replays{0};
+std::atomic<int64_t> g_graph_refusals{0};
+std::atomic<int64_t> g_graph_drops{0};
+std::atomic<int64_t> g_multi_stream_runs{0};
+std::atomic<int64_t> g_cross_stream_waits{0};
+
+#if GENIE_WITH_CUDA
+// A stream of our own (not the pool's, which other sessions share: capturing one of those
+// could capture another session's work).
+class CudaStream {
+ public:
+  static absl::StatusOr<CudaStream> Create(c10::DeviceIndex device) {
+    c10::cuda::CUDAGuard guard(device);
+    cudaStream_t s = nullptr;
+    const cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
+    if (e != cudaSuccess) {
+      return absl::ResourceExhaustedError(absl::StrCat("cudaStreamCreate on cuda:", device,
+                                                       " failed: ", cudaGetErrorString(e)));
+    }
+    return CudaStream(s, device);
+  }
+  CudaStream(CudaStream&& o) noexcept : stream_(o.stream_), device_(o.device_) { o.stream_ = nullptr; }
+  CudaStream& operator=(CudaStream&& o) noexcept {
+    std::swap(stream_, o.stream_);
+    std::swap(device_, o.device_);
+    return *this;
+  }
+  CudaStream(const CudaStream&) = delete;
+  CudaStream& operator=(const CudaStream&) = delete;
+  ~CudaStream() {
+    if (stream_ != nullptr) {
+      (void)cudaStreamSynchronize(stream_);
+      (void)cudaStreamDestroy(stream_);
+    }
+  }
+  c10::cuda::CUDAStream get() const { return c10::cuda::getStreamFromExternal(stream_, device_); }
+
+ private:
+  CudaStream(cudaStream_t s, c10::DeviceIndex d) : stream_(s), device_(d) {}
+  cudaStream_t stream_ = nullptr;
+  c10::DeviceIndex device_ = 0;
+};
+
+// Per-program CUDA state: the events of its StreamPlan and its captured graph.
+struct CudaProgramState {
+  std::vector<at::cuda::CUDAEvent> events;
+  int eager_runs = 0;
+  int captures = 0;
+  bool refusal_counted = false;
+  std::string blocker;  // set when capture failed or the warm-up left tensors off the GPU
+  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  std::vector<at::Tensor> roots;  // every buffer as captured (static inputs and outputs)
+  std::vector<std::pair<core::BufferId, const void*>> resident_ptrs;
+  std::vector<core::BufferId> upload_ids;
+  size_t num_buffers = 0;
+};
+constexpr int kMaxRecaptures = 3;
+#endif
 
 absl::StatusOr<c10::OperatorHandle> Resolve(const std::string& qualified) {
   const size_t dot = qualified.find('.');
@@ -66,8 +171,20 @@ struct Interpreter::Impl {
   at::Device device = at::kCPU;
   mutable std::mutex mu;
   absl::flat_hash_map<uint64_t, at::Tensor> resident;
-  absl::flat_hash_map<uint64_t, std::shared_ptr<const Program>> programs;
+  absl::flat_hash_map<uint64_t, std::shared_ptr<Program>> programs;
   std::list<uint64_t> program_order;
+#if GENIE_WITH_CUDA
+  std::vector<CudaStream> streams;  // [0] is the main stream
+  absl::flat_hash_map<uint64_t, std::unique_ptr<CudaProgramState>> cuda_states;  // by fingerprint
+  size_t captured_graphs = 0;
+  // GENIE_INTERPRETER_PROFILE=1: per-phase times, printed to stderr every 200 runs.
+  struct Profile {
+    bool on = std::getenv("GENIE_INTERPRETER_PROFILE") != nullptr;
+    int64_t runs = 0, replays = 0;
+    double host_us = 0, sync_us = 0, gpu_us = 0;
+    std::unique_ptr<at::cuda::CUDAEvent> start, stop;
+  } profile;
+#endif
 
   int64_t ResidentBytes() const {
     int64_t total = 0;
@@ -75,39 +192,307 @@ struct Interpreter::Impl {
     return total;
   }
 
-  absl::StatusOr<std::shared_ptr<const Program>> Prepare(const core::Graph& g, uint64_t fp,
-                                                         bool* hit) {
+  void Forget(uint64_t fp) {
+    programs.erase(fp);
+#if GENIE_WITH_CUDA
+    auto it = cuda_states.find(fp);
+    if (it != cuda_states.end()) {
+      if (it->second->graph) --captured_graphs;
+      cuda_states.erase(it);
+    }
+#endif
+  }
+
+  absl::StatusOr<std::shared_ptr<Program>> Prepare(const core::Graph& g, uint64_t fp, bool* hit) {
     auto it = programs.find(fp);
-    if (fp != 0 && it != programs.end() && it->second->ops.size() == g.num_ops()) {
+    if (fp != 0 && it != programs.end() && it->second->ops.size() == g.num_ops() &&
+        it->second->streams.lane.size() == g.nodes().size()) {
       *hit = true;
       return it->second;
     }
     *hit = false;
+    if (fp != 0 && it != programs.end()) Forget(fp);  // same key, another graph
     auto p = std::make_shared<Program>();
     for (core::OpId id = 0; id < g.num_ops(); ++id) {
       GENIE_ASSIGN_OR_RETURN(c10::OperatorHandle h, Resolve(g.OpName(id)));
       std::vector<bool> gens;
+      bool has_generator = false;
       for (const c10::Argument& a : h.schema().arguments()) {
         c10::TypePtr t = a.real_type();
         if (t->kind() == c10::TypeKind::OptionalType) t = t->containedType(0);
         gens.push_back(t->kind() == c10::TypeKind::GeneratorType);
+        has_generator |= gens.back();
       }
       bool aliasing = false;
       for (const c10::Argument& r : h.schema().returns()) aliasing |= r.alias_info() != nullptr;
       p->ops.push_back(h);
       p->generator_args.push_back(std::move(gens));
       p->returns_alias_args.push_back(aliasing);
+      if (p->graph_blocker.empty() && has_generator) {
+        p->graph_blocker = absl::StrCat(g.OpName(id), " takes a generator (random op)");
+      }
+      if (p->graph_blocker.empty() && SyncsOrDataDependent(g.OpName(id))) {
+        p->graph_blocker = absl::StrCat(g.OpName(id), " synchronizes or has data-dependent sizes");
+      }
     }
+    if (p->graph_blocker.empty()) {
+      for (const core::Node& n : g.nodes()) {
+        for (const Arg& a : n.args) {
+          if (a.kind == ArgKind::kDevice && !(a.ints.size() == 2 && a.ints[0] == core::kRemoteDeviceType)) {
+            p->graph_blocker = absl::StrCat("op %", n.id, " ", g.OpName(n.op), " names another device");
+            break;
+          }
+        }
+        if (!p->graph_blocker.empty()) break;
+      }
+    }
+    p->streams = PlanStreams(g, device.is_cuda() ? options.cuda_streams : 1);
     if (fp != 0) {
       programs[fp] = p;
       program_order.push_back(fp);
       while (programs.size() > options.max_cached_programs && !program_order.empty()) {
-        programs.erase(program_order.front());
+        Forget(program_order.front());
         program_order.pop_front();
       }
     }
-    return std::shared_ptr<const Program>(p);
+    return p;
   }
+
+  absl::StatusOr<at::Tensor> View(const std::vector<at::Tensor>& roots, const TensorRef& r) const {
+    if (r.buffer >= roots.size() || !roots[r.buffer].defined()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("buffer b", r.buffer, " is read before anything produced it"));
+    }
+    const at::Tensor& root = roots[r.buffer];
+    if (SameGeometry(root, r)) return root;
+    if (root.scalar_type() != ToScalarType(r.dtype)) {
+      return absl::InvalidArgumentError(absl::StrCat("buffer b", r.buffer, " holds ",
+                                                     c10::toString(root.scalar_type()),
+                                                     " but is read as ", core::DTypeName(r.dtype)));
+    }
+    if (r.required_storage_numel() * static_cast<int64_t>(root.itemsize()) >
+        static_cast<int64_t>(root.storage().nbytes())) {
+      return absl::InvalidArgumentError(absl::StrCat("a view of buffer b", r.buffer,
+                                                     " reaches past its storage"));
+    }
+    return root.as_strided(at::IntArrayRef(r.sizes.data(), r.sizes.size()),
+                           at::IntArrayRef(r.strides.data(), r.strides.size()), r.storage_offset);
+  }
+
+  // Runs one node on the current stream; binds its fresh outputs into `roots`.
+  absl::Status RunNode(const core::Graph& g, const Program& program, const core::Node& n,
+                       std::vector<at::Tensor>& roots, torch::jit::Stack& stack,
+                       torch::jit::Stack& alive) {
+    const c10::OperatorHandle& op = program.ops[n.op];
+    const std::vector<bool>& gens = program.generator_args[n.op];
+    stack.clear();
+    for (size_t j = 0; j < n.args.size(); ++j) {
+      const Arg& a = n.args[j];
+      switch (a.kind) {
+        case ArgKind::kNone:
+          stack.emplace_back();
+          break;
+        case ArgKind::kTensor: {
+          GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, a.tensors[0]));
+          if (a.i == 1) {
+            t = t.alias();
+            t.unsafeGetTensorImpl()->set_wrapped_number(true);
+          }
+          stack.emplace_back(std::move(t));
+          break;
+        }
+        case ArgKind::kTensorList: {
+          c10::List<at::Tensor> l;
+          for (const TensorRef& r : a.tensors) {
+            GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, r));
+            l.push_back(std::move(t));
+          }
+          stack.emplace_back(std::move(l));
+          break;
+        }
+        case ArgKind::kOptionalTensorList: {
+          c10::List<std::optional<at::Tensor>> l;
+          for (size_t k = 0; k < a.tensors.size(); ++k) {
+            if (k < a.present.size() && a.present[k]) {
+              GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, a.tensors[k]));
+              l.push_back(std::move(t));
+            } else {
+              l.push_back(std::nullopt);
+            }
+          }
+          stack.emplace_back(std::move(l));
+          break;
+        }
+        case ArgKind::kInt:
+          if (j < gens.size() && gens[j]) {
+            // The seeding rule (genie/frontend): a fresh generator of this device seeded
+            // with the seed the client drew.
+            at::Generator gen = at::globalContext().defaultGenerator(device).clone();
+            gen.set_current_seed(static_cast<uint64_t>(a.i));
+            stack.emplace_back(std::move(gen));
+          } else {
+            stack.emplace_back(a.i);
+          }
+          break;
+        case ArgKind::kDouble:
+          stack.emplace_back(a.d);
+          break;
+        case ArgKind::kBool:
+          stack.emplace_back(a.i != 0);
+          break;
+        case ArgKind::kString:
+          stack.emplace_back(a.s);
+          break;
+        case ArgKind::kIntList:
+          stack.emplace_back(a.ints);
+          break;
+        case ArgKind::kDoubleList:
+          stack.emplace_back(a.doubles);
+          break;
+        case ArgKind::kBoolList: {
+          c10::List<bool> l;
+          for (int64_t b : a.ints) l.push_back(b != 0);
+          stack.emplace_back(std::move(l));
+          break;
+        }
+        case ArgKind::kDevice:
+          if (a.ints.size() == 2 && a.ints[0] == core::kRemoteDeviceType) {
+            stack.emplace_back(device);
+          } else if (a.ints.size() == 2) {
+            stack.emplace_back(c10::Device(static_cast<c10::DeviceType>(a.ints[0]),
+                                           static_cast<c10::DeviceIndex>(a.ints[1])));
+          } else {
+            return absl::InvalidArgumentError("malformed device argument");
+          }
+          break;
+        case ArgKind::kComplex:
+          stack.emplace_back(c10::complex<double>(a.doubles.at(0), a.doubles.at(1)));
+          break;
+      }
+    }
+    if (program.returns_alias_args[n.op]) {
+      alive.assign(stack.begin(), stack.end());
+    } else {
+      alive.clear();
+    }
+    try {
+      op.callBoxed(&stack);
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat("op %", n.id, " ", g.OpName(n.op), " failed on ",
+                                              Describe(), ": ", e.what_without_backtrace()));
+    }
+    // Bind fresh outputs to their buffers, in flattened order.
+    size_t k = 0;
+    auto bind = [&](const at::Tensor& t) -> absl::Status {
+      if (k >= n.outputs.size()) return absl::OkStatus();
+      const TensorRef& r = n.outputs[k++];
+      if (!t.defined() || r.buffer >= roots.size() || g.buffer(r.buffer).producer != n.id ||
+          roots[r.buffer].defined()) {
+        return absl::OkStatus();
+      }
+      const core::Buffer& b = g.buffer(r.buffer);
+      if (SameGeometry(t, r) && static_cast<int64_t>(t.storage().nbytes()) >= b.nbytes()) {
+        roots[r.buffer] = t;
+      } else {
+        // The kernel chose other strides than Meta inference: lay it out as captured.
+        at::Tensor root = at::empty({b.numel}, t.options());
+        root.as_strided(at::IntArrayRef(r.sizes.data(), r.sizes.size()),
+                        at::IntArrayRef(r.strides.data(), r.strides.size()), r.storage_offset)
+            .copy_(t);
+        roots[r.buffer] = std::move(root);
+      }
+      return absl::OkStatus();
+    };
+    for (const c10::IValue& v : stack) {
+      if (v.isTensor()) {
+        GENIE_RETURN_IF_ERROR(bind(v.toTensor()));
+      } else if (v.isTensorList()) {
+        for (const at::Tensor& t : v.toTensorList()) GENIE_RETURN_IF_ERROR(bind(t));
+      } else if (v.isNone()) {
+        ++k;
+      }
+    }
+    return absl::OkStatus();
+  }
+
+#if GENIE_WITH_CUDA
+  absl::Status EnsureStreams() {
+    const size_t want = static_cast<size_t>(std::clamp(options.cuda_streams, 1, 16));
+    while (streams.size() < want) {
+      GENIE_ASSIGN_OR_RETURN(CudaStream s, CudaStream::Create(device.index()));
+      streams.push_back(std::move(s));
+    }
+    return absl::OkStatus();
+  }
+
+  // Runs every node: lane by lane on the interpreter's streams, forked from and joined back
+  // into the main stream (the current stream on entry), or all on the main stream.
+  absl::Status RunNodesCuda(const core::Graph& g, const Program& program, CudaProgramState& state,
+                            std::vector<at::Tensor>& roots, int64_t* executed) {
+    const StreamPlan& plan = program.streams;
+    torch::jit::Stack stack, alive;
+    if (!plan.multi_lane()) {
+      for (core::NodeId id : plan.order) {
+        GENIE_RETURN_IF_ERROR(RunNode(g, program, g.node(id), roots, stack, alive));
+        ++*executed;
+      }
+      return absl::OkStatus();
+    }
+    const int lanes = std::min<int>(plan.num_lanes, static_cast<int>(streams.size()));
+    if (state.events.size() < plan.num_events + 2) state.events.resize(plan.num_events + 2);
+    at::cuda::CUDAEvent& fork = state.events[plan.num_events];
+    at::cuda::CUDAEvent& join = state.events[plan.num_events + 1];
+    const c10::cuda::CUDAStream main = streams[0].get();
+    std::vector<c10::cuda::CUDAStream> lane_streams;
+    lane_streams.reserve(lanes);
+    for (int l = 0; l < lanes; ++l) lane_streams.push_back(streams[l].get());
+    fork.record(main);
+    for (int l = 1; l < lanes; ++l) fork.block(lane_streams[l]);
+    absl::Status status = absl::OkStatus();
+    int current = 0;
+    for (core::NodeId id : plan.order) {
+      const int l = plan.lane[id] % lanes;
+      if (l != current) {
+        c10::cuda::setCurrentCUDAStream(lane_streams[l]);
+        current = l;
+      }
+      for (uint32_t e : plan.waits[id]) state.events[e].block(lane_streams[l]);
+      status = RunNode(g, program, g.node(id), roots, stack, alive);
+      if (!status.ok()) break;
+      if (plan.record_after[id] != StreamPlan::kNoEvent) {
+        state.events[plan.record_after[id]].record(lane_streams[l]);
+      }
+      ++*executed;
+    }
+    c10::cuda::setCurrentCUDAStream(main);
+    // Join even after an error: the next run must start after everything queued here.
+    for (int l = 1; l < lanes; ++l) {
+      join.record(lane_streams[l]);
+      join.block(main);
+    }
+    g_multi_stream_runs.fetch_add(1, std::memory_order_relaxed);
+    g_cross_stream_waits.fetch_add(plan.cross_lane_waits, std::memory_order_relaxed);
+    return status;
+  }
+
+  // Host bytes -> pinned staging buffer -> `dst` with a non-blocking copy on the current
+  // stream. The caching host allocator reuses staging buffers once their copy is done.
+  static void StageUpload(const core::HostBytes& src, at::Tensor& dst) {
+    at::Tensor pinned = at::empty({dst.numel()}, at::TensorOptions().dtype(dst.scalar_type()).pinned_memory(true));
+    std::memcpy(pinned.data_ptr(), src.data, src.nbytes);
+    dst.copy_(pinned, /*non_blocking=*/true);
+  }
+
+  static void AbortCapture(c10::cuda::CUDAStream s) {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(s.stream(), &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+      cudaGraph_t graph = nullptr;
+      (void)cudaStreamEndCapture(s.stream(), &graph);
+      if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    }
+    (void)cudaGetLastError();
+  }
+#endif
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& req) {
     if (req.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
@@ -117,7 +502,7 @@ struct Interpreter::Impl {
     core::ExecuteResult result;
 
     bool hit = false;
-    GENIE_ASSIGN_OR_RETURN(std::shared_ptr<const Program> program, Prepare(g, req.fingerprint, &hit));
+    GENIE_ASSIGN_OR_RETURN(std::shared_ptr<Program> program, Prepare(g, req.fingerprint, &hit));
     result.stats.program_cache_hit = hit;
 
     int64_t upload_bytes = 0;
@@ -152,188 +537,39 @@ struct Interpreter::Impl {
         return absl::InvalidArgumentError(absl::StrCat("upload for buffer b", b.id, " has ",
                                                        u.bytes.nbytes, " bytes, expected ", b.nbytes()));
       }
-      at::Tensor t = at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
-      if (u.bytes.nbytes) {
-        if (device.is_cpu()) {
-          std::memcpy(t.data_ptr(), u.bytes.data, u.bytes.nbytes);
-        } else {
-          at::Tensor host = at::from_blob(const_cast<void*>(u.bytes.data), {b.numel},
-                                          at::TensorOptions().dtype(ToScalarType(b.dtype)));
-          t.copy_(host);
-        }
-      }
-      roots[b.id] = std::move(t);
     }
 
-    auto view = [&](const TensorRef& r) -> absl::StatusOr<at::Tensor> {
-      if (r.buffer >= roots.size() || !roots[r.buffer].defined()) {
-        return absl::FailedPreconditionError(
-            absl::StrCat("buffer b", r.buffer, " is read before anything produced it"));
+    if (device.is_cuda()) {
+#if GENIE_WITH_CUDA
+      GENIE_RETURN_IF_ERROR(ExecuteCuda(g, req, *program, roots, result));
+#else
+      return absl::UnimplementedError(absl::StrCat(Describe(), ": this build has no CUDA; rebuild with --config=cuda"));
+#endif
+    } else {
+      for (const core::Upload& u : req.uploads) {
+        const core::Buffer& b = g.buffer(u.buffer);
+        at::Tensor t = at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
+        if (u.bytes.nbytes) std::memcpy(t.data_ptr(), u.bytes.data, u.bytes.nbytes);
+        roots[b.id] = std::move(t);
       }
-      const at::Tensor& root = roots[r.buffer];
-      if (SameGeometry(root, r)) return root;
-      if (root.scalar_type() != ToScalarType(r.dtype)) {
-        return absl::InvalidArgumentError(absl::StrCat("buffer b", r.buffer, " holds ",
-                                                       c10::toString(root.scalar_type()),
-                                                       " but is read as ", core::DTypeName(r.dtype)));
+      torch::jit::Stack stack, alive;
+      for (core::NodeId id : program->streams.order) {
+        GENIE_RETURN_IF_ERROR(RunNode(g, *program, g.node(id), roots, stack, alive));
+        ++result.stats.nodes_executed;
       }
-      if (r.required_storage_numel() * static_cast<int64_t>(root.itemsize()) >
-          static_cast<int64_t>(root.storage().nbytes())) {
-        return absl::InvalidArgumentError(absl::StrCat("a view of buffer b", r.buffer,
-                                                       " reaches past its storage"));
+      for (const TensorRef& r : g.outputs()) {
+        GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, r));
+        at::Tensor host = t.contiguous();
+        auto owner = std::make_shared<at::Tensor>(host);
+        result.outputs.push_back(core::HostBytes{host.data_ptr(), static_cast<size_t>(host.nbytes()),
+                                                 std::shared_ptr<const void>(owner, owner.get())});
+        result.stats.bytes_downloaded += static_cast<int64_t>(host.nbytes());
       }
-      return root.as_strided(at::IntArrayRef(r.sizes.data(), r.sizes.size()),
-                             at::IntArrayRef(r.strides.data(), r.strides.size()), r.storage_offset);
-    };
-
-    torch::jit::Stack stack;
-    torch::jit::Stack alive;  // arguments of an op whose returns alias them
-    for (const core::Node& n : g.nodes()) {
-      const c10::OperatorHandle& op = program->ops[n.op];
-      const std::vector<bool>& gens = program->generator_args[n.op];
-      stack.clear();
-      for (size_t j = 0; j < n.args.size(); ++j) {
-        const Arg& a = n.args[j];
-        switch (a.kind) {
-          case ArgKind::kNone:
-            stack.emplace_back();
-            break;
-          case ArgKind::kTensor: {
-            GENIE_ASSIGN_OR_RETURN(at::Tensor t, view(a.tensors[0]));
-            if (a.i == 1) {
-              t = t.alias();
-              t.unsafeGetTensorImpl()->set_wrapped_number(true);
-            }
-            stack.emplace_back(std::move(t));
-            break;
-          }
-          case ArgKind::kTensorList: {
-            c10::List<at::Tensor> l;
-            for (const TensorRef& r : a.tensors) {
-              GENIE_ASSIGN_OR_RETURN(at::Tensor t, view(r));
-              l.push_back(std::move(t));
-            }
-            stack.emplace_back(std::move(l));
-            break;
-          }
-          case ArgKind::kOptionalTensorList: {
-            c10::List<std::optional<at::Tensor>> l;
-            for (size_t k = 0; k < a.tensors.size(); ++k) {
-              if (k < a.present.size() && a.present[k]) {
-                GENIE_ASSIGN_OR_RETURN(at::Tensor t, view(a.tensors[k]));
-                l.push_back(std::move(t));
-              } else {
-                l.push_back(std::nullopt);
-              }
-            }
-            stack.emplace_back(std::move(l));
-            break;
-          }
-          case ArgKind::kInt:
-            if (j < gens.size() && gens[j]) {
-              // The seeding rule (genie/frontend): a fresh generator of this device seeded
-              // with the seed the client drew.
-              at::Generator gen = at::globalContext().defaultGenerator(device).clone();
-              gen.set_current_seed(static_cast<uint64_t>(a.i));
-              stack.emplace_back(std::move(gen));
-            } else {
-              stack.emplace_back(a.i);
-            }
-            break;
-          case ArgKind::kDouble:
-            stack.emplace_back(a.d);
-            break;
-          case ArgKind::kBool:
-            stack.emplace_back(a.i != 0);
-            break;
-          case ArgKind::kString:
-            stack.emplace_back(a.s);
-            break;
-          case ArgKind::kIntList:
-            stack.emplace_back(a.ints);
-            break;
-          case ArgKind::kDoubleList:
-            stack.emplace_back(a.doubles);
-            break;
-          case ArgKind::kBoolList: {
-            c10::List<bool> l;
-            for (int64_t b : a.ints) l.push_back(b != 0);
-            stack.emplace_back(std::move(l));
-            break;
-          }
-          case ArgKind::kDevice:
-            if (a.ints.size() == 2 && a.ints[0] == core::kRemoteDeviceType) {
-              stack.emplace_back(device);
-            } else if (a.ints.size() == 2) {
-              stack.emplace_back(c10::Device(static_cast<c10::DeviceType>(a.ints[0]),
-                                             static_cast<c10::DeviceIndex>(a.ints[1])));
-            } else {
-              return absl::InvalidArgumentError("malformed device argument");
-            }
-            break;
-          case ArgKind::kComplex:
-            stack.emplace_back(c10::complex<double>(a.doubles.at(0), a.doubles.at(1)));
-            break;
-        }
+      for (core::BufferId b : req.keep) {
+        if (b >= roots.size() || !roots[b].defined()) continue;
+        const uint64_t h = g.buffer(b).handle;
+        if (h != 0) resident[h] = roots[b];
       }
-      if (program->returns_alias_args[n.op]) {
-        alive.assign(stack.begin(), stack.end());
-      } else {
-        alive.clear();
-      }
-      try {
-        op.callBoxed(&stack);
-      } catch (const c10::Error& e) {
-        return absl::InternalError(absl::StrCat("op %", n.id, " ", g.OpName(n.op), " failed on ",
-                                                Describe(), ": ", e.what_without_backtrace()));
-      }
-      // Bind fresh outputs to their buffers, in flattened order.
-      size_t k = 0;
-      auto bind = [&](const at::Tensor& t) -> absl::Status {
-        if (k >= n.outputs.size()) return absl::OkStatus();
-        const TensorRef& r = n.outputs[k++];
-        if (!t.defined() || r.buffer >= roots.size() || g.buffer(r.buffer).producer != n.id ||
-            roots[r.buffer].defined()) {
-          return absl::OkStatus();
-        }
-        const core::Buffer& b = g.buffer(r.buffer);
-        if (SameGeometry(t, r) &&
-            static_cast<int64_t>(t.storage().nbytes()) >= b.nbytes()) {
-          roots[r.buffer] = t;
-        } else {
-          // The kernel chose other strides than Meta inference: lay it out as captured.
-          at::Tensor root = at::empty({b.numel}, t.options());
-          root.as_strided(at::IntArrayRef(r.sizes.data(), r.sizes.size()),
-                          at::IntArrayRef(r.strides.data(), r.strides.size()), r.storage_offset)
-              .copy_(t);
-          roots[r.buffer] = std::move(root);
-        }
-        return absl::OkStatus();
-      };
-      for (const c10::IValue& v : stack) {
-        if (v.isTensor()) {
-          GENIE_RETURN_IF_ERROR(bind(v.toTensor()));
-        } else if (v.isTensorList()) {
-          for (const at::Tensor& t : v.toTensorList()) GENIE_RETURN_IF_ERROR(bind(t));
-        } else if (v.isNone()) {
-          ++k;
-        }
-      }
-      ++result.stats.nodes_executed;
-    }
-
-    for (const TensorRef& r : g.outputs()) {
-      GENIE_ASSIGN_OR_RETURN(at::Tensor t, view(r));
-      at::Tensor host = t.to(at::kCPU).contiguous();
-      auto owner = std::make_shared<at::Tensor>(host);
-      result.outputs.push_back(core::HostBytes{host.data_ptr(), static_cast<size_t>(host.nbytes()),
-                                               std::shared_ptr<const void>(owner, owner.get())});
-      result.stats.bytes_downloaded += static_cast<int64_t>(host.nbytes());
-    }
-    for (core::BufferId b : req.keep) {
-      if (b >= roots.size() || !roots[b].defined()) continue;
-      const uint64_t h = g.buffer(b).handle;
-      if (h != 0) resident[h] = roots[b];
     }
     // After the run: this graph may still have read storages that died during capture.
     for (uint64_t h : req.release) resident.erase(h);
@@ -341,6 +577,196 @@ struct Interpreter::Impl {
     result.stats.resident_bytes = ResidentBytes();
     return result;
   }
+
+#if GENIE_WITH_CUDA
+  absl::Status ExecuteCuda(const core::Graph& g, const core::ExecuteRequest& req, const Program& program,
+                           std::vector<at::Tensor>& roots, core::ExecuteResult& result) {
+    const auto host_start = std::chrono::steady_clock::now();
+    c10::cuda::CUDAGuard device_guard(device.index());
+    GENIE_RETURN_IF_ERROR(EnsureStreams());
+    const c10::cuda::CUDAStream main = streams[0].get();
+    c10::cuda::CUDAStreamGuard stream_guard(main);
+
+    std::unique_ptr<CudaProgramState> scratch;
+    CudaProgramState* state = nullptr;
+    if (req.fingerprint != 0) {
+      std::unique_ptr<CudaProgramState>& s = cuda_states[req.fingerprint];
+      if (!s) s = std::make_unique<CudaProgramState>();
+      state = s.get();
+    } else {
+      scratch = std::make_unique<CudaProgramState>();
+      state = scratch.get();
+    }
+
+    std::vector<core::BufferId> upload_ids;
+    upload_ids.reserve(req.uploads.size());
+    for (const core::Upload& u : req.uploads) upload_ids.push_back(u.buffer);
+
+    enum class Mode { kEager, kCapture, kReplay } mode = Mode::kEager;
+    const bool graphable = options.cuda_graphs && req.fingerprint != 0 &&
+                           program.graph_blocker.empty() && state->blocker.empty();
+    if (graphable && state->graph) {
+      bool same = state->num_buffers == g.buffers().size() && state->upload_ids == upload_ids;
+      for (const auto& [b, ptr] : state->resident_ptrs) {
+        same = same && b < roots.size() && roots[b].defined() && roots[b].data_ptr() == ptr;
+      }
+      if (same) {
+        mode = Mode::kReplay;
+      } else {
+        // Resident inputs moved (or another upload set): the graph's addresses are stale.
+        state->graph.reset();
+        state->roots.clear();
+        --captured_graphs;
+        g_graph_drops.fetch_add(1, std::memory_order_relaxed);
+        if (state->captures >= kMaxRecaptures) {
+          state->blocker = "its resident inputs keep moving between runs";
+        }
+      }
+    } else if (graphable && state->eager_runs >= 1 && captured_graphs < options.max_cuda_graphs) {
+      mode = Mode::kCapture;
+    } else if (options.cuda_graphs && req.fingerprint != 0 && state->eager_runs >= 1 &&
+               !state->refusal_counted && (!program.graph_blocker.empty() || !state->blocker.empty())) {
+      // Counted once per program, when it would otherwise have been captured.
+      state->refusal_counted = true;
+      g_graph_refusals.fetch_add(1, std::memory_order_relaxed);
+    }
+
+    // Uploads: through pinned staging, non-blocking on the main stream. A replay copies into
+    // the graph's static input tensors.
+    for (const core::Upload& u : req.uploads) {
+      const core::Buffer& b = g.buffer(u.buffer);
+      at::Tensor t = mode == Mode::kReplay
+                         ? state->roots[b.id]
+                         : at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
+      if (u.bytes.nbytes) StageUpload(u.bytes, t);
+      roots[b.id] = std::move(t);
+    }
+
+    if (mode == Mode::kCapture) {
+      // Inputs of the capture: what is in roots now (residents and static uploads).
+      std::vector<at::Tensor> inputs = roots;
+      auto graph = std::make_unique<at::cuda::CUDAGraph>();
+      absl::Status status = absl::OkStatus();
+      int64_t executed = 0;
+      try {
+        graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+        status = RunNodesCuda(g, program, *state, roots, &executed);
+        if (status.ok()) {
+          graph->capture_end();
+        } else {
+          AbortCapture(main);
+        }
+      } catch (const std::exception& e) {
+        AbortCapture(main);
+        status = absl::InternalError(e.what());
+      }
+      if (status.ok()) {
+        state->graph = std::move(graph);
+        state->roots = roots;
+        state->num_buffers = g.buffers().size();
+        state->upload_ids = upload_ids;
+        state->resident_ptrs.clear();
+        for (const core::Buffer& b : g.buffers()) {
+          if (b.kind == BufferKind::kResident) state->resident_ptrs.emplace_back(b.id, roots[b.id].data_ptr());
+        }
+        ++state->captures;
+        ++captured_graphs;
+        g_graph_captures.fetch_add(1, std::memory_order_relaxed);
+        mode = Mode::kReplay;
+      } else {
+        // Not capturable: run this and every later run of the program eagerly.
+        graph.reset();
+        state->blocker = absl::StrCat("capture failed: ", status.message());
+        state->refusal_counted = true;
+        g_graph_refusals.fetch_add(1, std::memory_order_relaxed);
+        roots = std::move(inputs);
+        mode = Mode::kEager;
+      }
+    }
+
+    if (profile.on && !profile.start) {
+      profile.start = std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault);
+      profile.stop = std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault);
+    }
+    if (profile.on) profile.start->record(main);
+    if (mode == Mode::kReplay) {
+      if (state->roots.size() == roots.size()) {
+        for (size_t b = 0; b < roots.size(); ++b) {
+          if (!roots[b].defined()) roots[b] = state->roots[b];
+        }
+      }
+      try {
+        state->graph->replay();
+      } catch (const c10::Error& e) {
+        return absl::InternalError(absl::StrCat("CUDA graph replay failed on ", Describe(), ": ",
+                                                e.what_without_backtrace()));
+      }
+      g_graph_replays.fetch_add(1, std::memory_order_relaxed);
+      result.stats.nodes_executed = static_cast<int64_t>(g.nodes().size());
+    } else {
+      int64_t executed = 0;
+      GENIE_RETURN_IF_ERROR(RunNodesCuda(g, program, *state, roots, &executed));
+      result.stats.nodes_executed = executed;
+      ++state->eager_runs;
+      if (options.cuda_graphs && state->blocker.empty() && program.graph_blocker.empty()) {
+        for (const at::Tensor& t : roots) {
+          if (t.defined() && !t.is_cuda()) {
+            state->blocker = "a tensor of its warm-up run stayed on the CPU (CPU fallback)";
+            break;
+          }
+        }
+      }
+    }
+
+    if (profile.on) profile.stop->record(main);
+    // Outputs: device -> pinned staging, non-blocking on the main stream (after the join),
+    // then one wait for the main stream: the only host sync of a run.
+    std::vector<at::Tensor> hosts;
+    hosts.reserve(g.outputs().size());
+    for (const TensorRef& r : g.outputs()) {
+      GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, r));
+      at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
+      host.copy_(t, /*non_blocking=*/true);
+      hosts.push_back(std::move(host));
+    }
+    const auto sync_start = std::chrono::steady_clock::now();
+    if (!hosts.empty()) main.synchronize();
+    if (profile.on) {
+      const auto end = std::chrono::steady_clock::now();
+      profile.stop->synchronize();
+      ++profile.runs;
+      profile.replays += mode == Mode::kReplay;
+      profile.host_us += std::chrono::duration<double, std::micro>(end - host_start).count();
+      profile.sync_us += std::chrono::duration<double, std::micro>(end - sync_start).count();
+      profile.gpu_us += 1000.0 * profile.start->elapsed_time(*profile.stop);
+      if (profile.runs == 200) {
+        std::fprintf(stderr,
+                     "genie interpreter profile (%s): 200 runs, %lld replayed; per run: %.1f us in "
+                     "Execute (host), %.1f us of it waiting for the GPU, %.1f us GPU from first "
+                     "op to join\n",
+                     device.str().c_str(), static_cast<long long>(profile.replays), profile.host_us / 200,
+                     profile.sync_us / 200, profile.gpu_us / 200);
+        profile.runs = profile.replays = 0;
+        profile.host_us = profile.sync_us = profile.gpu_us = 0;
+      }
+    }
+    for (at::Tensor& host : hosts) {
+      auto owner = std::make_shared<at::Tensor>(std::move(host));
+      result.outputs.push_back(core::HostBytes{owner->data_ptr(), static_cast<size_t>(owner->nbytes()),
+                                               std::shared_ptr<const void>(owner, owner.get())});
+      result.stats.bytes_downloaded += static_cast<int64_t>(owner->nbytes());
+    }
+    for (core::BufferId b : req.keep) {
+      if (b >= roots.size() || !roots[b].defined()) continue;
+      const uint64_t h = g.buffer(b).handle;
+      if (h == 0) continue;
+      // The graph's own memory is overwritten by the next replay: keep a copy.
+      const bool graph_memory = mode == Mode::kReplay && g.buffer(b).kind != BufferKind::kResident;
+      resident[h] = graph_memory ? roots[b].clone() : roots[b];
+    }
+    return absl::OkStatus();
+  }
+#endif
 
   std::string Describe() const { return absl::StrCat("local ATen interpreter (", device.str(), ")"); }
 };
@@ -358,6 +784,66 @@ absl::StatusOr<core::ExecuteResult> Interpreter::Execute(const core::ExecuteRequ
 
 std::string Interpreter::Describe() const { return impl_->Describe(); }
 
+absl::StatusOr<Interpreter::DeviceBuffer> Interpreter::ResidentDeviceBuffer(uint64_t handle) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  if (!impl_->device.is_cuda()) {
+    return absl::FailedPreconditionError(absl::StrCat(Describe(), " holds no device memory to export"));
+  }
+  auto it = impl_->resident.find(handle);
+  if (it == impl_->resident.end()) {
+    return absl::NotFoundError(absl::StrCat("handle ", handle, " is not resident on ", Describe()));
+  }
+  c10::cuda::CUDAGuard guard(impl_->device.index());
+  GENIE_RETURN_IF_ERROR(impl_->EnsureStreams());
+  at::Tensor t = it->second.is_contiguous() ? it->second : it->second.contiguous();
+  size_t segment = 0;
+  void* base = c10::cuda::CUDACachingAllocator::getBaseAllocation(t.data_ptr(), &segment);
+  DeviceBuffer d;
+  d.base = base;
+  d.offset = static_cast<uint64_t>(static_cast<char*>(t.data_ptr()) - static_cast<char*>(base));
+  d.nbytes = static_cast<uint64_t>(t.nbytes());
+  d.stream = impl_->streams[0].get().stream();
+  auto owner = std::make_shared<at::Tensor>(std::move(t));
+  d.owner = std::shared_ptr<const void>(owner, owner.get());
+  return d;
+#else
+  (void)handle;
+  return absl::UnimplementedError("exporting device memory needs a build with --config=cuda");
+#endif
+}
+
+absl::Status Interpreter::AdoptDeviceBuffer(
+    uint64_t handle, core::DType dtype, int64_t numel,
+    absl::FunctionRef<absl::Status(void* dst, uint64_t nbytes, void* stream)> fill) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  if (!impl_->device.is_cuda()) {
+    return absl::FailedPreconditionError(absl::StrCat(Describe(), " cannot adopt device memory"));
+  }
+  if (numel < 0) return absl::InvalidArgumentError("negative element count");
+  c10::cuda::CUDAGuard guard(impl_->device.index());
+  GENIE_RETURN_IF_ERROR(impl_->EnsureStreams());
+  const c10::cuda::CUDAStream main = impl_->streams[0].get();
+  c10::cuda::CUDAStreamGuard stream_guard(main);
+  at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(ToScalarType(dtype)).device(impl_->device));
+  const int64_t budget = impl_->options.memory_budget_bytes;
+  if (budget > 0 && impl_->ResidentBytes() + static_cast<int64_t>(t.nbytes()) > budget) {
+    return absl::ResourceExhaustedError(absl::StrCat("adopting handle ", handle, " (", t.nbytes(),
+                                                     " bytes) exceeds the memory budget of ", Describe()));
+  }
+  GENIE_RETURN_IF_ERROR(fill(t.data_ptr(), static_cast<uint64_t>(t.nbytes()), main.stream()));
+  impl_->resident[handle] = std::move(t);
+  return absl::OkStatus();
+#else
+  (void)handle;
+  (void)dtype;
+  (void)numel;
+  (void)fill;
+  return absl::UnimplementedError("adopting device memory needs a build with --config=cuda");
+#endif
+}
+
 int64_t Interpreter::resident_bytes() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->ResidentBytes();
@@ -371,6 +857,21 @@ size_t Interpreter::resident_buffers() const {
 size_t Interpreter::cached_programs() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->programs.size();
+}
+
+}  // namespace genie::runtime
+
+namespace genie::runtime {
+
+InterpreterCounters GetInterpreterCounters() {
+  InterpreterCounters c;
+  c.graph_captures = g_graph_captures.load(std::memory_order_relaxed);
+  c.graph_replays = g_graph_replays.load(std::memory_order_relaxed);
+  c.graph_refusals = g_graph_refusals.load(std::memory_order_relaxed);
+  c.graph_drops = g_graph_drops.load(std::memory_order_relaxed);
+  c.multi_stream_runs = g_multi_stream_runs.load(std::memory_order_relaxed);
+  c.cross_stream_waits = g_cross_stream_waits.load(std::memory_order_relaxed);
+  return c;
 }
 
 }  // namespace genie::runtime

@@ -7,6 +7,23 @@
 //   runtime::Interpreter cpu;                                  // ATen on the CPU
 //   absl::StatusOr<core::ExecuteResult> r = cpu.Execute(request);
 //
+// On CUDA ("cuda:N") a program runs on the interpreter's own streams: its independent
+// branches (runtime::PlanStreams) each on a stream, joined by events; uploads go through
+// pinned staging buffers with non-blocking copies, and the host waits only when it reads
+// outputs back. A program that ran once eagerly and passes the capture rule below is
+// captured into a CUDA graph on its second run and replayed from then on.
+//
+// CUDA-graph rule: a program is captured when (1) the device is CUDA and `cuda_graphs` is
+// on, (2) it already ran once eagerly (warm-up: cuBLAS handles, lazy kernels), (3) none of
+// its ops takes a generator (random ops), names a device other than the node's, or is one
+// that synchronizes with the host or has data-dependent output sizes (item, nonzero,
+// masked_select, unique, ...), (4) its warm-up run left every tensor on the GPU (no CPU
+// fallback), and (5) capture itself succeeds. A replay requires the same uploads (same
+// buffers and sizes, fixed by the fingerprint) and the same resident tensors at the same
+// device addresses as at capture; otherwise the graph is dropped and the run is eager
+// (recaptured at most kMaxRecaptures times). Kept buffers that the graph produced are
+// cloned after a replay, since the next replay overwrites the graph's memory.
+//
 // This header does not include libtorch.
 #ifndef GENIE_RUNTIME_INTERPRETER_H_
 #define GENIE_RUNTIME_INTERPRETER_H_
@@ -14,6 +31,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
 
 #include "absl/status/statusor.h"
 #include "genie/core/executor.h"
@@ -24,7 +44,21 @@ struct InterpreterOptions {
   std::string device = "cpu";      // "cpu" or "cuda:N"
   int64_t memory_budget_bytes = 0;  // resident + uploaded bytes allowed; 0 = unlimited
   size_t max_cached_programs = 256;
+  int cuda_streams = 4;       // streams per program on CUDA (1: everything on one stream)
+  bool cuda_graphs = true;    // capture repeated static programs into CUDA graphs
+  size_t max_cuda_graphs = 32;  // captured graphs kept per interpreter (each holds memory)
 };
+
+// Process-wide counts, for tests and logs (all interpreters of the process together).
+struct InterpreterCounters {
+  int64_t graph_captures = 0;   // programs captured into a CUDA graph
+  int64_t graph_replays = 0;    // runs served by replaying a graph
+  int64_t graph_refusals = 0;   // programs the capture rule refused (static screen or capture)
+  int64_t graph_drops = 0;      // graphs dropped because resident inputs moved
+  int64_t multi_stream_runs = 0;  // eager or captured runs that used more than one stream
+  int64_t cross_stream_waits = 0;
+};
+InterpreterCounters GetInterpreterCounters();
 
 class Interpreter final : public core::Executor {
  public:
@@ -33,6 +67,24 @@ class Interpreter final : public core::Executor {
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override;
   std::string Describe() const override;
+
+  // Node to node on one host (runtime/cuda_peer.h), CUDA only. The device memory of
+  // resident `handle`, for a CudaIpcExporter: the allocation's base, the buffer's offset in
+  // it, the interpreter's main stream (the buffer is complete once the work queued there
+  // is), and an owner that keeps the memory from being reused until it is dropped.
+  struct DeviceBuffer {
+    void* base = nullptr;
+    uint64_t offset = 0;
+    uint64_t nbytes = 0;
+    void* stream = nullptr;  // cudaStream_t
+    std::shared_ptr<const void> owner;
+  };
+  absl::StatusOr<DeviceBuffer> ResidentDeviceBuffer(uint64_t handle);
+  // Makes `numel` elements of `dtype` resident under `handle`: allocates them on this
+  // interpreter's device and calls fill(dst, nbytes, stream) on its main stream (for
+  // example CudaIpcImporter::CopyIn), which must return once the bytes are there.
+  absl::Status AdoptDeviceBuffer(uint64_t handle, core::DType dtype, int64_t numel,
+                                 absl::FunctionRef<absl::Status(void* dst, uint64_t nbytes, void* stream)> fill);
 
   int64_t resident_bytes() const;
   size_t resident_buffers() const;

@@ -50,6 +50,12 @@ ABSL_FLAG(bool, decode_first, true,
 ABSL_FLAG(int64_t, peer_inbox_bytes, int64_t{1} << 30,
           "bytes other nodes may push here that no run has read yet; a push above it is "
           "refused with an error naming the sizes; 0 = unlimited");
+ABSL_FLAG(int32_t, cuda_streams, 4,
+          "on cuda:N, CUDA streams per program: independent branches run concurrently (1: one "
+          "stream)");
+ABSL_FLAG(bool, cuda_graphs, true,
+          "on cuda:N, capture a program into a CUDA graph on its second run and replay it "
+          "(programs with random, syncing or CPU ops stay eager); --nocuda_graphs turns it off");
 
 namespace {
 
@@ -125,6 +131,9 @@ int main(int argc, char** argv) {
   options.run_slots = absl::GetFlag(FLAGS_run_slots);
   if (options.run_slots < 0) return Fail("--run_slots must be >= 0");
   options.decode_first = absl::GetFlag(FLAGS_decode_first);
+  options.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
+  if (options.cuda_streams < 1 || options.cuda_streams > 16) return Fail("--cuda_streams must be in [1, 16]");
+  options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) return Fail("--threads must be > 0");
   at::set_num_threads(threads);
@@ -143,12 +152,15 @@ int main(int argc, char** argv) {
 
   std::printf("genie-node listening on %s:%d\n", (*server)->host().c_str(), (*server)->port());
   std::fflush(stdout);
-  std::fprintf(stderr, "genie-node: device %s, %d threads, memory budget %s, max program %lld bytes\n",
+  std::fprintf(stderr,
+               "genie-node: device %s, %d threads, memory budget %s, max program %lld bytes, "
+               "%d CUDA streams, CUDA graphs %s\n",
                options.device.c_str(), threads,
                options.memory_budget_bytes == 0
                    ? "unlimited"
                    : absl::StrCat(options.memory_budget_bytes, " bytes").c_str(),
-               static_cast<long long>(max_program));
+               static_cast<long long>(max_program), options.cuda_streams,
+               options.cuda_graphs ? "on" : "off");
   (*server)->Serve(&g_stop);
   std::fprintf(stderr, "genie-node: stopped\n");
   return 0;

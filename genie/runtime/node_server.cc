@@ -275,6 +275,8 @@ InterpreterOptions InterpreterOptionsFor(const NodeOptions& options) {
   o.device = options.device;
   o.memory_budget_bytes = options.memory_budget_bytes;
   o.max_cached_programs = options.max_cached_programs;
+  o.cuda_streams = options.cuda_streams;
+  o.cuda_graphs = options.cuda_graphs;
   return o;
 }
 

@@ -63,6 +63,8 @@ struct NodeOptions {
   std::string device = "cpu";        // "cpu"; "cuda:N" where built with CUDA
   int64_t memory_budget_bytes = 0;   // per session: resident + uploaded bytes; 0 = unlimited
   uint32_t max_cached_programs = 256;  // per connection, oldest loaded evicted first
+  int cuda_streams = 4;              // on CUDA: streams per program (InterpreterOptions)
+  bool cuda_graphs = true;           // on CUDA: replay repeated static programs as CUDA graphs
   plan::MessageLimits limits;        // limits.max_program_bytes is --max_program_bytes
   absl::Duration auth_timeout = absl::Seconds(10);
   absl::Duration io_timeout = absl::Seconds(30);  // one send, or the rest of a frame

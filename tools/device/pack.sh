@@ -18,9 +18,12 @@ for a in "$@"; do
 done
 [[ ${#targets[@]} -gt 0 ]] || { echo "usage: $0 [bazel flags] //pkg:target ..." >&2; exit 2; }
 
-bazel build -c opt "${flags[@]}" "${targets[@]}"
+# BAZEL_OUTPUT_BASE: build in that output base (a worktree of its own, say).
+startup=()
+[[ -n "${BAZEL_OUTPUT_BASE:-}" ]] && startup=(--output_base="$BAZEL_OUTPUT_BASE")
+bazel "${startup[@]}" build -c opt "${flags[@]}" "${targets[@]}"
 # Ask Bazel where outputs are: the bazel-bin symlink may point at another output base.
-bin="$(bazel info -c opt "${flags[@]}" bazel-bin 2>/dev/null)"
+bin="$(bazel "${startup[@]}" info -c opt "${flags[@]}" bazel-bin 2>/dev/null)"
 out=device_pack
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
 for t in "${targets[@]}"; do
