@@ -14,6 +14,7 @@
 #include <chrono>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <string>
 #include <vector>
@@ -87,6 +88,35 @@ void BM_VqaLocal(benchmark::State& state) {
   state.counters["weight_bytes"] = WeightBytes(model);
 }
 
+// A VQA model of `in`'s config on a new session of `options.embedded_nodes` embedded
+// nodes, named for the analysis and run `warmups` times (weights resident, caches warm).
+// Empty, with the benchmark skipped, when the session does not start.
+template <class Deployment>
+struct VqaOnSession {
+  std::unique_ptr<genie::Session<Deployment>> session;
+  models::Vqa model{nullptr};
+  torch::Device dev = torch::kCPU;
+};
+
+template <class Deployment>
+std::optional<VqaOnSession<Deployment>> StartVqa(benchmark::State& state, const VqaInputs& in,
+                                                 const genie::SessionOptions& options, int warmups) {
+  auto session = genie::Session<Deployment>::Start(options);
+  if (!session.ok()) {
+    state.SkipWithError(std::string(session.status().message()).c_str());
+    return std::nullopt;
+  }
+  VqaOnSession<Deployment> v{std::move(*session), models::Vqa(in.config), torch::kCPU};
+  v.dev = torch::Device(v.session->device());
+  v.model->eval();
+  v.model->to(v.dev);
+  genie::frontend::NameParameters(*v.model);
+  for (int i = 0; i < warmups; ++i) {
+    (void)v.model->forward(in.images.to(v.dev), in.questions.to(v.dev)).to(torch::kCPU);
+  }
+  return v;
+}
+
 // Latency through the frontend (capture, analysis, scheduler, wire, node), one batch at a
 // time. Counters: exec_ms is the time inside the executor (analysis, scheduling, wire and
 // node), node_ms the nodes' own execution time; capture is the rest.
@@ -96,34 +126,28 @@ void BM_VqaRemote(benchmark::State& state) {
   VqaInputs in(state.range(0));
   genie::SessionOptions options = Quiet();
   options.embedded_nodes = kNodes;
-  auto session = genie::Session<Deployment>::Start(options);
-  if (!session.ok()) {
-    state.SkipWithError(std::string(session.status().message()).c_str());
-    return;
-  }
-  const torch::Device dev((*session)->device());
-  models::Vqa model(in.config);
-  model->eval();
-  model->to(dev);
-  genie::frontend::NameParameters(*model);
-  for (int i = 0; i < 3; ++i) (void)model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU);
-  (void)(*session)->TakeRecords();
-  const auto before = (*session)->traffic();
+  std::optional<VqaOnSession<Deployment>> v = StartVqa<Deployment>(state, in, options, 3);
+  if (!v) return;
+  auto& session = v->session;
+  models::Vqa& model = v->model;
+  const torch::Device dev = v->dev;
+  (void)session->TakeRecords();
+  const auto before = session->traffic();
   double exec_ms = 0, node_ms = 0;
   for (auto _ : state) {
     benchmark::DoNotOptimize(model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU));
     state.PauseTiming();
-    for (const genie::PipelineRecord& r : (*session)->TakeRecords()) exec_ms += r.milliseconds;
-    node_ms += static_cast<double>((*session)->last_node_micros()) / 1000.0;
+    for (const genie::PipelineRecord& r : session->TakeRecords()) exec_ms += r.milliseconds;
+    node_ms += static_cast<double>(session->last_node_micros()) / 1000.0;
     state.ResumeTiming();
   }
-  const auto moved = (*session)->traffic() - before;
+  const auto moved = session->traffic() - before;
   state.counters["wire_bytes"] = benchmark::Counter(static_cast<double>(genie::examples::WireBytes(moved)),
                                                     benchmark::Counter::kAvgIterations);
   state.counters["exec_ms"] = benchmark::Counter(exec_ms, benchmark::Counter::kAvgIterations);
   state.counters["node_ms"] = benchmark::Counter(node_ms, benchmark::Counter::kAvgIterations);
   state.counters["node_to_node_bytes"] = benchmark::Counter(
-      static_cast<double>((*session)->placement().node_to_node_bytes), benchmark::Counter::kAvgIterations);
+      static_cast<double>(session->placement().node_to_node_bytes), benchmark::Counter::kAvgIterations);
 }
 
 // Through the frontend with asynchronous dispatch: each iteration captures batch i and
@@ -137,28 +161,22 @@ void BM_VqaDispatched(benchmark::State& state) {
   genie::SessionOptions options = Quiet();
   options.embedded_nodes = kNodes;
   options.pipelined = kPipelined;
-  auto session = genie::Session<Deployment>::Start(options);
-  if (!session.ok()) {
-    state.SkipWithError(std::string(session.status().message()).c_str());
-    return;
-  }
-  const torch::Device dev((*session)->device());
-  models::Vqa model(in.config);
-  model->eval();
-  model->to(dev);
-  genie::frontend::NameParameters(*model);
-  for (int i = 0; i < 3; ++i) (void)model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU);
+  std::optional<VqaOnSession<Deployment>> v = StartVqa<Deployment>(state, in, options, 3);
+  if (!v) return;
+  auto& session = v->session;
+  models::Vqa& model = v->model;
+  const torch::Device dev = v->dev;
   torch::Tensor previous;
   for (auto _ : state) {
     torch::Tensor answers = model->forward(in.images.to(dev), in.questions.to(dev));
-    (void)(*session)->Dispatch();
+    (void)session->Dispatch();
     if (previous.defined()) benchmark::DoNotOptimize(previous.to(torch::kCPU));
     previous = answers;
   }
   if (previous.defined()) benchmark::DoNotOptimize(previous.to(torch::kCPU));
-  if (!(*session)->Join().ok()) state.SkipWithError("a dispatched batch failed");
+  if (!session->Join().ok()) state.SkipWithError("a dispatched batch failed");
   state.SetItemsProcessed(state.iterations());
-  state.counters["pipelined_parts"] = static_cast<double>((*session)->placement().pipelined_parts);
+  state.counters["pipelined_parts"] = static_cast<double>(session->placement().pipelined_parts);
 }
 
 // The scheduler on its own, replaying the graph the frontend captured for one batch (so
@@ -177,17 +195,11 @@ void BM_VqaScheduler(benchmark::State& state) {
   VqaInputs in(state.range(0));
   genie::SessionOptions options = Quiet();
   options.embedded_nodes = kNodes;
-  auto session = genie::Session<Deployment>::Start(options);
-  if (!session.ok()) {
-    state.SkipWithError(std::string(session.status().message()).c_str());
-    return;
-  }
-  const torch::Device dev((*session)->device());
-  models::Vqa model(in.config);
-  model->eval();
-  model->to(dev);
-  genie::frontend::NameParameters(*model);
-  for (int i = 0; i < 2; ++i) (void)model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU);
+  std::optional<VqaOnSession<Deployment>> v = StartVqa<Deployment>(state, in, options, 2);
+  if (!v) return;
+  auto& session = v->session;
+  models::Vqa& model = v->model;
+  const torch::Device dev = v->dev;
   auto captured = std::make_shared<CapturedRun>();
   genie::frontend::SetGraphObserver([captured](const genie::core::Graph& g, const genie::core::ExecuteRequest& r) {
     if (g.nodes().size() < captured->graph.nodes().size()) return;  // keep the forward graph
@@ -205,7 +217,7 @@ void BM_VqaScheduler(benchmark::State& state) {
   captured->request.graph = &captured->graph;
   const genie::semantic::GraphSemantics semantics =
       genie::semantic::Analyze(captured->graph, captured->request.keep);
-  auto& scheduler = (*session)->pipeline().scheduler();
+  auto& scheduler = session->pipeline().scheduler();
   genie::scheduler::PlacementExecutor* placer = scheduler.placer();
   if (kInFlight > 1 && placer == nullptr) {
     state.SkipWithError("pipelining needs ModalityPlacement on several nodes");
@@ -235,7 +247,7 @@ void BM_VqaScheduler(benchmark::State& state) {
   }
   if (failed) state.SkipWithError("a replayed run failed");
   state.SetItemsProcessed(state.iterations());
-  const genie::scheduler::PlacementStats st = (*session)->placement();
+  const genie::scheduler::PlacementStats st = session->placement();
   state.counters["pipelined_parts"] = static_cast<double>(st.pipelined_parts);
   state.counters["max_parts_in_flight"] = static_cast<double>(st.max_parts_in_flight);
 }
