@@ -384,6 +384,12 @@ class CaptureContext {
   Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
   bool AppendKey(const c10::IValue& v);
   void AppendTensorKey(const at::Tensor& t);
+  // The key of a remote-to-remote copy: both views (no op: a copy is not dispatched).
+  void CopyKey(const at::Tensor& self, const at::Tensor& dst) {
+    key_.Clear();
+    AppendTensorKey(dst);
+    AppendTensorKey(self);
+  }
   void Chain(uint64_t v) { chain_ = absl::Hash<std::pair<uint64_t, uint64_t>>{}({chain_, v}); }
   void ChainNode(const core::Node& n);
   static at::Tensor ToMeta(const at::Tensor& t);
@@ -775,9 +781,8 @@ void CaptureContext::AppendTensorKey(const at::Tensor& t) {
 }
 
 bool CaptureContext::AppendKey(const c10::IValue& v) {
-  auto add_tensor = [&](const at::Tensor& t) { AppendTensorKey(t); };
   if (v.isTensor()) {
-    add_tensor(v.toTensor());
+    AppendTensorKey(v.toTensor());
   } else if (v.isNone()) {
     key_.Push(-1);
   } else if (v.isInt()) {
@@ -813,11 +818,11 @@ bool CaptureContext::AppendKey(const c10::IValue& v) {
   } else if (v.isTensorList()) {
     auto l = v.toTensorList();
     key_.Push(-8 - static_cast<int64_t>(l.size()) * 16);
-    for (const at::Tensor& t : l) add_tensor(t);
+    for (const at::Tensor& t : l) AppendTensorKey(t);
   } else if (v.isList()) {
     key_.Push(-9);
     for (const c10::IValue& e : v.toListRef()) {
-      if (e.isTensor()) add_tensor(e.toTensor());
+      if (e.isTensor()) AppendTensorKey(e.toTensor());
       else key_.Push(-1);
     }
   } else if (v.isDevice()) {
@@ -1366,9 +1371,7 @@ bool CaptureContext::TryReplayCopy(const at::Tensor& self, const at::Tensor& dst
   if (cursor_ >= template_->events.size()) return false;
   const TraceEvent& e = template_->events[cursor_];
   if (e.schema != nullptr) return false;
-  key_.Clear();
-  AppendTensorKey(dst);
-  AppendTensorKey(self);
+  CopyKey(self, dst);
   if (key_.span() != absl::MakeConstSpan(template_->keys.data() + e.key_begin, e.key_size)) return false;
   const core::Node& tn = template_->graph.node(e.nodes_after - 1);
   if (tn.scope != ReplayScope() || tn.args.size() != 3) return false;
@@ -1470,9 +1473,7 @@ void CaptureContext::CopyFrom(const at::Tensor& self, const at::Tensor& dst) {
     ChainNode(n);
     graph.AddNode(std::move(n));
     ++stats.ops_captured;
-    key_.Clear();
-    AppendTensorKey(dst);
-    AppendTensorKey(self);
+    CopyKey(self, dst);
     Record(nullptr, nullptr, key_.span());
   } else if (IsRemote(dst)) {
     TORCH_CHECK(self.device().is_cpu(), "genie: copying from ", self.device(),
