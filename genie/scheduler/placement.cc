@@ -282,6 +282,17 @@ class Builder {
     return copy.handle;
   }
 
+  // A part's buffer standing for original buffer `buf`: same dtype, size, name and handle;
+  // kind and producer are the part's.
+  static core::Buffer Like(const core::Buffer& buf) {
+    core::Buffer nb;
+    nb.dtype = buf.dtype;
+    nb.numel = buf.numel;
+    nb.name = buf.name;
+    nb.handle = buf.handle;
+    return nb;
+  }
+
   // The local id of original buffer `b` in part `p`, bringing its current version there.
   absl::StatusOr<BufferId> Local(BufferId b, int p) {
     if (b >= g_.buffers().size()) {
@@ -291,11 +302,7 @@ class Builder {
     if (map[b] != core::kNoBuffer) return map[b];
     Part& part = out_->parts[p];
     const core::Buffer& buf = g_.buffer(b);
-    core::Buffer nb;
-    nb.dtype = buf.dtype;
-    nb.numel = buf.numel;
-    nb.name = buf.name;
-    nb.handle = buf.handle;
+    core::Buffer nb = Like(buf);
     if (buf.producer != core::kNoNode && buf.producer < part_of_op_.size() &&
         part_of_op_[buf.producer] == p) {
       nb.kind = BufferKind::kIntermediate;
@@ -357,11 +364,7 @@ class Builder {
   BufferId KeepCopy(BufferId b, int p, BufferId local) {
     Part& part = out_->parts[p];
     const core::Buffer& buf = g_.buffer(b);
-    core::Buffer nb;
-    nb.dtype = buf.dtype;
-    nb.numel = buf.numel;
-    nb.name = buf.name;
-    nb.handle = buf.handle;
+    core::Buffer nb = Like(buf);
     nb.kind = BufferKind::kIntermediate;
     const BufferId copy = part.graph.AddBuffer(std::move(nb));
     part.original.push_back(b);
