@@ -442,7 +442,7 @@ class CaptureContext {
   // The buffers whose storages outlive the graph (sorted); after the run they are resident.
   std::vector<BufferId> KeptBuffers() const;
   void MarkResident(const std::vector<BufferId>& keep, const std::vector<BufferId>& remap);
-  // Gathers uploads, names the job's effects (kept storages become resident) and dumps.
+  // The job for `run`: uploads gathered, observer and dump called, releases handed over.
   std::unique_ptr<Worker::Job> FinishJob(std::shared_ptr<const core::Graph> run,
                                          const std::vector<BufferId>& run_keep,
                                          const std::vector<BufferId>& remap, uint64_t fingerprint);
@@ -761,8 +761,8 @@ Arg CaptureContext::ToArg(const c10::IValue& v, int arg_index, const SchemaInfo&
               " that cannot be sent to a remote node");
 }
 
-// Appends what determines output metadata. Returns false for argument kinds that make
-// the op unsuitable for caching (they still capture; they just always run Meta).
+// Appends what determines a tensor argument's part in output metadata: dtype, device,
+// geometry and storage size.
 void CaptureContext::AppendTensorKey(const at::Tensor& t) {
   if (!t.defined()) {
     key_.Push(-7);
@@ -780,6 +780,8 @@ void CaptureContext::AppendTensorKey(const at::Tensor& t) {
   *p = static_cast<int64_t>(t.storage().nbytes());
 }
 
+// Appends what determines output metadata. Returns false for argument kinds that make
+// the op unsuitable for caching (they still capture; they just always run Meta).
 bool CaptureContext::AppendKey(const c10::IValue& v) {
   if (v.isTensor()) {
     AppendTensorKey(v.toTensor());
