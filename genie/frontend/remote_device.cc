@@ -431,6 +431,10 @@ class CaptureContext {
     BufferId id = core::kNoBuffer;
   };
   void Record(const c10::FunctionSchema* schema, const CachedOp* spec, absl::Span<const int64_t> key);
+  // Before the first op is replayed: switches to the template whose first event is this
+  // one (schema, or null for a copy, and key_), if the current one's is not. False: none.
+  bool FindTemplate(const c10::FunctionSchema* schema);
+  void UseTemplate(Trace* t);
   bool TryReplay(const c10::OperatorHandle& op, const CachedOp& spec, torch::jit::Stack* stack);
   bool TryReplayCopy(const at::Tensor& self, const at::Tensor& dst);
   // Whether `t` gets buffer `expected` as capture would number it; queues first references.
@@ -487,7 +491,12 @@ class CaptureContext {
   KeyBuilder key_;
   Trace recording_;            // this graph's events, while not replaying
   bool recording_ok_ = true;   // false once something not replayable was captured
-  std::unique_ptr<Trace> template_;  // the last flushed graph that can be replayed
+  // Recently flushed graphs that can be replayed, least recently used first, and the one
+  // the graph under construction is checked against (the last one used). A step made of
+  // several graphs (read back in between) replays each from its own template.
+  static constexpr size_t kMaxTemplates = 8;
+  std::deque<std::unique_ptr<Trace>> templates_;
+  Trace* template_ = nullptr;
   bool replaying_ = false;
   size_t cursor_ = 0;                // next template event
   std::vector<uint64_t> replay_handles_;  // per buffer id so far: its storage's handle
@@ -1069,7 +1078,7 @@ void CaptureContext::Capture(const c10::OperatorHandle& op, torch::jit::Stack* s
   bool cacheable = cache_enabled;
   for (size_t j = 0; j < nargs; ++j) cacheable = AppendKey(args[j]) && cacheable;
   if (replaying_) {
-    if (cacheable && cursor_ < template_->events.size()) {
+    if (cacheable && (cursor_ > 0 || FindTemplate(&op.schema())) && cursor_ < template_->events.size()) {
       const TraceEvent& e = template_->events[cursor_];
       if (e.schema == &op.schema() &&
           key_.span() == absl::MakeConstSpan(template_->keys.data() + e.key_begin, e.key_size) &&
@@ -1370,10 +1379,11 @@ bool CaptureContext::TryReplay(const c10::OperatorHandle& op, const CachedOp& sp
 }
 
 bool CaptureContext::TryReplayCopy(const at::Tensor& self, const at::Tensor& dst) {
+  CopyKey(self, dst);
+  if (cursor_ == 0 && !FindTemplate(nullptr)) return false;
   if (cursor_ >= template_->events.size()) return false;
   const TraceEvent& e = template_->events[cursor_];
   if (e.schema != nullptr) return false;
-  CopyKey(self, dst);
   if (key_.span() != absl::MakeConstSpan(template_->keys.data() + e.key_begin, e.key_size)) return false;
   const core::Node& tn = template_->graph.node(e.nodes_after - 1);
   if (tn.scope != ReplayScope() || tn.args.size() != 3) return false;
@@ -1420,8 +1430,37 @@ void CaptureContext::Materialize(bool diverged) {
 
 void CaptureContext::ForgetTemplate() {
   Materialize();
-  template_.reset();
+  templates_.clear();
+  template_ = nullptr;
   recording_ok_ = false;
+}
+
+bool CaptureContext::FindTemplate(const c10::FunctionSchema* schema) {
+  auto starts_here = [&](const Trace& t) {
+    const TraceEvent& e = t.events[0];
+    return e.schema == schema && key_.span() == absl::MakeConstSpan(t.keys.data() + e.key_begin, e.key_size);
+  };
+  if (starts_here(*template_)) return true;
+  for (auto it = templates_.rbegin(); it != templates_.rend(); ++it) {
+    if (it->get() != template_ && starts_here(**it)) {
+      template_ = it->get();
+      replay_scope_version_ = 0;  // scope ids are the template's
+      return true;
+    }
+  }
+  return false;
+}
+
+void CaptureContext::UseTemplate(Trace* t) {
+  // Most recently used last; the least recently used goes when there are too many.
+  auto it = std::find_if(templates_.begin(), templates_.end(),
+                         [&](const std::unique_ptr<Trace>& p) { return p.get() == t; });
+  if (it != templates_.end() && std::next(it) != templates_.end()) {
+    std::unique_ptr<Trace> held = std::move(*it);
+    templates_.erase(it);
+    templates_.push_back(std::move(held));
+  }
+  template_ = t;
 }
 
 void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src) {
@@ -1632,7 +1671,9 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Te
     t->run = std::move(run);
     t->fingerprint = fingerprint;
     t->nodes_eliminated = eliminated;
-    template_ = std::move(t);
+    templates_.push_back(std::move(t));
+    if (templates_.size() > kMaxTemplates) templates_.pop_front();
+    template_ = templates_.back().get();
   }
   ResetGraph();
   return job;
@@ -1666,6 +1707,7 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareReplayedJob(const std::vecto
   stats.nodes_eliminated += t.nodes_eliminated;
   std::unique_ptr<Worker::Job> job = FinishJob(std::move(run), t.run_keep, t.remap, t.fingerprint);
   MarkResident(keep, t.remap);
+  UseTemplate(template_);
   ResetGraph();
   return job;
 }

@@ -93,11 +93,12 @@ void ResetCaptureStats();
 void SetCaptureCacheEnabled(bool enabled);
 void ClearCaptureCache();
 
-// Step replay (on by default; needs the capture cache). The last graph run is kept as a
-// template: while the next capture repeats it op for op (same ops, arguments, views,
-// storages in the same roles, scopes), capture only makes each op's outputs and checks
-// it against the template, and the graph run is the template's with this step's
-// storages; dead-code elimination and the program fingerprint are reused too. At the
+// Step replay (on by default; needs the capture cache). The last graphs run (up to 8)
+// are kept as templates: while a capture repeats the one it started like op for op (same
+// ops, arguments, views, storages in the same roles, scopes), capture only makes each
+// op's outputs and checks it against the template, and the graph run is the template's
+// with this step's storages; dead-code elimination and the program fingerprint are
+// reused too. A step that reads results back mid-way is several graphs, each replayed. At the
 // first op that differs, the graph so far is rebuilt from the template and capture goes
 // on as usual, so results never depend on it. Random ops always differ (each draws a
 // seed), as does anything run on the client CPU.

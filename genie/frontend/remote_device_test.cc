@@ -434,6 +434,49 @@ TEST_F(RemoteDeviceTest, StepReplayBuildsTheGraphsCaptureWould) {
   }
 }
 
+// Steps of two graphs each (a value is read back mid-step), so consecutive graphs
+// differ: each replays from its own template.
+GraphLog RunTwoGraphSteps(bool replay) {
+  SetStepReplayEnabled(replay);
+  GraphLog log;
+  SetGraphObserver([&](const core::Graph& g, const core::ExecuteRequest& r) {
+    log.dumps.push_back(std::regex_replace(g.Dump(), std::regex("handle=0x[0-9a-f]+"), "handle=*"));
+    log.fingerprints.push_back(r.fingerprint);
+    log.uploads.push_back(r.uploads.size());
+  });
+  ResetCaptureStats();
+  torch::manual_seed(4);
+  torch::Tensor w = torch::randn({8, 8});
+  torch::Tensor rw = w.to(Remote());
+  for (int i = 0; i < 5; ++i) {
+    torch::Tensor x = torch::randn({2, 8});
+    torch::Tensor h = torch::matmul(x.to(Remote()), rw).tanh();
+    log.results.push_back(h.sum().to(torch::kCPU));  // graph A
+    log.results.push_back((h * 2 + 1).relu().to(torch::kCPU));  // graph B
+  }
+  SetGraphObserver(nullptr);
+  log.stats = GetCaptureStats();
+  SetStepReplayEnabled(true);
+  return log;
+}
+
+TEST_F(RemoteDeviceTest, StepReplayFollowsStepsOfSeveralGraphs) {
+  GraphLog plain = RunTwoGraphSteps(/*replay=*/false);
+  GraphLog replayed = RunTwoGraphSteps(/*replay=*/true);
+  // From the third step on, both graphs of a step replay whole.
+  EXPECT_GE(replayed.stats.ops_replayed, 3 * 5);
+  ASSERT_EQ(replayed.dumps.size(), plain.dumps.size());
+  for (size_t i = 0; i < plain.dumps.size(); ++i) {
+    EXPECT_EQ(replayed.dumps[i], plain.dumps[i]) << "graph " << i;
+    EXPECT_EQ(replayed.fingerprints[i], plain.fingerprints[i]) << "graph " << i;
+    EXPECT_EQ(replayed.uploads[i], plain.uploads[i]) << "graph " << i;
+  }
+  ASSERT_EQ(replayed.results.size(), plain.results.size());
+  for (size_t i = 0; i < plain.results.size(); ++i) {
+    EXPECT_TRUE(torch::equal(replayed.results[i], plain.results[i])) << "result " << i;
+  }
+}
+
 TEST_F(RemoteDeviceTest, StepReplayMatchesEagerOverManySteps) {
   torch::Tensor w = torch::randn({16, 16});
   torch::Tensor rw = w.to(Remote());
