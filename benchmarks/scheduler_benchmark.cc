@@ -150,6 +150,16 @@ void BM_VqaRemote(benchmark::State& state) {
       static_cast<double>(session->placement().node_to_node_bytes), benchmark::Counter::kAvgIterations);
 }
 
+// BM_VqaRemote with the frontend dispatching every `kCut` captured nodes
+// (frontend::SetAutoDispatch): the node starts on the first part of a batch while the
+// client captures the rest.
+template <class Deployment, int kNodes, int kCut>
+void BM_VqaRemoteCut(benchmark::State& state) {
+  genie::frontend::SetAutoDispatch(kCut);
+  BM_VqaRemote<Deployment, kNodes>(state);
+  genie::frontend::SetAutoDispatch(0);
+}
+
 // Through the frontend with asynchronous dispatch: each iteration captures batch i and
 // dispatches it (Session::Dispatch returns at once), then reads batch i-1's answers. With
 // SessionOptions::pipelined on two nodes the dispatched batch is queued on the nodes'
@@ -301,6 +311,7 @@ void BM_Gpt2DecodeRemote(benchmark::State& state) {
 BENCHMARK(BM_VqaLocal)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)->Name("BM_VqaRemote/semantic")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)->Name("BM_VqaRemote/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 64)->Name("BM_VqaRemote/semantic_cut64")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)->Name("BM_VqaRemote/semantic_two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, BlindDeployment, 1, false)->Name("BM_VqaDispatched/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, SemanticDeployment, 1, false)->Name("BM_VqaDispatched/one_node")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();

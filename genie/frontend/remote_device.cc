@@ -327,10 +327,16 @@ class CaptureContext {
   void Dispatch();
   // Waits for every submitted graph; the first error since the last Join, if any.
   absl::Status Join();
-  bool has_work() const {
-    const bool captured = replaying_ ? cursor_ > 0 && template_->events[cursor_ - 1].nodes_after > 0
-                                     : !graph.nodes().empty();
-    return captured || !released_.empty();
+  // Nodes in the graph under construction (while replaying, in the template's prefix).
+  size_t captured_nodes() const {
+    if (!replaying_) return graph.nodes().size();
+    return cursor_ > 0 ? template_->events[cursor_ - 1].nodes_after : 0;
+  }
+  bool has_work() const { return captured_nodes() > 0 || !released_.empty(); }
+  // SetAutoDispatch: hands the graph to the executor once it holds this many nodes.
+  int64_t auto_dispatch_nodes = 0;
+  void MaybeAutoDispatch() {
+    if (auto_dispatch_nodes > 0 && captured_nodes() >= static_cast<size_t>(auto_dispatch_nodes)) Dispatch();
   }
 
   std::shared_ptr<core::Executor> executor() {
@@ -494,7 +500,7 @@ class CaptureContext {
   // Recently flushed graphs that can be replayed, least recently used first, and the one
   // the graph under construction is checked against (the last one used). A step made of
   // several graphs (read back in between) replays each from its own template.
-  static constexpr size_t kMaxTemplates = 8;
+  static constexpr size_t kMaxTemplates = 16;
   std::deque<std::unique_ptr<Trace>> templates_;
   Trace* template_ = nullptr;
   bool replaying_ = false;
@@ -1840,6 +1846,7 @@ void CaptureFallback(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
   ctx.Capture(op, stack);
+  ctx.MaybeAutoDispatch();
 }
 
 at::Tensor EmptyMemoryFormat(c10::IntArrayRef size, std::optional<c10::ScalarType> dtype,
@@ -2123,6 +2130,12 @@ void ClearCaptureCache() {
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
   ctx.ForgetTemplate();  // it points into the cache
   ctx.cache.clear();
+}
+
+void SetAutoDispatch(int64_t nodes) {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  ctx.auto_dispatch_nodes = nodes < 0 ? 0 : nodes;
 }
 
 void SetStepReplayEnabled(bool enabled) {

@@ -93,7 +93,7 @@ void ResetCaptureStats();
 void SetCaptureCacheEnabled(bool enabled);
 void ClearCaptureCache();
 
-// Step replay (on by default; needs the capture cache). The last graphs run (up to 8)
+// Step replay (on by default; needs the capture cache). The last graphs run (up to 16)
 // are kept as templates: while a capture repeats the one it started like op for op (same
 // ops, arguments, views, storages in the same roles, scopes), capture only makes each
 // op's outputs and checks it against the template, and the graph run is the template's
@@ -103,6 +103,12 @@ void ClearCaptureCache();
 // on as usual, so results never depend on it. Random ops always differ (each draws a
 // seed), as does anything run on the client CPU.
 void SetStepReplayEnabled(bool enabled);
+
+// Dispatches the graph under construction whenever it reaches `nodes` nodes (0, the
+// default: only at reads and explicit Dispatch), so the executor starts on the first
+// part of a long step while the rest is still being captured. Tensors that cross a cut
+// stay resident on the executor; each part replays as its own template.
+void SetAutoDispatch(int64_t nodes);
 
 // Called with each graph just before it executes (after dead-code elimination), for
 // tools and tests. Pass nullptr to remove.

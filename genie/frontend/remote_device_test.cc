@@ -477,6 +477,31 @@ TEST_F(RemoteDeviceTest, StepReplayFollowsStepsOfSeveralGraphs) {
   }
 }
 
+TEST_F(RemoteDeviceTest, AutoDispatchCutsLongStepsAndStaysCorrect) {
+  torch::Tensor w = torch::randn({16, 16});
+  torch::Tensor rw = w.to(Remote());
+  auto step = [](torch::Tensor x, const torch::Tensor& w) {
+    for (int layer = 0; layer < 6; ++layer) x = torch::tanh(torch::matmul(x, w) + 0.5);  // 18 nodes
+    return x;
+  };
+  ASSERT_TRUE(Flush().ok());
+  SetAutoDispatch(5);
+  ResetCaptureStats();
+  std::vector<torch::Tensor> xs, got;
+  for (int i = 0; i < 4; ++i) {
+    xs.push_back(torch::randn({2, 16}));
+    got.push_back(step(xs.back().to(Remote()), rw).to(torch::kCPU));
+  }
+  const CaptureStats stats = GetCaptureStats();
+  SetAutoDispatch(0);
+  for (int i = 0; i < 4; ++i) EXPECT_LE(MaxAbsDiff(got[i], step(xs[i], w)), 1e-5) << "step " << i;
+  EXPECT_GE(stats.flushes, 4 * 4);  // every step is cut into parts of at most 5 nodes
+  // The parts of a step differ from one another; each replays from its own template
+  // (once the weight is resident and the part boundaries have been seen: a step's worth
+  // at least, over the last steps).
+  EXPECT_GE(stats.ops_replayed, 18);
+}
+
 TEST_F(RemoteDeviceTest, StepReplayMatchesEagerOverManySteps) {
   torch::Tensor w = torch::randn({16, 16});
   torch::Tensor rw = w.to(Remote());
