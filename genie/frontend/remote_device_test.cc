@@ -365,10 +365,9 @@ struct GraphLog {
   CaptureStats stats;
 };
 
-// Decode-like steps over a persistent state: repeats, new data, a changed scalar, a
-// changed role of a storage (x + x instead of x + y), a write into a static cache, an
-// extra live intermediate, and a different output read back.
-GraphLog RunReplayScenario(bool replay) {
+// Runs `steps(&log)` with step replay on or off, logging every graph executed.
+template <class Steps>
+GraphLog LogGraphs(bool replay, Steps&& steps) {
   SetStepReplayEnabled(replay);
   GraphLog log;
   SetGraphObserver([&](const core::Graph& g, const core::ExecuteRequest& r) {
@@ -378,6 +377,31 @@ GraphLog RunReplayScenario(bool replay) {
     log.uploads.push_back(r.uploads.size());
   });
   ResetCaptureStats();
+  steps(&log);
+  SetGraphObserver(nullptr);
+  log.stats = GetCaptureStats();
+  SetStepReplayEnabled(true);
+  return log;
+}
+
+// The same graphs (structure, fingerprint, uploads) and the same results.
+void ExpectSameRuns(const GraphLog& plain, const GraphLog& replayed) {
+  ASSERT_EQ(replayed.dumps.size(), plain.dumps.size());
+  for (size_t i = 0; i < plain.dumps.size(); ++i) {
+    EXPECT_EQ(replayed.dumps[i], plain.dumps[i]) << "graph " << i;
+    EXPECT_EQ(replayed.fingerprints[i], plain.fingerprints[i]) << "graph " << i;
+    EXPECT_EQ(replayed.uploads[i], plain.uploads[i]) << "graph " << i;
+  }
+  ASSERT_EQ(replayed.results.size(), plain.results.size());
+  for (size_t i = 0; i < plain.results.size(); ++i) {
+    EXPECT_TRUE(torch::equal(replayed.results[i], plain.results[i])) << "result " << i;
+  }
+}
+
+// Decode-like steps over a persistent state: repeats, new data, a changed scalar, a
+// changed role of a storage (x + x instead of x + y), a write into a static cache, an
+// extra live intermediate, and a different output read back.
+void ReplayScenario(GraphLog* log) {
   torch::manual_seed(3);
   torch::Tensor w = torch::randn({8, 8});
   std::vector<torch::Tensor> xs;
@@ -395,26 +419,22 @@ GraphLog RunReplayScenario(bool replay) {
     return (h.sum(1) + cache.sum()).to(torch::kCPU);
   };
   torch::Tensor extra;
-  log.results.push_back(step(xs[0], 0.5, false, 0, nullptr));
-  log.results.push_back(step(xs[1], 0.5, false, 1, nullptr));  // same step, new data
-  log.results.push_back(step(xs[2], 0.5, false, 2, nullptr));
-  log.results.push_back(step(xs[3], 0.25, false, 3, nullptr));  // a scalar differs
-  log.results.push_back(step(xs[4], 0.25, false, 0, nullptr));
-  log.results.push_back(step(xs[5], 0.25, true, 1, nullptr));   // a storage in another role
-  log.results.push_back(step(xs[6], 0.25, true, 2, &extra));   // one more buffer kept
-  log.results.push_back(extra.to(torch::kCPU));
-  log.results.push_back(step(xs[7], 0.25, true, 3, nullptr));
-  log.results.push_back(cache.to(torch::kCPU));  // another output read back
-  log.results.push_back(step(xs[8], 0.25, true, 0, nullptr));
-  SetGraphObserver(nullptr);
-  log.stats = GetCaptureStats();
-  SetStepReplayEnabled(true);
-  return log;
+  log->results.push_back(step(xs[0], 0.5, false, 0, nullptr));
+  log->results.push_back(step(xs[1], 0.5, false, 1, nullptr));  // same step, new data
+  log->results.push_back(step(xs[2], 0.5, false, 2, nullptr));
+  log->results.push_back(step(xs[3], 0.25, false, 3, nullptr));  // a scalar differs
+  log->results.push_back(step(xs[4], 0.25, false, 0, nullptr));
+  log->results.push_back(step(xs[5], 0.25, true, 1, nullptr));   // a storage in another role
+  log->results.push_back(step(xs[6], 0.25, true, 2, &extra));   // one more buffer kept
+  log->results.push_back(extra.to(torch::kCPU));
+  log->results.push_back(step(xs[7], 0.25, true, 3, nullptr));
+  log->results.push_back(cache.to(torch::kCPU));  // another output read back
+  log->results.push_back(step(xs[8], 0.25, true, 0, nullptr));
 }
 
 TEST_F(RemoteDeviceTest, StepReplayBuildsTheGraphsCaptureWould) {
-  GraphLog plain = RunReplayScenario(/*replay=*/false);
-  GraphLog replayed = RunReplayScenario(/*replay=*/true);
+  GraphLog plain = LogGraphs(/*replay=*/false, ReplayScenario);
+  GraphLog replayed = LogGraphs(/*replay=*/true, ReplayScenario);
   EXPECT_EQ(plain.stats.ops_replayed, 0);
   EXPECT_GT(replayed.stats.ops_replayed, plain.stats.ops_captured / 3);
   // Weights turning resident, the storage in another role, the extra kept buffer, the
@@ -422,59 +442,29 @@ TEST_F(RemoteDeviceTest, StepReplayBuildsTheGraphsCaptureWould) {
   // wrapped number is a host constant, so only its data differs.
   EXPECT_GE(replayed.stats.replay_divergences, 5);
   EXPECT_EQ(replayed.stats.ops_captured, plain.stats.ops_captured);
-  ASSERT_EQ(replayed.dumps.size(), plain.dumps.size());
-  for (size_t i = 0; i < plain.dumps.size(); ++i) {
-    EXPECT_EQ(replayed.dumps[i], plain.dumps[i]) << "graph " << i;
-    EXPECT_EQ(replayed.fingerprints[i], plain.fingerprints[i]) << "graph " << i;
-    EXPECT_EQ(replayed.uploads[i], plain.uploads[i]) << "graph " << i;
-  }
-  ASSERT_EQ(replayed.results.size(), plain.results.size());
-  for (size_t i = 0; i < plain.results.size(); ++i) {
-    EXPECT_TRUE(torch::equal(replayed.results[i], plain.results[i])) << "result " << i;
-  }
+  ExpectSameRuns(plain, replayed);
 }
 
 // Steps of two graphs each (a value is read back mid-step), so consecutive graphs
 // differ: each replays from its own template.
-GraphLog RunTwoGraphSteps(bool replay) {
-  SetStepReplayEnabled(replay);
-  GraphLog log;
-  SetGraphObserver([&](const core::Graph& g, const core::ExecuteRequest& r) {
-    log.dumps.push_back(std::regex_replace(g.Dump(), std::regex("handle=0x[0-9a-f]+"), "handle=*"));
-    log.fingerprints.push_back(r.fingerprint);
-    log.uploads.push_back(r.uploads.size());
-  });
-  ResetCaptureStats();
+void TwoGraphSteps(GraphLog* log) {
   torch::manual_seed(4);
   torch::Tensor w = torch::randn({8, 8});
   torch::Tensor rw = w.to(Remote());
   for (int i = 0; i < 5; ++i) {
     torch::Tensor x = torch::randn({2, 8});
     torch::Tensor h = torch::matmul(x.to(Remote()), rw).tanh();
-    log.results.push_back(h.sum().to(torch::kCPU));  // graph A
-    log.results.push_back((h * 2 + 1).relu().to(torch::kCPU));  // graph B
+    log->results.push_back(h.sum().to(torch::kCPU));  // graph A
+    log->results.push_back((h * 2 + 1).relu().to(torch::kCPU));  // graph B
   }
-  SetGraphObserver(nullptr);
-  log.stats = GetCaptureStats();
-  SetStepReplayEnabled(true);
-  return log;
 }
 
 TEST_F(RemoteDeviceTest, StepReplayFollowsStepsOfSeveralGraphs) {
-  GraphLog plain = RunTwoGraphSteps(/*replay=*/false);
-  GraphLog replayed = RunTwoGraphSteps(/*replay=*/true);
+  GraphLog plain = LogGraphs(/*replay=*/false, TwoGraphSteps);
+  GraphLog replayed = LogGraphs(/*replay=*/true, TwoGraphSteps);
   // From the third step on, both graphs of a step replay whole.
   EXPECT_GE(replayed.stats.ops_replayed, 3 * 5);
-  ASSERT_EQ(replayed.dumps.size(), plain.dumps.size());
-  for (size_t i = 0; i < plain.dumps.size(); ++i) {
-    EXPECT_EQ(replayed.dumps[i], plain.dumps[i]) << "graph " << i;
-    EXPECT_EQ(replayed.fingerprints[i], plain.fingerprints[i]) << "graph " << i;
-    EXPECT_EQ(replayed.uploads[i], plain.uploads[i]) << "graph " << i;
-  }
-  ASSERT_EQ(replayed.results.size(), plain.results.size());
-  for (size_t i = 0; i < plain.results.size(); ++i) {
-    EXPECT_TRUE(torch::equal(replayed.results[i], plain.results[i])) << "result " << i;
-  }
+  ExpectSameRuns(plain, replayed);
 }
 
 TEST_F(RemoteDeviceTest, AutoDispatchCutsLongStepsAndStaysCorrect) {
