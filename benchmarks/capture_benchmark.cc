@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
 #include <cmath>
 #include <cstdio>
@@ -181,7 +182,7 @@ void CaptureLoop(benchmark::State& state, CacheState cache, Span span = Span::kC
     }
   }
   double total = 0, cpu = 0;
-  int64_t misses = 0, captured = 0, replayed = 0;
+  int64_t misses = 0, captured = 0, replayed = 0, unboxed = 0;
   for (auto _ : state) {
     if (cache == CacheState::kCleared) frontend::ClearCaptureCache();
     frontend::ResetCaptureStats();
@@ -200,6 +201,7 @@ void CaptureLoop(benchmark::State& state, CacheState cache, Span span = Span::kC
     misses += stats.cache_misses;
     captured += stats.ops_captured;
     replayed += stats.ops_replayed;
+    unboxed += stats.ops_unboxed;
     if (absl::Status s = frontend::Flush(); !s.ok()) {
       state.SkipWithError(std::string(s.message()).c_str());
       break;
@@ -220,6 +222,7 @@ void CaptureLoop(benchmark::State& state, CacheState cache, Span span = Span::kC
   if (cache == CacheState::kWarm && replayed < captured) state.SkipWithError("the warm step did not replay");
   state.counters["cache_misses_per_step"] = steps == 0 ? 0.0 : static_cast<double>(misses) / steps;
   state.counters["replayed_per_step"] = steps == 0 ? 0.0 : static_cast<double>(replayed) / steps;
+  state.counters["unboxed_per_step"] = steps == 0 ? 0.0 : static_cast<double>(unboxed) / steps;
   ReportPerOp(state, total, cpu, f.ops);
 }
 
@@ -260,16 +263,23 @@ void BM_ClientStepHitInferenceMode(benchmark::State& state) {
 }
 void BM_EagerCpuInferenceMode(benchmark::State& state) { EagerLoop(state, Mode::kInference); }
 
-BENCHMARK(BM_CaptureFirst)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_CaptureHit)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_CaptureHitNoReplay)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_ClientStepHit)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_ClientStepHitNoReplay)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_CaptureNoCache)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_EagerCpu)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_CaptureHitInferenceMode)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_ClientStepHitInferenceMode)->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_EagerCpuInferenceMode)->UseManualTime()->Unit(benchmark::kMicrosecond);
+// GENIE_BENCH_ITERATIONS=N fixes every benchmark's iteration count (no estimation runs):
+// how a profiler (callgrind) sees a known number of steps.
+void Configure(benchmark::internal::Benchmark* b) {
+  b->UseManualTime()->Unit(benchmark::kMicrosecond);
+  if (const char* n = std::getenv("GENIE_BENCH_ITERATIONS")) b->Iterations(std::atoll(n));
+}
+
+BENCHMARK(BM_CaptureFirst)->Apply(Configure);
+BENCHMARK(BM_CaptureHit)->Apply(Configure);
+BENCHMARK(BM_CaptureHitNoReplay)->Apply(Configure);
+BENCHMARK(BM_ClientStepHit)->Apply(Configure);
+BENCHMARK(BM_ClientStepHitNoReplay)->Apply(Configure);
+BENCHMARK(BM_CaptureNoCache)->Apply(Configure);
+BENCHMARK(BM_EagerCpu)->Apply(Configure);
+BENCHMARK(BM_CaptureHitInferenceMode)->Apply(Configure);
+BENCHMARK(BM_ClientStepHitInferenceMode)->Apply(Configure);
+BENCHMARK(BM_EagerCpuInferenceMode)->Apply(Configure);
 
 }  // namespace
 }  // namespace genie

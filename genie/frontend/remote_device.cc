@@ -62,6 +62,8 @@ using core::BufferId;
 using core::BufferKind;
 using core::TensorRef;
 
+bool IsRemote(const at::Tensor& t);
+
 constexpr c10::DeviceType kRemote = c10::DeviceType::PrivateUse1;
 // Opaque device addresses handed out as data pointers; never dereferenced.
 constexpr uintptr_t kDeviceAddressBase = 0x7e0000000000ull;
@@ -237,7 +239,7 @@ struct KeyEq {
 class KeyBuilder {
  public:
   void Clear() { len_ = 0; }
-  int64_t* Extend(size_t n) {
+  C10_ALWAYS_INLINE int64_t* Extend(size_t n) {
     if (C10_UNLIKELY(len_ + n > buf_.size())) buf_.resize(std::max(2 * buf_.size(), len_ + n + 64));
     int64_t* p = buf_.data() + len_;
     len_ += n;
@@ -370,7 +372,7 @@ class CaptureContext {
   CaptureContext() = default;
 
   static StorageContext* ContextOf(const at::Tensor& t) {
-    const c10::DataPtr& dp = t.storage().data_ptr();
+    const c10::DataPtr& dp = t.unsafeGetTensorImpl()->unsafe_storage().data_ptr();
     TORCH_CHECK(dp.get_deleter() == &DeleteStorage,
                 "genie: a remote_accelerator tensor whose storage was not made by Genie's "
                 "allocator (set_ or from_blob on this device are not supported)");
@@ -443,6 +445,80 @@ class CaptureContext {
   void UseTemplate(Trace* t);
   bool TryReplay(const c10::OperatorHandle& op, const CachedOp& spec, torch::jit::Stack* stack);
   bool TryReplayCopy(const at::Tensor& self, const at::Tensor& dst);
+  // Whether a typed argument of an op called through UnboxedKernel equals the template
+  // node's argument `a`, as Emit would record it (scalars bit for bit, tensors by dtype,
+  // geometry and buffer role). Equal arguments make the op the template's, so the capture
+  // key, which is a function of them, needs no building. Host tensors and symbolic
+  // values answer false: the boxed path takes them.
+  bool MatchArg(const at::Tensor& t, const core::Arg& a) {
+    if (!t.defined()) return a.kind == core::ArgKind::kNone;
+    const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+    if (a.kind != core::ArgKind::kTensor || a.tensors.size() != 1 || impl->device_type() != kRemote) {
+      return false;
+    }
+    const TensorRef& r = a.tensors[0];
+    const size_t dim = r.sizes.size();
+    if (r.dtype != static_cast<core::DType>(t.scalar_type()) || impl->dim() != static_cast<int64_t>(dim) ||
+        impl->storage_offset() != r.storage_offset) {
+      return false;
+    }
+    const int64_t* sizes = impl->sizes().data();
+    const int64_t* strides = impl->strides().data();
+    for (size_t k = 0; k < dim; ++k) {
+      if (sizes[k] != r.sizes[k] || strides[k] != r.strides[k]) return false;
+    }
+    const StorageContext* sc = ContextOf(t);
+    if (sc->generation == graph_generation_) {  // seen in this graph: its buffer is fixed
+      return sc->buffer == r.buffer && sc->dtype == static_cast<uint8_t>(t.scalar_type());
+    }
+    // A first reference: the template's buffer must be a storage's, not a host constant's.
+    return template_->graph.buffer(r.buffer).handle != 0 && ReplayExpect(t, r.buffer);
+  }
+  bool MatchArg(const std::optional<at::Tensor>& t, const core::Arg& a) {
+    return t.has_value() ? MatchArg(*t, a) : a.kind == core::ArgKind::kNone;
+  }
+  bool MatchArg(int64_t v, const core::Arg& a) { return a.kind == core::ArgKind::kInt && a.i == v; }
+  bool MatchArg(const c10::SymInt& v, const core::Arg& a) {
+    return !v.is_heap_allocated() && MatchArg(v.as_int_unchecked(), a);
+  }
+  bool MatchArg(bool v, const core::Arg& a) { return a.kind == core::ArgKind::kBool && a.i == (v ? 1 : 0); }
+  bool MatchArg(double v, const core::Arg& a) {
+    return a.kind == core::ArgKind::kDouble && std::memcmp(&v, &a.d, sizeof v) == 0;
+  }
+  bool MatchArg(const std::optional<double>& v, const core::Arg& a) {
+    return v.has_value() ? MatchArg(*v, a) : a.kind == core::ArgKind::kNone;
+  }
+  bool MatchArg(const at::Scalar& v, const core::Arg& a) {  // recorded as the IValue it boxes to
+    if (v.isFloatingPoint()) return MatchArg(v.toDouble(), a);
+    if (v.isBoolean()) return MatchArg(v.toBool(), a);
+    if (v.isIntegral(/*includeBool=*/false) && !v.isSymbolic()) return MatchArg(v.toLong(), a);
+    return false;
+  }
+  bool MatchArg(c10::SymIntArrayRef v, const core::Arg& a) {
+    if (a.kind != core::ArgKind::kIntList || a.ints.size() != v.size()) return false;
+    for (size_t k = 0; k < v.size(); ++k) {
+      if (v[k].is_heap_allocated() || v[k].as_int_unchecked() != a.ints[k]) return false;
+    }
+    return true;
+  }
+  bool MatchArg(c10::IntArrayRef v, const core::Arg& a) {
+    return a.kind == core::ArgKind::kIntList && v == c10::IntArrayRef(a.ints);
+  }
+  bool MatchArg(const std::optional<c10::MemoryFormat>& v, const core::Arg& a) {  // an int
+    return v.has_value() ? MatchArg(static_cast<int64_t>(*v), a) : a.kind == core::ArgKind::kNone;
+  }
+  bool MatchArg(std::string_view v, const core::Arg& a) {
+    return a.kind == core::ArgKind::kString && a.s == v;
+  }
+
+ public:
+  // The replay branch of Capture for an op called through UnboxedKernel, on its typed
+  // arguments: no stack is built. True: the op matched the template's next event and
+  // `*out` is its output; false: nothing changed, and the boxed path takes the op.
+  template <class... Args>
+  bool TryReplayUnboxed(const c10::FunctionSchema* schema, at::Tensor* out, const Args&... args);
+
+ private:
   // Whether `t` gets buffer `expected` as capture would number it; queues first references.
   bool ReplayExpect(const at::Tensor& t, BufferId expected);
   void CommitReplayNew();
@@ -783,16 +859,17 @@ void CaptureContext::AppendTensorKey(const at::Tensor& t) {
     key_.Push(-7);
     return;
   }
-  const c10::IntArrayRef sizes = t.sizes(), strides = t.strides();
+  const c10::TensorImpl* impl = t.unsafeGetTensorImpl();
+  const c10::IntArrayRef sizes = impl->sizes(), strides = impl->strides();
   const size_t dim = sizes.size();
   int64_t* p = key_.Extend(4 + 2 * dim);
-  *p++ = static_cast<int64_t>(t.scalar_type()) * 64 + static_cast<int64_t>(t.device().type()) +
-         (t.unsafeGetTensorImpl()->is_wrapped_number() ? 1 << 20 : 0);
+  *p++ = static_cast<int64_t>(t.scalar_type()) * 64 + static_cast<int64_t>(impl->device_type()) +
+         (impl->is_wrapped_number() ? 1 << 20 : 0);
   *p++ = static_cast<int64_t>(dim);
   for (size_t k = 0; k < dim; ++k) *p++ = sizes[k];
   for (size_t k = 0; k < dim; ++k) *p++ = strides[k];
-  *p++ = t.storage_offset();
-  *p = static_cast<int64_t>(t.storage().nbytes());
+  *p++ = impl->storage_offset();
+  *p = static_cast<int64_t>(impl->unsafe_storage().nbytes());
 }
 
 // Appends what determines output metadata. Returns false for argument kinds that make
@@ -1301,7 +1378,8 @@ bool CaptureContext::ReplayExpect(const at::Tensor& t, BufferId expected) {
   const BufferKind kind = pending ? (sc->name.empty() ? BufferKind::kHostInput : BufferKind::kParameter)
                                   : (sc->resident ? BufferKind::kResident : BufferKind::kIntermediate);
   if (b.kind != kind || b.dtype != ToDType(t.scalar_type()) ||
-      b.numel != static_cast<int64_t>(t.storage().nbytes()) / static_cast<int64_t>(t.itemsize()) ||
+      b.numel != static_cast<int64_t>(t.unsafeGetTensorImpl()->unsafe_storage().nbytes()) /
+                     static_cast<int64_t>(t.itemsize()) ||
       b.name != sc->name) {
     return false;
   }
@@ -1402,6 +1480,55 @@ bool CaptureContext::TryReplayCopy(const at::Tensor& self, const at::Tensor& dst
   ++cursor_;
   ++stats.ops_captured;
   ++stats.ops_replayed;
+  return true;
+}
+
+template <class T>
+const at::Tensor* TensorArg(const T& v) {
+  if constexpr (std::is_same_v<T, at::Tensor>) {
+    return &v;
+  } else if constexpr (std::is_same_v<T, std::optional<at::Tensor>>) {
+    return v.has_value() ? &*v : nullptr;
+  } else {
+    return nullptr;
+  }
+}
+
+template <class... Args>
+bool CaptureContext::TryReplayUnboxed(const c10::FunctionSchema* schema, at::Tensor* out,
+                                      const Args&... args) {
+  // The first op of a graph picks its template by key (FindTemplate): the boxed path.
+  if (!replaying_ || !cache_enabled || cursor_ == 0 || cursor_ >= template_->events.size()) return false;
+  const TraceEvent& e = template_->events[cursor_];
+  if (e.schema != schema) return false;
+  const CachedOp& spec = *e.spec;
+  if (!spec.has_node || spec.info->generator_arg >= 0 || spec.returns.size() != 1 ||
+      spec.returns[0].is_list || spec.returns[0].count != 1) {
+    return false;
+  }
+  const core::Node& tn = template_->graph.node(e.nodes_after - 1);
+  if (tn.scope != ReplayScope() || tn.args.size() != sizeof...(Args)) return false;
+  const OutputSpec& o = spec.outputs[spec.returns[0].first];
+  const at::Tensor* tensors[] = {TensorArg(args)...};
+  const at::Tensor* aliased = o.arg >= 0 ? tensors[o.arg] : nullptr;
+  if ((o.kind == OutputSpec::Kind::kView || o.kind == OutputSpec::Kind::kInPlace) && !aliased) return false;
+  replay_new_.clear();
+  size_t j = 0;
+  if (!(MatchArg(args, tn.args[j++]) && ...)) return false;
+  CommitReplayNew();
+  const c10::StorageImpl* before = aliased ? aliased->storage().unsafeGetStorageImpl() : nullptr;
+  *out = MakeOutput(o, aliased);
+  if (out->defined() && (o.kind == OutputSpec::Kind::kFresh ||
+                         (o.kind == OutputSpec::Kind::kInPlace &&
+                          out->storage().unsafeGetStorageImpl() != before))) {
+    ReplayAssignOutput(*out);
+  }
+  chain_ = e.chain_after;
+  ++cursor_;
+  ++stats.ops_captured;
+  ++stats.cache_hits;
+  ++stats.ops_replayed;
+  ++stats.ops_unboxed;
   return true;
 }
 
@@ -1886,6 +2013,68 @@ at::Tensor AsStrided(const at::Tensor& self, c10::SymIntArrayRef size, c10::SymI
                      : std::nullopt);
 }
 
+// The commonest views of a transformer step (t, transpose, select, permute), made
+// directly: libtorch's own kernels for them go through the dispatcher again to as_strided.
+using Geometry = c10::SmallVector<int64_t, 6>;
+
+at::Tensor Restrided(const at::Tensor& self, const Geometry& sizes, const Geometry& strides,
+                     int64_t offset) {
+  CountView();
+  return AliasOf(self, self.scalar_type(), sizes, strides, offset);
+}
+
+at::Tensor Transpose(const at::Tensor& self, int64_t dim0, int64_t dim1) {
+  const int64_t n = self.dim();
+  if (n == 0) return Restrided(self, {}, {}, self.storage_offset());
+  dim0 = c10::maybe_wrap_dim(dim0, n);
+  dim1 = c10::maybe_wrap_dim(dim1, n);
+  Geometry sizes(self.sizes().begin(), self.sizes().end());
+  Geometry strides(self.strides().begin(), self.strides().end());
+  std::swap(sizes[dim0], sizes[dim1]);
+  std::swap(strides[dim0], strides[dim1]);
+  return Restrided(self, sizes, strides, self.storage_offset());
+}
+
+at::Tensor T(const at::Tensor& self) {
+  TORCH_CHECK(self.dim() <= 2, "t() expects a tensor with <= 2 dimensions, but self is ",
+              self.dim(), "D");
+  return Transpose(self, 0, self.dim() < 2 ? 0 : 1);
+}
+
+at::Tensor Select(const at::Tensor& self, int64_t dim, c10::SymInt index_sym) {
+  TORCH_CHECK_INDEX(self.dim() > 0, "select() cannot be applied to a 0-dim tensor.");
+  dim = c10::maybe_wrap_dim(dim, self.dim());
+  const int64_t size = self.size(dim);
+  int64_t index = index_sym.guard_int(__FILE__, __LINE__);
+  TORCH_CHECK_INDEX(index >= -size && index < size, "select(): index ", index,
+                    " out of range for tensor of size ", self.sizes(), " at dimension ", dim);
+  if (index < 0) index += size;
+  Geometry sizes(self.sizes().begin(), self.sizes().end());
+  Geometry strides(self.strides().begin(), self.strides().end());
+  const int64_t offset = self.storage_offset() + index * strides[dim];
+  sizes.erase(sizes.begin() + dim);
+  strides.erase(strides.begin() + dim);
+  return Restrided(self, sizes, strides, offset);
+}
+
+at::Tensor Permute(const at::Tensor& self, at::IntArrayRef dims) {
+  const int64_t n = self.dim();
+  TORCH_CHECK(static_cast<int64_t>(dims.size()) == n,
+              "permute(): number of dimensions in the tensor input does not match the "
+              "length of the desired ordering of dimensions i.e. input.dim() = ",
+              n, " is not equal to len(dims) = ", dims.size());
+  Geometry sizes(n), strides(n);
+  c10::SmallVector<bool, 6> seen(n, false);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t d = c10::maybe_wrap_dim(dims[i], n);
+    TORCH_CHECK(!seen[d], "permute(): duplicate dims are not allowed.");
+    seen[d] = true;
+    sizes[i] = self.size(d);
+    strides[i] = self.stride(d);
+  }
+  return Restrided(self, sizes, strides, self.storage_offset());
+}
+
 at::Tensor View(const at::Tensor& self, c10::SymIntArrayRef size) {
   CountView();
   return at::native::view(self, C10_AS_INTARRAYREF_SLOW(size));
@@ -1974,6 +2163,10 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("as_strided", TORCH_FN(AsStrided));
   m.impl("view", TORCH_FN(View));
   m.impl("_reshape_alias", TORCH_FN(ReshapeAlias));
+  m.impl("t", TORCH_FN(T));
+  m.impl("transpose.int", TORCH_FN(Transpose));
+  m.impl("select.int", TORCH_FN(Select));
+  m.impl("permute", TORCH_FN(Permute));
   m.impl("resize_", TORCH_FN(Resize));
   m.impl("_copy_from", TORCH_FN(CopyFrom));
   m.impl("_copy_from_and_resize", TORCH_FN(CopyFromAndResize));
@@ -1982,6 +2175,47 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("equal", torch::CppFunction::makeFromBoxedFunction<&Equal>());
 }
 
+// The capture kernel of the hottest ops, unboxed: while a step replays, the op is checked
+// against the template and its output made from typed arguments, with no argument stack
+// built and no result unboxed (TryReplayUnboxed). Anything else (a miss, a divergence, no
+// replay) boxes the arguments and takes the same path as every other op.
+template <class OpT, class Sig = typename OpT::schema>
+struct UnboxedKernel;
+template <class OpT, class Ret, class... Args>
+struct UnboxedKernel<OpT, Ret(Args...)> {
+  static_assert(std::is_same_v<Ret, at::Tensor> || std::is_same_v<Ret, at::Tensor&>,
+                "UnboxedKernel serves ops with one tensor output");
+  static Ret Call(Args... args) {
+    static const c10::OperatorHandle op =
+        c10::Dispatcher::singleton().findSchemaOrThrow(OpT::name, OpT::overload_name);
+    CaptureContext& ctx = CaptureContext::Get();
+    std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+    at::Tensor out;
+    if (ctx.TryReplayUnboxed(&op.schema(), &out, args...)) {
+      ctx.MaybeAutoDispatch();
+      return Result(std::move(out), args...);
+    }
+    torch::jit::Stack stack = c10::impl::boxArgs<Args...>(args...);
+    ctx.Capture(op, &stack);
+    ctx.MaybeAutoDispatch();
+    return Result(std::move(stack.back()).toTensor(), args...);
+  }
+
+ private:
+  // An in-place op returns its first argument (as libtorch's boxed wrappers do).
+  template <class First, class... Rest>
+  static Ret Result(at::Tensor&& out, First&& first, Rest&&...) {
+    if constexpr (std::is_same_v<Ret, at::Tensor&>) {
+      (void)out;
+      return first;
+    } else {
+      return std::move(out);
+    }
+  }
+};
+
+#define GENIE_UNBOXED(m, op, name) m.impl(name, TORCH_FN(UnboxedKernel<at::_ops::op>::Call))
+
 // Ops captured whole instead of decomposed. convolution: out-of-tree backends would
 // reach convolution_overrideable, which no executor implements. The composites below
 // would otherwise decompose into views and primitives (sdpa even asks
@@ -1989,12 +2223,32 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
 // keep the graph small and plain to analyze (attention is one node), and the node's
 // own dispatcher picks the kernel (flash attention on CUDA, MKL on CPU).
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
-  for (const char* op : {"convolution", "scaled_dot_product_attention", "linear", "matmul",
-                         "layer_norm", "embedding", "batch_norm", "group_norm",
-                         "embedding_bag.padding_idx"}) {
+  for (const char* op : {"convolution", "batch_norm", "group_norm", "embedding_bag.padding_idx"}) {
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
   }
+  GENIE_UNBOXED(m, scaled_dot_product_attention, "scaled_dot_product_attention");
+  GENIE_UNBOXED(m, linear, "linear");
+  GENIE_UNBOXED(m, matmul, "matmul");
+  GENIE_UNBOXED(m, layer_norm, "layer_norm");
+  GENIE_UNBOXED(m, embedding, "embedding");
 }
+
+// The hottest primitive ops of transformer steps, unboxed (see UnboxedKernel).
+TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
+  GENIE_UNBOXED(m, add_Tensor, "add.Tensor");
+  GENIE_UNBOXED(m, add__Tensor, "add_.Tensor");
+  GENIE_UNBOXED(m, mul_Tensor, "mul.Tensor");
+  GENIE_UNBOXED(m, gelu, "gelu");
+  GENIE_UNBOXED(m, index_copy_, "index_copy_");
+  GENIE_UNBOXED(m, addmm, "addmm");
+  GENIE_UNBOXED(m, mm, "mm");
+  GENIE_UNBOXED(m, bmm, "bmm");
+  GENIE_UNBOXED(m, _softmax, "_softmax");
+  GENIE_UNBOXED(m, relu, "relu");
+  GENIE_UNBOXED(m, tanh, "tanh");
+  GENIE_UNBOXED(m, clone, "clone");
+}
+#undef GENIE_UNBOXED
 
 TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
   m.fallback(torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());

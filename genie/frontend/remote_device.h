@@ -75,6 +75,7 @@ struct CaptureStats {
   int64_t views = 0;            // view ops (no node, no data)
   int64_t cache_hits = 0;       // ops whose output metadata came from the capture cache
   int64_t ops_replayed = 0;     // of those, ops matched against the last step (no node built)
+  int64_t ops_unboxed = 0;      // of those, replayed by a typed kernel (no argument stack)
   int64_t replay_divergences = 0;  // steps whose replay stopped at an op that differed
   int64_t cache_misses = 0;     // ops that ran shape inference (Meta, else CPU on zeros)
   int64_t cpu_shape_inferences = 0;  // misses with no C++ Meta kernel: inferred on CPU

@@ -442,7 +442,79 @@ TEST_F(RemoteDeviceTest, StepReplayBuildsTheGraphsCaptureWould) {
   // wrapped number is a host constant, so only its data differs.
   EXPECT_GE(replayed.stats.replay_divergences, 5);
   EXPECT_EQ(replayed.stats.ops_captured, plain.stats.ops_captured);
+  // matmul, add and index_copy_ replay through their typed kernels; mul by a wrapped
+  // number (a host tensor) and relu_ take the boxed path.
+  EXPECT_GT(replayed.stats.ops_unboxed, 0);
+  EXPECT_LT(replayed.stats.ops_unboxed, replayed.stats.ops_replayed);
+  EXPECT_EQ(plain.stats.ops_unboxed, 0);
   ExpectSameRuns(plain, replayed);
+}
+
+// Steps through the typed (unboxed) kernels where one argument at a time differs from
+// the step before: a scalar, a view's geometry over the same storage, a tensor in
+// another role, a None that becomes a tensor. Each differing step must leave the typed
+// path and build exactly the graph capture builds without replay.
+void UnboxedArgumentScenario(GraphLog* log) {
+  torch::manual_seed(5);
+  torch::Tensor w = torch::randn({8, 8});
+  torch::Tensor b = torch::randn({8});
+  torch::Tensor rw = w.to(Remote()), rb = b.to(Remote());
+  torch::Tensor acc = torch::zeros({2, 8}).to(Remote());
+  auto step = [&](const torch::Tensor& x, double alpha, bool transposed, bool self_role, bool bias) {
+    torch::Tensor rx = x.to(Remote());
+    torch::Tensor h = torch::matmul(rx, transposed ? rw.t() : rw);        // view geometry
+    h = torch::add(h, self_role ? h : rx, alpha);                        // role and scalar
+    h = torch::layer_norm(h, {8}, bias ? std::optional<torch::Tensor>(rb) : std::nullopt,
+                          std::nullopt, 1e-5);                           // None vs tensor
+    acc.add_(h, alpha);
+    return (h.sum(1) + acc.sum()).to(torch::kCPU);
+  };
+  std::vector<torch::Tensor> xs;
+  for (int i = 0; i < 10; ++i) xs.push_back(torch::randn({2, 8}));
+  log->results.push_back(step(xs[0], 1.0, false, false, false));
+  log->results.push_back(step(xs[1], 1.0, false, false, false));
+  log->results.push_back(step(xs[2], 1.0, false, false, false));  // replays typed
+  log->results.push_back(step(xs[3], 2.0, false, false, false));  // alpha differs
+  log->results.push_back(step(xs[4], 2.0, false, false, false));
+  log->results.push_back(step(xs[5], 2.0, true, false, false));   // w seen transposed
+  log->results.push_back(step(xs[6], 2.0, true, false, false));
+  log->results.push_back(step(xs[7], 2.0, true, true, false));    // h + h
+  log->results.push_back(step(xs[8], 2.0, true, true, true));     // a bias appears
+  log->results.push_back(step(xs[9], 2.0, true, true, true));
+}
+
+TEST_F(RemoteDeviceTest, UnboxedReplayChecksEveryArgument) {
+  GraphLog plain = LogGraphs(/*replay=*/false, UnboxedArgumentScenario);
+  GraphLog replayed = LogGraphs(/*replay=*/true, UnboxedArgumentScenario);
+  EXPECT_GT(replayed.stats.ops_unboxed, 0);
+  // alpha, the transposed view, the role and the bias: each ends a replay.
+  EXPECT_GE(replayed.stats.replay_divergences, 4);
+  ExpectSameRuns(plain, replayed);
+}
+
+TEST_F(RemoteDeviceTest, DirectViewKernelsMatchCpu) {
+  torch::Tensor x = torch::randn({3, 4, 5});
+  torch::Tensor r = x.to(Remote());
+  auto same = [](const torch::Tensor& remote, const torch::Tensor& cpu) {
+    EXPECT_EQ(remote.sizes(), cpu.sizes());
+    EXPECT_EQ(remote.strides(), cpu.strides());
+    EXPECT_EQ(remote.storage_offset(), cpu.storage_offset());
+    EXPECT_TRUE(torch::equal(remote.to(torch::kCPU), cpu));
+  };
+  same(r.transpose(-1, 0), x.transpose(-1, 0));
+  same(r.select(1, -2), x.select(1, -2));
+  same(r.select(-1, 3).t(), x.select(-1, 3).t());
+  same(r.permute({2, 0, 1}), x.permute({2, 0, 1}));
+  same(r.select(0, 1).select(0, 2).t(), x.select(0, 1).select(0, 2).t());  // 1-D t()
+  same(r.narrow(1, 1, 2).transpose(0, 2).select(2, 1), x.narrow(1, 1, 2).transpose(0, 2).select(2, 1));
+  // A view of a view, written through: the base sees it.
+  r.permute({1, 2, 0}).select(0, 0).fill_(7);
+  x.permute({1, 2, 0}).select(0, 0).fill_(7);
+  EXPECT_TRUE(torch::equal(r.to(torch::kCPU), x));
+  EXPECT_THROW(r.select(1, 4), c10::IndexError);
+  EXPECT_THROW(r.permute({0, 0, 1}), c10::Error);
+  EXPECT_THROW(r.permute({0, 1}), c10::Error);
+  EXPECT_THROW(r.t(), c10::Error);
 }
 
 // Steps of two graphs each (a value is read back mid-step), so consecutive graphs
