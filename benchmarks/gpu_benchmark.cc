@@ -10,13 +10,27 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <c10/core/InferenceMode.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <thread>
+
 #include <memory>
 #include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "examples/models/models.h"
 #include "examples/report.h"
+#include "genie/client/remote_executor.h"
 #include "genie/frontend/remote_device.h"
 #include "genie/runtime/interpreter.h"
+#include "genie/runtime/node_server.h"
+#include "genie/transport/tcp.h"
 #include "tests/gpu/two_chains.h"
 
 namespace {
@@ -30,11 +44,14 @@ bool NoCuda(benchmark::State& state) {
   return true;
 }
 
+// busy_poll_us: the node and the client spin that long on their sockets before sleeping.
 std::unique_ptr<genie::Session<Deployment>> StartGpuSession(benchmark::State& state,
-                                                            bool cuda_graphs = true) {
+                                                            bool cuda_graphs = true, int busy_poll_us = 0) {
   genie::SessionOptions o;
   o.embedded.device = "cuda:0";
   o.embedded.cuda_graphs = cuda_graphs;
+  o.embedded.busy_poll = absl::Microseconds(busy_poll_us);
+  o.connection.busy_poll = absl::Microseconds(busy_poll_us);
   o.embedded.log_connections = false;
   o.embedded.log_runs = false;
   auto s = genie::Session<Deployment>::Start(o);
@@ -50,64 +67,283 @@ void ReportBytes(benchmark::State& state, const genie::transport::TrafficSnapsho
                                                     benchmark::Counter::kAvgIterations);
 }
 
+// How a model benchmark runs. Local and remote take the same autograd mode: NoGradGuard,
+// or c10::InferenceMode (cheaper dispatch on the client; no version counters or views
+// tracked) entered after the model is built and moved. `dispatch` > 0 (remote only):
+// frontend::SetAutoDispatch(dispatch), so the node executes the first parts of a step
+// while the client still captures the rest.
+struct Mode {
+  bool remote = false;
+  bool inference = false;
+  int64_t dispatch = 0;
+  bool graphs = true;
+  int busy_poll_us = 0;  // remote: node and client spin on their sockets (ConnectionOptions)
+};
+
+// Brackets a model benchmark's warm-up and timed loop: the autograd mode, auto-dispatch,
+// and the node's graph counters per iteration (a replayed part counts once).
+class ModelRun {
+ public:
+  ModelRun(benchmark::State& state, const Mode& mode) : state_(state), mode_(mode) {
+    if (mode.inference) inference_.emplace();
+    if (mode.remote) genie::frontend::SetAutoDispatch(mode.dispatch);
+  }
+  void StartTiming(genie::Session<Deployment>* session) {
+    session_ = session;
+    if (session_) traffic_ = session_->traffic();
+    counters_ = genie::runtime::GetInterpreterCounters();
+  }
+  ~ModelRun() {
+    if (!mode_.remote) return;
+    genie::frontend::SetAutoDispatch(0);
+    if (session_ == nullptr) return;
+    ReportBytes(state_, session_->traffic() - traffic_);
+    const genie::runtime::InterpreterCounters now = genie::runtime::GetInterpreterCounters();
+    state_.counters["graph_replays"] = benchmark::Counter(
+        static_cast<double>(now.graph_replays - counters_.graph_replays), benchmark::Counter::kAvgIterations);
+    state_.counters["graph_drops"] = static_cast<double>(now.graph_drops - counters_.graph_drops);
+  }
+
+ private:
+  benchmark::State& state_;
+  Mode mode_;
+  std::optional<c10::InferenceMode> inference_;
+  genie::Session<Deployment>* session_ = nullptr;
+  genie::transport::TrafficSnapshot traffic_;
+  genie::runtime::InterpreterCounters counters_;
+};
+
 // ---- ViT-B/16, batch 8 ------------------------------------------------------------------
-void BM_VitB16(benchmark::State& state, bool remote) {
+void BM_VitB16(benchmark::State& state, Mode mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::ViTConfig c = m::ViTConfig::ViTBase16();
-  auto session = remote ? StartGpuSession(state) : nullptr;
-  if (remote && !session) return;
-  const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  auto session = mode.remote ? StartGpuSession(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  if (mode.remote && !session) return;
+  const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::ViT model(c);
   model->to(dev);
-  if (remote) genie::frontend::NameParameters(*model);
+  if (mode.remote) genie::frontend::NameParameters(*model);
   torch::Tensor images = torch::randn({8, 3, c.image_size, c.image_size});
+  ModelRun run(state, mode);
   for (int i = 0; i < 3; ++i) (void)model->forward(images.to(dev)).to(torch::kCPU);
-  const auto before = remote ? session->traffic() : genie::transport::TrafficSnapshot{};
+  run.StartTiming(session.get());
   for (auto _ : state) benchmark::DoNotOptimize(model->forward(images.to(dev)).to(torch::kCPU));
-  if (remote) ReportBytes(state, session->traffic() - before);
 }
 
 // ---- BERT-base, batch 8, 128 tokens -------------------------------------------------------
-void BM_BertBase(benchmark::State& state, bool remote) {
+void BM_BertBase(benchmark::State& state, Mode mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::BertConfig c = m::BertConfig::BertBase();
-  auto session = remote ? StartGpuSession(state) : nullptr;
-  if (remote && !session) return;
-  const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  auto session = mode.remote ? StartGpuSession(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  if (mode.remote && !session) return;
+  const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::BertEncoder model(c);
   model->to(dev);
-  if (remote) genie::frontend::NameParameters(*model);
+  if (mode.remote) genie::frontend::NameParameters(*model);
   torch::Tensor ids = torch::randint(1, c.vocab_size, {8, 128}, torch::kLong);
+  ModelRun run(state, mode);
   for (int i = 0; i < 3; ++i) (void)model->forward(ids.to(dev)).to(torch::kCPU);
-  const auto before = remote ? session->traffic() : genie::transport::TrafficSnapshot{};
+  run.StartTiming(session.get());
   for (auto _ : state) benchmark::DoNotOptimize(model->forward(ids.to(dev)).to(torch::kCPU));
-  if (remote) ReportBytes(state, session->traffic() - before);
 }
 
 // ---- GPT-2 124M decode, one token per iteration -------------------------------------------
-void BM_Gpt2SmallDecode(benchmark::State& state, bool remote, bool cuda_graphs = true) {
+void BM_Gpt2SmallDecode(benchmark::State& state, Mode mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::Gpt2Config c = m::Gpt2Config::Gpt2Small();
-  auto session = remote ? StartGpuSession(state, cuda_graphs) : nullptr;
-  if (remote && !session) return;
-  const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  auto session = mode.remote ? StartGpuSession(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  if (mode.remote && !session) return;
+  const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::Gpt2 model(c);
   model->to(dev);
-  if (remote) genie::frontend::NameParameters(*model);
+  if (mode.remote) genie::frontend::NameParameters(*model);
   m::KvCache cache = model->NewCache(1, m::KvCacheMode::kStatic, dev);
   torch::Tensor token = torch::zeros({1, 1}, torch::kLong);
+  ModelRun run(state, mode);
   (void)model->forward(torch::zeros({1, 16}, torch::kLong).to(dev), &cache, 0).to(torch::kCPU);
   for (int i = 0; i < 3; ++i) (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
-  const auto before = remote ? session->traffic() : genie::transport::TrafficSnapshot{};
+  run.StartTiming(session.get());
   for (auto _ : state) {
     if (cache.length + 1 >= c.max_positions) cache.length = 16;
     benchmark::DoNotOptimize(model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU));
   }
-  if (remote) ReportBytes(state, session->traffic() - before);
 }
+
+// ---- The data path alone: one upload, one download --------------------------------------
+// Upload: ViT's images (4.8 MB) to the device, one element read back. Download: a resident
+// [8, 128, 768] fp32 tensor (BERT's hidden states, 3.1 MB) scaled by one op and read back.
+void BM_Upload(benchmark::State& state, bool remote) {
+  if (NoCuda(state)) return;
+  torch::NoGradGuard no_grad;
+  auto session = remote ? StartGpuSession(state) : nullptr;
+  if (remote && !session) return;
+  const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  torch::Tensor images = torch::randn({8, 3, 224, 224});
+  for (int i = 0; i < 3; ++i) (void)images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU);
+  for (auto _ : state) benchmark::DoNotOptimize(images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU));
+}
+
+void BM_Download(benchmark::State& state, bool remote) {
+  if (NoCuda(state)) return;
+  torch::NoGradGuard no_grad;
+  auto session = remote ? StartGpuSession(state) : nullptr;
+  if (remote && !session) return;
+  const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  torch::Tensor hidden = torch::randn({8, 128, 768}).to(dev);
+  for (int i = 0; i < 3; ++i) (void)(hidden * 2.0).to(torch::kCPU);
+  for (auto _ : state) benchmark::DoNotOptimize((hidden * 2.0).to(torch::kCPU));
+}
+
+// ---- Node to node: CUDA IPC against TCP -----------------------------------------------------
+// Node A (cuda:0) is a NodeServer in this process; node B (cuda:1) a genie-node process
+// started from the binary beside this one (device_pack/bin/genie-node). Per iteration the
+// client asks A to send a resident [bytes / 4] fp32 tensor to B (kPeerSend) and then runs
+// sum() over it on B, reading the sum back: the time from A's GPU to a result computed from
+// it on B's GPU. `ipc`: NodeOptions::peer_cuda_ipc on A (GPU to GPU) or off (A's GPU ->
+// host -> TCP -> B's host -> B's GPU). Skips with fewer than two GPUs.
+class NodeProcess {
+ public:
+  // Starts genie-node on `device`, listening on a free loopback port; "" on success.
+  std::string Start(const std::string& device, const std::string& key) {
+    char self[4096];
+    const ssize_t len = readlink("/proc/self/exe", self, sizeof(self) - 1);
+    if (len <= 0) return "cannot find this binary's folder";
+    self[len] = '\0';
+    std::string binary = self;
+    binary = binary.substr(0, binary.rfind('/')) + "/genie-node";
+    if (access(binary.c_str(), X_OK) != 0) return binary + " is missing (tools/device/run_gpu.sh packs it)";
+    int out[2];
+    if (pipe(out) != 0) return "pipe failed";
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(out[1], 1);
+      close(out[0]);
+      setenv("GENIE_KEY", key.c_str(), 1);
+      const std::string dev = "--device=" + device;
+      execl(binary.c_str(), binary.c_str(), "--listen=127.0.0.1:0", dev.c_str(), "--log_runs=false",
+            static_cast<char*>(nullptr));
+      _exit(127);
+    }
+    close(out[1]);
+    std::string line;
+    char c;
+    while (read(out[0], &c, 1) == 1 && c != '\n') line += c;
+    close(out[0]);
+    const size_t colon = line.rfind(':');
+    if (colon == std::string::npos) return "genie-node did not start: " + line;
+    port_ = static_cast<uint16_t>(std::stoi(line.substr(colon + 1)));
+    return "";
+  }
+  ~NodeProcess() {
+    if (pid_ > 0) {
+      kill(pid_, SIGTERM);
+      int status = 0;
+      waitpid(pid_, &status, 0);
+    }
+  }
+  uint16_t port() const { return port_; }
+
+ private:
+  pid_t pid_ = -1;
+  uint16_t port_ = 0;
+};
+
+void BM_PeerSend(benchmark::State& state, bool ipc) {
+  if (NoCuda(state)) return;
+  if (torch::cuda::device_count() < 2) {
+    state.SkipWithError("one CUDA device: node to node needs two (nvidia-h200-x2)");
+    return;
+  }
+  using genie::core::Buffer;
+  using genie::core::BufferKind;
+  using genie::core::DType;
+  using genie::core::TensorRef;
+  const int64_t n = state.range(0) / 4;
+  const std::string key = "gpu-benchmark-peer-key-0123456789abcdef";
+  NodeProcess b;
+  if (std::string e = b.Start("cuda:1", key); !e.empty()) {
+    state.SkipWithError(e.c_str());
+    return;
+  }
+  genie::runtime::NodeOptions o;
+  o.device = "cuda:0";
+  o.log_connections = false;
+  o.log_runs = false;
+  o.peer_cuda_ipc = ipc;
+  auto a = genie::runtime::NodeServer::Create("127.0.0.1", 0, key, o);
+  if (!a.ok()) {
+    state.SkipWithError(std::string(a.status().message()).c_str());
+    return;
+  }
+  std::thread serve([&] { (*a)->Serve(); });
+  {
+    auto to_a = genie::client::RemoteExecutor<genie::transport::Tcp>::Connect("127.0.0.1", (*a)->port(), key);
+    auto to_b = genie::client::RemoteExecutor<genie::transport::Tcp>::Connect("127.0.0.1", b.port(), key);
+    if (!to_a.ok() || !to_b.ok()) {
+      state.SkipWithError("cannot connect to the nodes");
+    } else {
+      torch::Tensor x = torch::randn({n});
+      genie::core::Graph put;
+      genie::core::BufferId px = put.AddBuffer(Buffer{DType::kFloat32, n, BufferKind::kHostInput, "", 11});
+      genie::core::ExecuteRequest upload;
+      upload.graph = &put;
+      upload.uploads.push_back({px, genie::core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
+      upload.keep = {px};
+      genie::core::Graph sum;
+      genie::core::BufferId r = sum.AddBuffer(Buffer{DType::kFloat32, n, BufferKind::kResident, "", 12});
+      genie::core::BufferId z = sum.AddBuffer(Buffer{DType::kFloat32, 1});
+      genie::core::Node op;
+      op.op = sum.InternOp("aten::sum");
+      op.args = {genie::core::Arg::Tensor(TensorRef::Contiguous(r, DType::kFloat32, {n})), genie::core::Arg::None()};
+      op.outputs = {TensorRef::Contiguous(z, DType::kFloat32, {})};
+      sum.AddNode(std::move(op));
+      sum.outputs().push_back(TensorRef::Contiguous(z, DType::kFloat32, {}));
+      genie::core::ExecuteRequest read;
+      read.graph = &sum;
+      read.fingerprint = 1;
+      genie::core::PeerSend send;
+      send.handle = 11;
+      send.numel = n;
+      send.peer = "127.0.0.1:" + std::to_string(b.port());
+      send.peer_handle = 12;
+      const double want = x.sum().item<double>();
+      absl::Status failed = (*to_a)->Execute(upload).status();
+      double got = 0;
+      for (int i = 0; failed.ok() && i < 3; ++i) {
+        absl::StatusOr<int64_t> sent = (*to_a)->SendToPeer(send);
+        absl::StatusOr<genie::core::ExecuteResult> res = sent.ok() ? (*to_b)->Execute(read)
+                                                                   : absl::StatusOr<genie::core::ExecuteResult>(sent.status());
+        failed = res.status();
+        if (res.ok()) got = *static_cast<const float*>(res->outputs.at(0).data);
+      }
+      if (failed.ok() && std::abs(got - want) > 1e-3 * (1 + std::abs(want))) {
+        failed = absl::DataLossError("B's sum differs from the tensor A sent");
+      }
+      if (!failed.ok()) {
+        state.SkipWithError(std::string(failed.message()).c_str());
+      } else {
+        for (auto _ : state) {
+          absl::StatusOr<int64_t> sent = (*to_a)->SendToPeer(send);
+          absl::StatusOr<genie::core::ExecuteResult> res = (*to_b)->Execute(read);
+          if (!sent.ok() || !res.ok()) {
+            state.SkipWithError("a transfer failed");
+            break;
+          }
+          benchmark::DoNotOptimize(res->outputs.at(0).data);
+        }
+        state.SetBytesProcessed(state.iterations() * state.range(0));
+        state.counters["cuda_ipc_sends"] = static_cast<double>((*a)->peer_stats().cuda_ipc_sends);
+      }
+    }
+  }
+  (*a)->Shutdown();
+  serve.join();
+}
+BENCHMARK_CAPTURE(BM_PeerSend, cuda_ipc, true)->Arg(4 << 20)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PeerSend, tcp, false)->Arg(4 << 20)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->MinTime(1)->UseRealTime();
 
 // ---- Two independent branches of small matmuls, the interpreter alone ------------------
 // 2 chains x 16 products of [256, 256] (each too small to fill the GPU), joined by add;
@@ -143,12 +379,40 @@ BENCHMARK_CAPTURE(BM_TwoBranches, streams4_eager, 4, false)->Unit(benchmark::kMi
 BENCHMARK_CAPTURE(BM_TwoBranches, streams1_graph, 1, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
 BENCHMARK_CAPTURE(BM_TwoBranches, streams4_graph, 4, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
 
-BENCHMARK_CAPTURE(BM_VitB16, local_cuda, false)->Unit(benchmark::kMillisecond)->MinTime(2);
-BENCHMARK_CAPTURE(BM_VitB16, genie_remote, true)->Unit(benchmark::kMillisecond)->MinTime(2);
-BENCHMARK_CAPTURE(BM_BertBase, local_cuda, false)->Unit(benchmark::kMillisecond)->MinTime(2);
-BENCHMARK_CAPTURE(BM_BertBase, genie_remote, true)->Unit(benchmark::kMillisecond)->MinTime(2);
-BENCHMARK_CAPTURE(BM_Gpt2SmallDecode, local_cuda, false)->Unit(benchmark::kMillisecond)->MinTime(2);
-BENCHMARK_CAPTURE(BM_Gpt2SmallDecode, genie_remote, true)->Unit(benchmark::kMillisecond)->MinTime(2);
-BENCHMARK_CAPTURE(BM_Gpt2SmallDecode, genie_remote_no_graphs, true, false)->Unit(benchmark::kMillisecond)->MinTime(2);
+BENCHMARK_CAPTURE(BM_Upload, local_cuda, false)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote, true)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, local_cuda, false)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote, true)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+
+// Every model in every mode, one name each: local_cuda / genie_remote (NoGradGuard, as
+// before), local_cuda_inference / genie_remote_inference (InferenceMode on both sides),
+// genie_remote_inference_dispatch128 (plus SetAutoDispatch(128)),
+// genie_remote_inference_busypoll[_dispatch128] (node and client spin up to 5 ms on their
+// sockets before sleeping), genie_remote_no_graphs.
+const bool kModelsRegistered = [] {
+  using Fn = void (*)(benchmark::State&, Mode);
+  const std::pair<const char*, Fn> models[] = {
+      {"BM_VitB16", BM_VitB16}, {"BM_BertBase", BM_BertBase}, {"BM_Gpt2SmallDecode", BM_Gpt2SmallDecode}};
+  std::vector<std::pair<std::string, Mode>> modes = {
+      {"local_cuda", Mode{false, false, 0}},
+      {"genie_remote", Mode{true, false, 0}},
+      {"local_cuda_inference", Mode{false, true, 0}},
+      {"genie_remote_inference", Mode{true, true, 0}},
+  };
+  modes.push_back({"genie_remote_inference_dispatch128", Mode{true, true, 128}});
+  modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, 0, true, 5000}});
+  modes.push_back({"genie_remote_inference_busypoll_dispatch128", Mode{true, true, 128, true, 5000}});
+  modes.push_back({"genie_remote_no_graphs", Mode{true, false, 0, false}});
+  for (const auto& [model, fn] : models) {
+    for (const auto& [name, mode] : modes) {
+      // Real time decides the iteration count: the remote client's CPU is mostly idle.
+      benchmark::RegisterBenchmark((std::string(model) + "/" + name).c_str(), fn, mode)
+          ->Unit(benchmark::kMillisecond)
+          ->MinTime(2)
+          ->UseRealTime();
+    }
+  }
+  return true;
+}();
 
 }  // namespace

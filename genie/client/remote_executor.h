@@ -67,6 +67,9 @@ struct RemoteExecutorOptions {
   // Programs remembered as loaded on the node (capped by what the node says it keeps).
   size_t max_cached_programs = 256;
   plan::MessageLimits limits;
+  // Spin this long on the socket before sleeping while waiting for the node
+  // (transport::ConnectionOptions::busy_poll); zero never spins.
+  absl::Duration busy_poll = absl::ZeroDuration();
 };
 
 namespace client_internal {
@@ -158,6 +161,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     transport::ConnectionOptions conn_options;
     conn_options.send_timeout = options.io_timeout;
     conn_options.payload_timeout = options.io_timeout;
+    conn_options.busy_poll = options.busy_poll;
     absl::StatusOr<Connection> conn =
         Connection::Connect(host, port, options.connect_timeout, conn_options);
     if (!conn.ok()) return client_internal::ConnectFailed(node, conn.status());

@@ -410,6 +410,7 @@ std::string EncodePeerPut(const PeerPutMessage& m) {
   w.WriteU64(m.handle);
   w.WriteU8(static_cast<uint8_t>(m.dtype));
   w.WriteI64(m.numel);
+  w.WriteString(m.cuda_ipc);
   return w.Release();
 }
 
@@ -417,10 +418,11 @@ absl::StatusOr<PeerPutMessage> DecodePeerPut(absl::string_view bytes, const Mess
   if (bytes.size() > MaxPeerPutBytes(limits)) {
     return Invalid(absl::StrCat("PeerPut message of ", bytes.size(), " bytes is too large"));
   }
-  core::ByteReader r(StdView(bytes));
+  core::ByteReader r(StdView(bytes), WireFor(PeerPutMessage::kMaxCudaIpcBytes));
   GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kPeerPut));
   PeerPutMessage m;
   GENIE_RETURN_IF_ERROR(ReadBufferFields(r, limits, "PeerPut", &m.handle, &m.dtype, &m.numel));
+  GENIE_ASSIGN_OR_RETURN(m.cuda_ipc, r.ReadString("PeerPut CUDA IPC descriptor"));
   GENIE_RETURN_IF_ERROR(r.ExpectEnd("PeerPut message"));
   return m;
 }
@@ -429,7 +431,10 @@ uint64_t MaxPeerSendBytes(const MessageLimits& limits) {
   return kPrefixBytes + 8 + 1 + 8 + 4 + limits.max_string_bytes + 2 + 8 + 1;
 }
 
-uint64_t MaxPeerPutBytes(const MessageLimits& limits) { return kPrefixBytes + 8 + 1 + 8; }
+uint64_t MaxPeerPutBytes(const MessageLimits& limits) {
+  (void)limits;
+  return kPrefixBytes + 8 + 1 + 8 + 4 + PeerPutMessage::kMaxCudaIpcBytes;
+}
 
 std::vector<TransferFrame> GroupTransfers(absl::Span<const UploadEntry> entries,
                                           uint64_t max_frame_bytes) {

@@ -118,11 +118,16 @@ struct PeerSendMessage {
   uint64_t nbytes() const { return static_cast<uint64_t>(numel) * core::DTypeSize(dtype); }
 };
 
-// PeerPut: the next kTransfer frame holds nbytes() bytes to keep under `handle`.
+// PeerPut: the next kTransfer frame holds nbytes() bytes to keep under `handle`; or, with
+// `cuda_ipc` set (an encoded runtime::CudaIpcDescriptor, nodes on one host), no frame
+// follows and the receiver copies the bytes GPU to GPU from the sender's device memory
+// before it answers (the sender holds that memory until the answer).
 struct PeerPutMessage {
+  static constexpr size_t kMaxCudaIpcBytes = 256;
   uint64_t handle = 0;
   core::DType dtype = core::DType::kFloat32;
   int64_t numel = 0;
+  std::string cuda_ipc;
   uint64_t nbytes() const { return static_cast<uint64_t>(numel) * core::DTypeSize(dtype); }
 };
 

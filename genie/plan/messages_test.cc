@@ -306,6 +306,18 @@ TEST(MessagesTest, PeerMessagesRoundTripAndRefuseBadFields) {
   EXPECT_FALSE(DecodePeerPut(bytes).ok());      // a PeerSend is not a PeerPut
   EXPECT_FALSE(DecodePeerSend(put_bytes).ok());
   for (size_t n = 0; n < put_bytes.size(); ++n) EXPECT_FALSE(DecodePeerPut(put_bytes.substr(0, n)).ok());
+
+  // Over CUDA IPC: the descriptor travels in the message, bounded.
+  PeerPutMessage ipc{6, core::DType::kFloat32, 1024};
+  ipc.cuda_ipc = std::string(164, '\x5a');
+  const std::string ipc_bytes = EncodePeerPut(ipc);
+  EXPECT_LE(ipc_bytes.size(), MaxPeerPutBytes({}));
+  absl::StatusOr<PeerPutMessage> ipc_back = DecodePeerPut(ipc_bytes);
+  ASSERT_TRUE(ipc_back.ok()) << ipc_back.status();
+  EXPECT_EQ(ipc_back->cuda_ipc, ipc.cuda_ipc);
+  EXPECT_TRUE(put_back->cuda_ipc.empty());
+  ipc.cuda_ipc = std::string(PeerPutMessage::kMaxCudaIpcBytes + 1, 'x');
+  EXPECT_FALSE(DecodePeerPut(EncodePeerPut(ipc)).ok());
 }
 
 }  // namespace

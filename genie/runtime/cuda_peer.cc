@@ -7,6 +7,7 @@
 #include <cstring>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "genie/core/status.h"
 #include "genie/core/wire.h"
@@ -235,6 +236,25 @@ absl::Status CudaIpcImporter::CopyIn(const CudaIpcDescriptor& d, void* dst, uint
 #else
   return absl::UnimplementedError("CUDA IPC needs a build with --config=cuda");
 #endif
+}
+
+absl::Status CopyOnDevice(void* dst, const void* src, uint64_t nbytes, void* stream) {
+#if GENIE_WITH_CUDA
+  cudaStream_t s = static_cast<cudaStream_t>(stream);
+  GENIE_RETURN_IF_ERROR(
+      CudaError(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDeviceToDevice, s), "cudaMemcpyAsync (device)"));
+  return CudaError(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+#else
+  (void)dst;
+  (void)src;
+  (void)nbytes;
+  (void)stream;
+  return absl::UnimplementedError("device copies need a build with --config=cuda");
+#endif
+}
+
+bool IsLoopbackHost(absl::string_view host) {
+  return host == "localhost" || host == "::1" || host == "[::1]" || absl::StartsWith(host, "127.");
 }
 
 }  // namespace genie::runtime

@@ -95,6 +95,14 @@ class CudaIpcImporter {
   int device_;
 };
 
+// Copies `nbytes` between two buffers of the current device on `stream` (a cudaStream_t)
+// and returns once the copy is complete. Unimplemented without CUDA.
+absl::Status CopyOnDevice(void* dst, const void* src, uint64_t nbytes, void* stream);
+
+// Whether `host` names this machine's loopback interface ("127.x.y.z", "localhost", "::1"):
+// a peer there shares this host's GPUs, so CUDA IPC can reach its device memory.
+bool IsLoopbackHost(absl::string_view host);
+
 }  // namespace genie::runtime
 
 #endif  // GENIE_RUNTIME_CUDA_PEER_H_

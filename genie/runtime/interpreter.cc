@@ -62,6 +62,7 @@ struct Program {
   std::vector<bool> returns_alias_args;
   StreamPlan streams;         // one lane unless on CUDA with cuda_streams > 1
   std::string graph_blocker;  // non-empty: why this program is never a CUDA graph
+  std::vector<bool> written;  // by BufferId: some node writes it in place or produces it
 };
 
 // Ops that synchronize with the host or whose output sizes depend on data: never captured.
@@ -137,6 +138,10 @@ struct CudaProgramState {
   std::unique_ptr<at::cuda::CUDAGraph> graph;
   std::vector<at::Tensor> roots;  // every buffer as captured (static inputs and outputs)
   std::vector<std::pair<core::BufferId, const void*>> resident_ptrs;
+  // Resident inputs the graph reads from a private copy, refreshed before each replay:
+  // they moved between runs (tensors that cross a cut of an auto-dispatched step are new
+  // each step) and no node of the program writes them.
+  std::vector<core::BufferId> copied_in;
   std::vector<core::BufferId> upload_ids;
   size_t num_buffers = 0;
 };
@@ -177,6 +182,11 @@ struct Interpreter::Impl {
   std::vector<CudaStream> streams;  // [0] is the main stream
   absl::flat_hash_map<uint64_t, std::unique_ptr<CudaProgramState>> cuda_states;  // by fingerprint
   size_t captured_graphs = 0;
+  // PinnedUploadArena: page-locked host memory a node receives uploads into; runs copy from
+  // it to the device directly. `arena_copied` follows the last run's copies out of it.
+  at::Tensor upload_arena;
+  std::unique_ptr<at::cuda::CUDAEvent> arena_copied;
+  bool arena_in_flight = false;
   // GENIE_INTERPRETER_PROFILE=1: per-phase times, printed to stderr every 200 runs.
   struct Profile {
     bool on = std::getenv("GENIE_INTERPRETER_PROFILE") != nullptr;
@@ -247,6 +257,17 @@ struct Interpreter::Impl {
       }
     }
     p->streams = PlanStreams(g, device.is_cuda() ? options.cuda_streams : 1);
+    if (device.is_cuda()) {
+      p->written.assign(g.buffers().size(), false);
+      for (const core::Node& n : g.nodes()) {
+        for (core::BufferId b : n.writes) {
+          if (b < p->written.size()) p->written[b] = true;
+        }
+        for (const TensorRef& r : n.outputs) {
+          if (r.buffer < p->written.size()) p->written[r.buffer] = true;
+        }
+      }
+    }
     if (fp != 0) {
       programs[fp] = p;
       program_order.push_back(fp);
@@ -475,12 +496,34 @@ struct Interpreter::Impl {
     return status;
   }
 
+  bool InArena(const core::HostBytes& b) const {
+    if (!upload_arena.defined()) return false;
+    const char* lo = static_cast<const char*>(upload_arena.data_ptr());
+    const char* p = static_cast<const char*>(b.data);
+    return p >= lo && p + b.nbytes <= lo + upload_arena.nbytes();
+  }
+
   // Host bytes -> pinned staging buffer -> `dst` with a non-blocking copy on the current
   // stream. The caching host allocator reuses staging buffers once their copy is done.
   static void StageUpload(const core::HostBytes& src, at::Tensor& dst) {
     at::Tensor pinned = at::empty({dst.numel()}, at::TensorOptions().dtype(dst.scalar_type()).pinned_memory(true));
     std::memcpy(pinned.data_ptr(), src.data, src.nbytes);
     dst.copy_(pinned, /*non_blocking=*/true);
+  }
+
+  // Same dtype and geometry (what a private copy of `b` can take from `a`).
+  static bool SameLayout(const at::Tensor& a, const at::Tensor& b) {
+    return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
+           a.storage_offset() == b.storage_offset();
+  }
+
+  // A copy of `t` in memory of its own, with t's storage layout (views of it by storage
+  // offset and strides read the same elements), on the current stream.
+  static at::Tensor PrivateCopy(const at::Tensor& t) {
+    const int64_t numel = static_cast<int64_t>(t.storage().nbytes() / t.itemsize());
+    at::Tensor p = at::empty({numel}, t.options()).as_strided(t.sizes(), t.strides(), t.storage_offset());
+    p.copy_(t, /*non_blocking=*/true);
+    return p;
   }
 
   static void AbortCapture(c10::cuda::CUDAStream s) {
@@ -607,10 +650,18 @@ struct Interpreter::Impl {
                            program.graph_blocker.empty() && state->blocker.empty();
     if (graphable && state->graph) {
       bool same = state->num_buffers == g.buffers().size() && state->upload_ids == upload_ids;
+      std::vector<core::BufferId> moved;
       for (const auto& [b, ptr] : state->resident_ptrs) {
-        same = same && b < roots.size() && roots[b].defined() && roots[b].data_ptr() == ptr;
+        if (b >= roots.size() || !roots[b].defined()) {
+          same = false;
+          break;
+        }
+        if (roots[b].data_ptr() != ptr) moved.push_back(b);
       }
-      if (same) {
+      for (core::BufferId b : state->copied_in) {
+        same = same && b < roots.size() && roots[b].defined() && SameLayout(roots[b], state->roots[b]);
+      }
+      if (same && moved.empty()) {
         mode = Mode::kReplay;
       } else {
         // Resident inputs moved (or another upload set): the graph's addresses are stale.
@@ -618,8 +669,20 @@ struct Interpreter::Impl {
         state->roots.clear();
         --captured_graphs;
         g_graph_drops.fetch_add(1, std::memory_order_relaxed);
+        // Inputs that moved but that no node writes are read from a private copy from now
+        // on (refreshed before each replay), so the graph survives their moving again.
+        bool rebind = same;
+        for (core::BufferId b : moved) rebind = rebind && b < program.written.size() && !program.written[b];
+        if (rebind) state->copied_in.insert(state->copied_in.end(), moved.begin(), moved.end());
+        if (profile.on) {
+          std::fprintf(stderr, "genie interpreter: program %llu: CUDA graph dropped (%zu resident inputs moved, %s)\n",
+                       static_cast<unsigned long long>(req.fingerprint), moved.size(),
+                       !same ? "another upload set or input layout" : rebind ? "copied in from now on" : "one is written in place");
+        }
         if (state->captures >= kMaxRecaptures) {
           state->blocker = "its resident inputs keep moving between runs";
+        } else if (rebind && captured_graphs < options.max_cuda_graphs) {
+          mode = Mode::kCapture;
         }
       }
     } else if (graphable && state->eager_runs >= 1 && captured_graphs < options.max_cuda_graphs) {
@@ -629,22 +692,49 @@ struct Interpreter::Impl {
       // Counted once per program, when it would otherwise have been captured.
       state->refusal_counted = true;
       g_graph_refusals.fetch_add(1, std::memory_order_relaxed);
+      if (profile.on) {
+        std::fprintf(stderr, "genie interpreter: program %llu stays eager: %s\n",
+                     static_cast<unsigned long long>(req.fingerprint),
+                     (program.graph_blocker.empty() ? state->blocker : program.graph_blocker).c_str());
+      }
     }
 
-    // Uploads: through pinned staging, non-blocking on the main stream. A replay copies into
-    // the graph's static input tensors.
+    // Uploads: non-blocking on the main stream, straight from the pinned upload arena or
+    // through pinned staging. A replay copies into the graph's static input tensors.
+    bool from_arena = false;
     for (const core::Upload& u : req.uploads) {
       const core::Buffer& b = g.buffer(u.buffer);
       at::Tensor t = mode == Mode::kReplay
                          ? state->roots[b.id]
                          : at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
-      if (u.bytes.nbytes) StageUpload(u.bytes, t);
+      if (u.bytes.nbytes != 0 && InArena(u.bytes)) {
+        const cudaError_t e =
+            cudaMemcpyAsync(t.data_ptr(), u.bytes.data, u.bytes.nbytes, cudaMemcpyHostToDevice, main.stream());
+        if (e != cudaSuccess) {
+          (void)cudaGetLastError();
+          main.synchronize();  // earlier copies out of the arena finish before it is reused
+          return absl::InternalError(absl::StrCat("uploading buffer b", b.id, " to ", Describe(),
+                                                  " failed: ", cudaGetErrorString(e)));
+        }
+        from_arena = true;
+      } else if (u.bytes.nbytes != 0) {
+        StageUpload(u.bytes, t);
+      }
       roots[b.id] = std::move(t);
+    }
+    if (from_arena) {
+      if (!arena_copied) arena_copied = std::make_unique<at::cuda::CUDAEvent>(cudaEventDisableTiming);
+      arena_copied->record(main);
+      arena_in_flight = true;
     }
 
     if (mode == Mode::kCapture) {
-      // Inputs of the capture: what is in roots now (residents and static uploads).
+      // Inputs of the capture: what is in roots now (residents and static uploads), the
+      // copied-in residents replaced by private copies.
       std::vector<at::Tensor> inputs = roots;
+      for (core::BufferId b : state->copied_in) {
+        if (b < roots.size() && roots[b].defined()) roots[b] = PrivateCopy(roots[b]);
+      }
       auto graph = std::make_unique<at::cuda::CUDAGraph>();
       absl::Status status = absl::OkStatus();
       int64_t executed = 0;
@@ -667,7 +757,12 @@ struct Interpreter::Impl {
         state->upload_ids = upload_ids;
         state->resident_ptrs.clear();
         for (const core::Buffer& b : g.buffers()) {
-          if (b.kind == BufferKind::kResident) state->resident_ptrs.emplace_back(b.id, roots[b.id].data_ptr());
+          if (b.kind != BufferKind::kResident) continue;
+          if (std::find(state->copied_in.begin(), state->copied_in.end(), b.id) != state->copied_in.end()) {
+            roots[b.id] = inputs[b.id];  // the run goes on with the resident itself
+          } else {
+            state->resident_ptrs.emplace_back(b.id, roots[b.id].data_ptr());
+          }
         }
         ++state->captures;
         ++captured_graphs;
@@ -679,6 +774,10 @@ struct Interpreter::Impl {
         state->blocker = absl::StrCat("capture failed: ", status.message());
         state->refusal_counted = true;
         g_graph_refusals.fetch_add(1, std::memory_order_relaxed);
+        if (profile.on) {
+          std::fprintf(stderr, "genie interpreter: program %llu stays eager: %s\n",
+                       static_cast<unsigned long long>(req.fingerprint), state->blocker.c_str());
+        }
         roots = std::move(inputs);
         mode = Mode::kEager;
       }
@@ -695,6 +794,7 @@ struct Interpreter::Impl {
           if (!roots[b].defined()) roots[b] = state->roots[b];
         }
       }
+      for (core::BufferId b : state->copied_in) state->roots[b].copy_(roots[b], /*non_blocking=*/true);
       try {
         state->graph->replay();
       } catch (const c10::Error& e) {
@@ -841,6 +941,40 @@ absl::Status Interpreter::AdoptDeviceBuffer(
   (void)numel;
   (void)fill;
   return absl::UnimplementedError("adopting device memory needs a build with --config=cuda");
+#endif
+}
+
+absl::StatusOr<char*> Interpreter::PinnedUploadArena(uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  Impl& m = *impl_;
+  if (!m.device.is_cuda()) {
+    return absl::FailedPreconditionError(absl::StrCat(Describe(), " takes uploads from ordinary memory"));
+  }
+  c10::cuda::CUDAGuard guard(m.device.index());
+  if (m.arena_in_flight) {
+    // The last run's copies out of the arena must be done before it is overwritten.
+    m.arena_copied->synchronize();
+    m.arena_in_flight = false;
+  }
+  constexpr uint64_t kKeepBytes = uint64_t{64} << 20;
+  const uint64_t have = m.upload_arena.defined() ? static_cast<uint64_t>(m.upload_arena.nbytes()) : 0;
+  if (have < bytes || (have > kKeepBytes && have > 2 * bytes)) {
+    m.upload_arena = at::Tensor();
+    if (bytes == 0) return nullptr;
+    try {
+      // Rounded up to 1 MiB so that slightly larger uploads reuse it.
+      const int64_t size = static_cast<int64_t>((bytes + (uint64_t{1} << 20) - 1) & ~((uint64_t{1} << 20) - 1));
+      m.upload_arena = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+    } catch (const c10::Error& e) {
+      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of page-locked memory for a run's uploads on ",
+                                                       Describe(), ": ", e.what_without_backtrace()));
+    }
+  }
+  return m.upload_arena.defined() ? static_cast<char*>(m.upload_arena.data_ptr()) : nullptr;
+#else
+  (void)bytes;
+  return absl::FailedPreconditionError(absl::StrCat(Describe(), " takes uploads from ordinary memory"));
 #endif
 }
 

@@ -20,9 +20,15 @@
 // masked_select, unique, ...), (4) its warm-up run left every tensor on the GPU (no CPU
 // fallback), and (5) capture itself succeeds. A replay requires the same uploads (same
 // buffers and sizes, fixed by the fingerprint) and the same resident tensors at the same
-// device addresses as at capture; otherwise the graph is dropped and the run is eager
-// (recaptured at most kMaxRecaptures times). Kept buffers that the graph produced are
-// cloned after a replay, since the next replay overwrites the graph's memory.
+// device addresses as at capture; otherwise the graph is dropped (recaptured at most
+// kMaxRecaptures times). Resident inputs that moved and that no op of the program writes
+// (tensors crossing the cut of an auto-dispatched step are new every step) are from then on
+// read from a private copy that each replay refreshes first, and the program is recaptured
+// at once; a moved input that an op writes makes the run eager. Kept buffers that the graph
+// produced are cloned after a replay, since the next replay overwrites the graph's memory.
+//
+// On a node, uploads arrive in PinnedUploadArena (page-locked) and are copied to the GPU
+// from there without a staging copy.
 //
 // This header does not include libtorch.
 #ifndef GENIE_RUNTIME_INTERPRETER_H_
@@ -85,6 +91,12 @@ class Interpreter final : public core::Executor {
   // example CudaIpcImporter::CopyIn), which must return once the bytes are there.
   absl::Status AdoptDeviceBuffer(uint64_t handle, core::DType dtype, int64_t numel,
                                  absl::FunctionRef<absl::Status(void* dst, uint64_t nbytes, void* stream)> fill);
+
+  // CUDA only (FailedPrecondition elsewhere): page-locked host memory of at least `bytes`
+  // for the next run's uploads, which then go to the device without a staging copy (a
+  // node receives uploads straight into it). Valid until the next call, which first waits
+  // until the copies of the last run that read from it are done. Null for 0 bytes.
+  absl::StatusOr<char*> PinnedUploadArena(uint64_t bytes);
 
   int64_t resident_bytes() const;
   size_t resident_buffers() const;

@@ -56,6 +56,12 @@ ABSL_FLAG(int32_t, cuda_streams, 4,
 ABSL_FLAG(bool, cuda_graphs, true,
           "on cuda:N, capture a program into a CUDA graph on its second run and replay it "
           "(programs with random, syncing or CPU ops stay eager); --nocuda_graphs turns it off");
+ABSL_FLAG(bool, peer_cuda_ipc, true,
+          "on cuda:N, send to peer nodes on this host (loopback addresses) GPU to GPU through "
+          "CUDA IPC; --nopeer_cuda_ipc sends through host memory over TCP");
+ABSL_FLAG(int32_t, busy_poll_us, 0,
+          "spin this many microseconds on a client's socket before sleeping while waiting for "
+          "its next message (lower latency per run for a spinning core); 0 never spins");
 
 namespace {
 
@@ -134,6 +140,10 @@ int main(int argc, char** argv) {
   options.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
   if (options.cuda_streams < 1 || options.cuda_streams > 16) return Fail("--cuda_streams must be in [1, 16]");
   options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
+  options.peer_cuda_ipc = absl::GetFlag(FLAGS_peer_cuda_ipc);
+  const int32_t busy_poll_us = absl::GetFlag(FLAGS_busy_poll_us);
+  if (busy_poll_us < 0 || busy_poll_us > 1000000) return Fail("--busy_poll_us must be in [0, 1000000]");
+  options.busy_poll = absl::Microseconds(busy_poll_us);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) return Fail("--threads must be > 0");
   at::set_num_threads(threads);

@@ -13,6 +13,8 @@
 #include <thread>
 #include <utility>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "genie/core/status.h"
 #include "genie/semantic/semantics.h"
@@ -24,9 +26,9 @@ namespace genie::runtime {
 
 absl::Status PeerInbox::Put(uint64_t handle, Entry entry) {
   std::lock_guard<std::mutex> lock(mu_);
-  const int64_t bytes = static_cast<int64_t>(entry.bytes.size());
+  const int64_t bytes = entry.held_bytes();
   auto it = entries_.find(handle);
-  const int64_t replaced = it == entries_.end() ? 0 : static_cast<int64_t>(it->second.bytes.size());
+  const int64_t replaced = it == entries_.end() ? 0 : it->second.held_bytes();
   if (max_bytes_ > 0 && held_ - replaced + bytes > max_bytes_) {
     ++stats_.puts_refused;
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -37,6 +39,7 @@ absl::Status PeerInbox::Put(uint64_t handle, Entry entry) {
         "parts that read what was sent before sending more"));
   }
   ++stats_.puts;
+  if (entry.device) ++stats_.cuda_ipc_puts;
   stats_.bytes_received += bytes;
   held_ += bytes - replaced;
   entries_[handle] = std::move(entry);
@@ -49,15 +52,16 @@ bool PeerInbox::Take(uint64_t handle, Entry* out) {
   auto it = entries_.find(handle);
   if (it == entries_.end()) return false;
   *out = std::move(it->second);
-  held_ -= static_cast<int64_t>(out->bytes.size());
+  held_ -= out->held_bytes();
   entries_.erase(it);
   size_.store(entries_.size(), std::memory_order_release);
   return true;
 }
 
-void PeerInbox::CountSend(int64_t bytes) {
+void PeerInbox::CountSend(int64_t bytes, bool cuda_ipc) {
   std::lock_guard<std::mutex> lock(mu_);
   ++stats_.sends;
+  if (cuda_ipc) ++stats_.cuda_ipc_sends;
   stats_.bytes_sent += bytes;
 }
 
@@ -208,7 +212,7 @@ absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
       return absl::Status(why.code(), absl::StrCat(doing, ": ", why.message()));
     };
     absl::Status s = conn.SendBytes(MessageKind::kPeerPut, id, plan::EncodePeerPut(m));
-    if (s.ok() && nbytes > 0) {
+    if (s.ok() && nbytes > 0 && m.cuda_ipc.empty()) {
       const transport::Piece piece{bytes, nbytes};
       s = conn.Send(MessageKind::kTransfer, id, absl::Span<const transport::Piece>(&piece, 1),
                     transport::TrafficClass::kActivations);
@@ -246,12 +250,23 @@ absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
     plan::ResultMessage done;
     s = plan::DecodeResult(answer, limits, &done);
     if (!s.ok()) return lost("reading the peer's answer", s);
-    if (done.stats.bytes_uploaded != static_cast<int64_t>(nbytes)) {
+    const uint64_t expected = m.cuda_ipc.empty() ? nbytes : m.nbytes();
+    if (done.stats.bytes_uploaded != static_cast<int64_t>(expected)) {
       return absl::DataLossError(absl::StrCat("the peer took ", done.stats.bytes_uploaded,
-                                              " bytes of ", nbytes));
+                                              " bytes of ", expected));
     }
-    return static_cast<int64_t>(nbytes);
+    return static_cast<int64_t>(expected);
   }
+}
+
+bool PeerPool::MayUseCudaIpc(const std::string& host, uint16_t port) {
+  std::lock_guard<std::mutex> lock(mu_);
+  return !no_cuda_ipc_.contains(absl::StrCat(host, ":", port));
+}
+
+void PeerPool::NoCudaIpc(const std::string& host, uint16_t port) {
+  std::lock_guard<std::mutex> lock(mu_);
+  no_cuda_ipc_[absl::StrCat(host, ":", port)] = true;
 }
 
 namespace node_internal {
@@ -286,7 +301,14 @@ Session::Session(const NodeOptions& options, std::string peer)
     : options_(options),
       peer_(std::move(peer)),
       interpreter_(InterpreterOptionsFor(options)),
-      start_(absl::Now()) {}
+      start_(absl::Now()) {
+  int index = 0;
+  if (options_.device == "cuda") {
+    cuda_device_ = 0;
+  } else if (absl::StartsWith(options_.device, "cuda:") && absl::SimpleAtoi(options_.device.substr(5), &index)) {
+    cuda_device_ = index;
+  }
+}
 
 Session::~Session() = default;
 
@@ -342,6 +364,14 @@ absl::StatusOr<char*> Session::UploadArena(uint64_t bytes) {
         options_.memory_budget_bytes,
         " bytes; send less per run or start genie-node with a larger --memory_budget"));
   }
+  if (bytes > 0 && cuda_device_ >= 0) {
+    // Received straight into page-locked memory: the run copies it to the GPU without a
+    // staging copy.
+    absl::StatusOr<char*> pinned = interpreter_.PinnedUploadArena(bytes);
+    if (!pinned.ok()) return pinned.status();
+    upload_base_ = *pinned;
+    return upload_base_;
+  }
   constexpr uint64_t kKeepArenaBytes = uint64_t{64} << 20;
   try {
     if (arena_.size() > kKeepArenaBytes && arena_.size() > 2 * bytes) std::string().swap(arena_);
@@ -355,7 +385,8 @@ absl::StatusOr<char*> Session::UploadArena(uint64_t bytes) {
     return absl::ResourceExhaustedError(absl::StrCat("a run's uploads of ", bytes,
                                                      " bytes cannot be held by this node"));
   }
-  return arena_.data();
+  upload_base_ = arena_.data();
+  return upload_base_;
 }
 
 absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& run,
@@ -393,7 +424,7 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   uint64_t offset = 0;
   for (const plan::UploadSlot& s : program.uploads) {
     request_.uploads.push_back(
-        core::Upload{s.buffer, core::HostBytes{arena_.data() + offset, static_cast<size_t>(s.nbytes),
+        core::Upload{s.buffer, core::HostBytes{upload_base_ + offset, static_cast<size_t>(s.nbytes),
                                                nullptr}});
     offset += s.nbytes;
   }
@@ -430,6 +461,18 @@ absl::Status Session::AdoptPeerBuffers(const plan::RunBinding& binding) {
   for (uint64_t h : binding.resident_handles) {
     PeerInbox::Entry entry;
     if (!inbox_->Take(h, &entry)) continue;
+    if (entry.device) {
+      // Taken over CUDA IPC by another session of this node: already on this GPU.
+      absl::Status s = interpreter_.AdoptDeviceBuffer(
+          h, entry.dtype, entry.numel, [&](void* dst, uint64_t nbytes, void* stream) {
+            return CopyOnDevice(dst, entry.device_data, nbytes, stream);
+          });
+      if (!s.ok()) {
+        return absl::Status(s.code(), absl::StrCat("cannot keep handle ", h,
+                                                   " that another node sent: ", s.message()));
+      }
+      continue;
+    }
     core::Graph g;
     const core::BufferId b =
         g.AddBuffer(core::Buffer{entry.dtype, entry.numel, core::BufferKind::kHostInput, "", h});
@@ -457,6 +500,30 @@ void Session::AttachPeers(std::string key, PeerInbox* inbox, PeerPool* pool) {
   }
 }
 
+absl::StatusOr<int64_t> Session::SendToPeerOverCudaIpc(const plan::PeerSendMessage& m) {
+  GENIE_ASSIGN_OR_RETURN(Interpreter::DeviceBuffer buf, interpreter_.ResidentDeviceBuffer(m.handle));
+  if (buf.nbytes != m.nbytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("handle ", m.handle, " holds ", buf.nbytes,
+                                                   " bytes, the send names ", m.nbytes()));
+  }
+  if (exporter_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<CudaIpcExporter>> e = CudaIpcExporter::Create(cuda_device_);
+    if (!e.ok()) return absl::FailedPreconditionError(e.status().message());
+    exporter_ = std::move(*e);
+  }
+  absl::StatusOr<CudaIpcDescriptor> d =
+      exporter_->Export(buf.base, buf.offset, buf.nbytes, buf.stream, std::move(buf.owner));
+  if (!d.ok()) return absl::FailedPreconditionError(d.status().message());
+  plan::PeerPutMessage put{m.peer_handle, m.dtype, m.numel};
+  put.cuda_ipc = d->Encode();
+  absl::StatusOr<int64_t> sent = pool_->Put(m.peer_host, m.peer_port, put, nullptr, 0);
+  // The peer answers only after its copy (or without mapping anything, when it refuses),
+  // so the memory may be reused. A transfer that broke leaves the export pending: the peer
+  // might still be reading, so the memory stays held until this session ends.
+  if (sent.ok() || absl::IsFailedPrecondition(sent.status())) (void)exporter_->Release(d->export_id);
+  return sent;
+}
+
 absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
   const absl::Time start = absl::Now();
   const std::string peer = absl::StrCat(m.peer_host, ":", m.peer_port);
@@ -465,6 +532,35 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
                                                  " bytes) to node ", peer, " failed while ", doing,
                                                  ": ", why.message()));
   };
+  auto finish = [&](int64_t nbytes, bool cuda_ipc) {
+    if (m.release) {
+      core::Graph none;
+      core::ExecuteRequest forget;
+      forget.graph = &none;
+      forget.release = {m.handle};
+      (void)interpreter_.Execute(forget);
+    }
+    inbox_->CountSend(nbytes, cuda_ipc);
+    if (options_.log_runs) {
+      LogLine(absl::StrFormat("genie-node: sent handle %d (%s) to node %s for %s in %.3f ms%s", m.handle,
+                              FormatBytes(static_cast<uint64_t>(nbytes)), peer, peer_,
+                              absl::ToDoubleMilliseconds(absl::Now() - start),
+                              cuda_ipc ? " (CUDA IPC)" : ""));
+    }
+    return nbytes;
+  };
+  if (options_.peer_cuda_ipc && cuda_device_ >= 0 && IsLoopbackHost(m.peer_host) &&
+      pool_->MayUseCudaIpc(m.peer_host, m.peer_port)) {
+    absl::StatusOr<int64_t> sent = SendToPeerOverCudaIpc(m);
+    if (sent.ok()) return finish(*sent, /*cuda_ipc=*/true);
+    // The peer (or this node) cannot do it GPU to GPU: TCP from now on for that peer.
+    if (!absl::IsFailedPrecondition(sent.status())) return failed("pushing it over CUDA IPC", sent.status());
+    pool_->NoCudaIpc(m.peer_host, m.peer_port);
+    if (options_.log_connections) {
+      LogLine(absl::StrCat("genie-node: node ", peer, " takes no CUDA IPC (", sent.status().message(),
+                           "); sending over TCP"));
+    }
+  }
   // Read the resident buffer as one contiguous output of a graph without ops.
   core::Graph g;
   const core::BufferId b =
@@ -480,20 +576,7 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
       pool_->Put(m.peer_host, m.peer_port, plan::PeerPutMessage{m.peer_handle, m.dtype, m.numel},
                  bytes.data, bytes.nbytes);
   if (!sent.ok()) return failed("pushing it", sent.status());
-  if (m.release) {
-    core::Graph none;
-    core::ExecuteRequest forget;
-    forget.graph = &none;
-    forget.release = {m.handle};
-    (void)interpreter_.Execute(forget);
-  }
-  inbox_->CountSend(static_cast<int64_t>(bytes.nbytes));
-  if (options_.log_runs) {
-    LogLine(absl::StrFormat("genie-node: sent handle %d (%s) to node %s for %s in %.3f ms", m.handle,
-                            FormatBytes(bytes.nbytes), peer, peer_,
-                            absl::ToDoubleMilliseconds(absl::Now() - start)));
-  }
-  return static_cast<int64_t>(bytes.nbytes);
+  return finish(static_cast<int64_t>(bytes.nbytes), /*cuda_ipc=*/false);
 }
 
 absl::Status Session::AcceptPut(const plan::PeerPutMessage& m, std::string bytes) {
@@ -506,6 +589,47 @@ absl::Status Session::AcceptPut(const plan::PeerPutMessage& m, std::string bytes
                             FormatBytes(bytes.size()), peer_));
   }
   return inbox_->Put(m.handle, PeerInbox::Entry{m.dtype, m.numel, std::move(bytes)});
+}
+
+absl::Status Session::AcceptCudaIpcPut(const plan::PeerPutMessage& m) {
+  if (cuda_device_ < 0) {
+    return absl::FailedPreconditionError(absl::StrCat("this node runs on ", options_.device,
+                                                      ": it takes no buffers over CUDA IPC"));
+  }
+  absl::StatusOr<CudaIpcDescriptor> d = CudaIpcDescriptor::Decode(m.cuda_ipc);
+  if (!d.ok()) return absl::FailedPreconditionError(absl::StrCat("unusable CUDA IPC descriptor: ", d.status().message()));
+  if (d->nbytes != m.nbytes()) {
+    return absl::InvalidArgumentError(absl::StrCat("PeerPut of handle ", m.handle, " offers ", d->nbytes,
+                                                   " bytes over CUDA IPC, expected ", m.nbytes()));
+  }
+  if (importer_ == nullptr) {
+    absl::StatusOr<std::unique_ptr<CudaIpcImporter>> i = CudaIpcImporter::Create(cuda_device_);
+    if (!i.ok()) return absl::FailedPreconditionError(i.status().message());
+    importer_ = std::move(*i);
+  }
+  // Copied into this session's interpreter under the sender's handle (this node-to-node
+  // session has no tensors of its own), then handed to the node's inbox as device memory.
+  absl::Status s = interpreter_.AdoptDeviceBuffer(
+      m.handle, m.dtype, m.numel,
+      [&](void* dst, uint64_t nbytes, void* stream) { return importer_->CopyIn(*d, dst, nbytes, stream); });
+  if (!s.ok()) return absl::FailedPreconditionError(absl::StrCat("taking it over CUDA IPC failed: ", s.message()));
+  absl::StatusOr<Interpreter::DeviceBuffer> buf = interpreter_.ResidentDeviceBuffer(m.handle);
+  core::Graph none;
+  core::ExecuteRequest forget;
+  forget.graph = &none;
+  forget.release = {m.handle};
+  (void)interpreter_.Execute(forget);
+  if (!buf.ok()) return buf.status();
+  PeerInbox::Entry e;
+  e.dtype = m.dtype;
+  e.numel = m.numel;
+  e.device_data = static_cast<const char*>(buf->base) + buf->offset;
+  e.device = std::move(buf->owner);
+  if (options_.log_runs) {
+    LogLine(absl::StrFormat("genie-node: received handle %d (%s) from node %s over CUDA IPC", m.handle,
+                            FormatBytes(m.nbytes()), peer_));
+  }
+  return inbox_->Put(m.handle, std::move(e));
 }
 
 void Session::LogConnected() const {
@@ -603,6 +727,7 @@ void NodeServer::Serve(const std::atomic<bool>* stop) {
   transport::ConnectionOptions conn_options;
   conn_options.send_timeout = s.options.io_timeout;
   conn_options.payload_timeout = s.options.io_timeout;
+  conn_options.busy_poll = s.options.busy_poll;
   while (!s.stop.load() && (stop == nullptr || !stop->load())) {
     s.Reap(/*all=*/false);
     absl::StatusOr<transport::Connection<transport::Tcp>> conn =

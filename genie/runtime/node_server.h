@@ -52,6 +52,7 @@
 #include "genie/core/executor.h"
 #include "genie/plan/messages.h"
 #include "genie/plan/program.h"
+#include "genie/runtime/cuda_peer.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
 #include "genie/transport/frame.h"
@@ -80,6 +81,13 @@ struct NodeOptions {
   // With run_slots: admit LLM decode steps (recognised from the program at load) ahead of
   // waiting prefills and other runs; false: in arrival order.
   bool decode_first = true;
+  // On CUDA: send to a peer node on this host (a loopback address) GPU to GPU through CUDA
+  // IPC (runtime/cuda_peer.h) instead of through host memory and TCP; a peer that cannot
+  // take it that way (no GPU, IPC refused) gets the bytes over TCP from then on.
+  bool peer_cuda_ipc = true;
+  // Spin this long on a client's socket before sleeping when waiting for its next message
+  // (transport::ConnectionOptions::busy_poll): lower latency per run for a spinning core.
+  absl::Duration busy_poll = absl::ZeroDuration();
 };
 
 // Admission of runs to the node's compute, shared by every session. At most `slots` runs
@@ -139,6 +147,8 @@ struct PeerStats {
   int64_t inbox_buffers = 0;
   int64_t connections_opened = 0;  // to other nodes (PeerPool), reconnects included
   int64_t connections_reused = 0;  // transfers that went over an open pooled connection
+  int64_t cuda_ipc_sends = 0;      // of `sends`, those that went GPU to GPU over CUDA IPC
+  int64_t cuda_ipc_puts = 0;       // of `puts`, those taken GPU to GPU over CUDA IPC
 };
 
 // Buffers other nodes pushed here, by the handle the next run will read them under.
@@ -149,6 +159,13 @@ class PeerInbox {
     core::DType dtype = core::DType::kFloat32;
     int64_t numel = 0;
     std::string bytes;
+    // Taken over CUDA IPC: the bytes are in device memory of this node's GPU instead,
+    // kept alive by `device` (then `bytes` is empty).
+    std::shared_ptr<const void> device;
+    const void* device_data = nullptr;
+    int64_t held_bytes() const {
+      return device ? numel * static_cast<int64_t>(core::DTypeSize(dtype)) : static_cast<int64_t>(bytes.size());
+    }
   };
   // max_bytes: most bytes held at once (0 = unlimited).
   explicit PeerInbox(int64_t max_bytes = 0) : max_bytes_(max_bytes) {}
@@ -158,7 +175,7 @@ class PeerInbox {
   // Moves the entry for `handle` into *out; false when there is none.
   bool Take(uint64_t handle, Entry* out);
   bool empty() const { return size_.load(std::memory_order_acquire) == 0; }
-  void CountSend(int64_t bytes);
+  void CountSend(int64_t bytes, bool cuda_ipc = false);
   void CountConnection(bool reused);
   PeerStats stats() const;
 
@@ -185,8 +202,12 @@ class PeerPool {
   // Pushes `bytes` to the peer, which keeps them under m.handle; the bytes it took, or an
   // error naming the peer and what failed (connecting, authenticating, sending, the
   // peer's refusal).
+  // With m.cuda_ipc set, no bytes follow (the peer copies from this node's GPU).
   absl::StatusOr<int64_t> Put(const std::string& host, uint16_t port,
                               const plan::PeerPutMessage& m, const void* bytes, size_t nbytes);
+  // Whether transfers to this peer may go over CUDA IPC: true until NoCudaIpc for it.
+  bool MayUseCudaIpc(const std::string& host, uint16_t port);
+  void NoCudaIpc(const std::string& host, uint16_t port);
 
  private:
   struct Link;
@@ -195,6 +216,7 @@ class PeerPool {
   PeerInbox* counters_;
   std::mutex mu_;
   absl::flat_hash_map<std::string, std::shared_ptr<Link>> links_;
+  absl::flat_hash_map<std::string, bool> no_cuda_ipc_;  // peers that refused CUDA IPC
 };
 
 namespace node_internal {
@@ -214,8 +236,9 @@ class Session {
   // something no Genie client sends: refuse and close.
   absl::Status Load(absl::string_view payload);
 
-  // Memory for `bytes` of uploads (reused across runs), or ResourceExhausted when over
-  // the session's memory budget or when it cannot be allocated.
+  // Memory for `bytes` of uploads (reused across runs; page-locked on a CUDA node, see
+  // Interpreter::PinnedUploadArena), or ResourceExhausted when over the session's memory
+  // budget or when it cannot be allocated.
   absl::StatusOr<char*> UploadArena(uint64_t bytes);
 
   // Runs `run` (its upload bytes in the arena, in table order) on the interpreter.
@@ -234,6 +257,10 @@ class Session {
   absl::StatusOr<int64_t> SendToPeer(const plan::PeerSendMessage& m);
   // Keeps bytes a peer pushed until a run reads them.
   absl::Status AcceptPut(const plan::PeerPutMessage& m, std::string bytes);
+  // Takes a buffer a peer on this host offers over CUDA IPC (m.cuda_ipc): copies it GPU to
+  // GPU into this node's device memory, kept in the inbox. FailedPrecondition when this
+  // node cannot (no GPU, the mapping failed): the peer then sends over TCP.
+  absl::Status AcceptCudaIpcPut(const plan::PeerPutMessage& m);
 
   // Scratch reused across messages.
   std::string& message() { return message_; }
@@ -255,6 +282,8 @@ class Session {
 
   // Makes what peers pushed under the handles this run reads resident on this session.
   absl::Status AdoptPeerBuffers(const plan::RunBinding& binding);
+  // SendToPeer over CUDA IPC; FailedPrecondition when the peer cannot take it that way.
+  absl::StatusOr<int64_t> SendToPeerOverCudaIpc(const plan::PeerSendMessage& m);
 
   NodeOptions options_;
   std::string peer_;
@@ -264,10 +293,14 @@ class Session {
   std::unique_ptr<PeerPool> own_pool_;
   RunGate* gate_ = nullptr;
   Interpreter interpreter_;
+  int cuda_device_ = -1;  // N of "cuda:N"; -1 on the CPU
+  std::unique_ptr<CudaIpcExporter> exporter_;  // made on first use
+  std::unique_ptr<CudaIpcImporter> importer_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Loaded>> programs_;  // by client program id
   std::deque<uint64_t> load_order_;
   uint64_t next_fingerprint_ = 1;
   std::string arena_;
+  char* upload_base_ = nullptr;  // where UploadArena put the run's uploads (arena_ or pinned)
   core::ExecuteRequest request_;
   absl::StatusOr<core::ExecuteResult> result_;
   std::string message_;
@@ -470,13 +503,17 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
                                     "this node takes no buffers from other nodes (no peer inbox)"));
         }
         const plan::UploadEntry entry{core::kNoBuffer, plan::UploadClass::kActivations, put->nbytes()};
-        absl::StatusOr<char*> arena = session.UploadArena(entry.nbytes);
-        bool protocol_error = false;
-        s = ReceiveUploads(conn, id, absl::Span<const plan::UploadEntry>(&entry, 1),
-                           arena.ok() ? *arena : nullptr, io_timeout, &protocol_error);
-        if (protocol_error) return RefuseAndClose(conn, session, id, "PeerPut bytes", s);
-        if (!s.ok()) return s;
-        s = arena.ok() ? session.AcceptPut(*put, std::string(*arena, entry.nbytes)) : arena.status();
+        if (!put->cuda_ipc.empty()) {
+          s = session.AcceptCudaIpcPut(*put);  // no transfer frame: GPU to GPU
+        } else {
+          absl::StatusOr<char*> arena = session.UploadArena(entry.nbytes);
+          bool protocol_error = false;
+          s = ReceiveUploads(conn, id, absl::Span<const plan::UploadEntry>(&entry, 1),
+                             arena.ok() ? *arena : nullptr, io_timeout, &protocol_error);
+          if (protocol_error) return RefuseAndClose(conn, session, id, "PeerPut bytes", s);
+          if (!s.ok()) return s;
+          s = arena.ok() ? session.AcceptPut(*put, std::string(*arena, entry.nbytes)) : arena.status();
+        }
         if (!s.ok()) {
           s = conn.SendBytes(MessageKind::kError, id, plan::EncodeError(s, false, limits));
         } else {

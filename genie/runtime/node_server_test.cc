@@ -755,4 +755,41 @@ TEST_F(RawClientTest, PeerPutWithoutInboxIsRefused) {
   ExpectErrorThenClose(absl::StatusCode::kFailedPrecondition, "no buffers from other nodes");
 }
 
+// A node on the CPU offered a buffer over CUDA IPC (PeerPut with a descriptor, no bytes
+// follow) answers FailedPrecondition, which makes the sender send over TCP from then on;
+// nothing lands in its inbox and the session goes on.
+TEST(NodeServerTest, CpuNodeRefusesACudaIpcPutAndTheSessionGoesOn) {
+  NodeOptions options;
+  options.log_runs = false;
+  options.log_connections = false;
+  PeerInbox inbox;
+  PeerPool pool(kKey, options, &inbox);
+  std::atomic<bool> stop{false};
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  Connection<InProcess> conn = std::move(pair->first);
+  std::thread node([&, server = std::move(pair->second)]() mutable {
+    (void)ServeConnection(server, kKey, options, stop, &inbox, &pool);
+  });
+  ASSERT_TRUE(transport::AuthenticateClient(conn, kKey, absl::Seconds(5)).ok());
+  plan::PeerPutMessage put{5, DType::kFloat32, 256};
+  put.cuda_ipc = std::string(100, 'x');
+  ASSERT_TRUE(conn.SendBytes(MessageKind::kPeerPut, 1, plan::EncodePeerPut(put)).ok());
+  auto f = conn.Receive(absl::Seconds(5));
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->header.kind, MessageKind::kError);
+  auto e = plan::DecodeError(f->payload);
+  ASSERT_TRUE(e.ok()) << e.status();
+  EXPECT_EQ(e->code, absl::StatusCode::kFailedPrecondition) << e->message;
+  EXPECT_NE(e->message.find("CUDA IPC"), std::string::npos) << e->message;
+  EXPECT_EQ(inbox.stats().puts, 0);
+  ASSERT_TRUE(conn.SendBytes(MessageKind::kPing, 2, "").ok());
+  auto pong = conn.Receive(absl::Seconds(5));
+  ASSERT_TRUE(pong.ok()) << pong.status();
+  EXPECT_EQ(pong->header.kind, MessageKind::kPong);
+  stop = true;
+  conn.Close();
+  node.join();
+}
+
 }  // namespace genie::runtime

@@ -57,6 +57,7 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
     absl::StatusOr<transport_internal::TcpStream> stream =
         transport_internal::TcpStream::Connect(host, port, timeout, Settings());
     if (!stream.ok()) return stream.status();
+    stream->set_busy_poll(options.busy_poll);
     return Connection(std::move(*stream), options);
   }
 
@@ -95,6 +96,7 @@ class Listener<P, Tcp> {
                                             const ConnectionOptions& options = {}) {
     absl::StatusOr<transport_internal::TcpStream> stream = socket_.Accept(timeout);
     if (!stream.ok()) return stream.status();
+    stream->set_busy_poll(options.busy_poll);
     return Connection<P, Tcp>(std::move(*stream), options);
   }
 

@@ -12,7 +12,10 @@
 #include "absl/strings/str_split.h"
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
+#include "genie/client/remote_executor.h"
 #include "genie/runtime/interpreter.h"
+#include "genie/runtime/node_server.h"
+#include "genie/transport/tcp.h"
 
 #include <gtest/gtest.h>
 #include <sys/wait.h>
@@ -23,6 +26,7 @@
 #include <cstdlib>
 #include <cstdio>
 #include <string>
+#include <thread>
 #include <vector>
 
 #if GENIE_WITH_CUDA
@@ -296,6 +300,130 @@ TEST(CudaPeerTest, InterpretersOnTwoGpusHandAResidentTensorOver) {
   EXPECT_EQ(reap(), 0);
 }
 
+// ---- genie-node's kPeerSend over CUDA IPC ------------------------------------------------
+// Node B (cuda:1) is a NodeServer in a child process; node A (cuda:0) a NodeServer in this
+// one; a client connected to both uploads a tensor to A, asks A to send it to B, and runs
+// an op on B that reads it. With NodeOptions::peer_cuda_ipc (the default) A hands B the
+// device memory (no bytes on TCP); with it off, the same transfer goes over TCP. B's answer
+// is the same either way.
+const std::string kNodeKey = "cuda-peer-test-key-0123456789abcdef";
+
+int NodeProcess(int to_parent, int from_parent) {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count < 2) {
+    Send(to_parent, 'S', "needs two CUDA devices (nvidia-h200-x2)");
+    return 0;
+  }
+  NodeOptions o;
+  o.device = "cuda:1";
+  o.log_connections = false;
+  o.log_runs = false;
+  absl::StatusOr<std::unique_ptr<NodeServer>> server = NodeServer::Create("127.0.0.1", 0, kNodeKey, o);
+  if (!server.ok()) return Send(to_parent, 'E', server.status().ToString()), 1;
+  std::thread serve([&] { (*server)->Serve(); });
+  Send(to_parent, 'P', std::to_string((*server)->port()));
+  char tag;
+  std::string body;
+  (void)Receive(from_parent, &tag, &body);  // until the parent says stop or goes away
+  (*server)->Shutdown();
+  serve.join();
+  return 0;
+}
+
+TEST(CudaPeerTest, NodesSendGpuToGpuOverCudaIpc) {
+  int down[2], up[2];
+  ASSERT_EQ(pipe(down), 0);
+  ASSERT_EQ(pipe(up), 0);
+  const pid_t pid = SpawnExporter("node", up[1], down[0]);
+  ASSERT_GE(pid, 0);
+  close(down[0]);
+  close(up[1]);
+  auto stop_child = [&] {
+    Send(down[1], 'Q', "");
+    int status = 0;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  };
+  char tag;
+  std::string body;
+  ASSERT_TRUE(Receive(up[0], &tag, &body)) << "the node process died";
+  if (tag == 'S') {
+    stop_child();
+    GTEST_SKIP() << body;
+  }
+  ASSERT_EQ(tag, 'P') << body;
+  const uint16_t port_b = static_cast<uint16_t>(std::stoi(body));
+  constexpr int64_t n = 1 << 20;
+  for (bool ipc : {true, false}) {
+    SCOPED_TRACE(ipc ? "CUDA IPC" : "TCP");
+    NodeOptions o;
+    o.device = "cuda:0";
+    o.log_connections = false;
+    o.log_runs = false;
+    o.peer_cuda_ipc = ipc;
+    absl::StatusOr<std::unique_ptr<NodeServer>> a = NodeServer::Create("127.0.0.1", 0, kNodeKey, o);
+    ASSERT_TRUE(a.ok()) << a.status();
+    std::thread serve([&] { (*a)->Serve(); });
+    {
+      auto to_a = client::RemoteExecutor<transport::Tcp>::Connect("127.0.0.1", (*a)->port(), kNodeKey);
+      auto to_b = client::RemoteExecutor<transport::Tcp>::Connect("127.0.0.1", port_b, kNodeKey);
+      ASSERT_TRUE(to_a.ok()) << to_a.status();
+      ASSERT_TRUE(to_b.ok()) << to_b.status();
+      std::vector<float> host(n);
+      for (int64_t i = 0; i < n; ++i) host[i] = 0.25f * static_cast<float>(i % 8191) + (ipc ? 1.0f : 2.0f);
+      // On A: y = x * 2, kept under handle 21.
+      core::Graph g;
+      core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+      core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kIntermediate, "", 21});
+      core::Node mul;
+      mul.op = g.InternOp("aten::mul.Scalar");
+      mul.args = {core::Arg::Tensor(core::TensorRef::Contiguous(x, core::DType::kFloat32, {n})), core::Arg::Double(2.0)};
+      mul.outputs = {core::TensorRef::Contiguous(y, core::DType::kFloat32, {n})};
+      g.AddNode(std::move(mul));
+      core::ExecuteRequest run_a;
+      run_a.graph = &g;
+      run_a.uploads.push_back({x, core::HostBytes{host.data(), host.size() * 4, nullptr}});
+      run_a.keep = {y};
+      absl::StatusOr<core::ExecuteResult> on_a = (*to_a)->Execute(run_a);
+      ASSERT_TRUE(on_a.ok()) << on_a.status();
+      // A -> B, kept there under handle 33.
+      core::PeerSend send;
+      send.handle = 21;
+      send.dtype = core::DType::kFloat32;
+      send.numel = n;
+      send.peer = absl::StrCat("127.0.0.1:", port_b);
+      send.peer_handle = 33;
+      absl::StatusOr<int64_t> sent = (*to_a)->SendToPeer(send);
+      ASSERT_TRUE(sent.ok()) << sent.status();
+      EXPECT_EQ(*sent, n * 4);
+      EXPECT_EQ((*a)->peer_stats().cuda_ipc_sends, ipc ? 1 : 0);
+      EXPECT_EQ((*a)->peer_stats().sends, 1);
+      // On B: z = r + 1 with r the received handle, read back.
+      core::Graph h;
+      core::BufferId r = h.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident, "", 33});
+      core::BufferId z = h.AddBuffer(core::Buffer{core::DType::kFloat32, n});
+      core::Node add;
+      add.op = h.InternOp("aten::add.Scalar");
+      add.args = {core::Arg::Tensor(core::TensorRef::Contiguous(r, core::DType::kFloat32, {n})), core::Arg::Double(1.0),
+                  core::Arg::Double(1.0)};
+      add.outputs = {core::TensorRef::Contiguous(z, core::DType::kFloat32, {n})};
+      h.AddNode(std::move(add));
+      h.outputs().push_back(core::TensorRef::Contiguous(z, core::DType::kFloat32, {n}));
+      core::ExecuteRequest run_b;
+      run_b.graph = &h;
+      absl::StatusOr<core::ExecuteResult> on_b = (*to_b)->Execute(run_b);
+      ASSERT_TRUE(on_b.ok()) << on_b.status();
+      const float* v = static_cast<const float*>(on_b->outputs.at(0).data);
+      int64_t wrong = 0;
+      for (int64_t i = 0; i < n; ++i) wrong += v[i] != host[i] * 2.0f + 1.0f;
+      EXPECT_EQ(wrong, 0) << "elements of B's result that differ from 2 * x + 1";
+    }
+    (*a)->Shutdown();
+    serve.join();
+  }
+  EXPECT_EQ(stop_child(), 0);
+}
+
 // Not a test of its own: the body of the exporting process SpawnExporter starts.
 TEST(CudaPeerRole, Exporter) {
   const char* env = std::getenv("GENIE_CUDA_PEER_ROLE");
@@ -305,7 +433,9 @@ TEST(CudaPeerRole, Exporter) {
   if (parts.size() != 3 || !absl::SimpleAtoi(parts[1], &to_parent) || !absl::SimpleAtoi(parts[2], &from_parent)) _exit(2);
   int rc = 1;
   try {
-    rc = parts[0] == "raw" ? Exporter(to_parent, from_parent) : InterpreterExporter(to_parent, from_parent);
+    rc = parts[0] == "raw"    ? Exporter(to_parent, from_parent)
+         : parts[0] == "node" ? NodeProcess(to_parent, from_parent)
+                              : InterpreterExporter(to_parent, from_parent);
   } catch (const std::exception& e) {
     Send(to_parent, 'E', e.what());
   }

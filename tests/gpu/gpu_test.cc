@@ -7,6 +7,10 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <cstring>
+#include <memory>
+#include <vector>
+
 #include "examples/models/models.h"
 #include "examples/report.h"
 #include "genie/core/graph.h"
@@ -210,6 +214,245 @@ TEST_F(GpuTest, IndependentBranchesRunOnTwoStreamsAndMatch) {
   EXPECT_EQ(after.multi_stream_runs - before.multi_stream_runs, 2);
   EXPECT_EQ(after.graph_captures - before.graph_captures, 1);
   EXPECT_EQ(after.graph_replays - before.graph_replays, 3);
+}
+
+// ---- The CUDA-graph rule (interpreter.h), one clause at a time --------------------------
+// Hand-built programs on an interpreter of their own, each run four times under one
+// fingerprint: a program the rule refuses is counted as refused once, never captured or
+// replayed, and still computes the right answer every time.
+class GraphRuleTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!torch::cuda::is_available()) {
+      GTEST_SKIP() << "no CUDA device on this machine: the CUDA-graph rules apply only on the GPU "
+                      "machines (tools/device/run_gpu.sh)";
+    }
+    runtime::InterpreterOptions o;
+    o.device = "cuda:0";
+    interpreter_ = std::make_unique<runtime::Interpreter>(o);
+  }
+  static core::TensorRef Vec(core::BufferId b, int64_t n) {
+    return core::TensorRef::Contiguous(b, core::DType::kFloat32, {n});
+  }
+  // Runs `g` (input x uploaded from `x`) `times` times under fingerprint `fp`; checks every
+  // output equals `want`, and returns the counters' change.
+  runtime::InterpreterCounters RunTimes(const core::Graph& g, core::BufferId x, const torch::Tensor& xs,
+                                        const torch::Tensor& want, uint64_t fp, int times = 4) {
+    const runtime::InterpreterCounters before = runtime::GetInterpreterCounters();
+    for (int i = 0; i < times; ++i) {
+      core::ExecuteRequest req;
+      req.graph = &g;
+      req.fingerprint = fp;
+      req.uploads.push_back({x, core::HostBytes{xs.data_ptr(), static_cast<size_t>(xs.nbytes()), nullptr}});
+      absl::StatusOr<core::ExecuteResult> r = interpreter_->Execute(req);
+      EXPECT_TRUE(r.ok()) << r.status();
+      if (!r.ok()) break;
+      torch::Tensor got = torch::from_blob(const_cast<void*>(r->outputs.at(0).data), want.sizes(), want.options());
+      EXPECT_TRUE(torch::equal(got, want)) << "run " << i;
+    }
+    const runtime::InterpreterCounters after = runtime::GetInterpreterCounters();
+    runtime::InterpreterCounters d;
+    d.graph_captures = after.graph_captures - before.graph_captures;
+    d.graph_replays = after.graph_replays - before.graph_replays;
+    d.graph_refusals = after.graph_refusals - before.graph_refusals;
+    d.graph_drops = after.graph_drops - before.graph_drops;
+    return d;
+  }
+  std::unique_ptr<runtime::Interpreter> interpreter_;
+};
+
+// y = x * 2 (the control: captured on the second run, replayed on the third and fourth).
+TEST_F(GraphRuleTest, StaticProgramIsCapturedAndReplayed) {
+  constexpr int64_t n = 256;
+  core::Graph g;
+  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
+  core::Node mul;
+  mul.op = g.InternOp("aten::mul.Scalar");
+  mul.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Double(2.0)};
+  mul.outputs = {Vec(y, n)};
+  g.AddNode(std::move(mul));
+  g.outputs().push_back(Vec(y, n));
+  torch::Tensor xs = torch::randn({n});
+  const runtime::InterpreterCounters d = RunTimes(g, x, xs, xs * 2, 101);
+  EXPECT_EQ(d.graph_captures, 1);
+  EXPECT_EQ(d.graph_replays, 3);  // the capturing run replays too
+  EXPECT_EQ(d.graph_refusals, 0);
+}
+
+// Clause 3: an op that synchronizes with the host (aten::equal reads a bool back).
+TEST_F(GraphRuleTest, SyncingOpKeepsTheProgramEager) {
+  constexpr int64_t n = 256;
+  core::Graph g;
+  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
+  core::Node mul;
+  mul.op = g.InternOp("aten::mul.Scalar");
+  mul.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Double(2.0)};
+  mul.outputs = {Vec(y, n)};
+  g.AddNode(std::move(mul));
+  core::Node eq;
+  eq.op = g.InternOp("aten::equal");
+  eq.args = {core::Arg::Tensor(Vec(y, n)), core::Arg::Tensor(Vec(x, n))};
+  g.AddNode(std::move(eq));
+  g.outputs().push_back(Vec(y, n));
+  torch::Tensor xs = torch::randn({n});
+  const runtime::InterpreterCounters d = RunTimes(g, x, xs, xs * 2, 102);
+  EXPECT_EQ(d.graph_captures, 0);
+  EXPECT_EQ(d.graph_replays, 0);
+  EXPECT_EQ(d.graph_refusals, 1) << "refused once, when it would otherwise have been captured";
+}
+
+// Clause 3: an op that names another device (a copy to the CPU inside the program).
+TEST_F(GraphRuleTest, OpNamingTheCpuKeepsTheProgramEager) {
+  constexpr int64_t n = 256;
+  core::Graph g;
+  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
+  core::Node to;
+  to.op = g.InternOp("aten::to.device");
+  to.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Device(0 /* kCPU */, 0),
+             core::Arg::Int(static_cast<int64_t>(core::DType::kFloat32)), core::Arg::Bool(false),
+             core::Arg::Bool(true), core::Arg::None()};
+  to.outputs = {Vec(y, n)};
+  g.AddNode(std::move(to));
+  g.outputs().push_back(Vec(y, n));
+  torch::Tensor xs = torch::randn({n});
+  const runtime::InterpreterCounters d = RunTimes(g, x, xs, xs, 103);
+  EXPECT_EQ(d.graph_captures, 0);
+  EXPECT_EQ(d.graph_replays, 0);
+  EXPECT_EQ(d.graph_refusals, 1);
+}
+
+// Clause 4: the warm-up run left a tensor on the CPU (scalar_tensor without a device makes
+// a CPU tensor, which mul then reads as a scalar): CPU fallback, so never a graph.
+TEST_F(GraphRuleTest, CpuTensorInTheWarmUpKeepsTheProgramEager) {
+  constexpr int64_t n = 256;
+  core::Graph g;
+  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId s = g.AddBuffer(core::Buffer{core::DType::kFloat32, 1});
+  core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
+  core::Node scalar;
+  scalar.op = g.InternOp("aten::scalar_tensor");
+  scalar.args = {core::Arg::Double(3.0), core::Arg::None(), core::Arg::None(), core::Arg::None(), core::Arg::None()};
+  scalar.outputs = {core::TensorRef::Contiguous(s, core::DType::kFloat32, {})};
+  g.AddNode(std::move(scalar));
+  core::Node mul;
+  mul.op = g.InternOp("aten::mul.Tensor");
+  mul.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Tensor(core::TensorRef::Contiguous(s, core::DType::kFloat32, {}))};
+  mul.outputs = {Vec(y, n)};
+  g.AddNode(std::move(mul));
+  g.outputs().push_back(Vec(y, n));
+  torch::Tensor xs = torch::randn({n});
+  const runtime::InterpreterCounters d = RunTimes(g, x, xs, xs * 3, 104);
+  EXPECT_EQ(d.graph_captures, 0);
+  EXPECT_EQ(d.graph_replays, 0);
+  EXPECT_EQ(d.graph_refusals, 1);
+}
+
+// A resident input that moves every run (a tensor crossing a cut of an auto-dispatched step
+// is new each step) and that no op writes: after one drop the graph reads it from a private
+// copy and keeps replaying, with each run's values. One that an op writes in place is
+// never copied: its graph is dropped and the run is eager, still right.
+TEST_F(GraphRuleTest, MovedResidentInputsAreCopiedInUnlessWritten) {
+  constexpr int64_t n = 4096;
+  for (bool written : {false, true}) {
+    SCOPED_TRACE(written ? "written in place" : "read only");
+    core::Graph keep;  // uploads x and keeps it under the graph's handle
+    core::BufferId kx = keep.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+    core::Graph g;  // y = r * 3 (or r += 1; y = r * 3), r resident
+    core::BufferId r = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident});
+    core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
+    if (written) {
+      core::Node add;
+      add.op = g.InternOp("aten::add_.Scalar");
+      add.args = {core::Arg::Tensor(Vec(r, n)), core::Arg::Double(1.0), core::Arg::Double(1.0)};
+      add.outputs = {Vec(r, n)};
+      add.writes = {r};
+      g.AddNode(std::move(add));
+    }
+    core::Node mul;
+    mul.op = g.InternOp("aten::mul.Scalar");
+    mul.args = {core::Arg::Tensor(Vec(r, n)), core::Arg::Double(3.0)};
+    mul.outputs = {Vec(y, n)};
+    g.AddNode(std::move(mul));
+    g.outputs().push_back(Vec(y, n));
+    const runtime::InterpreterCounters before = runtime::GetInterpreterCounters();
+    std::vector<torch::Tensor> alive;  // earlier steps' tensors stay resident a while
+    for (int step = 0; step < 8; ++step) {
+      const uint64_t handle = 1000 + step + (written ? 100 : 0);
+      torch::Tensor xs = torch::randn({n});
+      keep.mutable_buffer(kx).handle = handle;
+      core::ExecuteRequest put;
+      put.graph = &keep;
+      put.uploads.push_back({kx, core::HostBytes{xs.data_ptr(), static_cast<size_t>(xs.nbytes()), nullptr}});
+      put.keep = {kx};
+      if (step >= 2) put.release = {handle - 2};
+      ASSERT_TRUE(interpreter_->Execute(put).ok());
+      g.mutable_buffer(r).handle = handle;
+      core::ExecuteRequest run;
+      run.graph = &g;
+      run.fingerprint = written ? 106 : 105;
+      absl::StatusOr<core::ExecuteResult> got = interpreter_->Execute(run);
+      ASSERT_TRUE(got.ok()) << got.status();
+      torch::Tensor want = (written ? xs + 1 : xs) * 3;
+      torch::Tensor out = torch::from_blob(const_cast<void*>(got->outputs.at(0).data), {n});
+      EXPECT_TRUE(torch::allclose(out, want)) << "step " << step;
+      alive.push_back(xs);
+    }
+    const runtime::InterpreterCounters after = runtime::GetInterpreterCounters();
+    if (!written) {
+      // Run 0 eager, run 1 captured, run 2 dropped and recaptured with the copy, 3-7 replayed.
+      EXPECT_EQ(after.graph_drops - before.graph_drops, 1);
+      EXPECT_EQ(after.graph_captures - before.graph_captures, 2);
+      EXPECT_EQ(after.graph_replays - before.graph_replays, 7);
+    } else {
+      EXPECT_LE(after.graph_replays - before.graph_replays, 3) << "a written input that moves is never copied in";
+    }
+  }
+}
+
+// A node receives uploads into Interpreter::PinnedUploadArena and runs copy from there
+// without waiting; the next call waits for those copies, so no run reads the next one's
+// bytes. Ten runs keep their results on the GPU (no host sync between them), then all are
+// read back.
+TEST_F(GraphRuleTest, PinnedUploadArenaIsNotOverwrittenWhileCopying) {
+  constexpr int64_t n = int64_t{1} << 20;  // 4 MiB per upload
+  core::Graph g;
+  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
+  core::Node mul;
+  mul.op = g.InternOp("aten::mul.Scalar");
+  mul.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Double(2.0)};
+  mul.outputs = {Vec(y, n)};
+  g.AddNode(std::move(mul));
+  std::vector<torch::Tensor> sent;
+  for (int k = 0; k < 10; ++k) {
+    absl::StatusOr<char*> arena = interpreter_->PinnedUploadArena(n * 4);
+    ASSERT_TRUE(arena.ok()) << arena.status();
+    torch::Tensor xs = torch::randn({n});
+    std::memcpy(*arena, xs.data_ptr(), n * 4);
+    g.mutable_buffer(y).handle = 500 + k;
+    core::ExecuteRequest req;
+    req.graph = &g;
+    req.fingerprint = 107;
+    req.uploads.push_back({x, core::HostBytes{*arena, static_cast<size_t>(n * 4), nullptr}});
+    req.keep = {y};
+    ASSERT_TRUE(interpreter_->Execute(req).ok());
+    sent.push_back(xs);
+  }
+  for (int k = 0; k < 10; ++k) {
+    core::Graph read;
+    core::BufferId b = read.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident, "",
+                                                   static_cast<uint64_t>(500 + k)});
+    read.outputs().push_back(Vec(b, n));
+    core::ExecuteRequest req;
+    req.graph = &read;
+    absl::StatusOr<core::ExecuteResult> got = interpreter_->Execute(req);
+    ASSERT_TRUE(got.ok()) << got.status();
+    torch::Tensor out = torch::from_blob(const_cast<void*>(got->outputs.at(0).data), {n});
+    EXPECT_TRUE(torch::equal(out, sent[k] * 2)) << "run " << k;
+  }
 }
 
 }  // namespace

@@ -80,6 +80,34 @@ TEST(Tcp, PeersNameEachOther) {
   EXPECT_EQ(s->peer().rfind("tcp 127.0.0.1:", 0), 0u) << s->peer();
 }
 
+// ConnectionOptions::busy_poll: frames still arrive whether they come during the spin or
+// after it, and an idle receive still times out at its deadline.
+TEST(Tcp, BusyPollReceivesAndStillTimesOut) {
+  ConnectionOptions options;
+  options.busy_poll = absl::Milliseconds(2);
+  auto l = Listener<Tcp>::Create("127.0.0.1", 0);
+  ASSERT_TRUE(l.ok()) << l.status();
+  auto client = Connection<Tcp>::Connect("127.0.0.1", l->port(), absl::Seconds(2), options);
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto server = l->Accept(absl::Seconds(2), options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  for (absl::Duration delay : {absl::ZeroDuration(), absl::Microseconds(500), absl::Milliseconds(20)}) {
+    std::thread sender([&] {
+      absl::SleepFor(delay);
+      ASSERT_TRUE(client->SendBytes(MessageKind::kPing, 7, "hello").ok());
+    });
+    absl::StatusOr<FrameHeader> h = server->ReceiveHeader(absl::Seconds(5));
+    sender.join();
+    ASSERT_TRUE(h.ok()) << h.status();
+    std::string payload(h->payload_bytes, '\0');
+    ASSERT_TRUE(server->ReceivePayload(payload.data(), payload.size()).ok());
+    EXPECT_EQ(payload, "hello");
+  }
+  absl::StatusOr<FrameHeader> idle = server->ReceiveHeader(absl::Milliseconds(50));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(idle.status())) << idle.status();
+  EXPECT_FALSE(server->broken()) << "an idle timeout leaves the connection usable";
+}
+
 TEST(Tcp, SendTimesOutWhenPeerStopsReading) {
   ConnectionOptions options;
   options.send_timeout = absl::Milliseconds(200);

@@ -5,6 +5,7 @@
 #   device_pack/gpu_all.sh $OUT            # all
 #   device_pack/gpu_all.sh $OUT gpu_test   # only the named steps
 #   BENCH_FILTER='genie_remote/|local_cuda/' device_pack/gpu_all.sh $OUT gpu_benchmark rpc
+#   GENIE_CASE=genie_remote_inference GENIE_RPC_INFERENCE=1 device_pack/gpu_all.sh $OUT
 set -u
 out="${1:-${OUT:-.}}"
 shift || true
@@ -27,7 +28,7 @@ nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee
 step gpu_test 240 "$here/run.sh" gpu_test
 step cuda_peer_test 120 "$here/run.sh" cuda_peer_test
 # BENCH_FILTER: a --benchmark_filter regex for the benchmark step (default: all).
-step gpu_benchmark 360 "$here/run.sh" gpu_benchmark --benchmark_filter="${BENCH_FILTER:-.}" \
+step gpu_benchmark 400 "$here/run.sh" gpu_benchmark --benchmark_filter="${BENCH_FILTER:-.}" \
   --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
   --benchmark_out="$out/gpu_benchmark.json" --benchmark_out_format=json
 # Where a GPT-2 decode step's time goes on the node (interpreter phases, stderr).
@@ -35,4 +36,8 @@ step profile 120 env GENIE_INTERPRETER_PROFILE=1 "$here/run.sh" gpu_benchmark \
   --benchmark_filter='Gpt2SmallDecode/genie_remote/' --benchmark_min_time=1
 genie_json=()
 [[ -s "$out/gpu_benchmark.json" ]] && genie_json=(--genie_json="$out/gpu_benchmark.json")
-step rpc 300 env PYTHONUNBUFFERED=1 "$py" "$here/rpc_vs_genie.py" --pack="$here" --out="$out" "${genie_json[@]}"
+# GENIE_CASE: the gpu_benchmark case(s) compared with RPC (comma-separated); with
+# GENIE_RPC_INFERENCE=1 the RPC worker runs under torch.inference_mode (as the *_inference
+# cases run under c10::InferenceMode), otherwise under torch.no_grad.
+step rpc 300 env PYTHONUNBUFFERED=1 "$py" "$here/rpc_vs_genie.py" --pack="$here" --out="$out" \
+  --genie_case="${GENIE_CASE:-genie_remote}" "${genie_json[@]}"

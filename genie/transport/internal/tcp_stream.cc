@@ -13,6 +13,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -234,6 +235,24 @@ absl::Status TcpStream::Read(void* dst, std::size_t n, absl::Time deadline, std:
     }
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      if (busy_poll_ > absl::ZeroDuration()) {
+        // Spin on recv for a while before sleeping (ConnectionOptions::busy_poll).
+        const absl::Time until = std::min(deadline, absl::Now() + busy_poll_);
+        ssize_t spun = -1;
+        while (absl::Now() < until) {
+          spun = recv(fd_.get(), out + *got, n - *got, 0);
+          if (spun >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+        }
+        if (spun > 0) {
+          *got += static_cast<std::size_t>(spun);
+          continue;
+        }
+        if (spun == 0) return absl::UnavailableError(absl::StrCat(peer_, ": peer closed the connection"));
+        if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+          const int err = errno;
+          return absl::InternalError(absl::StrCat(peer_, ": receive failed: ", ErrnoText(err)));
+        }
+      }
       absl::Status s = WaitFd(fd_.get(), POLLIN, deadline);
       if (absl::IsDeadlineExceeded(s)) {
         return absl::DeadlineExceededError(absl::StrCat(peer_, ": receive timed out"));

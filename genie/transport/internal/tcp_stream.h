@@ -38,6 +38,8 @@ class TcpStream {
                           std::size_t* written);
   absl::Status Read(void* dst, std::size_t n, absl::Time deadline, std::size_t* got);
   void Shutdown();
+  // ConnectionOptions::busy_poll.
+  void set_busy_poll(absl::Duration d) { busy_poll_ = d; }
   const std::string& peer() const { return peer_; }
   int fd() const { return fd_.get(); }
 
@@ -47,6 +49,7 @@ class TcpStream {
 
   UniqueFd fd_;
   std::string peer_;  // "tcp 127.0.0.1:4242"
+  absl::Duration busy_poll_ = absl::ZeroDuration();
 };
 
 class TcpListenSocket {
