@@ -627,7 +627,9 @@ at::Tensor AliasOf(const at::Tensor& base, at::ScalarType dtype, at::IntArrayRef
   return t;
 }
 
-bool IsRemote(const at::Tensor& t) { return t.defined() && t.device().type() == kRemote; }
+bool IsRemote(const at::Tensor& t) {
+  return t.defined() && t.unsafeGetTensorImpl()->device_type() == kRemote;
+}
 
 const SchemaInfo& CaptureContext::InfoFor(const c10::OperatorHandle& op) {
   const c10::FunctionSchema* schema = &op.schema();
@@ -2214,6 +2216,79 @@ struct UnboxedKernel<OpT, Ret(Args...)> {
   }
 };
 
+template <class T>
+bool RequiresGrad(const T& v) {
+  if constexpr (std::is_same_v<T, at::Tensor>) {
+    return v.defined() && v.requires_grad();
+  } else if constexpr (std::is_same_v<T, std::optional<at::Tensor>>) {
+    return v.has_value() && v->defined() && v->requires_grad();
+  } else {
+    return false;
+  }
+}
+
+// The autograd layer of the same ops on remote tensors. When autograd has nothing to
+// record (grad mode off, as under torch::NoGradGuard, or no input requiring grad) the op
+// goes straight to its capture kernel; libtorch's autograd kernel would only have checked
+// that and redispatched (and, for an in-place op, bumped `self`'s version, done here).
+// When autograd must record, the op runs the autograd kernel libtorch registers for every
+// backend. Composites captured whole (linear, layer_norm, sdpa) have none and, as before,
+// are captured whole in every mode (the AutogradPrivateUse1 fallthrough's behaviour).
+template <class OpT, class Sig = typename OpT::schema>
+struct AutogradKernel;
+template <class OpT, class Ret, class... Args>
+struct AutogradKernel<OpT, Ret(Args...)> {
+  static Ret Call(Args... args) {
+    if (c10::GradMode::is_enabled() && (RequiresGrad(args) || ...) && HasAutograd()) {
+      return Record(args...);
+    }
+    if constexpr (std::is_same_v<Ret, at::Tensor&>) BumpVersion(args...);
+    return UnboxedKernel<OpT>::Call(args...);
+  }
+
+  // The op through the autograd kernel libtorch registers for every backend.
+  static Ret Record(Args... args) {
+    torch::jit::Stack stack = c10::impl::boxArgs<Args...>(args...);
+    Handle().callBoxedForDispatchKey(c10::DispatchKey::Autograd, stack);
+    if constexpr (std::is_same_v<Ret, at::Tensor&>) {
+      return std::get<0>(std::forward_as_tuple(args...));
+    } else {
+      return std::move(stack.back()).toTensor();
+    }
+  }
+
+  static bool HasAutograd() {
+    static const bool has = Handle().hasKernelForDispatchKey(c10::DispatchKey::Autograd);
+    return has;
+  }
+
+ private:
+  static const c10::OperatorHandle& Handle() {
+    static const c10::OperatorHandle op =
+        c10::Dispatcher::singleton().findSchemaOrThrow(OpT::name, OpT::overload_name);
+    return op;
+  }
+  template <class First, class... Rest>
+  static void BumpVersion(First& self, Rest&...) {
+    self.unsafeGetTensorImpl()->bump_version();
+  }
+};
+
+// The autograd layer of the direct views (Transpose, T, Select, Permute, View). With grad
+// mode off the view is made at once: autograd's view bookkeeping (base, shared version
+// counter, creation mode) only serves graphs that cannot be recorded then. With grad mode
+// on, libtorch's own autograd and view kernels run, so remote views behave as any.
+template <class OpT, auto Kernel, class Sig = typename OpT::schema>
+struct AutogradViewKernel;
+template <class OpT, auto Kernel, class... Args>
+struct AutogradViewKernel<OpT, Kernel, at::Tensor(Args...)> {
+  static at::Tensor Call(Args... args) {
+    static_assert(std::is_same_v<decltype(Kernel(args...)), at::Tensor>);
+    if (c10::GradMode::is_enabled()) return AutogradKernel<OpT>::Record(args...);  // views have one
+    return Kernel(args...);
+  }
+};
+
 #define GENIE_UNBOXED(m, op, name) m.impl(name, TORCH_FN(UnboxedKernel<at::_ops::op>::Call))
 
 // Ops captured whole instead of decomposed. convolution: out-of-tree backends would
@@ -2249,6 +2324,33 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   GENIE_UNBOXED(m, clone, "clone");
 }
 #undef GENIE_UNBOXED
+
+#define GENIE_AUTOGRAD(m, op, name) m.impl(name, TORCH_FN(AutogradKernel<at::_ops::op>::Call))
+TORCH_LIBRARY_IMPL(aten, AutogradPrivateUse1, m) {
+  GENIE_AUTOGRAD(m, scaled_dot_product_attention, "scaled_dot_product_attention");
+  GENIE_AUTOGRAD(m, linear, "linear");
+  GENIE_AUTOGRAD(m, matmul, "matmul");
+  GENIE_AUTOGRAD(m, layer_norm, "layer_norm");
+  GENIE_AUTOGRAD(m, embedding, "embedding");
+  GENIE_AUTOGRAD(m, add_Tensor, "add.Tensor");
+  GENIE_AUTOGRAD(m, add__Tensor, "add_.Tensor");
+  GENIE_AUTOGRAD(m, mul_Tensor, "mul.Tensor");
+  GENIE_AUTOGRAD(m, gelu, "gelu");
+  GENIE_AUTOGRAD(m, index_copy_, "index_copy_");
+  GENIE_AUTOGRAD(m, addmm, "addmm");
+  GENIE_AUTOGRAD(m, mm, "mm");
+  GENIE_AUTOGRAD(m, bmm, "bmm");
+  GENIE_AUTOGRAD(m, _softmax, "_softmax");
+  GENIE_AUTOGRAD(m, relu, "relu");
+  GENIE_AUTOGRAD(m, tanh, "tanh");
+  GENIE_AUTOGRAD(m, clone, "clone");
+  m.impl("t", TORCH_FN((AutogradViewKernel<at::_ops::t, &T>::Call)));
+  m.impl("transpose.int", TORCH_FN((AutogradViewKernel<at::_ops::transpose_int, &Transpose>::Call)));
+  m.impl("select.int", TORCH_FN((AutogradViewKernel<at::_ops::select_int, &Select>::Call)));
+  m.impl("permute", TORCH_FN((AutogradViewKernel<at::_ops::permute, &Permute>::Call)));
+  m.impl("view", TORCH_FN((AutogradViewKernel<at::_ops::view, &View>::Call)));
+}
+#undef GENIE_AUTOGRAD
 
 TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
   m.fallback(torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());

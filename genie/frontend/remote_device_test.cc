@@ -492,6 +492,31 @@ TEST_F(RemoteDeviceTest, UnboxedReplayChecksEveryArgument) {
   ExpectSameRuns(plain, replayed);
 }
 
+// The hot ops' autograd kernels skip autograd only when it has nothing to record; with
+// grad mode on and an input requiring grad, libtorch's own autograd kernels run.
+TEST_F(RemoteDeviceTest, AutogradRecordsRemoteOpsOnlyWhenItMust) {
+  torch::AutoGradMode grad(true);  // the fixture runs without grad
+  torch::Tensor w = torch::randn({4, 4}).to(Remote()).requires_grad_();
+  torch::Tensor x = torch::randn({2, 4}).to(Remote());
+  {
+    torch::NoGradGuard no_grad;
+    torch::Tensor y = torch::matmul(x, w.t()).add_(x);
+    EXPECT_FALSE(y.requires_grad());
+    EXPECT_FALSE(w.t().requires_grad());
+  }
+  torch::Tensor v = w.t();
+  EXPECT_TRUE(v.requires_grad());
+  EXPECT_TRUE(v.is_view());
+  torch::Tensor y = torch::matmul(x, v);
+  ASSERT_TRUE(y.requires_grad());
+  ASSERT_NE(y.grad_fn(), nullptr);
+  EXPECT_NE(y.grad_fn()->name().find("Backward"), std::string::npos) << y.grad_fn()->name();
+  torch::Tensor plain = torch::matmul(x, x.t());  // nothing requires grad: no history
+  EXPECT_FALSE(plain.requires_grad());
+  EXPECT_TRUE(torch::allclose(y.detach().to(torch::kCPU),
+                              torch::matmul(x.to(torch::kCPU), w.detach().to(torch::kCPU).t())));
+}
+
 TEST_F(RemoteDeviceTest, DirectViewKernelsMatchCpu) {
   torch::Tensor x = torch::randn({3, 4, 5});
   torch::Tensor r = x.to(Remote());
