@@ -38,12 +38,17 @@ struct Tcp {
   static constexpr int kSocketBufferBytes = 4 << 20;
 };
 
-// Same host: zero-copy pools in shared memory. Backend not written yet.
+// Same host: two single-producer/single-consumer byte rings in a shared memfd per
+// connection, set up over a Unix-domain socket (shm.h). Each byte is copied twice (into the
+// ring, out to the receiver's memory) and never crosses the kernel.
 struct Shm {
   using Backend = Shm;
   static constexpr std::string_view kName = "shm";
   static constexpr std::uint64_t kMaxFrameBytes = std::uint64_t{1} << 30;
-  static constexpr bool kZeroCopySend = true;
+  static constexpr bool kZeroCopySend = true;  // gathered from caller memory into the ring
+  // Bytes of each direction's ring (the connecting side chooses; a frame larger than the ring
+  // streams through it in chunks). Default 16 MiB: an upload of a few MB never waits.
+  static constexpr std::uint64_t kRingBytes = std::uint64_t{16} << 20;
 };
 
 // UCX: RDMA/RoCE/GPUDirect where hardware exists; tcp/shm/cma otherwise. Not written yet.

@@ -2,7 +2,7 @@
 // Reading transport policies: `transport_traits<P>` (settings with detected defaults),
 // `is_transport_policy_v<T>` (the C++17 concept, by detection), and the closed primary
 // templates `Connection<P>` / `Listener<P>`. Each backend specializes them in its own
-// header (inprocess.h, tcp.h); a policy without a backend fails to compile with a sentence.
+// header (inprocess.h, tcp.h, shm.h); a policy without a backend fails to compile with a sentence.
 //
 //   template <class P>
 //   void Describe() {
@@ -67,6 +67,15 @@ template <class P>
 struct SocketBufferBytesOf<P, std::void_t<decltype(P::kSocketBufferBytes)>>
     : std::integral_constant<int, P::kSocketBufferBytes> {};
 
+template <class P, class = void>
+struct RingBytesOf {
+  static constexpr std::uint64_t value = std::uint64_t{16} << 20;
+};
+template <class P>
+struct RingBytesOf<P, std::void_t<decltype(P::kRingBytes)>> {
+  static constexpr std::uint64_t value = P::kRingBytes;
+};
+
 template <class T, class = void>
 struct IsPolicy : std::false_type {};
 template <class T>
@@ -96,6 +105,8 @@ struct transport_traits {
   static constexpr bool no_delay = traits_internal::NoDelayOf<P>::value;
   // Socket transports: SO_SNDBUF/SO_RCVBUF bytes; 0 keeps kernel autotuning. Default 0.
   static constexpr int socket_buffer_bytes = traits_internal::SocketBufferBytesOf<P>::value;
+  // Shared-memory transports: bytes of each direction's ring. Default 16 MiB.
+  static constexpr std::uint64_t ring_bytes = traits_internal::RingBytesOf<P>::value;
 };
 
 // One end of a framed, full-duplex link. Closed: each backend specializes
@@ -104,7 +115,7 @@ template <class P, class Backend = typename transport_traits<P>::backend>
 class Connection {
   static_assert(core::dependent_false<P>::value,
                 "no connection for this transport policy: include the backend's header "
-                "(genie/transport/tcp.h, inprocess.h) or use a policy from policies.h");
+                "(genie/transport/tcp.h, shm.h, inprocess.h) or use a policy from policies.h");
 };
 
 // Accepts incoming connections for a policy. Closed like Connection.
@@ -112,7 +123,7 @@ template <class P, class Backend = typename transport_traits<P>::backend>
 class Listener {
   static_assert(core::dependent_false<P>::value,
                 "no listener for this transport policy: include the backend's header "
-                "(genie/transport/tcp.h) or use a policy from policies.h");
+                "(genie/transport/tcp.h, shm.h) or use a policy from policies.h");
 };
 
 }  // namespace genie::transport

@@ -14,6 +14,8 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
@@ -23,6 +25,7 @@
 #include "genie/transport/frame.h"
 #include "genie/transport/inprocess.h"
 #include "genie/transport/policies.h"
+#include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 #include "gtest/gtest.h"
 
@@ -59,6 +62,24 @@ struct PairMaker<Tcp> {
   }
 };
 
+template <>
+struct PairMaker<Shm> {
+  static absl::StatusOr<ConnPair<Shm>> Make(const ConnectionOptions& options) {
+    static std::atomic<int> counter{0};
+    const std::string path =
+        "/tmp/genie-conformance-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
+    auto listener = Listener<Shm>::Create(path);
+    if (!listener.ok()) return listener.status();
+    // The rings travel in the client's first message, which waits in the socket until
+    // Accept: connect-then-accept works on one thread.
+    auto client = Connection<Shm>::Connect(path, absl::Seconds(5), options);
+    if (!client.ok()) return client.status();
+    auto server = listener->Accept(absl::Seconds(5), options);
+    if (!server.ok()) return server.status();
+    return ConnPair<Shm>(std::move(*client), std::move(*server));
+  }
+};
+
 template <class P>
 class TransportConformance : public ::testing::Test {
  protected:
@@ -76,7 +97,7 @@ class TransportConformance : public ::testing::Test {
   std::optional<Connection<P>> b_;
 };
 
-using TransportPolicies = ::testing::Types<InProcess, Tcp>;
+using TransportPolicies = ::testing::Types<InProcess, Tcp, Shm>;
 
 class PolicyNames {
  public:

@@ -1,0 +1,667 @@
+// File: genie/transport/internal/shm_stream.cc
+// Ring layout, rendezvous over a Unix socket (SCM_RIGHTS) and the copy loops behind ShmStream
+// (see shm_stream.h for the protocol).
+#include "genie/transport/internal/shm_stream.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <new>
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+
+namespace genie::transport_internal {
+
+// One direction's indices, each on its own cache line. `head` and `tail` count bytes since the
+// connection began (they never wrap in practice: 2^64 bytes); the byte at position p lives at
+// data[p % ring_bytes].
+struct ShmRing {
+  alignas(64) std::atomic<std::uint64_t> head{0};               // written by the producer
+  alignas(64) std::atomic<std::uint64_t> tail{0};               // written by the consumer
+  alignas(64) std::atomic<std::uint32_t> consumer_sleeping{0};  // consumer waits for data
+  alignas(64) std::atomic<std::uint32_t> producer_sleeping{0};  // producer waits for room
+};
+
+// Start of the shared region; ring r's bytes follow at kDataOffset + r * ring_bytes.
+// Ring 0 carries connector -> acceptor, ring 1 acceptor -> connector.
+struct ShmRegionHeader {
+  std::uint64_t magic = 0;
+  std::uint32_t version = 0;
+  std::uint32_t reserved = 0;
+  std::uint64_t ring_bytes = 0;
+  std::uint64_t region_bytes = 0;
+  alignas(64) std::atomic<std::uint32_t> closed[2] = {};  // per side: Shutdown() was called
+  ShmRing rings[2];
+};
+
+namespace {
+
+constexpr std::uint64_t kMagic = 0x4d48535f45494e47ULL;  // "GNIE_SHM" in little-endian bytes
+constexpr std::uint32_t kVersion = 1;
+constexpr std::size_t kDataOffset = 4096;
+static_assert(sizeof(ShmRegionHeader) <= kDataOffset, "header must fit before the rings");
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
+                  std::atomic<std::uint32_t>::is_always_lock_free,
+              "shared-memory atomics must be lock-free to work across processes");
+
+// Bytes copied before publishing them: the reader copies out one chunk while the writer
+// copies in the next.
+constexpr std::uint64_t kChunkBytes = 256 << 10;
+// How long a side with nothing to do spins before sleeping in ppoll().
+constexpr absl::Duration kSpin = absl::Microseconds(20);
+// How long Accept waits for a connected client's rings.
+constexpr absl::Duration kHelloTimeout = absl::Seconds(2);
+constexpr int kNumFds = 5;  // memfd + 4 eventfds
+
+// Sent once by the connector, with the five fds as SCM_RIGHTS.
+struct Hello {
+  char magic[8];
+  std::uint32_t version;
+  std::uint32_t reserved;
+  std::uint64_t ring_bytes;
+};
+constexpr char kHelloMagic[8] = {'G', 'E', 'N', 'I', 'E', 'S', 'H', 'M'};
+
+std::string ErrnoText(int err) { return std::strerror(err); }
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+void Ring(int eventfd) {
+  const std::uint64_t one = 1;
+  // EAGAIN means the counter is already huge: the waiter will wake anyway.
+  ssize_t rc;
+  do {
+    rc = ::write(eventfd, &one, sizeof(one));
+  } while (rc < 0 && errno == EINTR);
+}
+
+std::uint64_t RegionBytes(std::uint64_t ring_bytes) {
+  const std::uint64_t page = 4096;
+  return (kDataOffset + 2 * ring_bytes + page - 1) / page * page;
+}
+
+absl::Status CheckPath(absl::string_view path, absl::string_view what) {
+  if (path.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("shm ", what, ": the socket path is empty"));
+  }
+  if (path.size() >= sizeof(sockaddr_un{}.sun_path)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "shm ", what, " ", path, ": the socket path is ", path.size(),
+        " bytes, above the Unix-socket limit of ", sizeof(sockaddr_un{}.sun_path) - 1,
+        " (use a shorter path, e.g. under /tmp or /run)"));
+  }
+  return absl::OkStatus();
+}
+
+sockaddr_un UnixAddress(absl::string_view path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  return addr;
+}
+
+// Waits until `fd` is ready for `events` or `deadline` passes (DeadlineExceeded, no message).
+absl::Status WaitFd(int fd, short events, absl::Time deadline) {
+  for (;;) {
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("");
+    pollfd pfd{fd, events, 0};
+    const timespec ts = absl::ToTimespec(left);
+    const int rc = ppoll(&pfd, 1, &ts, nullptr);
+    if (rc > 0) return absl::OkStatus();
+    if (rc == 0 || errno == EINTR) continue;
+    return absl::InternalError(absl::StrCat("poll failed: ", ErrnoText(errno)));
+  }
+}
+
+absl::StatusOr<ShmMapping> MapRegion(int memfd, std::size_t bytes) {
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, memfd, 0);
+  if (base == MAP_FAILED) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot map ", bytes, " bytes of shared memory: ", ErrnoText(errno)));
+  }
+  return ShmMapping(base, bytes);
+}
+
+}  // namespace
+
+// ---- ShmMapping -------------------------------------------------------------------------
+
+ShmMapping::ShmMapping(ShmMapping&& other) noexcept
+    : base_(std::exchange(other.base_, nullptr)), size_(std::exchange(other.size_, 0)) {}
+
+ShmMapping& ShmMapping::operator=(ShmMapping&& other) noexcept {
+  if (this != &other) {
+    if (base_ != nullptr) munmap(base_, size_);
+    base_ = std::exchange(other.base_, nullptr);
+    size_ = std::exchange(other.size_, 0);
+  }
+  return *this;
+}
+
+ShmMapping::~ShmMapping() {
+  if (base_ != nullptr) munmap(base_, size_);
+}
+
+// ---- ShmStream --------------------------------------------------------------------------
+
+ShmStream::ShmStream(ShmMapping map, UniqueFd socket, UniqueFd eventfds[4], Side side,
+                     std::string peer)
+    : map_(std::move(map)), side_(side), socket_(std::move(socket)), peer_(std::move(peer)) {
+  header_ = reinterpret_cast<ShmRegionHeader*>(map_.base());
+  ring_bytes_ = header_->ring_bytes;
+  const int tx = side == kConnector ? 0 : 1;
+  const int rx = 1 - tx;
+  tx_ = &header_->rings[tx];
+  rx_ = &header_->rings[rx];
+  tx_data_ = map_.base() + kDataOffset + tx * ring_bytes_;
+  rx_data_ = map_.base() + kDataOffset + rx * ring_bytes_;
+  // eventfds: [ring 0 data, ring 0 space, ring 1 data, ring 1 space].
+  tx_data_efd_ = std::move(eventfds[2 * tx]);
+  tx_space_efd_ = std::move(eventfds[2 * tx + 1]);
+  rx_data_efd_ = std::move(eventfds[2 * rx]);
+  rx_space_efd_ = std::move(eventfds[2 * rx + 1]);
+}
+
+ShmStream::~ShmStream() {
+  if (map_.base() != nullptr) Shutdown();  // moved-from streams own nothing
+}
+
+bool ShmStream::PeerClosed() const {
+  return header_->closed[1 - side_].load(std::memory_order_acquire) != 0;
+}
+bool ShmStream::SelfClosed() const {
+  return header_->closed[side_].load(std::memory_order_acquire) != 0;
+}
+
+absl::Status ShmStream::ClosedStatus() const {
+  if (SelfClosed()) {
+    return absl::UnavailableError(absl::StrCat(peer_, ": connection was shut down by this side"));
+  }
+  if (PeerClosed()) return absl::UnavailableError(absl::StrCat(peer_, ": peer closed the connection"));
+  return absl::UnavailableError(absl::StrCat(
+      peer_, ": peer closed the connection (its process exited or died without closing; "
+             "restart it and reconnect)"));
+}
+
+absl::Status ShmStream::Corrupted(const char* what) const {
+  return absl::DataLossError(absl::StrCat(
+      peer_, ": the shared ", what,
+      " ring's indices are out of range: the peer broke the shm protocol (reconnect)"));
+}
+
+template <class Ready>
+absl::Status ShmStream::Wait(Ready ready, std::atomic<std::uint32_t>* sleeping, int eventfd,
+                             absl::Time deadline) {
+  const absl::Time spin_until = std::min(deadline, absl::Now() + kSpin + busy_poll_);
+  do {
+    for (int i = 0; i < 64; ++i) {
+      if (ready()) return absl::OkStatus();
+      if (PeerClosed() || SelfClosed()) return absl::UnavailableError("");
+      CpuRelax();
+    }
+  } while (absl::Now() < spin_until);
+  for (;;) {
+    // Announce the sleep, then look again: the other side publishes, fences, then reads
+    // `sleeping`, so one of us sees the other (no lost wake-up).
+    sleeping->store(1, std::memory_order_seq_cst);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (ready()) {
+      sleeping->store(0, std::memory_order_relaxed);
+      return absl::OkStatus();
+    }
+    if (PeerClosed() || SelfClosed()) {
+      sleeping->store(0, std::memory_order_relaxed);
+      return absl::UnavailableError("");
+    }
+    const absl::Duration left = deadline - absl::Now();
+    if (left <= absl::ZeroDuration()) {
+      sleeping->store(0, std::memory_order_relaxed);
+      return absl::DeadlineExceededError("");
+    }
+    pollfd fds[2] = {{eventfd, POLLIN, 0}, {socket_.get(), POLLIN | POLLRDHUP, 0}};
+    const timespec ts = absl::ToTimespec(left);
+    const int rc = ppoll(fds, 2, &ts, nullptr);
+    const int err = errno;
+    sleeping->store(0, std::memory_order_relaxed);
+    if (rc < 0) {
+      if (err == EINTR) continue;
+      return absl::InternalError(absl::StrCat(peer_, ": poll failed: ", ErrnoText(err)));
+    }
+    if (fds[0].revents & POLLIN) {
+      std::uint64_t count;
+      (void)::read(eventfd, &count, sizeof(count));  // non-blocking: drains the counter
+    }
+    // The socket never carries bytes after the handshake: readable or hung up means the
+    // peer shut down or its process is gone.
+    if (fds[1].revents & (POLLIN | POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) {
+      if (ready()) return absl::OkStatus();
+      return absl::UnavailableError("");
+    }
+  }
+}
+
+absl::Status ShmStream::WriteFrame(const unsigned char* head, std::size_t head_size,
+                                   absl::Span<const transport::Piece> payload, absl::Time deadline,
+                                   std::size_t* written) {
+  *written = 0;
+  // Logical pieces: index 0 is `head`, index i >= 1 is payload[i - 1]; `offset` is how much of
+  // piece `index` is already in the ring.
+  std::size_t index = 0;
+  std::size_t offset = 0;
+  const std::size_t count = payload.size() + 1;
+  auto piece_at = [&](std::size_t i) -> transport::Piece {
+    return i == 0 ? transport::Piece{head, head_size} : payload[i - 1];
+  };
+  std::uint64_t pos = tx_->head.load(std::memory_order_relaxed);  // only we write it
+  for (;;) {
+    while (index < count && piece_at(index).size == offset) {
+      ++index;
+      offset = 0;
+    }
+    if (index == count) return absl::OkStatus();
+    if (PeerClosed() || SelfClosed()) return ClosedStatus();
+    const std::uint64_t tail = tx_->tail.load(std::memory_order_acquire);
+    const std::uint64_t used = pos - tail;
+    if (used > ring_bytes_) return Corrupted("send");
+    if (used == ring_bytes_) {
+      absl::Status s = Wait([&] { return tx_->tail.load(std::memory_order_acquire) != tail; },
+                            &tx_->producer_sleeping, tx_space_efd_.get(), deadline);
+      if (absl::IsDeadlineExceeded(s)) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(peer_, ": send timed out: the peer has not read for too long (", *written,
+                         " bytes of the frame went out)"));
+      }
+      if (absl::IsUnavailable(s)) {
+        if (tx_->tail.load(std::memory_order_acquire) != tail && !PeerClosed() && !SelfClosed()) {
+          continue;
+        }
+        return ClosedStatus();
+      }
+      if (!s.ok()) return s;
+      continue;
+    }
+    // Copy up to one chunk of the gathered pieces, then publish it.
+    std::uint64_t budget = std::min(ring_bytes_ - used, kChunkBytes);
+    std::uint64_t copied = 0;
+    while (budget > 0 && index < count) {
+      const transport::Piece p = piece_at(index);
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(p.size - offset, budget));
+      const unsigned char* src = static_cast<const unsigned char*>(p.data) + offset;
+      const std::uint64_t at = (pos + copied) % ring_bytes_;
+      const std::size_t first = static_cast<std::size_t>(std::min<std::uint64_t>(n, ring_bytes_ - at));
+      std::memcpy(tx_data_ + at, src, first);
+      if (first < n) std::memcpy(tx_data_, src + first, n - first);
+      copied += n;
+      budget -= n;
+      offset += n;
+      if (offset == p.size) {
+        ++index;
+        offset = 0;
+      }
+    }
+    pos += copied;
+    tx_->head.store(pos, std::memory_order_release);
+    *written += static_cast<std::size_t>(copied);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (tx_->consumer_sleeping.load(std::memory_order_relaxed) != 0) Ring(tx_data_efd_.get());
+  }
+}
+
+absl::Status ShmStream::Read(void* dst, std::size_t n, absl::Time deadline, std::size_t* got) {
+  *got = 0;
+  unsigned char* out = static_cast<unsigned char*>(dst);
+  std::uint64_t pos = rx_->tail.load(std::memory_order_relaxed);  // only we write it
+  while (*got < n) {
+    const std::uint64_t head = rx_->head.load(std::memory_order_acquire);
+    const std::uint64_t avail = head - pos;
+    if (avail > ring_bytes_) return Corrupted("receive");
+    if (avail == 0) {
+      if (SelfClosed()) return ClosedStatus();
+      if (PeerClosed()) {
+        // Bytes the peer wrote before closing are still delivered.
+        if (rx_->head.load(std::memory_order_acquire) != pos) continue;
+        return ClosedStatus();
+      }
+      absl::Status s = Wait([&] { return rx_->head.load(std::memory_order_acquire) != pos; },
+                            &rx_->consumer_sleeping, rx_data_efd_.get(), deadline);
+      if (absl::IsDeadlineExceeded(s)) {
+        return absl::DeadlineExceededError(absl::StrCat(peer_, ": receive timed out"));
+      }
+      if (absl::IsUnavailable(s)) {
+        if (rx_->head.load(std::memory_order_acquire) != pos && !SelfClosed()) continue;
+        return ClosedStatus();
+      }
+      if (!s.ok()) return s;
+      continue;
+    }
+    const std::size_t k =
+        static_cast<std::size_t>(std::min<std::uint64_t>({avail, n - *got, kChunkBytes}));
+    const std::uint64_t at = pos % ring_bytes_;
+    const std::size_t first = static_cast<std::size_t>(std::min<std::uint64_t>(k, ring_bytes_ - at));
+    std::memcpy(out + *got, rx_data_ + at, first);
+    if (first < k) std::memcpy(out + *got + first, rx_data_, k - first);
+    pos += k;
+    *got += k;
+    rx_->tail.store(pos, std::memory_order_release);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (rx_->producer_sleeping.load(std::memory_order_relaxed) != 0) Ring(rx_space_efd_.get());
+  }
+  return absl::OkStatus();
+}
+
+void ShmStream::Shutdown() {
+  if (header_ == nullptr) return;
+  header_->closed[side_].store(1, std::memory_order_seq_cst);
+  // Wake whoever sleeps on either ring, on either side.
+  for (const UniqueFd* fd : {&tx_data_efd_, &tx_space_efd_, &rx_data_efd_, &rx_space_efd_}) {
+    if (fd->valid()) Ring(fd->get());
+  }
+  if (socket_.valid()) (void)shutdown(socket_.get(), SHUT_RDWR);
+}
+
+absl::StatusOr<ShmStream> ShmStream::Connect(absl::string_view path, absl::Duration timeout,
+                                             const ShmSettings& settings) {
+  const absl::Time deadline = absl::Now() + timeout;
+  if (absl::Status s = CheckPath(path, "connect to"); !s.ok()) return s;
+  const std::string where = absl::StrCat("shm connect to ", path);
+  if (settings.ring_bytes < kShmMinRingBytes || settings.ring_bytes > kShmMaxRingBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": ring size ", settings.ring_bytes,
+                                                   " bytes is outside [", kShmMinRingBytes, ", ",
+                                                   kShmMaxRingBytes, "]"));
+  }
+  // The rings.
+  const std::uint64_t region_bytes = RegionBytes(settings.ring_bytes);
+  UniqueFd memfd(memfd_create("genie-shm", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!memfd.valid()) {
+    return absl::InternalError(absl::StrCat(where, ": memfd_create failed: ", ErrnoText(errno)));
+  }
+  if (ftruncate(memfd.get(), static_cast<off_t>(region_bytes)) != 0) {
+    return absl::ResourceExhaustedError(absl::StrCat(
+        where, ": cannot size ", region_bytes, " bytes of shared memory: ", ErrnoText(errno),
+        " (use a smaller ring: kRingBytes in the policy)"));
+  }
+  // Sealed so the acceptor knows the region cannot shrink under it (no SIGBUS).
+  if (fcntl(memfd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+    return absl::InternalError(absl::StrCat(where, ": sealing the memfd failed: ", ErrnoText(errno)));
+  }
+  absl::StatusOr<ShmMapping> map = MapRegion(memfd.get(), region_bytes);
+  if (!map.ok()) return absl::Status(map.status().code(), absl::StrCat(where, ": ", map.status().message()));
+  auto* header = new (map->base()) ShmRegionHeader();
+  header->magic = kMagic;
+  header->version = kVersion;
+  header->ring_bytes = settings.ring_bytes;
+  header->region_bytes = region_bytes;
+  UniqueFd eventfds[4];
+  for (UniqueFd& fd : eventfds) {
+    fd = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    if (!fd.valid()) {
+      return absl::InternalError(absl::StrCat(where, ": eventfd failed: ", ErrnoText(errno)));
+    }
+  }
+  // The socket.
+  UniqueFd sock(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!sock.valid()) {
+    return absl::InternalError(absl::StrCat(where, ": socket() failed: ", ErrnoText(errno)));
+  }
+  const sockaddr_un addr = UnixAddress(path);
+  for (;;) {
+    if (connect(sock.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) break;
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err == EAGAIN) {  // the listener's backlog is full: try again until the deadline
+      if (absl::Now() >= deadline) {
+        return absl::DeadlineExceededError(absl::StrCat(where, " timed out after ",
+                                                        absl::FormatDuration(timeout),
+                                                        " (the listener's backlog stayed full)"));
+      }
+      absl::SleepFor(absl::Milliseconds(1));
+      continue;
+    }
+    return absl::UnavailableError(
+        absl::StrCat(where, " failed: ", ErrnoText(err),
+                     " (is a genie-node running with --shm_socket=", path, " on this host?)"));
+  }
+  // The hello with the five fds.
+  Hello hello{};
+  std::memcpy(hello.magic, kHelloMagic, sizeof(hello.magic));
+  hello.version = kVersion;
+  hello.ring_bytes = settings.ring_bytes;
+  iovec iov{&hello, sizeof(hello)};
+  alignas(cmsghdr) char control[CMSG_SPACE(kNumFds * sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  cmsg->cmsg_level = SOL_SOCKET;
+  cmsg->cmsg_type = SCM_RIGHTS;
+  cmsg->cmsg_len = CMSG_LEN(kNumFds * sizeof(int));
+  const int fds[kNumFds] = {memfd.get(), eventfds[0].get(), eventfds[1].get(), eventfds[2].get(),
+                            eventfds[3].get()};
+  std::memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
+  for (;;) {
+    const ssize_t n = sendmsg(sock.get(), &msg, MSG_NOSIGNAL);
+    if (n == static_cast<ssize_t>(sizeof(hello))) break;
+    const int err = errno;
+    if (n < 0 && err == EINTR) continue;
+    if (n < 0 && (err == EAGAIN || err == EWOULDBLOCK)) {
+      absl::Status s = WaitFd(sock.get(), POLLOUT, deadline);
+      if (absl::IsDeadlineExceeded(s)) {
+        return absl::DeadlineExceededError(
+            absl::StrCat(where, " timed out after ", absl::FormatDuration(timeout)));
+      }
+      if (!s.ok()) return s;
+      continue;
+    }
+    return absl::UnavailableError(absl::StrCat(
+        where, ": handing over the rings failed: ", n < 0 ? ErrnoText(err) : "short write"));
+  }
+  return ShmStream(std::move(*map), std::move(sock), eventfds, kConnector,
+                   absl::StrCat("shm ", path));
+}
+
+// ---- ShmListenSocket --------------------------------------------------------------------
+
+absl::StatusOr<ShmListenSocket> ShmListenSocket::Create(absl::string_view path) {
+  if (absl::Status s = CheckPath(path, "listen on"); !s.ok()) return s;
+  const std::string where = absl::StrCat("shm listen on ", path);
+  const std::string path_str(path);
+  const sockaddr_un addr = UnixAddress(path);
+  UniqueFd fd(socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!fd.valid()) {
+    return absl::InternalError(absl::StrCat(where, ": socket() failed: ", ErrnoText(errno)));
+  }
+  if (bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+    if (errno != EADDRINUSE) {
+      return absl::UnavailableError(absl::StrCat(where, ": bind failed: ", ErrnoText(errno)));
+    }
+    // Something is at the path: a live listener (refuse) or a stale file (replace).
+    struct stat st {};
+    if (stat(path_str.c_str(), &st) != 0 || !S_ISSOCK(st.st_mode)) {
+      return absl::UnavailableError(
+          absl::StrCat(where, ": the path exists and is not a socket (choose another path)"));
+    }
+    UniqueFd probe(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe.valid() &&
+        connect(probe.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) == 0) {
+      return absl::UnavailableError(absl::StrCat(
+          where, ": another process is listening there (another genie-node?); choose another "
+                 "--shm_socket path"));
+    }
+    if (unlink(path_str.c_str()) != 0 ||
+        bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+      return absl::UnavailableError(absl::StrCat(
+          where, ": cannot replace the stale socket file: ", ErrnoText(errno)));
+    }
+  }
+  if (listen(fd.get(), 128) != 0) {
+    const int err = errno;
+    unlink(path_str.c_str());
+    return absl::UnavailableError(absl::StrCat(where, ": listen failed: ", ErrnoText(err)));
+  }
+  return ShmListenSocket(std::move(fd), path_str);
+}
+
+ShmListenSocket::ShmListenSocket(ShmListenSocket&& other) noexcept
+    : fd_(std::move(other.fd_)), path_(std::exchange(other.path_, std::string())) {}
+
+ShmListenSocket& ShmListenSocket::operator=(ShmListenSocket&& other) noexcept {
+  if (this != &other) {
+    if (fd_.valid() && !path_.empty()) unlink(path_.c_str());
+    fd_ = std::move(other.fd_);
+    path_ = std::exchange(other.path_, std::string());
+  }
+  return *this;
+}
+
+ShmListenSocket::~ShmListenSocket() {
+  if (fd_.valid() && !path_.empty()) unlink(path_.c_str());
+}
+
+absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
+  const absl::Time deadline = absl::Now() + timeout;
+  UniqueFd sock;
+  for (;;) {
+    sock = UniqueFd(accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (sock.valid()) break;
+    const int err = errno;
+    if (err == EINTR || err == ECONNABORTED) continue;
+    if (err != EAGAIN && err != EWOULDBLOCK) {
+      return absl::InternalError(
+          absl::StrCat("shm listener ", path_, ": accept failed: ", ErrnoText(err)));
+    }
+    absl::Status s = WaitFd(fd_.get(), POLLIN, deadline);
+    if (absl::IsDeadlineExceeded(s)) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          "shm listener ", path_, ": no connection within ", absl::FormatDuration(timeout)));
+    }
+    if (!s.ok()) return s;
+  }
+  ucred cred{};
+  socklen_t cred_len = sizeof(cred);
+  std::string peer = absl::StrCat("shm ", path_);
+  if (getsockopt(sock.get(), SOL_SOCKET, SO_PEERCRED, &cred, &cred_len) == 0) {
+    absl::StrAppend(&peer, " (pid ", cred.pid, ")");
+  }
+  auto refuse = [&](absl::StatusCode code, absl::string_view why) {
+    return absl::Status(code, absl::StrCat("shm listener ", path_, ": refused client ", peer,
+                                           ": ", why));
+  };
+
+  // The hello and its fds; the client sends them right after connecting.
+  Hello hello{};
+  iovec iov{&hello, sizeof(hello)};
+  alignas(cmsghdr) char control[CMSG_SPACE(kNumFds * sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  const absl::Time hello_deadline = absl::Now() + kHelloTimeout;
+  ssize_t n;
+  for (;;) {
+    n = recvmsg(sock.get(), &msg, MSG_CMSG_CLOEXEC);
+    if (n >= 0) break;
+    const int err = errno;
+    if (err == EINTR) continue;
+    if (err != EAGAIN && err != EWOULDBLOCK) {
+      return refuse(absl::StatusCode::kUnavailable,
+                    absl::StrCat("reading its rings failed: ", ErrnoText(err)));
+    }
+    absl::Status s = WaitFd(sock.get(), POLLIN, hello_deadline);
+    if (absl::IsDeadlineExceeded(s)) {
+      return refuse(absl::StatusCode::kDeadlineExceeded,
+                    absl::StrCat("it sent no rings within ", absl::FormatDuration(kHelloTimeout)));
+    }
+    if (!s.ok()) return s;
+  }
+  // Own every fd that came, whatever else is wrong.
+  UniqueFd fds[kNumFds];
+  int nfds = 0;
+  bool extra_fds = false;
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      if (nfds < kNumFds) {
+        fds[nfds++] = UniqueFd(fd);
+      } else {
+        close(fd);
+        extra_fds = true;
+      }
+    }
+  }
+  if (n != static_cast<ssize_t>(sizeof(hello)) ||
+      std::memcmp(hello.magic, kHelloMagic, sizeof(hello.magic)) != 0) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  "it did not send a Genie shm hello (is it a Genie client of the same build?)");
+  }
+  if (hello.version != kVersion) {
+    return refuse(absl::StatusCode::kFailedPrecondition,
+                  absl::StrCat("it speaks shm protocol version ", hello.version, ", this node ",
+                               kVersion, " (use the same Genie build on both sides)"));
+  }
+  if (nfds != kNumFds || extra_fds || (msg.msg_flags & MSG_CTRUNC) != 0) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("it passed ", nfds, extra_fds ? "+" : "", " file descriptors, not ",
+                               kNumFds));
+  }
+  if (hello.ring_bytes < kShmMinRingBytes || hello.ring_bytes > kShmMaxRingBytes) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("ring size ", hello.ring_bytes, " is out of range"));
+  }
+  const std::uint64_t region_bytes = RegionBytes(hello.ring_bytes);
+  struct stat st {};
+  if (fstat(fds[0].get(), &st) != 0 || static_cast<std::uint64_t>(st.st_size) != region_bytes) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("its shared region is not ", region_bytes, " bytes"));
+  }
+  const int seals = fcntl(fds[0].get(), F_GET_SEALS);
+  if (seals < 0 || (seals & F_SEAL_SHRINK) == 0) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  "its shared region is not a memfd sealed against shrinking");
+  }
+  for (int i = 1; i < kNumFds; ++i) {
+    // poll() accepts any fd; make sure these are eventfds (their /proc link names the kind).
+    char link[64] = {};
+    const std::string proc = absl::StrCat("/proc/self/fd/", fds[i].get());
+    const ssize_t len = readlink(proc.c_str(), link, sizeof(link) - 1);
+    if (len <= 0 || absl::string_view(link, static_cast<std::size_t>(len)) != "anon_inode:[eventfd]") {
+      return refuse(absl::StatusCode::kInvalidArgument,
+                    absl::StrCat("file descriptor ", i, " of its hello is not an eventfd"));
+    }
+  }
+  absl::StatusOr<ShmMapping> map = MapRegion(fds[0].get(), region_bytes);
+  if (!map.ok()) return refuse(map.status().code(), map.status().message());
+  const auto* header = reinterpret_cast<const ShmRegionHeader*>(map->base());
+  if (header->magic != kMagic || header->version != kVersion ||
+      header->ring_bytes != hello.ring_bytes || header->region_bytes != region_bytes) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  "its shared region's header does not match its hello");
+  }
+  return ShmStream(std::move(*map), std::move(sock), fds + 1, ShmStream::kAcceptor, std::move(peer));
+}
+
+}  // namespace genie::transport_internal
