@@ -9,6 +9,7 @@
 
 #include "genie/transport/inprocess.h"
 #include "genie/transport/policies.h"
+#include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 #include "gtest/gtest.h"
 
@@ -28,6 +29,7 @@ struct FullPolicy {
   static constexpr bool kZeroCopySend = true;
   static constexpr bool kNoDelay = false;
   static constexpr int kSocketBufferBytes = 1 << 20;
+  static constexpr std::uint64_t kRingBytes = 1 << 16;
 };
 
 // A refinement of Tcp: inherits the tag, overrides one setting.
@@ -61,6 +63,7 @@ TEST(TransportTraits, DefaultsWhenPolicyDeclaresNothing) {
   EXPECT_FALSE(T::zero_copy_send);
   EXPECT_TRUE(T::no_delay);
   EXPECT_EQ(T::socket_buffer_bytes, 0);
+  EXPECT_EQ(T::ring_bytes, std::uint64_t{16} << 20);
 }
 
 TEST(TransportTraits, ReadsDeclaredSettings) {
@@ -70,6 +73,7 @@ TEST(TransportTraits, ReadsDeclaredSettings) {
   EXPECT_TRUE(T::zero_copy_send);
   EXPECT_FALSE(T::no_delay);
   EXPECT_EQ(T::socket_buffer_bytes, 1 << 20);
+  EXPECT_EQ(T::ring_bytes, 1u << 16);
 }
 
 TEST(TransportTraits, RefinementInheritsTagAndOverridesSetting) {
@@ -87,7 +91,15 @@ TEST(TransportTraits, RealPolicies) {
   EXPECT_EQ(transport_traits<Dpdk>::name, "dpdk");
   EXPECT_TRUE(transport_traits<Tcp>::zero_copy_send);
   EXPECT_FALSE(transport_traits<InProcess>::zero_copy_send);
+  EXPECT_EQ(transport_traits<Shm>::ring_bytes, Shm::kRingBytes);
 }
+
+// A refinement of Shm picks its ring size; the connection's rings have it.
+struct ShmTinyRings : Shm {
+  static constexpr std::uint64_t kRingBytes = 8192;
+};
+static_assert(std::is_same_v<transport_traits<ShmTinyRings>::backend, Shm>);
+static_assert(transport_traits<ShmTinyRings>::ring_bytes == 8192);
 
 // A refinement selects its parent's backend and carries its own settings.
 TEST(TransportTraits, RefinementUsesParentBackendWithItsOwnMaxFrame) {
@@ -108,7 +120,7 @@ TEST(TransportTraits, RefinementUsesParentBackendWithItsOwnMaxFrame) {
 
 // Uncommenting either line must fail to compile with "no connection for this transport
 // policy" (closed primary template):
-//   Connection<Shm> no_backend_yet;
+//   Connection<Ucx> no_backend_yet;
 //   Connection<NotAPolicy> not_a_policy;
 
 }  // namespace
