@@ -220,10 +220,10 @@ absl::Status ShmStream::Wait(Ready ready, std::atomic<std::uint32_t>* sleeping, 
     }
   } while (absl::Now() < spin_until);
   for (;;) {
-    // Announce the sleep, then look again: the other side publishes, fences, then reads
-    // `sleeping`, so one of us sees the other (no lost wake-up).
+    // Announce the sleep, then look again: the other side publishes, then reads `sleeping`,
+    // all four accesses sequentially consistent, so one of us sees the other (no lost
+    // wake-up). On x86 that costs one locked store per side; loads stay plain.
     sleeping->store(1, std::memory_order_seq_cst);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
     if (ready()) {
       sleeping->store(0, std::memory_order_relaxed);
       return absl::OkStatus();
@@ -283,7 +283,7 @@ absl::Status ShmStream::WriteFrame(const unsigned char* head, std::size_t head_s
     const std::uint64_t used = pos - tail;
     if (used > ring_bytes_) return Corrupted("send");
     if (used == ring_bytes_) {
-      absl::Status s = Wait([&] { return tx_->tail.load(std::memory_order_acquire) != tail; },
+      absl::Status s = Wait([&] { return tx_->tail.load(std::memory_order_seq_cst) != tail; },
                             &tx_->producer_sleeping, tx_space_efd_.get(), deadline);
       if (absl::IsDeadlineExceeded(s)) {
         return absl::DeadlineExceededError(
@@ -319,10 +319,9 @@ absl::Status ShmStream::WriteFrame(const unsigned char* head, std::size_t head_s
       }
     }
     pos += copied;
-    tx_->head.store(pos, std::memory_order_release);
+    tx_->head.store(pos, std::memory_order_seq_cst);
     *written += static_cast<std::size_t>(copied);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (tx_->consumer_sleeping.load(std::memory_order_relaxed) != 0) Ring(tx_data_efd_.get());
+    if (tx_->consumer_sleeping.load(std::memory_order_seq_cst) != 0) Ring(tx_data_efd_.get());
   }
 }
 
@@ -341,7 +340,7 @@ absl::Status ShmStream::Read(void* dst, std::size_t n, absl::Time deadline, std:
         if (rx_->head.load(std::memory_order_acquire) != pos) continue;
         return ClosedStatus();
       }
-      absl::Status s = Wait([&] { return rx_->head.load(std::memory_order_acquire) != pos; },
+      absl::Status s = Wait([&] { return rx_->head.load(std::memory_order_seq_cst) != pos; },
                             &rx_->consumer_sleeping, rx_data_efd_.get(), deadline);
       if (absl::IsDeadlineExceeded(s)) {
         return absl::DeadlineExceededError(absl::StrCat(peer_, ": receive timed out"));
@@ -361,9 +360,8 @@ absl::Status ShmStream::Read(void* dst, std::size_t n, absl::Time deadline, std:
     if (first < k) std::memcpy(out + *got + first, rx_data_, k - first);
     pos += k;
     *got += k;
-    rx_->tail.store(pos, std::memory_order_release);
-    std::atomic_thread_fence(std::memory_order_seq_cst);
-    if (rx_->producer_sleeping.load(std::memory_order_relaxed) != 0) Ring(rx_space_efd_.get());
+    rx_->tail.store(pos, std::memory_order_seq_cst);
+    if (rx_->producer_sleeping.load(std::memory_order_seq_cst) != 0) Ring(rx_space_efd_.get());
   }
   return absl::OkStatus();
 }

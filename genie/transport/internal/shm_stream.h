@@ -9,7 +9,7 @@
 // no bytes: it stays open only so either side sees the other's death (POLLHUP/POLLRDHUP).
 //
 // Data path: WriteFrame copies the gathered pieces into the ring in chunks, publishing each
-// chunk (a release store of `head`) so the reader copies out while the writer copies in; a
+// chunk (a store of `head`) so the reader copies out while the writer copies in; a
 // frame larger than the ring streams through it. A side that finds nothing to do spins
 // briefly (plus ConnectionOptions::busy_poll), then sets its "sleeping" word and waits in
 // ppoll() on its eventfd and the socket until the deadline; the other side rings the eventfd
