@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace genie::client::client_internal {
@@ -45,7 +46,17 @@ std::string NodeName(absl::string_view host, uint16_t port) {
   return absl::StrCat(host, ":", port);
 }
 
+std::string ShmNodeName(absl::string_view socket_path) {
+  return absl::StrCat("shm:", socket_path);
+}
+
 absl::Status ConnectFailed(const std::string& node, const absl::Status& cause) {
+  if (absl::StartsWith(node, "shm:")) {
+    return absl::UnavailableError(absl::StrCat(
+        "cannot use genie-node ", node, ": ", cause.message(),
+        ". Check that genie-node runs on this host with --shm_socket=", node.substr(4),
+        " (shared memory reaches only a node on the same host; use host:port otherwise)"));
+  }
   return absl::UnavailableError(absl::StrCat(
       "cannot use genie-node ", node, ": ", cause.message(),
       ". Check that genie-node runs there (genie-node --listen=", node,

@@ -1,6 +1,6 @@
 // File: genie/client/remote_executor.h
 // RemoteExecutor<P>: a core::Executor that runs captured graphs on a genie-node process over
-// transport policy P (Tcp across machines; InProcess in tests). It authenticates, then for
+// transport policy P (Tcp across machines; Shm on the node's own host; InProcess in tests). It authenticates, then for
 // each Execute sends LoadProgram the first time a graph's fingerprint is seen on this
 // connection (the node caches programs per connection under the id the client chose), then
 // Run with the uploads gathered straight from the request's HostBytes (parameters as
@@ -12,6 +12,8 @@
 //       std::shared_ptr<client::RemoteExecutor<transport::Tcp>> node,
 //       client::RemoteExecutor<transport::Tcp>::Connect("10.0.0.7", 7070, key));
 //   genie::frontend::SetExecutor(node);          // graphs now run on the node
+//   // A node on this host started with --shm_socket=/tmp/genie-node.sock (shm.h):
+//   //   client::RemoteExecutor<transport::Shm>::Connect("/tmp/genie-node.sock", key)
 //   ...
 //   transport::TrafficSnapshot moved = node->traffic();   // bytes per class and direction
 //   std::cout << node->Describe();                         // "genie-node 10.0.0.7:7070 (cpu)"
@@ -35,6 +37,7 @@
 #include <list>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -53,6 +56,7 @@
 #include "genie/transport/counters.h"
 #include "genie/transport/frame.h"
 #include "genie/transport/options.h"
+#include "genie/transport/policies.h"
 #include "genie/transport/traits.h"
 
 namespace genie::client {
@@ -140,6 +144,8 @@ absl::StatusOr<plan::PeerSendMessage> PeerSendFor(const core::PeerSend& send);
 absl::Status ConnectFailed(const std::string& node, const absl::Status& cause);
 absl::Status AuthFailed(const std::string& node, const absl::Status& cause);
 std::string NodeName(absl::string_view host, uint16_t port);
+// "shm:/tmp/genie-node.sock": a node reached over shared memory through its Unix socket.
+std::string ShmNodeName(absl::string_view socket_path);
 
 }  // namespace client_internal
 
@@ -164,6 +170,26 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     conn_options.busy_poll = options.busy_poll;
     absl::StatusOr<Connection> conn =
         Connection::Connect(host, port, options.connect_timeout, conn_options);
+    if (!conn.ok()) return client_internal::ConnectFailed(node, conn.status());
+    return Attach(std::move(*conn), node, key, options);
+  }
+
+  // Same host, shared memory (P = transport::Shm or a refinement; include
+  // genie/transport/shm.h): connects to the node's Unix socket (genie-node
+  // --shm_socket=PATH), then as above. Everything after the connection is the same as Tcp.
+  static absl::StatusOr<std::unique_ptr<RemoteExecutor>> Connect(
+      absl::string_view socket_path, absl::string_view key,
+      const RemoteExecutorOptions& options = {}) {
+    static_assert(std::is_same_v<typename transport::transport_traits<P>::backend, transport::Shm>,
+                  "RemoteExecutor<P>::Connect(socket_path, ...) needs a shared-memory policy "
+                  "(transport::Shm); use Connect(host, port, ...) for Tcp");
+    const std::string node = client_internal::ShmNodeName(socket_path);
+    transport::ConnectionOptions conn_options;
+    conn_options.send_timeout = options.io_timeout;
+    conn_options.payload_timeout = options.io_timeout;
+    conn_options.busy_poll = options.busy_poll;
+    absl::StatusOr<Connection> conn =
+        Connection::Connect(socket_path, options.connect_timeout, conn_options);
     if (!conn.ok()) return client_internal::ConnectFailed(node, conn.status());
     return Attach(std::move(*conn), node, key, options);
   }

@@ -3,9 +3,11 @@
 //
 //   GENIE_KEY=$(cat key) genie-node --listen=0.0.0.0:7070 --memory_budget=$((8<<30))
 //   genie-node --listen=127.0.0.1:0 --key_file=/etc/genie/key   # port 0: any free port
+//   genie-node --shm_socket=/tmp/genie-node.sock ...  # also clients of this host over shm
 //
 // The first line on stdout is "genie-node listening on HOST:PORT" (flushed), so a parent
-// process can read the port. Logs go to stderr. SIGTERM / SIGINT stop it cleanly.
+// process can read the port; with --shm_socket the second says "genie-node listening for
+// shared-memory clients on PATH". Logs go to stderr. SIGTERM / SIGINT stop it cleanly.
 #include <ATen/Parallel.h>
 
 #include <atomic>
@@ -59,6 +61,9 @@ ABSL_FLAG(bool, cuda_graphs, true,
 ABSL_FLAG(bool, peer_cuda_ipc, true,
           "on cuda:N, send to peer nodes on this host (loopback addresses) GPU to GPU through "
           "CUDA IPC; --nopeer_cuda_ipc sends through host memory over TCP");
+ABSL_FLAG(std::string, shm_socket, "",
+          "also accept clients of this host over shared memory (transport::Shm) on this Unix "
+          "socket path, e.g. /tmp/genie-node.sock; empty: TCP only");
 ABSL_FLAG(int32_t, busy_poll_us, 0,
           "spin this many microseconds on a client's socket before sleeping while waiting for "
           "its next message (lower latency per run for a spinning core); 0 never spins");
@@ -144,6 +149,7 @@ int main(int argc, char** argv) {
   const int32_t busy_poll_us = absl::GetFlag(FLAGS_busy_poll_us);
   if (busy_poll_us < 0 || busy_poll_us > 1000000) return Fail("--busy_poll_us must be in [0, 1000000]");
   options.busy_poll = absl::Microseconds(busy_poll_us);
+  options.shm_socket = absl::GetFlag(FLAGS_shm_socket);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) return Fail("--threads must be > 0");
   at::set_num_threads(threads);
@@ -161,6 +167,10 @@ int main(int argc, char** argv) {
   std::signal(SIGPIPE, SIG_IGN);
 
   std::printf("genie-node listening on %s:%d\n", (*server)->host().c_str(), (*server)->port());
+  if (!(*server)->shm_socket().empty()) {
+    std::printf("genie-node listening for shared-memory clients on %s\n",
+                (*server)->shm_socket().c_str());
+  }
   std::fflush(stdout);
   std::fprintf(stderr,
                "genie-node: device %s, %d threads, memory budget %s, max program %lld bytes, "

@@ -10,6 +10,7 @@
 #include <list>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <thread>
 #include <utility>
 
@@ -18,6 +19,7 @@
 #include "absl/strings/str_format.h"
 #include "genie/core/status.h"
 #include "genie/semantic/semantics.h"
+#include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 
 namespace genie::runtime {
@@ -661,12 +663,14 @@ struct NodeServer::Impl {
   };
 
   transport::Listener<transport::Tcp> listener;
+  std::optional<transport::Listener<transport::Shm>> shm_listener;
   std::string host;
   std::string key;
   NodeOptions options;
   std::atomic<bool> stop{false};
   std::atomic<int> active{0};
-  std::list<Worker> workers;  // touched only by the Serve thread
+  std::list<Worker> workers;      // touched only by the Tcp accept loop
+  std::list<Worker> shm_workers;  // touched only by the Shm accept loop
   PeerInbox inbox;            // shared by every session of this node
   PeerPool pool;              // this node's connections to other nodes
   RunGate gate;               // admission of runs (no-op without options.run_slots)
@@ -680,7 +684,7 @@ struct NodeServer::Impl {
         pool(key, options, &inbox),
         gate(options.run_slots, options.decode_first) {}
 
-  void Reap(bool all) {
+  static void Reap(std::list<Worker>& workers, bool all) {
     for (auto it = workers.begin(); it != workers.end();) {
       if (all || it->done->load()) {
         it->thread.join();
@@ -704,34 +708,51 @@ absl::StatusOr<std::unique_ptr<NodeServer>> NodeServer::Create(absl::string_view
                                      listener.status().message(),
                                      " (is another node using the port? use port 0 for any)"));
   }
-  return std::unique_ptr<NodeServer>(new NodeServer(std::make_unique<Impl>(
-      std::move(*listener), std::string(host), std::move(key), std::move(options))));
+  std::optional<transport::Listener<transport::Shm>> shm_listener;
+  if (!options.shm_socket.empty()) {
+    absl::StatusOr<transport::Listener<transport::Shm>> shm =
+        transport::Listener<transport::Shm>::Create(options.shm_socket);
+    if (!shm.ok()) {
+      return absl::Status(shm.status().code(),
+                          absl::StrCat("genie-node cannot listen for shared-memory clients: ",
+                                       shm.status().message()));
+    }
+    shm_listener.emplace(std::move(*shm));
+  }
+  auto impl = std::make_unique<Impl>(std::move(*listener), std::string(host), std::move(key),
+                                     std::move(options));
+  impl->shm_listener = std::move(shm_listener);
+  return std::unique_ptr<NodeServer>(new NodeServer(std::move(impl)));
 }
 
 NodeServer::NodeServer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 NodeServer::~NodeServer() {
   impl_->stop = true;
-  impl_->Reap(/*all=*/true);
+  Impl::Reap(impl_->workers, /*all=*/true);
+  Impl::Reap(impl_->shm_workers, /*all=*/true);
 }
 
 const std::string& NodeServer::host() const { return impl_->host; }
 uint16_t NodeServer::port() const { return impl_->listener.port(); }
+const std::string& NodeServer::shm_socket() const {
+  static const std::string* const kNone = new std::string();
+  return impl_->shm_listener ? impl_->shm_listener->path() : *kNone;
+}
 int NodeServer::active_sessions() const { return impl_->active.load(); }
 PeerStats NodeServer::peer_stats() const { return impl_->inbox.stats(); }
 RunGate::Stats NodeServer::gate_stats() const { return impl_->gate.stats(); }
 void NodeServer::Shutdown() { impl_->stop = true; }
 
-void NodeServer::Serve(const std::atomic<bool>* stop) {
-  Impl& s = *impl_;
-  transport::ConnectionOptions conn_options;
-  conn_options.send_timeout = s.options.io_timeout;
-  conn_options.payload_timeout = s.options.io_timeout;
-  conn_options.busy_poll = s.options.busy_poll;
+namespace {
+
+// Accepts on `listener` until `s.stop` or `*stop`, one thread (and session) per connection.
+template <class Listener, class Impl>
+void AcceptLoop(Listener& listener, std::list<typename Impl::Worker>& workers, Impl& s,
+                const transport::ConnectionOptions& conn_options, const std::atomic<bool>* stop) {
   while (!s.stop.load() && (stop == nullptr || !stop->load())) {
-    s.Reap(/*all=*/false);
-    absl::StatusOr<transport::Connection<transport::Tcp>> conn =
-        s.listener.Accept(s.options.poll_interval, conn_options);
+    Impl::Reap(workers, /*all=*/false);
+    auto conn = listener.Accept(s.options.poll_interval, conn_options);
     if (!conn.ok()) {
       if (!absl::IsDeadlineExceeded(conn.status())) {
         node_internal::LogLine(
@@ -745,7 +766,7 @@ void NodeServer::Serve(const std::atomic<bool>* stop) {
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
     s.active.fetch_add(1);
-    s.workers.push_back(Impl::Worker{
+    workers.push_back(typename Impl::Worker{
         std::thread([&s, done, c = std::move(*conn)]() mutable {
           (void)ServeConnection(c, s.key, s.options, s.stop, &s.inbox, &s.pool, &s.gate);
           s.active.fetch_sub(1);
@@ -754,7 +775,24 @@ void NodeServer::Serve(const std::atomic<bool>* stop) {
         done});
   }
   s.stop = true;
-  s.Reap(/*all=*/true);
+  Impl::Reap(workers, /*all=*/true);
+}
+
+}  // namespace
+
+void NodeServer::Serve(const std::atomic<bool>* stop) {
+  Impl& s = *impl_;
+  transport::ConnectionOptions conn_options;
+  conn_options.send_timeout = s.options.io_timeout;
+  conn_options.payload_timeout = s.options.io_timeout;
+  conn_options.busy_poll = s.options.busy_poll;
+  std::thread shm_loop;
+  if (s.shm_listener) {
+    shm_loop = std::thread(
+        [&] { AcceptLoop(*s.shm_listener, s.shm_workers, s, conn_options, stop); });
+  }
+  AcceptLoop(s.listener, s.workers, s, conn_options, stop);
+  if (shm_loop.joinable()) shm_loop.join();
 }
 
 }  // namespace genie::runtime

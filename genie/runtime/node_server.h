@@ -10,7 +10,8 @@
 //   std::atomic<bool> stop{false};
 //   std::thread node([&] { (void)runtime::ServeConnection(server_end, key, NodeOptions{}, stop); });
 //
-//   // The genie-node process: one thread per connection on a Tcp listener.
+//   // The genie-node process: one thread per connection on a Tcp listener (plus a Shm one
+//   // for clients of the same host with NodeOptions::shm_socket).
 //   GENIE_ASSIGN_OR_RETURN(std::unique_ptr<runtime::NodeServer> server,
 //                          runtime::NodeServer::Create("127.0.0.1", 0, key, NodeOptions{}));
 //   std::printf("listening on %s:%d\n", server->host().c_str(), server->port());
@@ -88,6 +89,9 @@ struct NodeOptions {
   // Spin this long on a client's socket before sleeping when waiting for its next message
   // (transport::ConnectionOptions::busy_poll): lower latency per run for a spinning core.
   absl::Duration busy_poll = absl::ZeroDuration();
+  // Also accept clients of this host over shared memory (transport::Shm) on this Unix socket
+  // path (--shm_socket); empty: Tcp only. Those sessions are the same as Tcp ones.
+  std::string shm_socket;
 };
 
 // Admission of runs to the node's compute, shared by every session. At most `slots` runs
@@ -568,7 +572,8 @@ absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOption
   return s;
 }
 
-// A Tcp listener with one thread (and one session) per connection: what genie-node runs.
+// A Tcp listener (and, with NodeOptions::shm_socket, a Shm listener beside it) with one
+// thread (and one session) per connection: what genie-node runs.
 class NodeServer {
  public:
   static absl::StatusOr<std::unique_ptr<NodeServer>> Create(absl::string_view host,
@@ -578,6 +583,8 @@ class NodeServer {
 
   const std::string& host() const;
   uint16_t port() const;
+  // The Unix socket path Shm clients connect to; empty without NodeOptions::shm_socket.
+  const std::string& shm_socket() const;
   // Accepts and serves until Shutdown() or `*stop` (if given) becomes true, then stops every
   // session (each within about options.poll_interval, or when its current run ends) and
   // returns.

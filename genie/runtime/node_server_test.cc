@@ -15,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include <unistd.h>
+
 #include "absl/time/clock.h"
 #include "genie/client/remote_executor.h"
 #include "genie/core/executor.h"
@@ -23,6 +25,7 @@
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
 #include "genie/transport/inprocess.h"
+#include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 #include "gtest/gtest.h"
 
@@ -37,6 +40,7 @@ using core::TensorRef;
 using transport::Connection;
 using transport::InProcess;
 using transport::MessageKind;
+using transport::Shm;
 using transport::Tcp;
 
 const std::string kKey = "node-server-test-key-0123456789abcdef";
@@ -233,6 +237,64 @@ TEST(NodeServerTest, RunsOverLoopbackTcpNodeServer) {
   (*server)->Shutdown();
   serving.join();
   EXPECT_EQ((*server)->active_sessions(), 0);
+}
+
+TEST(NodeServerTest, ServesShmClientsOnItsUnixSocketBesideTcp) {
+  NodeOptions options;
+  options.log_runs = false;
+  options.shm_socket = absl::StrCat("/tmp/genie-node-test-", getpid(), ".sock");
+  auto server = NodeServer::Create("127.0.0.1", 0, kKey, options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  EXPECT_EQ((*server)->shm_socket(), options.shm_socket);
+  // A second node cannot take the same socket path.
+  auto clash = NodeServer::Create("127.0.0.1", 0, kKey, options);
+  ASSERT_FALSE(clash.ok());
+  EXPECT_NE(std::string(clash.status().message()).find("another process is listening"),
+            std::string::npos)
+      << clash.status();
+  std::thread serving([&] { (*server)->Serve(); });
+  Data d;
+  MmAdd first(false), later(true);
+  Interpreter local;
+  auto want1 = local.Execute(FirstStep(first, d, d.x));
+  ASSERT_TRUE(want1.ok()) << want1.status();
+  auto want2 = local.Execute(LaterStep(later, d.x2));
+  ASSERT_TRUE(want2.ok()) << want2.status();
+  {
+    auto shm = client::RemoteExecutor<Shm>::Connect(options.shm_socket, kKey);
+    ASSERT_TRUE(shm.ok()) << shm.status();
+    auto tcp = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*server)->port(), kKey);
+    ASSERT_TRUE(tcp.ok()) << tcp.status();
+    EXPECT_EQ((*shm)->Describe(), absl::StrCat("genie-node shm:", options.shm_socket, " (cpu)"));
+    auto got1 = (*shm)->Execute(FirstStep(first, d, d.x));
+    ASSERT_TRUE(got1.ok()) << got1.status();
+    ExpectSameOutputs(*got1, *want1);
+    for (int step = 0; step < 3; ++step) {  // weights stay resident in the shm session
+      auto got2 = (*shm)->Execute(LaterStep(later, d.x2));
+      ASSERT_TRUE(got2.ok()) << got2.status();
+      ExpectSameOutputs(*got2, *want2);
+    }
+    auto got_tcp = (*tcp)->Execute(FirstStep(first, d, d.x));
+    ASSERT_TRUE(got_tcp.ok()) << got_tcp.status();
+    ExpectSameOutputs(*got_tcp, *want1);
+    EXPECT_EQ((*server)->active_sessions(), 2);
+    // The same key rules apply over shared memory.
+    auto wrong = client::RemoteExecutor<Shm>::Connect(options.shm_socket,
+                                                      "another-key-0123456789abcdef0123");
+    ASSERT_FALSE(wrong.ok());
+    EXPECT_TRUE(absl::IsUnauthenticated(wrong.status())) << wrong.status();
+  }
+  (*server)->Shutdown();
+  serving.join();
+  EXPECT_EQ((*server)->active_sessions(), 0);
+  server->reset();
+  // The node removed its socket: a client now gets a clear error naming the flag.
+  auto gone = client::RemoteExecutor<Shm>::Connect(options.shm_socket, kKey);
+  ASSERT_FALSE(gone.ok());
+  EXPECT_TRUE(absl::IsUnavailable(gone.status())) << gone.status();
+  EXPECT_NE(std::string(gone.status().message()).find("--shm_socket=" + options.shm_socket),
+            std::string::npos)
+      << gone.status();
 }
 
 TEST(NodeServerTest, MemoryBudgetGivesResourceExhaustedAndSessionGoesOn) {
