@@ -2,7 +2,8 @@
 // Remote vs local on a GPU machine, side by side in one run: ViT-B/16-size and
 // BERT-base-size inference at batch 8 and a GPT-2-124M-size decode step (static KV
 // cache), each run by local libtorch on CUDA and by Genie with the client and a
-// genie-node (interpreter on cuda:0) on the same host over loopback TCP. Every
+// genie-node (interpreter on cuda:0) on the same host over loopback TCP (the *_shm cases:
+// over shared memory, transport::Shm). Every
 // iteration reads its result on the host, local and remote alike. Skips without CUDA.
 //
 //   tools/device/run_gpu.sh   (builds with --config=cuda, packs, runs on the GPU machine)
@@ -30,13 +31,15 @@
 #include "genie/frontend/remote_device.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/runtime/node_server.h"
+#include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 #include "tests/gpu/two_chains.h"
 
 namespace {
 
 namespace m = genie::models;
-using Deployment = genie::examples::SemanticDeployment;
+using Deployment = genie::examples::SemanticDeployment;        // client <-> node over Tcp
+using ShmDeployment = genie::examples::SemanticShmDeployment;  // ... over Shm
 
 bool NoCuda(benchmark::State& state) {
   if (torch::cuda::is_available()) return false;
@@ -45,8 +48,9 @@ bool NoCuda(benchmark::State& state) {
 }
 
 // busy_poll_us: the node and the client spin that long on their sockets before sleeping.
-std::unique_ptr<genie::Session<Deployment>> StartGpuSession(benchmark::State& state,
-                                                            bool cuda_graphs = true, int busy_poll_us = 0) {
+template <class D>
+std::unique_ptr<genie::Session<D>> StartGpuSession(benchmark::State& state, bool cuda_graphs = true,
+                                                   int busy_poll_us = 0) {
   genie::SessionOptions o;
   o.embedded.device = "cuda:0";
   o.embedded.cuda_graphs = cuda_graphs;
@@ -54,7 +58,7 @@ std::unique_ptr<genie::Session<Deployment>> StartGpuSession(benchmark::State& st
   o.connection.busy_poll = absl::Microseconds(busy_poll_us);
   o.embedded.log_connections = false;
   o.embedded.log_runs = false;
-  auto s = genie::Session<Deployment>::Start(o);
+  auto s = genie::Session<D>::Start(o);
   if (!s.ok()) {
     state.SkipWithError(std::string(s.status().message()).c_str());
     return nullptr;
@@ -78,17 +82,19 @@ struct Mode {
   int64_t dispatch = 0;
   bool graphs = true;
   int busy_poll_us = 0;  // remote: node and client spin on their sockets (ConnectionOptions)
+  bool shm = false;      // remote: client <-> node over shared memory instead of loopback TCP
 };
 
 // Brackets a model benchmark's warm-up and timed loop: the autograd mode, auto-dispatch,
 // and the node's graph counters per iteration (a replayed part counts once).
+template <class D>
 class ModelRun {
  public:
   ModelRun(benchmark::State& state, const Mode& mode) : state_(state), mode_(mode) {
     if (mode.inference) inference_.emplace();
     if (mode.remote) genie::frontend::SetAutoDispatch(mode.dispatch);
   }
-  void StartTiming(genie::Session<Deployment>* session) {
+  void StartTiming(genie::Session<D>* session) {
     session_ = session;
     if (session_) traffic_ = session_->traffic();
     counters_ = genie::runtime::GetInterpreterCounters();
@@ -108,53 +114,56 @@ class ModelRun {
   benchmark::State& state_;
   Mode mode_;
   std::optional<c10::InferenceMode> inference_;
-  genie::Session<Deployment>* session_ = nullptr;
+  genie::Session<D>* session_ = nullptr;
   genie::transport::TrafficSnapshot traffic_;
   genie::runtime::InterpreterCounters counters_;
 };
 
 // ---- ViT-B/16, batch 8 ------------------------------------------------------------------
-void BM_VitB16(benchmark::State& state, Mode mode) {
+template <class D>
+void RunVitB16(benchmark::State& state, const Mode& mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::ViTConfig c = m::ViTConfig::ViTBase16();
-  auto session = mode.remote ? StartGpuSession(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
   if (mode.remote && !session) return;
   const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::ViT model(c);
   model->to(dev);
   if (mode.remote) genie::frontend::NameParameters(*model);
   torch::Tensor images = torch::randn({8, 3, c.image_size, c.image_size});
-  ModelRun run(state, mode);
+  ModelRun<D> run(state, mode);
   for (int i = 0; i < 3; ++i) (void)model->forward(images.to(dev)).to(torch::kCPU);
   run.StartTiming(session.get());
   for (auto _ : state) benchmark::DoNotOptimize(model->forward(images.to(dev)).to(torch::kCPU));
 }
 
 // ---- BERT-base, batch 8, 128 tokens -------------------------------------------------------
-void BM_BertBase(benchmark::State& state, Mode mode) {
+template <class D>
+void RunBertBase(benchmark::State& state, const Mode& mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::BertConfig c = m::BertConfig::BertBase();
-  auto session = mode.remote ? StartGpuSession(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
   if (mode.remote && !session) return;
   const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::BertEncoder model(c);
   model->to(dev);
   if (mode.remote) genie::frontend::NameParameters(*model);
   torch::Tensor ids = torch::randint(1, c.vocab_size, {8, 128}, torch::kLong);
-  ModelRun run(state, mode);
+  ModelRun<D> run(state, mode);
   for (int i = 0; i < 3; ++i) (void)model->forward(ids.to(dev)).to(torch::kCPU);
   run.StartTiming(session.get());
   for (auto _ : state) benchmark::DoNotOptimize(model->forward(ids.to(dev)).to(torch::kCPU));
 }
 
 // ---- GPT-2 124M decode, one token per iteration -------------------------------------------
-void BM_Gpt2SmallDecode(benchmark::State& state, Mode mode) {
+template <class D>
+void RunGpt2SmallDecode(benchmark::State& state, const Mode& mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::Gpt2Config c = m::Gpt2Config::Gpt2Small();
-  auto session = mode.remote ? StartGpuSession(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
   if (mode.remote && !session) return;
   const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::Gpt2 model(c);
@@ -162,7 +171,7 @@ void BM_Gpt2SmallDecode(benchmark::State& state, Mode mode) {
   if (mode.remote) genie::frontend::NameParameters(*model);
   m::KvCache cache = model->NewCache(1, m::KvCacheMode::kStatic, dev);
   torch::Tensor token = torch::zeros({1, 1}, torch::kLong);
-  ModelRun run(state, mode);
+  ModelRun<D> run(state, mode);
   (void)model->forward(torch::zeros({1, 16}, torch::kLong).to(dev), &cache, 0).to(torch::kCPU);
   for (int i = 0; i < 3; ++i) (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
   run.StartTiming(session.get());
@@ -175,10 +184,11 @@ void BM_Gpt2SmallDecode(benchmark::State& state, Mode mode) {
 // ---- The data path alone: one upload, one download --------------------------------------
 // Upload: ViT's images (4.8 MB) to the device, one element read back. Download: a resident
 // [8, 128, 768] fp32 tensor (BERT's hidden states, 3.1 MB) scaled by one op and read back.
-void BM_Upload(benchmark::State& state, bool remote) {
+template <class D>
+void RunUpload(benchmark::State& state, bool remote) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
-  auto session = remote ? StartGpuSession(state) : nullptr;
+  auto session = remote ? StartGpuSession<D>(state) : nullptr;
   if (remote && !session) return;
   const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   torch::Tensor images = torch::randn({8, 3, 224, 224});
@@ -186,15 +196,37 @@ void BM_Upload(benchmark::State& state, bool remote) {
   for (auto _ : state) benchmark::DoNotOptimize(images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU));
 }
 
-void BM_Download(benchmark::State& state, bool remote) {
+template <class D>
+void RunDownload(benchmark::State& state, bool remote) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
-  auto session = remote ? StartGpuSession(state) : nullptr;
+  auto session = remote ? StartGpuSession<D>(state) : nullptr;
   if (remote && !session) return;
   const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   torch::Tensor hidden = torch::randn({8, 128, 768}).to(dev);
   for (int i = 0; i < 3; ++i) (void)(hidden * 2.0).to(torch::kCPU);
   for (auto _ : state) benchmark::DoNotOptimize((hidden * 2.0).to(torch::kCPU));
+}
+
+// Where a data-path case runs: local CUDA, or remote over loopback TCP or shared memory.
+enum class Where { kLocal, kRemote, kRemoteShm };
+void BM_Upload(benchmark::State& state, Where where) {
+  if (where == Where::kRemoteShm) return RunUpload<ShmDeployment>(state, true);
+  RunUpload<Deployment>(state, where == Where::kRemote);
+}
+void BM_Download(benchmark::State& state, Where where) {
+  if (where == Where::kRemoteShm) return RunDownload<ShmDeployment>(state, true);
+  RunDownload<Deployment>(state, where == Where::kRemote);
+}
+void BM_VitB16(benchmark::State& state, Mode mode) {
+  mode.shm ? RunVitB16<ShmDeployment>(state, mode) : RunVitB16<Deployment>(state, mode);
+}
+void BM_BertBase(benchmark::State& state, Mode mode) {
+  mode.shm ? RunBertBase<ShmDeployment>(state, mode) : RunBertBase<Deployment>(state, mode);
+}
+void BM_Gpt2SmallDecode(benchmark::State& state, Mode mode) {
+  mode.shm ? RunGpt2SmallDecode<ShmDeployment>(state, mode)
+           : RunGpt2SmallDecode<Deployment>(state, mode);
 }
 
 // ---- Node to node: CUDA IPC against TCP -----------------------------------------------------
@@ -379,16 +411,19 @@ BENCHMARK_CAPTURE(BM_TwoBranches, streams4_eager, 4, false)->Unit(benchmark::kMi
 BENCHMARK_CAPTURE(BM_TwoBranches, streams1_graph, 1, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
 BENCHMARK_CAPTURE(BM_TwoBranches, streams4_graph, 4, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
 
-BENCHMARK_CAPTURE(BM_Upload, local_cuda, false)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Upload, genie_remote, true)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Download, local_cuda, false)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Download, genie_remote, true)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, local_cuda, Where::kLocal)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote, Where::kRemote)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm, Where::kRemoteShm)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, local_cuda, Where::kLocal)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote, Where::kRemote)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote_shm, Where::kRemoteShm)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
 
 // Every model in every mode, one name each: local_cuda / genie_remote (NoGradGuard, as
 // before), local_cuda_inference / genie_remote_inference (InferenceMode on both sides),
 // genie_remote_inference_dispatch128 (plus SetAutoDispatch(128)),
 // genie_remote_inference_busypoll[_dispatch128] (node and client spin up to 5 ms on their
-// sockets before sleeping), genie_remote_no_graphs.
+// sockets before sleeping), genie_remote_no_graphs, and genie_remote_shm /
+// genie_remote_shm_inference (client <-> node over shared memory, transport::Shm).
 const bool kModelsRegistered = [] {
   using Fn = void (*)(benchmark::State&, Mode);
   const std::pair<const char*, Fn> models[] = {
@@ -403,6 +438,8 @@ const bool kModelsRegistered = [] {
   modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, 0, true, 5000}});
   modes.push_back({"genie_remote_inference_busypoll_dispatch128", Mode{true, true, 128, true, 5000}});
   modes.push_back({"genie_remote_no_graphs", Mode{true, false, 0, false}});
+  modes.push_back({"genie_remote_shm", Mode{true, false, 0, true, 0, /*shm=*/true}});
+  modes.push_back({"genie_remote_shm_inference", Mode{true, true, 0, true, 0, /*shm=*/true}});
   for (const auto& [model, fn] : models) {
     for (const auto& [name, mode] : modes) {
       // Real time decides the iteration count: the remote client's CPU is mostly idle.

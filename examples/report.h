@@ -34,6 +34,16 @@ using SemanticDeployment = Pipeline<
                                  scheduler::JustInTimeTransfers>,
     transport::Tcp>;
 
+// The same with the client on the node's host reaching it over shared memory
+// (transport::Shm; an embedded node gets its own Unix socket).
+using SemanticShmDeployment = Pipeline<
+    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
+    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
+              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+    scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
+                                 scheduler::JustInTimeTransfers>,
+    transport::Shm>;
+
 // The same across several nodes: modules placed by modality, crossing tensors node to node.
 using PlacedDeployment = Pipeline<
     Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,

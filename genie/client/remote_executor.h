@@ -257,7 +257,12 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   // Node to node: the node this executor talks to sends its resident buffer to another
   // node (which must be reachable from it at send.peer and share the key); the bytes never
   // pass through this client. Returns the bytes sent.
-  std::string peer_address() const override { return session_.node(); }
+  std::string peer_address() const override {
+    return peer_address_.empty() ? session_.node() : peer_address_;
+  }
+  // Over Shm the node's name ("shm:PATH") is no address another node can reach: give its
+  // TCP address ("host:port") here, before the executor is shared with other threads.
+  void set_peer_address(std::string host_port) { peer_address_ = std::move(host_port); }
   absl::StatusOr<int64_t> SendToPeer(const core::PeerSend& send) override {
     using transport::MessageKind;
     absl::MutexLock lock(&mu_);
@@ -429,6 +434,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   absl::Mutex mu_;
   Connection conn_;
   client_internal::Session session_;
+  std::string peer_address_;  // set before sharing; empty: session_.node()
   uint64_t request_id_ = 0;
   absl::Status lost_;  // why the connection was given up, once it was
   std::atomic<int64_t> last_node_micros_{0};

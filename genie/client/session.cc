@@ -2,9 +2,13 @@
 // The non-template parts of Session: the embedded node and address parsing.
 #include "genie/client/session.h"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <charconv>
 
 #include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "genie/transport/internal/auth_crypto.h"
 
@@ -30,6 +34,8 @@ std::string EmbeddedNode::address() const {
   return absl::StrCat(server_->host(), ":", server_->port());
 }
 
+std::string EmbeddedNode::shm_address() const { return absl::StrCat("shm:", server_->shm_socket()); }
+
 runtime::PeerStats EmbeddedNode::peer_stats() const { return server_->peer_stats(); }
 runtime::RunGate::Stats EmbeddedNode::gate_stats() const { return server_->gate_stats(); }
 
@@ -47,6 +53,20 @@ absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(const std::string
         absl::StrCat("node address '", address, "' is not HOST:PORT (e.g. 10.0.0.7:7070)"));
   }
   return std::make_pair(address.substr(0, colon), static_cast<uint16_t>(port));
+}
+
+absl::StatusOr<std::string> ParseShmAddress(const std::string& address) {
+  if (!absl::StartsWith(address, "shm:") || address.size() == 4) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "node address '", address,
+        "' is not shm:PATH (e.g. shm:/tmp/genie-node.sock, the node's --shm_socket)"));
+  }
+  return address.substr(4);
+}
+
+std::string EmbeddedShmSocketPath() {
+  static std::atomic<int> counter{0};
+  return absl::StrCat("/tmp/genie-embedded-", getpid(), "-", counter++, ".sock");
 }
 
 absl::StatusOr<std::string> RandomKey() {

@@ -2,7 +2,8 @@
 // A Session connects a libtorch program to Genie nodes through one deployment type:
 // graphs captured on remote_accelerator run through the pipeline's analyzers, its
 // scheduler and its transport. Without node addresses it starts an embedded node on
-// loopback (a real genie-node server in this process, over real sockets).
+// loopback (a real genie-node server in this process, over real sockets; with a Shm
+// transport the session reaches it through shared memory and a Unix socket of its own).
 //
 //   using Deployment = genie::Pipeline<genie::Annotations<...>, genie::Analyzers<...>,
 //                                      genie::scheduler::SemanticScheduler<...>,
@@ -32,12 +33,15 @@
 #include "genie/frontend/remote_device.h"
 #include "genie/runtime/node_server.h"
 #include "genie/transport/counters.h"
-#include "genie/transport/tcp.h"  // the backends sessions connect over
+#include "genie/transport/shm.h"  // the backends sessions connect over
+#include "genie/transport/tcp.h"
 
 namespace genie {
 
 struct SessionOptions {
-  std::vector<std::string> nodes;  // "host:port"; empty: embedded nodes on 127.0.0.1
+  // "host:port" (Tcp), or "shm:/path/to/node.sock" (Shm: a node of this host started with
+  // --shm_socket); empty: embedded nodes on 127.0.0.1 (over Shm: each on its own socket).
+  std::vector<std::string> nodes;
   int embedded_nodes = 1;          // how many embedded nodes when `nodes` is empty
   std::string key;                 // shared node key; empty with an embedded node: random
   runtime::NodeOptions embedded;   // options of the embedded node
@@ -58,6 +62,7 @@ class EmbeddedNode {
                                                               runtime::NodeOptions options);
   ~EmbeddedNode();
   std::string address() const;  // "127.0.0.1:PORT"
+  std::string shm_address() const;  // "shm:PATH" (started with NodeOptions::shm_socket)
   runtime::PeerStats peer_stats() const;  // what it sent to and received from other nodes
   runtime::RunGate::Stats gate_stats() const;  // how its runs were admitted
 
@@ -67,6 +72,10 @@ class EmbeddedNode {
 };
 
 absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& address);
+// The socket path of a "shm:PATH" node address.
+absl::StatusOr<std::string> ParseShmAddress(const std::string& address);
+// A fresh Unix socket path for an embedded node's Shm listener.
+std::string EmbeddedShmSocketPath();
 absl::StatusOr<std::string> RandomKey();
 
 }  // namespace session_internal
@@ -76,6 +85,8 @@ class Session {
   static_assert(is_pipeline_v<P>, "Session<P> needs a genie::Pipeline<...>");
   using Transport = typename P::transport_policy;
   using Node = client::RemoteExecutor<Transport>;
+  static constexpr bool kShm =
+      std::is_same_v<typename transport::transport_traits<Transport>::backend, transport::Shm>;
 
  public:
   static absl::StatusOr<std::unique_ptr<Session>> Start(SessionOptions options) {
@@ -90,18 +101,28 @@ class Session {
             "SessionOptions::embedded_nodes is ", options.embedded_nodes, "; use 1 or more"));
       }
       for (int k = 0; k < options.embedded_nodes; ++k) {
+        runtime::NodeOptions node_options = options.embedded;
+        if constexpr (kShm) node_options.shm_socket = session_internal::EmbeddedShmSocketPath();
         GENIE_ASSIGN_OR_RETURN(std::unique_ptr<session_internal::EmbeddedNode> node,
-                               session_internal::EmbeddedNode::Start(options.key, options.embedded));
-        options.nodes.push_back(node->address());
+                               session_internal::EmbeddedNode::Start(options.key, node_options));
+        options.nodes.push_back(kShm ? node->shm_address() : node->address());
         s->embedded_.push_back(std::move(node));
       }
     }
     std::vector<std::shared_ptr<core::Executor>> executors;
-    for (const std::string& address : options.nodes) {
-      GENIE_ASSIGN_OR_RETURN(auto host_port, session_internal::ParseHostPort(address));
-      GENIE_ASSIGN_OR_RETURN(std::unique_ptr<Node> node,
-                             Node::Connect(host_port.first, host_port.second, options.key,
-                                           options.connection));
+    for (size_t k = 0; k < options.nodes.size(); ++k) {
+      const std::string& address = options.nodes[k];
+      std::unique_ptr<Node> node;
+      if constexpr (kShm) {
+        GENIE_ASSIGN_OR_RETURN(std::string path, session_internal::ParseShmAddress(address));
+        GENIE_ASSIGN_OR_RETURN(node, Node::Connect(path, options.key, options.connection));
+        // Nodes reach each other over TCP.
+        if (k < s->embedded_.size()) node->set_peer_address(s->embedded_[k]->address());
+      } else {
+        GENIE_ASSIGN_OR_RETURN(auto host_port, session_internal::ParseHostPort(address));
+        GENIE_ASSIGN_OR_RETURN(node, Node::Connect(host_port.first, host_port.second,
+                                                   options.key, options.connection));
+      }
       std::shared_ptr<Node> shared = std::move(node);
       s->nodes_.push_back(shared);
       executors.push_back(shared);

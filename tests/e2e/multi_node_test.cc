@@ -1,5 +1,6 @@
 // File: tests/e2e/multi_node_test.cc
-// The VQA model across two genie-nodes (embedded, on loopback TCP) through
+// The VQA model across two genie-nodes (embedded, on loopback TCP; once with the client on
+// shared memory) through
 // SemanticScheduler<..., ModalityPlacement>: answers match eager CPU, the vision encoder
 // runs on node 0 and the language encoder on node 1, the tensors that cross nodes go node
 // to node (the nodes count them; the client's traffic holds only inputs, answers and
@@ -19,6 +20,7 @@
 #include "genie/frontend/remote_device.h"
 #include "genie/scheduler/policies.h"
 #include "genie/semantic/semantics.h"
+#include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 
 namespace genie {
@@ -32,7 +34,18 @@ using Placed = Pipeline<
                                  scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>,
     transport::Tcp>;
 
-TEST(MultiNodeTest, VqaAcrossTwoNodesByModality) {
+// The same with the client reaching each node over shared memory (the nodes still reach
+// each other over TCP).
+using PlacedShm = Pipeline<
+    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality>,
+    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
+              semantic::WorkloadClassifier>,
+    scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
+                                 scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>,
+    transport::Shm>;
+
+template <class Deployment>
+void VqaAcrossTwoNodesByModality() {
   models::VqaConfig config;
   models::Vqa local(config);
   local->eval();
@@ -54,7 +67,7 @@ TEST(MultiNodeTest, VqaAcrossTwoNodesByModality) {
 
   SessionOptions options;
   options.embedded_nodes = 2;
-  absl::StatusOr<std::unique_ptr<Session<Placed>>> session = Session<Placed>::Start(options);
+  absl::StatusOr<std::unique_ptr<Session<Deployment>>> session = Session<Deployment>::Start(options);
   ASSERT_TRUE(session.ok()) << session.status();
   const torch::Device device((*session)->device());
   models::Vqa model(config);
@@ -112,6 +125,12 @@ TEST(MultiNodeTest, VqaAcrossTwoNodesByModality) {
               wire.ToString().c_str(), data.ToString().c_str(),
               static_cast<long long>(placement.node_to_node_bytes),
               static_cast<long long>(placement.transfers));
+}
+
+TEST(MultiNodeTest, VqaAcrossTwoNodesByModality) { VqaAcrossTwoNodesByModality<Placed>(); }
+
+TEST(MultiNodeTest, VqaAcrossTwoNodesByModalityClientOverShm) {
+  VqaAcrossTwoNodesByModality<PlacedShm>();
 }
 
 // Pipelined dispatch: each batch is dispatched (queued on the nodes, Dispatch returns at

@@ -3,9 +3,11 @@
 // frontend capturing a torch::nn module on remote_accelerator, RemoteExecutor<Tcp> carrying
 // the graphs over loopback. Checks results against eager CPU, that weights cross the wire
 // once, that a wrong key and malformed frames are refused while other clients keep working,
-// that a killed node gives a prompt error naming it, and that the memory budget is enforced.
+// that a killed node gives a prompt error naming it (over Tcp and over Shm), and that the
+// memory budget is enforced.
 #include <signal.h>
 #include <sys/wait.h>
+#include <unistd.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -20,6 +22,7 @@
 #include "genie/plan/messages.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
+#include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 #include "gtest/gtest.h"
 #include "tests/e2e/node_process.h"
@@ -293,6 +296,42 @@ TEST_F(RemoteNodeTest, SigtermStopsTheNodeCleanlyWithAClientConnected) {
   EXPECT_THROW((void)(a.to(Remote()) + 1).to(torch::kCPU), c10::Error);
 }
 
+// The node binary with --shm_socket: a client of this host over shared memory runs a module,
+// and a node killed with SIGKILL is noticed at once (its socket hangs up), named by its path.
+TEST(GenieNodeShmTest, ModuleRunsOverShmAndAKilledNodeIsAPromptError) {
+  torch::NoGradGuard no_grad;
+  const std::string path = absl::StrCat("/tmp/genie-e2e-", getpid(), ".sock");
+  auto node = NodeProcess::Start(kKey, {"--shm_socket=" + path});
+  ASSERT_TRUE(node.ok()) << node.status();
+  client::RemoteExecutorOptions options;
+  options.run_timeout = absl::Seconds(30);  // death must be noticed long before this
+  auto connected = RemoteExecutor<transport::Shm>::Connect(path, kKey, options);
+  ASSERT_TRUE(connected.ok()) << connected.status();
+  std::shared_ptr<RemoteExecutor<transport::Shm>> exec = std::move(*connected);
+  frontend::SetExecutor(exec);
+  torch::manual_seed(0);
+  torch::nn::Sequential net = SmallNet();
+  const torch::Tensor x = torch::randn({2, 8});
+  const torch::Tensor want = net->forward(x);
+  net->to(Remote());
+  frontend::NameParameters(*net, "mlp");
+  for (int i = 0; i < 2; ++i) {
+    EXPECT_LE(MaxAbsDiff(net->forward(x.to(Remote())).to(torch::kCPU), want), 1e-5);
+  }
+  ASSERT_TRUE((*node)->Signal(SIGKILL).ok());
+  const auto start = std::chrono::steady_clock::now();
+  try {
+    (void)net->forward(x.to(Remote())).to(torch::kCPU);
+    ADD_FAILURE() << "running on a killed node must raise";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find("shm:" + path), std::string::npos) << msg;
+    std::printf("frontend error after SIGKILL over shm: %s\n", msg.c_str());
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  frontend::SetExecutor(std::make_shared<runtime::Interpreter>());
+}
+
 TEST(GenieNodeBinaryTest, HelpListsTheFlags) {
   absl::StatusOr<std::string> binary = NodeProcess::FindBinary();
   ASSERT_TRUE(binary.ok()) << binary.status();
@@ -303,7 +342,7 @@ TEST(GenieNodeBinaryTest, HelpListsTheFlags) {
   for (size_t n; (n = std::fread(buf, 1, sizeof(buf), p)) > 0;) out.append(buf, n);
   ::pclose(p);
   for (const char* flag : {"--listen", "--key_file", "--memory_budget", "--device", "--threads",
-                           "--max_program_bytes"}) {
+                           "--max_program_bytes", "--shm_socket"}) {
     EXPECT_NE(out.find(flag), std::string::npos) << flag << " missing from --help:\n" << out;
   }
 }
