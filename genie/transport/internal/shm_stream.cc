@@ -248,7 +248,11 @@ absl::Status ShmStream::Wait(Ready ready, std::atomic<std::uint32_t>* sleeping, 
     }
     if (fds[0].revents & POLLIN) {
       std::uint64_t count;
-      (void)::read(eventfd, &count, sizeof(count));  // non-blocking: drains the counter
+      // Non-blocking: drains the counter; EAGAIN (another wake-up took it) is harmless.
+      if (::read(eventfd, &count, sizeof(count)) < 0 && errno != EAGAIN && errno != EINTR) {
+        return absl::InternalError(
+            absl::StrCat(peer_, ": reading the wake-up eventfd failed: ", ErrnoText(errno)));
+      }
     }
     // The socket never carries bytes after the handshake: readable or hung up means the
     // peer shut down or its process is gone.
