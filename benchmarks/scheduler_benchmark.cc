@@ -1,8 +1,9 @@
 // File: benchmarks/scheduler_benchmark.cc
 // The same models, side by side in one run: local libtorch (eager CPU), Genie's
 // semantic pipeline and the semantics-blind baseline, each remote run on an embedded
-// genie-node over loopback TCP. Reports latency per inference and wire bytes per
-// inference (counter `wire_bytes`), so ratios come from one run on one machine.
+// genie-node over loopback TCP (the *_shm cases: over shared memory, transport::Shm).
+// Reports latency per inference and wire bytes per inference (counter `wire_bytes`), so
+// ratios come from one run on one machine.
 //
 //   bazel run -c opt //benchmarks:scheduler_benchmark --
 //       --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
@@ -32,6 +33,7 @@ namespace models = genie::models;
 using genie::examples::BlindDeployment;
 using genie::examples::PlacedDeployment;
 using genie::examples::SemanticDeployment;
+using genie::examples::SemanticShmDeployment;
 
 genie::SessionOptions Quiet() {
   genie::SessionOptions o;
@@ -310,6 +312,7 @@ void BM_Gpt2DecodeRemote(benchmark::State& state) {
 
 BENCHMARK(BM_VqaLocal)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)->Name("BM_VqaRemote/semantic")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticShmDeployment, 1)->Name("BM_VqaRemote/semantic_shm")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)->Name("BM_VqaRemote/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 64)->Name("BM_VqaRemote/semantic_cut64")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)->Name("BM_VqaRemote/semantic_two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
@@ -482,6 +485,7 @@ void BM_DecodeStreamsUnderPrefill(benchmark::State& state) {
 
 BENCHMARK(BM_Gpt2DecodeLocal)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, SemanticDeployment)->Name("BM_Gpt2DecodeRemote/semantic")->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, SemanticShmDeployment)->Name("BM_Gpt2DecodeRemote/semantic_shm")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, BlindDeployment)->Name("BM_Gpt2DecodeRemote/blind")->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_DecodeStreamsUnderPrefill)->ArgName("mode")->Arg(0)->Arg(1)->Arg(2)->Arg(3)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
 
