@@ -24,6 +24,7 @@
 #include "examples/report.h"
 #include "genie/client/remote_executor.h"
 #include "genie/frontend/remote_device.h"
+#include "genie/runtime/intra_op_threads.h"
 #include "genie/runtime/node_server.h"
 #include "genie/semantic/semantics.h"
 
@@ -80,12 +81,20 @@ double WeightBytes(models::Vqa& model) {
   return bytes;
 }
 
+// Arg 1 of BM_VqaLocal and BM_VqaRemote: the intra-op threads of the thread that runs the
+// model's ops (the benchmark thread for local eager, the node's session thread remote).
 void BM_VqaLocal(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   VqaInputs in(state.range(0));
+  const int threads_before = genie::runtime::IntraOpThreadsOfThisThread();
+  if (!genie::runtime::SetIntraOpThreadsOfThisThread(static_cast<int>(state.range(1))).ok()) {
+    state.SkipWithError("cannot set intra-op threads");
+    return;
+  }
   models::Vqa model(in.config);
   model->eval();
   for (auto _ : state) benchmark::DoNotOptimize(model->forward(in.images, in.questions));
+  (void)genie::runtime::SetIntraOpThreadsOfThisThread(threads_before);
   state.counters["wire_bytes"] = 0;
   state.counters["weight_bytes"] = WeightBytes(model);
 }
@@ -128,6 +137,7 @@ void BM_VqaRemote(benchmark::State& state) {
   VqaInputs in(state.range(0));
   genie::SessionOptions options = Quiet();
   options.embedded_nodes = kNodes;
+  options.embedded.intra_op_threads = static_cast<int>(state.range(1));
   std::optional<VqaOnSession<Deployment>> v = StartVqa<Deployment>(state, in, options, 3);
   if (!v) return;
   auto& session = v->session;
@@ -310,12 +320,12 @@ void BM_Gpt2DecodeRemote(benchmark::State& state) {
                                                     benchmark::Counter::kAvgIterations);
 }
 
-BENCHMARK(BM_VqaLocal)->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)->Name("BM_VqaRemote/semantic")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticShmDeployment, 1)->Name("BM_VqaRemote/semantic_shm")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)->Name("BM_VqaRemote/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 64)->Name("BM_VqaRemote/semantic_cut64")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)->Name("BM_VqaRemote/semantic_two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_VqaLocal)->ArgNames({"size", "threads"})->ArgsProduct({{0, 1}, {1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)->Name("BM_VqaRemote/semantic")->ArgNames({"size", "threads"})->ArgsProduct({{0, 1}, {1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticShmDeployment, 1)->Name("BM_VqaRemote/semantic_shm")->ArgNames({"size", "threads"})->ArgsProduct({{0, 1}, {1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)->Name("BM_VqaRemote/blind")->ArgNames({"size", "threads"})->ArgsProduct({{0, 1}, {1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 64)->Name("BM_VqaRemote/semantic_cut64")->ArgNames({"size", "threads"})->ArgsProduct({{0, 1}, {1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)->Name("BM_VqaRemote/semantic_two_nodes")->ArgNames({"size", "threads"})->ArgsProduct({{0, 1}, {1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, BlindDeployment, 1, false)->Name("BM_VqaDispatched/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, SemanticDeployment, 1, false)->Name("BM_VqaDispatched/one_node")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, false)->Name("BM_VqaDispatched/two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -8,8 +8,6 @@
 // The first line on stdout is "genie-node listening on HOST:PORT" (flushed), so a parent
 // process can read the port; with --shm_socket the second says "genie-node listening for
 // shared-memory clients on PATH". Logs go to stderr. SIGTERM / SIGINT stop it cleanly.
-#include <ATen/Parallel.h>
-
 #include <atomic>
 #include <signal.h>
 
@@ -38,7 +36,9 @@ ABSL_FLAG(std::string, key_file, "",
 ABSL_FLAG(int64_t, memory_budget, 0,
           "bytes each client session may keep resident plus upload per run; 0 = unlimited");
 ABSL_FLAG(std::string, device, "cpu", "where graphs run: cpu (cuda:N on CUDA builds)");
-ABSL_FLAG(int32_t, threads, 2, "ATen intra-op threads");
+ABSL_FLAG(int32_t, threads, 1,
+          "ATen intra-op threads of each client session's ops (set per session thread; "
+          "1 suits graphs of small ops, more helps a CPU node with few clients and large ops)");
 ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
 ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
@@ -152,7 +152,7 @@ int main(int argc, char** argv) {
   options.shm_socket = absl::GetFlag(FLAGS_shm_socket);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) return Fail("--threads must be > 0");
-  at::set_num_threads(threads);
+  options.intra_op_threads = threads;
 
   absl::StatusOr<std::unique_ptr<genie::runtime::NodeServer>> server =
       genie::runtime::NodeServer::Create(host, static_cast<uint16_t>(port), std::move(*key),
@@ -173,7 +173,7 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
   std::fprintf(stderr,
-               "genie-node: device %s, %d threads, memory budget %s, max program %lld bytes, "
+               "genie-node: device %s, %d intra-op threads per session, memory budget %s, max program %lld bytes, "
                "%d CUDA streams, CUDA graphs %s\n",
                options.device.c_str(), threads,
                options.memory_budget_bytes == 0

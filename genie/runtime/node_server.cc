@@ -18,6 +18,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "genie/core/status.h"
+#include "genie/runtime/intra_op_threads.h"
 #include "genie/semantic/semantics.h"
 #include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
@@ -309,6 +310,11 @@ Session::Session(const NodeOptions& options, std::string peer)
     cuda_device_ = 0;
   } else if (absl::StartsWith(options_.device, "cuda:") && absl::SimpleAtoi(options_.device.substr(5), &index)) {
     cuda_device_ = index;
+  }
+  // The session's ops run on the thread that constructs it (ServeConnection's).
+  if (options_.intra_op_threads > 0) {
+    const absl::Status s = SetIntraOpThreadsOfThisThread(options_.intra_op_threads);
+    if (!s.ok() && options_.log_connections) LogLine(absl::StrCat("genie-node: ", s.ToString()));
   }
 }
 

@@ -92,6 +92,12 @@ struct NodeOptions {
   // Also accept clients of this host over shared memory (transport::Shm) on this Unix socket
   // path (--shm_socket); empty: Tcp only. Those sessions are the same as Tcp ones.
   std::string shm_socket;
+  // Threads ATen's CPU kernels use for each session's ops (runtime/intra_op_threads.h), set
+  // on every session thread of this node; 0 leaves the threads' inherited setting. One by
+  // default: the ops of captured graphs are mostly small, an OpenMP fork and join per op
+  // costs more than it saves on them, and concurrent sessions each take a core of their
+  // own. Raise it for a CPU node serving few clients large ops (BENCHMARKS.md measures both).
+  int intra_op_threads = 1;
 };
 
 // Admission of runs to the node's compute, shared by every session. At most `slots` runs
