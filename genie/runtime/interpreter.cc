@@ -32,6 +32,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "genie/core/status.h"
+#include "genie/runtime/cpu_lanes.h"
 #include "genie/runtime/stream_plan.h"
 
 #if GENIE_WITH_CUDA
@@ -90,6 +91,7 @@ std::atomic<int64_t> g_graph_refusals{0};
 std::atomic<int64_t> g_graph_drops{0};
 std::atomic<int64_t> g_multi_stream_runs{0};
 std::atomic<int64_t> g_cross_stream_waits{0};
+std::atomic<int64_t> g_cpu_multi_lane_runs{0};
 
 #if GENIE_WITH_CUDA
 // A stream of our own (not the pool's, which other sessions share: capturing one of those
@@ -177,6 +179,7 @@ struct Interpreter::Impl {
   mutable std::mutex mu;
   absl::flat_hash_map<uint64_t, at::Tensor> resident;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Program>> programs;
+  std::unique_ptr<CpuLanes> cpu_lanes;  // started on the first multi-lane CPU run
   std::list<uint64_t> program_order;
 #if GENIE_WITH_CUDA
   std::vector<CudaStream> streams;  // [0] is the main stream
@@ -256,7 +259,7 @@ struct Interpreter::Impl {
         if (!p->graph_blocker.empty()) break;
       }
     }
-    p->streams = PlanStreams(g, device.is_cuda() ? options.cuda_streams : 1);
+    p->streams = device.is_cuda() ? PlanStreams(g, options.cuda_streams) : PlanBranches(g, options.cpu_lanes);
     if (device.is_cuda()) {
       p->written.assign(g.buffers().size(), false);
       for (const core::Node& n : g.nodes()) {
@@ -436,6 +439,21 @@ struct Interpreter::Impl {
     return absl::OkStatus();
   }
 
+  // The program's branches on the calling thread and cpu_lanes - 1 workers (cpu_lanes.h).
+  absl::Status RunCpuLanes(const core::Graph& g, const Program& program, std::vector<at::Tensor>& roots) {
+    const int lanes = program.streams.num_lanes;
+    if (cpu_lanes == nullptr || cpu_lanes->workers() < lanes - 1) {
+      cpu_lanes.reset();
+      cpu_lanes = std::make_unique<CpuLanes>(std::max(lanes, options.cpu_lanes) - 1);
+    }
+    std::vector<torch::jit::Stack> stacks(2 * static_cast<size_t>(lanes));  // stack, alive
+    auto run = [&](core::NodeId id, int lane) {
+      return RunNode(g, program, g.node(id), roots, stacks[2 * lane], stacks[2 * lane + 1]);
+    };
+    g_cpu_multi_lane_runs.fetch_add(1, std::memory_order_relaxed);
+    return cpu_lanes->Run(program.streams, run);
+  }
+
 #if GENIE_WITH_CUDA
   absl::Status EnsureStreams() {
     const size_t want = static_cast<size_t>(std::clamp(options.cuda_streams, 1, 16));
@@ -595,10 +613,15 @@ struct Interpreter::Impl {
         if (u.bytes.nbytes) std::memcpy(t.data_ptr(), u.bytes.data, u.bytes.nbytes);
         roots[b.id] = std::move(t);
       }
-      torch::jit::Stack stack, alive;
-      for (core::NodeId id : program->streams.order) {
-        GENIE_RETURN_IF_ERROR(RunNode(g, *program, g.node(id), roots, stack, alive));
-        ++result.stats.nodes_executed;
+      if (program->streams.multi_lane()) {
+        GENIE_RETURN_IF_ERROR(RunCpuLanes(g, *program, roots));
+        result.stats.nodes_executed += static_cast<int64_t>(program->streams.order.size());
+      } else {
+        torch::jit::Stack stack, alive;
+        for (core::NodeId id : program->streams.order) {
+          GENIE_RETURN_IF_ERROR(RunNode(g, *program, g.node(id), roots, stack, alive));
+          ++result.stats.nodes_executed;
+        }
       }
       for (const TensorRef& r : g.outputs()) {
         GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, r));
@@ -1005,6 +1028,7 @@ InterpreterCounters GetInterpreterCounters() {
   c.graph_drops = g_graph_drops.load(std::memory_order_relaxed);
   c.multi_stream_runs = g_multi_stream_runs.load(std::memory_order_relaxed);
   c.cross_stream_waits = g_cross_stream_waits.load(std::memory_order_relaxed);
+  c.cpu_multi_lane_runs = g_cpu_multi_lane_runs.load(std::memory_order_relaxed);
   return c;
 }
 

@@ -53,6 +53,9 @@ struct InterpreterOptions {
   int cuda_streams = 4;       // streams per program on CUDA (1: everything on one stream)
   bool cuda_graphs = true;    // capture repeated static programs into CUDA graphs
   size_t max_cuda_graphs = 32;  // captured graphs kept per interpreter (each holds memory)
+  // On the CPU: lanes for a program's independent branches (runtime/cpu_lanes.h), each on a
+  // thread of its own; 1 runs every op on the calling thread.
+  int cpu_lanes = 1;
 };
 
 // Process-wide counts, for tests and logs (all interpreters of the process together).
@@ -63,6 +66,7 @@ struct InterpreterCounters {
   int64_t graph_drops = 0;      // graphs dropped because resident inputs moved
   int64_t multi_stream_runs = 0;  // eager or captured runs that used more than one stream
   int64_t cross_stream_waits = 0;
+  int64_t cpu_multi_lane_runs = 0;  // CPU runs whose branches ran on several threads
 };
 InterpreterCounters GetInterpreterCounters();
 

@@ -39,6 +39,10 @@ ABSL_FLAG(std::string, device, "cpu", "where graphs run: cpu (cuda:N on CUDA bui
 ABSL_FLAG(int32_t, threads, 1,
           "ATen intra-op threads of each client session's ops (set per session thread; "
           "1 suits graphs of small ops, more helps a CPU node with few clients and large ops)");
+ABSL_FLAG(int32_t, cpu_lanes, 1,
+          "on cpu, threads per session for a program's independent branches (e.g. a VQA "
+          "model's vision and language encoders), joined where a node reads both; 1: every op "
+          "on the session thread");
 ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
 ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
@@ -153,6 +157,8 @@ int main(int argc, char** argv) {
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads <= 0) return Fail("--threads must be > 0");
   options.intra_op_threads = threads;
+  options.cpu_lanes = absl::GetFlag(FLAGS_cpu_lanes);
+  if (options.cpu_lanes < 1 || options.cpu_lanes > 16) return Fail("--cpu_lanes must be in [1, 16]");
 
   absl::StatusOr<std::unique_ptr<genie::runtime::NodeServer>> server =
       genie::runtime::NodeServer::Create(host, static_cast<uint16_t>(port), std::move(*key),

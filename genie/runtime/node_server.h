@@ -98,6 +98,10 @@ struct NodeOptions {
   // costs more than it saves on them, and concurrent sessions each take a core of their
   // own. Raise it for a CPU node serving few clients large ops (BENCHMARKS.md measures both).
   int intra_op_threads = 1;
+  // On the CPU: threads per session for a program's independent branches (a VQA model's
+  // vision and language encoders; runtime/cpu_lanes.h); 1 runs every op on the session
+  // thread.
+  int cpu_lanes = 1;
 };
 
 // Admission of runs to the node's compute, shared by every session. At most `slots` runs

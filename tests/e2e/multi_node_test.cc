@@ -18,6 +18,7 @@
 #include "tests/e2e/node_process.h"
 #include "genie/client/session.h"
 #include "genie/frontend/remote_device.h"
+#include "genie/runtime/interpreter.h"
 #include "genie/scheduler/policies.h"
 #include "genie/semantic/semantics.h"
 #include "genie/transport/shm.h"
@@ -302,6 +303,60 @@ TEST(MultiNodeTest, Gpt2DecodeKeepsItsKvCacheOnOneNode) {
   }
   EXPECT_EQ(decode, kDecodeSteps);
   EXPECT_GT(admitted, decode);
+}
+
+// One node with two CPU lanes (NodeOptions::cpu_lanes): the vision and language encoders
+// of each batch run on two threads of the node, joined at fusion; the answers are the bytes
+// a one-lane node gives and match eager CPU.
+TEST(MultiNodeTest, VqaBranchesOnTwoLanesOfOneNode) {
+  using Semantic = Pipeline<
+      Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality>,
+      Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
+                semantic::WorkloadClassifier>,
+      scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
+                                   scheduler::JustInTimeTransfers>,
+      transport::Tcp>;
+  models::VqaConfig config;
+  models::Vqa local(config);
+  local->eval();
+  torch::manual_seed(5);
+  constexpr int kSteps = 3;
+  std::vector<torch::Tensor> images, questions, expected;
+  for (int i = 0; i < kSteps; ++i) {
+    images.push_back(torch::randn({4, config.vision.channels, config.vision.image_size, config.vision.image_size}));
+    questions.push_back(torch::randint(1, config.language.vocab_size, {4, 12}, torch::kLong));
+    torch::NoGradGuard no_grad;
+    expected.push_back(local->forward(images.back(), questions.back()));
+  }
+  auto answers = [&](int lanes) {
+    std::vector<torch::Tensor> out;
+    SessionOptions options;
+    options.embedded.cpu_lanes = lanes;
+    options.embedded.log_runs = false;
+    absl::StatusOr<std::unique_ptr<Session<Semantic>>> session = Session<Semantic>::Start(options);
+    EXPECT_TRUE(session.ok()) << session.status();
+    if (!session.ok()) return out;
+    const torch::Device device((*session)->device());
+    models::Vqa model(config);  // the same seed: the same weights as `local`
+    model->eval();
+    model->to(device);
+    frontend::NameParameters(*model);
+    for (int i = 0; i < kSteps; ++i) {
+      out.push_back(model->forward(images[i].to(device), questions[i].to(device)).to(torch::kCPU));
+    }
+    EXPECT_TRUE((*session)->Join().ok());
+    return out;
+  };
+  const std::vector<torch::Tensor> one = answers(1);
+  const int64_t before = runtime::GetInterpreterCounters().cpu_multi_lane_runs;
+  const std::vector<torch::Tensor> two = answers(2);
+  EXPECT_EQ(runtime::GetInterpreterCounters().cpu_multi_lane_runs - before, kSteps);
+  ASSERT_EQ(one.size(), static_cast<size_t>(kSteps));
+  ASSERT_EQ(two.size(), static_cast<size_t>(kSteps));
+  for (int i = 0; i < kSteps; ++i) {
+    EXPECT_TRUE(torch::equal(one[i], two[i])) << "step " << i;
+    EXPECT_LE((two[i] - expected[i]).abs().max().item<double>(), 1e-5) << "step " << i;
+  }
 }
 
 }  // namespace

@@ -1,0 +1,228 @@
+// File: genie/runtime/cpu_lanes_test.cc
+// Branch planning, the lane threads, and the CPU interpreter running branches on them.
+#include "genie/runtime/cpu_lanes.h"
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "genie/core/executor.h"
+#include "genie/core/graph.h"
+#include "genie/runtime/interpreter.h"
+
+namespace genie::runtime {
+namespace {
+
+using core::Arg;
+using core::Buffer;
+using core::BufferId;
+using core::BufferKind;
+using core::DType;
+using core::NodeId;
+using core::TensorRef;
+
+TensorRef T(BufferId b) { return TensorRef::Contiguous(b, DType::kFloat32, {4, 4}); }
+
+// Two branches joined at the end: x -> `x_ops` unary ops; y and t(w) -> mm, then
+// `y_ops - 1` unary ops; out = x_branch + y_branch. All [4, 4] floats.
+struct TwoBranches {
+  core::Graph g;
+  BufferId x, y, w, out;
+  NodeId transpose = core::kNoNode, mm = core::kNoNode, join = core::kNoNode;
+  std::vector<NodeId> x_nodes, y_nodes;
+
+  BufferId Unary(const char* op, BufferId in, std::vector<NodeId>* nodes) {
+    const BufferId o = g.AddBuffer(Buffer{DType::kFloat32, 16});
+    core::Node n;
+    n.op = g.InternOp(op);
+    n.args = {Arg::Tensor(T(in))};
+    n.outputs = {T(o)};
+    nodes->push_back(g.AddNode(std::move(n)));
+    return o;
+  }
+
+  // bad_mm: the mm reads y as [2, 8], which ATen refuses (mm of [2, 8] by [4, 4]).
+  TwoBranches(int x_ops, int y_ops, bool second_input = true, bool bad_mm = false) {
+    x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
+    y = second_input ? g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput})
+                     : g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kParameter, "y"});
+    w = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kParameter, "w"});
+    const char* kOps[] = {"aten::sin", "aten::tanh", "aten::cos"};
+    BufferId a = x;
+    for (int k = 0; k < x_ops; ++k) a = Unary(kOps[k % 3], a, &x_nodes);
+    // Interleave the capture order: the y branch starts with a weight-only op.
+    std::vector<NodeId> none;
+    const BufferId wt = Unary("aten::t", w, &none);
+    transpose = none[0];
+    const BufferId m = g.AddBuffer(Buffer{DType::kFloat32, 16});
+    core::Node mn;
+    mn.op = g.InternOp("aten::mm");
+    mn.args = {Arg::Tensor(bad_mm ? TensorRef::Contiguous(y, DType::kFloat32, {2, 8}) : T(y)),
+               Arg::Tensor(T(wt))};
+    mn.outputs = {T(m)};
+    mm = g.AddNode(std::move(mn));
+    y_nodes.push_back(mm);
+    BufferId b = m;
+    for (int k = 1; k < y_ops; ++k) b = Unary(kOps[(k + 1) % 3], b, &y_nodes);
+    out = g.AddBuffer(Buffer{DType::kFloat32, 16});
+    core::Node add;
+    add.op = g.InternOp("aten::add.Tensor");
+    add.args = {Arg::Tensor(T(a)), Arg::Tensor(T(b)), Arg::Int(1)};
+    add.outputs = {T(out)};
+    join = g.AddNode(std::move(add));
+    g.outputs().push_back(T(out));
+  }
+};
+
+std::string Floats(int n, float scale) {
+  std::vector<float> v(n);
+  for (int i = 0; i < n; ++i) v[i] = scale * std::sin(0.37f * i + 1.0f);
+  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
+}
+
+TEST(PlanBranchesTest, OneLanePerInputBranchJoinsOnLaneZero) {
+  TwoBranches b(/*x_ops=*/5, /*y_ops=*/4);
+  const StreamPlan plan = PlanBranches(b.g, /*max_lanes=*/2, /*min_branch_nodes=*/3);
+  ASSERT_EQ(plan.num_lanes, 2);
+  // One branch (either: x has 5 nodes, y 5 with the transpose) shares lane 0 with the join;
+  // the other has lane 1; the weight-only transpose goes with the mm that reads it.
+  const int x_lane = plan.lane[b.x_nodes[0]];
+  const int y_lane = plan.lane[b.mm];
+  EXPECT_NE(x_lane, y_lane);
+  for (NodeId n : b.x_nodes) EXPECT_EQ(plan.lane[n], x_lane);
+  for (NodeId n : b.y_nodes) EXPECT_EQ(plan.lane[n], y_lane);
+  EXPECT_EQ(plan.lane[b.transpose], y_lane);
+  EXPECT_EQ(plan.lane[b.join], 0);
+  // The join waits once, for the last node of the other lane; nothing else waits.
+  const NodeId other_last = x_lane == 0 ? b.y_nodes.back() : b.x_nodes.back();
+  ASSERT_EQ(plan.waits[b.join].size(), 1u);
+  EXPECT_EQ(plan.waits[b.join][0], plan.record_after[other_last]);
+  EXPECT_EQ(plan.cross_lane_waits, 1);
+  EXPECT_EQ(plan.num_events, 1u);
+}
+
+TEST(PlanBranchesTest, OneLaneWithoutTwoLargeBranches) {
+  // Only one uploaded input: everything depends on it or on nothing.
+  TwoBranches one_input(5, 5, /*second_input=*/false);
+  EXPECT_EQ(PlanBranches(one_input.g, 2, 3).num_lanes, 1);
+  // Two inputs, but one branch below the minimum.
+  TwoBranches small(6, 1);  // y's branch: the transpose and the mm
+  EXPECT_EQ(PlanBranches(small.g, 2, 3).num_lanes, 1);
+  // max_lanes 1.
+  TwoBranches big(6, 6);
+  EXPECT_EQ(PlanBranches(big.g, 1, 3).num_lanes, 1);
+  EXPECT_EQ(PlanBranches(big.g, 2, 3).num_lanes, 2);
+}
+
+TEST(CpuLanesTest, RunsEachLaneOnItsThreadAfterWhatItWaitsFor) {
+  TwoBranches b(6, 6);
+  const StreamPlan plan = PlanBranches(b.g, 2, 3);
+  ASSERT_EQ(plan.num_lanes, 2);
+  CpuLanes lanes(1);
+  for (int round = 0; round < 3; ++round) {  // the workers are reused across runs
+    std::vector<std::thread::id> ran_on(b.g.nodes().size());
+    std::vector<int> finished_at(b.g.nodes().size(), -1);
+    std::atomic<int> clock{0};
+    auto run = [&](NodeId n, int lane) -> absl::Status {
+      if (lane != plan.lane[n]) return absl::InternalError("node run on another lane");
+      ran_on[n] = std::this_thread::get_id();
+      finished_at[n] = clock.fetch_add(1);
+      return absl::OkStatus();
+    };
+    ASSERT_TRUE(lanes.Run(plan, run).ok());
+    for (size_t n = 0; n < ran_on.size(); ++n) {
+      ASSERT_GE(finished_at[n], 0) << "node " << n << " never ran";
+      EXPECT_EQ(ran_on[n] == std::this_thread::get_id(), plan.lane[n] == 0) << "node " << n;
+    }
+    // The join ran after both branches ended.
+    EXPECT_GT(finished_at[b.join], finished_at[b.x_nodes.back()]);
+    EXPECT_GT(finished_at[b.join], finished_at[b.y_nodes.back()]);
+  }
+}
+
+TEST(CpuLanesTest, AFailingLaneStopsTheRunWithItsError) {
+  TwoBranches b(6, 6);
+  const StreamPlan plan = PlanBranches(b.g, 2, 3);
+  ASSERT_EQ(plan.num_lanes, 2);
+  CpuLanes lanes(1);
+  const NodeId failing = plan.lane[b.mm] == 1 ? b.mm : b.x_nodes[0];
+  std::atomic<bool> join_ran{false};
+  auto run = [&](NodeId n, int) -> absl::Status {
+    if (n == failing) return absl::InternalError("boom");
+    if (n == b.join) join_ran = true;
+    return absl::OkStatus();
+  };
+  const absl::Status s = lanes.Run(plan, run);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInternal);
+  EXPECT_EQ(s.message(), "boom");
+  EXPECT_FALSE(join_ran.load());  // it waits for the failed lane
+  // The next run goes on normally.
+  auto ok = [](NodeId, int) { return absl::OkStatus(); };
+  EXPECT_TRUE(lanes.Run(plan, ok).ok());
+}
+
+// The interpreter with cpu_lanes = 2 gives the bytes of the one-thread run.
+TEST(CpuLanesTest, InterpreterResultsMatchOneLane) {
+  TwoBranches b(12, 12);
+  b.g.mutable_buffer(b.w).handle = 7;
+  const std::string x = Floats(16, 1.0f), y = Floats(16, -0.5f), w = Floats(16, 0.75f);
+  auto request = [&]() {
+    core::ExecuteRequest r;
+    r.graph = &b.g;
+    r.fingerprint = 42;
+    r.uploads = {{b.x, core::HostBytes{x.data(), x.size(), nullptr}},
+                 {b.y, core::HostBytes{y.data(), y.size(), nullptr}},
+                 {b.w, core::HostBytes{w.data(), w.size(), nullptr}}};
+    return r;
+  };
+  InterpreterOptions one_options;
+  one_options.cpu_lanes = 1;
+  Interpreter one(one_options);
+  InterpreterOptions two_options;
+  two_options.cpu_lanes = 2;
+  Interpreter two(two_options);
+  absl::StatusOr<core::ExecuteResult> expected = one.Execute(request());
+  ASSERT_TRUE(expected.ok()) << expected.status();
+  const int64_t before = GetInterpreterCounters().cpu_multi_lane_runs;
+  for (int k = 0; k < 3; ++k) {
+    absl::StatusOr<core::ExecuteResult> got = two.Execute(request());
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_EQ(got->stats.nodes_executed, expected->stats.nodes_executed);
+    ASSERT_EQ(got->outputs.size(), 1u);
+    ASSERT_EQ(got->outputs[0].nbytes, expected->outputs[0].nbytes);
+    EXPECT_EQ(std::memcmp(got->outputs[0].data, expected->outputs[0].data, got->outputs[0].nbytes), 0);
+  }
+  EXPECT_EQ(GetInterpreterCounters().cpu_multi_lane_runs - before, 3);
+}
+
+// An op that fails on a worker lane: a clear error, and the interpreter runs on.
+TEST(CpuLanesTest, InterpreterReportsAFailingOpOnAWorkerLane) {
+  TwoBranches b(12, 10, /*second_input=*/true, /*bad_mm=*/true);  // y's branch the smaller
+  const std::string x = Floats(16, 1.0f), y = Floats(16, -0.5f), w = Floats(16, 0.75f);
+  InterpreterOptions options;
+  options.cpu_lanes = 2;
+  Interpreter two(options);
+  core::ExecuteRequest r;
+  r.graph = &b.g;
+  r.fingerprint = 43;
+  r.uploads = {{b.x, core::HostBytes{x.data(), x.size(), nullptr}},
+               {b.y, core::HostBytes{y.data(), y.size(), nullptr}},
+               {b.w, core::HostBytes{w.data(), w.size(), nullptr}}};
+  ASSERT_EQ(PlanBranches(b.g, 2).lane[b.mm], 1);  // the mm runs on the worker
+  absl::StatusOr<core::ExecuteResult> got = two.Execute(r);
+  ASSERT_FALSE(got.ok());
+  EXPECT_NE(got.status().message().find("aten::mm"), std::string::npos) << got.status();
+  // The same interpreter runs the next program.
+  TwoBranches fine(12, 12);
+  r.graph = &fine.g;
+  r.fingerprint = 44;
+  EXPECT_TRUE(two.Execute(r).ok());
+}
+
+}  // namespace
+}  // namespace genie::runtime
