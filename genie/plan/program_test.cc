@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "genie/core/graph.h"
+#include "genie/core/testing/graph_builder.h"
 #include "gtest/gtest.h"
 
 namespace genie::plan {
@@ -16,6 +17,8 @@ using core::Buffer;
 using core::BufferKind;
 using core::DType;
 using core::TensorRef;
+using core::testing::GraphBuilder;
+using core::testing::Mat;
 
 // y = x @ w + r, with x uploaded, w a parameter, r resident; y kept and returned.
 struct Fixture {
@@ -25,28 +28,16 @@ struct Fixture {
   std::string w_bytes = std::string(8 * 8 * 4, 'w');
 
   Fixture() {
-    x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
-    w = g.AddBuffer(Buffer{DType::kFloat32, 64, BufferKind::kParameter, "fc.weight"});
-    Buffer rb{DType::kFloat32, 16, BufferKind::kResident};
-    rb.handle = 77;
-    r = g.AddBuffer(rb);
-    y = g.AddBuffer(Buffer{DType::kFloat32, 16});
-    Buffer zb{DType::kFloat32, 16};
-    zb.handle = 99;
-    z = g.AddBuffer(zb);
-    core::Node mm;
-    mm.op = g.InternOp("aten::mm");
-    mm.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {2, 8})),
-               Arg::Tensor(TensorRef::Contiguous(w, DType::kFloat32, {8, 8}))};
-    mm.outputs = {TensorRef::Contiguous(y, DType::kFloat32, {2, 8})};
-    g.AddNode(mm);
-    core::Node add;
-    add.op = g.InternOp("aten::add.Tensor");
-    add.args = {Arg::Tensor(TensorRef::Contiguous(y, DType::kFloat32, {2, 8})),
-                Arg::Tensor(TensorRef::Contiguous(r, DType::kFloat32, {2, 8})), Arg::Int(1)};
-    add.outputs = {TensorRef::Contiguous(z, DType::kFloat32, {2, 8})};
-    g.AddNode(add);
-    g.outputs().push_back(TensorRef::Contiguous(z, DType::kFloat32, {2, 8}));
+    GraphBuilder b(&g);
+    x = b.Buffer(16, BufferKind::kHostInput);
+    w = b.Buffer(64, BufferKind::kParameter, "fc.weight");
+    r = b.Buffer(16, BufferKind::kResident, "", 77);
+    y = b.Buffer(16);
+    z = b.Buffer(16, BufferKind::kIntermediate, "", 99);
+    b.Op("aten::mm", {Mat(x, 2, 8), Mat(w, 8, 8)}, Mat(y, 2, 8));
+    b.Op("aten::add.Tensor", {Arg::Tensor(Mat(y, 2, 8)), Arg::Tensor(Mat(r, 2, 8)), Arg::Int(1)},
+         {Mat(z, 2, 8)});
+    g.outputs().push_back(Mat(z, 2, 8));
   }
 
   core::ExecuteRequest Request() const {

@@ -13,6 +13,7 @@
 
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
+#include "genie/core/testing/graph_builder.h"
 #include "genie/runtime/interpreter.h"
 
 namespace genie::runtime {
@@ -25,6 +26,7 @@ using core::BufferKind;
 using core::DType;
 using core::NodeId;
 using core::TensorRef;
+using core::testing::Floats;
 
 TensorRef T(BufferId b) { return TensorRef::Contiguous(b, DType::kFloat32, {4, 4}); }
 
@@ -37,12 +39,9 @@ struct TwoBranches {
   std::vector<NodeId> x_nodes, y_nodes;
 
   BufferId Unary(const char* op, BufferId in, std::vector<NodeId>* nodes) {
-    const BufferId o = g.AddBuffer(Buffer{DType::kFloat32, 16});
-    core::Node n;
-    n.op = g.InternOp(op);
-    n.args = {Arg::Tensor(T(in))};
-    n.outputs = {T(o)};
-    nodes->push_back(g.AddNode(std::move(n)));
+    core::testing::GraphBuilder b(&g);
+    const BufferId o = b.Buffer(16);
+    nodes->push_back(b.Op(op, {T(in)}, T(o)));
     return o;
   }
 
@@ -59,31 +58,17 @@ struct TwoBranches {
     std::vector<NodeId> none;
     const BufferId wt = Unary("aten::t", w, &none);
     transpose = none[0];
-    const BufferId m = g.AddBuffer(Buffer{DType::kFloat32, 16});
-    core::Node mn;
-    mn.op = g.InternOp("aten::mm");
-    mn.args = {Arg::Tensor(bad_mm ? TensorRef::Contiguous(y, DType::kFloat32, {2, 8}) : T(y)),
-               Arg::Tensor(T(wt))};
-    mn.outputs = {T(m)};
-    mm = g.AddNode(std::move(mn));
+    core::testing::GraphBuilder gb(&g);
+    const BufferId m = gb.Buffer(16);
+    mm = gb.Op("aten::mm", {bad_mm ? core::testing::Mat(y, 2, 8) : T(y), T(wt)}, T(m));
     y_nodes.push_back(mm);
     BufferId b = m;
     for (int k = 1; k < y_ops; ++k) b = Unary(kOps[(k + 1) % 3], b, &y_nodes);
-    out = g.AddBuffer(Buffer{DType::kFloat32, 16});
-    core::Node add;
-    add.op = g.InternOp("aten::add.Tensor");
-    add.args = {Arg::Tensor(T(a)), Arg::Tensor(T(b)), Arg::Int(1)};
-    add.outputs = {T(out)};
-    join = g.AddNode(std::move(add));
+    out = gb.Buffer(16);
+    join = gb.Op("aten::add.Tensor", {Arg::Tensor(T(a)), Arg::Tensor(T(b)), Arg::Int(1)}, {T(out)});
     g.outputs().push_back(T(out));
   }
 };
-
-std::string Floats(int n, float scale) {
-  std::vector<float> v(n);
-  for (int i = 0; i < n; ++i) v[i] = scale * std::sin(0.37f * i + 1.0f);
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-}
 
 TEST(PlanBranchesTest, OneLanePerInputBranchJoinsOnLaneZero) {
   TwoBranches b(/*x_ops=*/5, /*y_ops=*/4);

@@ -21,6 +21,7 @@
 #include "genie/client/remote_executor.h"
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
+#include "genie/core/testing/graph_builder.h"
 #include "genie/plan/messages.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
@@ -37,6 +38,11 @@ using core::Buffer;
 using core::BufferKind;
 using core::DType;
 using core::TensorRef;
+using core::testing::Borrow;
+using core::testing::Floats;
+using core::testing::GraphBuilder;
+using core::testing::Mat;
+using core::testing::Vec;
 using transport::Connection;
 using transport::InProcess;
 using transport::MessageKind;
@@ -45,14 +51,6 @@ using transport::Tcp;
 
 const std::string kKey = "node-server-test-key-0123456789abcdef";
 
-std::string Floats(int n, float scale) {
-  std::vector<float> v(n);
-  for (int i = 0; i < n; ++i) v[i] = scale * std::sin(0.37f * i + 1.0f);
-  return std::string(reinterpret_cast<const char*>(v.data()), v.size() * sizeof(float));
-}
-
-core::HostBytes Borrow(const std::string& s) { return core::HostBytes{s.data(), s.size(), nullptr}; }
-
 // z = x @ w + b: x [2,8] uploaded, w [8,8] and b [2,8] parameters (or resident).
 struct MmAdd {
   core::Graph g;
@@ -60,28 +58,16 @@ struct MmAdd {
 
   explicit MmAdd(bool weights_resident) {
     const BufferKind wk = weights_resident ? BufferKind::kResident : BufferKind::kParameter;
-    x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
-    Buffer wb{DType::kFloat32, 64, wk, "fc.weight"};
-    wb.handle = 11;
-    w = g.AddBuffer(wb);
-    Buffer bb{DType::kFloat32, 16, wk, "fc.bias"};
-    bb.handle = 12;
-    b = g.AddBuffer(bb);
-    y = g.AddBuffer(Buffer{DType::kFloat32, 16});
-    z = g.AddBuffer(Buffer{DType::kFloat32, 16});
-    core::Node mm;
-    mm.op = g.InternOp("aten::mm");
-    mm.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {2, 8})),
-               Arg::Tensor(TensorRef::Contiguous(w, DType::kFloat32, {8, 8}))};
-    mm.outputs = {TensorRef::Contiguous(y, DType::kFloat32, {2, 8})};
-    g.AddNode(mm);
-    core::Node add;
-    add.op = g.InternOp("aten::add.Tensor");
-    add.args = {Arg::Tensor(TensorRef::Contiguous(y, DType::kFloat32, {2, 8})),
-                Arg::Tensor(TensorRef::Contiguous(b, DType::kFloat32, {2, 8})), Arg::Int(1)};
-    add.outputs = {TensorRef::Contiguous(z, DType::kFloat32, {2, 8})};
-    g.AddNode(add);
-    g.outputs().push_back(TensorRef::Contiguous(z, DType::kFloat32, {2, 8}));
+    GraphBuilder gb(&g);
+    x = gb.Buffer(16, BufferKind::kHostInput);
+    w = gb.Buffer(64, wk, "fc.weight", 11);
+    b = gb.Buffer(16, wk, "fc.bias", 12);
+    y = gb.Buffer(16);
+    z = gb.Buffer(16);
+    gb.Op("aten::mm", {Mat(x, 2, 8), Mat(w, 8, 8)}, Mat(y, 2, 8));
+    gb.Op("aten::add.Tensor", {Arg::Tensor(Mat(y, 2, 8)), Arg::Tensor(Mat(b, 2, 8)), Arg::Int(1)},
+          {Mat(z, 2, 8)});
+    g.outputs().push_back(Mat(z, 2, 8));
   }
 };
 
@@ -313,15 +299,12 @@ TEST(NodeServerTest, MemoryBudgetGivesResourceExhaustedAndSessionGoesOn) {
   EXPECT_NE(std::string(r.status().message()).find("genie-node inprocess-node"), std::string::npos)
       << r.status();
   // Something that fits still runs on the same connection.
-  core::Graph g;
-  core::BufferId x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
-  core::BufferId y = g.AddBuffer(Buffer{DType::kFloat32, 16});
-  core::Node relu;
-  relu.op = g.InternOp("aten::relu");
-  relu.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {16}))};
-  relu.outputs = {TensorRef::Contiguous(y, DType::kFloat32, {16})};
-  g.AddNode(relu);
-  g.outputs().push_back(TensorRef::Contiguous(y, DType::kFloat32, {16}));
+  GraphBuilder gb;
+  core::Graph& g = gb.graph();
+  const core::BufferId x = gb.Buffer(16, BufferKind::kHostInput);
+  const core::BufferId y = gb.Buffer(16);
+  gb.Op("aten::relu", {Vec(x, 16)}, Vec(y, 16));
+  g.outputs().push_back(Vec(y, 16));
   core::ExecuteRequest req;
   req.graph = &g;
   req.uploads = {{x, Borrow(d.x)}};  // fingerprint 0: lowered every time
@@ -336,15 +319,12 @@ TEST(NodeServerTest, OpErrorIsReportedAndSessionGoesOn) {
   auto remote = node.Attach();
   ASSERT_TRUE(remote.ok()) << remote.status();
   Data d;
-  core::Graph g;
-  core::BufferId x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
-  core::BufferId y = g.AddBuffer(Buffer{DType::kFloat32, 16});
-  core::Node n;
-  n.op = g.InternOp("aten::no_such_op");
-  n.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {16}))};
-  n.outputs = {TensorRef::Contiguous(y, DType::kFloat32, {16})};
-  g.AddNode(n);
-  g.outputs().push_back(TensorRef::Contiguous(y, DType::kFloat32, {16}));
+  GraphBuilder gb;
+  core::Graph& g = gb.graph();
+  const core::BufferId x = gb.Buffer(16, BufferKind::kHostInput);
+  const core::BufferId y = gb.Buffer(16);
+  gb.Op("aten::no_such_op", {Vec(x, 16)}, Vec(y, 16));
+  g.outputs().push_back(Vec(y, 16));
   core::ExecuteRequest req;
   req.graph = &g;
   req.fingerprint = 5;
@@ -544,14 +524,11 @@ TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {
 // version under its own handle (genie/scheduler/placement.cc): the node runs it.
 TEST(NodeServerTest, TheCloneThatPlacementAddsRunsAndKeepsTheCopy) {
   Data d;
-  core::Graph g;
-  const core::BufferId x = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kHostInput});
-  const core::BufferId c = g.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kIntermediate, "", 77});
-  core::Node clone;
-  clone.op = g.InternOp("aten::clone");
-  clone.args = {Arg::Tensor(TensorRef::Contiguous(x, DType::kFloat32, {16})), Arg::None()};
-  clone.outputs = {TensorRef::Contiguous(c, DType::kFloat32, {16})};
-  g.AddNode(clone);
+  GraphBuilder gb;
+  core::Graph& g = gb.graph();
+  const core::BufferId x = gb.Buffer(16, BufferKind::kHostInput);
+  const core::BufferId c = gb.Buffer(16, BufferKind::kIntermediate, "", 77);
+  gb.Op("aten::clone", {Arg::Tensor(Vec(x, 16)), Arg::None()}, {Vec(c, 16)});
   ASSERT_TRUE(g.Validate().ok());
   Interpreter interpreter;
   core::ExecuteRequest req;

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/container/flat_hash_map.h"
+#include "genie/core/testing/graph_builder.h"
 #include "genie/scheduler/scheduler.h"
 
 namespace genie::scheduler {
@@ -25,6 +26,8 @@ using core::BufferId;
 using core::BufferKind;
 using core::DType;
 using core::TensorRef;
+using core::testing::GraphBuilder;
+using core::testing::Vec;
 using semantic::ModalityKind;
 
 class FakeNode;
@@ -144,7 +147,39 @@ class FakeNode final : public core::Executor, public core::PeerSender {
   std::function<absl::Status(const std::string& first_scope)> on_part;
 };
 
-TensorRef Vec(BufferId b, int64_t n) { return TensorRef::Contiguous(b, DType::kFloat32, {n}); }
+// Appends op `name` in `module` to `g` (in place: it mutates its output's buffer) and its
+// module and modality to `s`.
+void AddOp(core::Graph* g, semantic::GraphSemantics* s, const char* name, std::vector<TensorRef> in,
+           TensorRef out, const char* module, ModalityKind m, bool in_place = false) {
+  s->module.push_back(module);
+  s->modality.push_back(m);
+  std::vector<BufferId> writes;
+  if (in_place) writes.push_back(out.buffer);
+  GraphBuilder(g).Op(name, std::move(in), out, module, std::move(writes));
+}
+
+// out = in * weight in `module`: a graph of one op that reads a resident weight, for runs
+// beside a Model's.
+struct OneOp {
+  core::Graph g;
+  semantic::GraphSemantics s;
+  BufferId in, out;
+  OneOp(uint64_t in_handle, const char* weight, uint64_t weight_handle, const char* module,
+        ModalityKind m) {
+    GraphBuilder b(&g);
+    in = b.Buffer(8, BufferKind::kHostInput, "", in_handle);
+    const BufferId w = b.Buffer(1, BufferKind::kResident, weight, weight_handle);
+    out = b.Buffer(8);
+    AddOp(&g, &s, "aten::mul.Tensor", {Vec(in, 8), Vec(w, 1)}, Vec(out, 8), module, m);
+    g.outputs().push_back(Vec(out, 8));
+  }
+  core::ExecuteRequest Request(core::HostBytes in_bytes) const {
+    core::ExecuteRequest r;
+    r.graph = &g;
+    r.uploads = {core::Upload{in, std::move(in_bytes)}};
+    return r;
+  }
+};
 
 // v = img * vision.w; l = txt * language.w; f = v + l. Weights resident after run 1.
 struct Model {
@@ -181,14 +216,7 @@ struct Model {
     uploads.push_back({b, core::HostBytes::Owned(std::move(bytes))});
   }
   void Op(const char* name, BufferId a, BufferId b, BufferId out, const char* module, ModalityKind m) {
-    core::Node n;
-    n.op = g.InternOp(name);
-    n.args = {core::Arg::Tensor(Vec(a, g.buffer(a).numel)), core::Arg::Tensor(Vec(b, g.buffer(b).numel))};
-    n.outputs = {Vec(out, 8)};
-    n.scope = g.InternScope(module);
-    g.AddNode(std::move(n));
-    s.module.push_back(module);
-    s.modality.push_back(m);
+    AddOp(&g, &s, name, {Vec(a, g.buffer(a).numel), Vec(b, g.buffer(b).numel)}, Vec(out, 8), module, m);
   }
   core::ExecuteRequest Request() const {
     core::ExecuteRequest r;
@@ -299,22 +327,12 @@ TEST(PlacementExecutorTest, AKeptBufferWhoseFinalVersionWasExportedIsKeptUnderIt
   const BufferId v = g.AddBuffer({DType::kFloat32, 8, BufferKind::kIntermediate, "", 50});
   const BufferId l = g.AddBuffer({DType::kFloat32, 16});
   const BufferId f = g.AddBuffer({DType::kFloat32, 8});
-  auto op = [&](const char* name, TensorRef a, TensorRef b, TensorRef out, const char* module,
-                ModalityKind mod, bool in_place) {
-    core::Node n;
-    n.op = g.InternOp(name);
-    n.args = {core::Arg::Tensor(a), core::Arg::Tensor(b)};
-    n.outputs = {out};
-    if (in_place) n.writes = {out.buffer};
-    n.scope = g.InternScope(module);
-    g.AddNode(std::move(n));
-    m.s.module.push_back(module);
-    m.s.modality.push_back(mod);
-  };
-  op("aten::mul.Tensor", Vec(img, 8), Vec(vw, 1), Vec(v, 8), "vision.enc", ModalityKind::kVision, false);
-  op("aten::mul.Tensor", Vec(txt, 16), Vec(lw, 1), Vec(l, 16), "language.enc", ModalityKind::kLanguage, false);
-  op("aten::add.Tensor", Vec(v, 8), Vec(l, 8), Vec(f, 8), "fusion", ModalityKind::kFusion, false);
-  op("aten::add_.Tensor", Vec(v, 8), Vec(img, 8), Vec(v, 8), "vision.post", ModalityKind::kVision, true);
+  AddOp(&g, &m.s, "aten::mul.Tensor", {Vec(img, 8), Vec(vw, 1)}, Vec(v, 8), "vision.enc", ModalityKind::kVision);
+  AddOp(&g, &m.s, "aten::mul.Tensor", {Vec(txt, 16), Vec(lw, 1)}, Vec(l, 16), "language.enc",
+        ModalityKind::kLanguage);
+  AddOp(&g, &m.s, "aten::add.Tensor", {Vec(v, 8), Vec(l, 8)}, Vec(f, 8), "fusion", ModalityKind::kFusion);
+  AddOp(&g, &m.s, "aten::add_.Tensor", {Vec(v, 8), Vec(img, 8)}, Vec(v, 8), "vision.post",
+        ModalityKind::kVision, /*in_place=*/true);
   g.outputs().push_back(Vec(f, 8));
   m.keep = {vw, lw, v};
   m.Upload(img, std::vector<float>(8, 2.f));
@@ -460,23 +478,9 @@ TEST(PlacementExecutorTest, RunsFinishingOutOfOrderNeverShareTemporaries) {
   Model a(true), c(true);
   c.uploads[0] = core::Upload{c.uploads[0].buffer, core::HostBytes::Owned(std::string(32, '\0'))};  // img = 0
   // B: v = img * vision.w only (node 0).
-  core::Graph bg;
-  semantic::GraphSemantics bs;
-  const BufferId img = bg.AddBuffer({DType::kFloat32, 8, BufferKind::kHostInput, "", 11});
-  const BufferId vw = bg.AddBuffer({DType::kFloat32, 1, BufferKind::kResident, "vision.w", 12});
-  const BufferId v = bg.AddBuffer({DType::kFloat32, 8});
-  core::Node n;
-  n.op = bg.InternOp("aten::mul.Tensor");
-  n.args = {core::Arg::Tensor(Vec(img, 8)), core::Arg::Tensor(Vec(vw, 1))};
-  n.outputs = {Vec(v, 8)};
-  n.scope = bg.InternScope("vision.enc");
-  bg.AddNode(std::move(n));
-  bg.outputs().push_back(Vec(v, 8));
-  bs.module = {"vision.enc"};
-  bs.modality = {ModalityKind::kVision};
-  core::ExecuteRequest br;
-  br.graph = &bg;
-  br.uploads = {a.uploads[0]};
+  const OneOp b(11, "vision.w", 12, "vision.enc", ModalityKind::kVision);
+  const core::ExecuteRequest br = b.Request(a.uploads[0].bytes);
+  const semantic::GraphSemantics& bs = b.s;
 
   absl::StatusOr<PlacementExecutor::Ticket> ta = exec->Submit(a.Request(), a.s);
   ASSERT_TRUE(ta.ok());
@@ -515,23 +519,9 @@ TEST(PlacementExecutorTest, ALaterRunGoesAheadOfWaitingTasksItDoesNotConflictWit
   Model a(true);
   a.keep.clear();  // A keeps nothing: its parts only read the weights
   // B: l = txt * language.w on node 1, reading what A reads, keeping nothing.
-  core::Graph bg;
-  semantic::GraphSemantics bs;
-  const BufferId txt = bg.AddBuffer({DType::kFloat32, 8, BufferKind::kHostInput, "", 13});
-  const BufferId lw = bg.AddBuffer({DType::kFloat32, 1, BufferKind::kResident, "language.w", 14});
-  const BufferId l = bg.AddBuffer({DType::kFloat32, 8});
-  core::Node n;
-  n.op = bg.InternOp("aten::mul.Tensor");
-  n.args = {core::Arg::Tensor(Vec(txt, 8)), core::Arg::Tensor(Vec(lw, 1))};
-  n.outputs = {Vec(l, 8)};
-  n.scope = bg.InternScope("language.enc");
-  bg.AddNode(std::move(n));
-  bg.outputs().push_back(Vec(l, 8));
-  bs.module = {"language.enc"};
-  bs.modality = {ModalityKind::kLanguage};
-  core::ExecuteRequest br;
-  br.graph = &bg;
-  br.uploads = {core::Upload{txt, a.uploads[1].bytes}};
+  const OneOp b(13, "language.w", 14, "language.enc", ModalityKind::kLanguage);
+  const core::ExecuteRequest br = b.Request(a.uploads[1].bytes);
+  const semantic::GraphSemantics& bs = b.s;
 
   absl::StatusOr<PlacementExecutor::Ticket> ta = exec->Submit(a.Request(), a.s);
   ASSERT_TRUE(ta.ok());

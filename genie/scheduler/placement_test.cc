@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "absl/container/flat_hash_map.h"
+#include "genie/core/testing/graph_builder.h"
 
 namespace genie::scheduler {
 namespace {
@@ -19,7 +20,7 @@ using core::DType;
 using core::TensorRef;
 using semantic::ModalityKind;
 
-TensorRef Vec(BufferId b, int64_t n) { return TensorRef::Contiguous(b, DType::kFloat32, {n}); }
+using core::testing::Vec;
 
 // vision: v = mm(img, vision.w); language: l = mm(txt, language.w); fusion: f = add(v', l')
 // where v' and l' are views of the first `fused` elements.
@@ -49,12 +50,7 @@ struct TwoTowers {
 
   void Op(const char* name, std::vector<TensorRef> in, TensorRef out, const char* module,
           ModalityKind m) {
-    core::Node n;
-    n.op = g.InternOp(name);
-    for (TensorRef& t : in) n.args.push_back(core::Arg::Tensor(t));
-    n.outputs = {out};
-    n.scope = g.InternScope(module);
-    g.AddNode(std::move(n));
+    core::testing::GraphBuilder(&g).Op(name, std::move(in), out, module);
     s.module.push_back(module);
     s.modality.push_back(m);
   }
@@ -198,13 +194,7 @@ TEST(PlacementTest, KvCacheStaysWithItsAttention) {
   const BufferId y = g.AddBuffer({DType::kFloat32, 4});
   auto op = [&](const char* name, std::vector<core::Arg> args, std::vector<TensorRef> outs,
                 std::vector<BufferId> writes, const char* module, ModalityKind m) {
-    core::Node n;
-    n.op = g.InternOp(name);
-    n.args = std::move(args);
-    n.outputs = std::move(outs);
-    n.writes = std::move(writes);
-    n.scope = g.InternScope(module);
-    g.AddNode(std::move(n));
+    core::testing::GraphBuilder(&g).Op(name, std::move(args), std::move(outs), module, std::move(writes));
     s.module.push_back(module);
     s.modality.push_back(m);
   };
