@@ -6,7 +6,10 @@
 #include "genie/runtime/intra_op_threads.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 #include <dlfcn.h>
+
+#include <algorithm>
 
 #include "absl/strings/str_cat.h"
 
@@ -52,5 +55,17 @@ absl::Status SetIntraOpThreadsOfThisThread(int threads) {
 }
 
 int IntraOpThreadsOfThisThread() { return at::get_num_threads(); }
+
+int IntraOpThreadsFor(const core::Graph& graph, int max_threads) {
+  static_assert(kParallelGrain == at::internal::GRAIN_SIZE, "keep ATen's grain");
+  for (const core::Node& n : graph.nodes()) {
+    for (const core::TensorRef& r : n.outputs) {
+      int64_t numel = 1;
+      for (int64_t d : r.sizes) numel *= d;
+      if (numel >= kParallelGrain) return std::max(1, max_threads);
+    }
+  }
+  return 1;
+}
 
 }  // namespace genie::runtime

@@ -6,6 +6,7 @@
 //
 //   runtime::SetIntraOpThreadsOfThisThread(1);  // this thread's ops run on it alone
 //   runtime::IntraOpThreadsOfThisThread();      // 1
+//   runtime::IntraOpThreadsFor(graph, 8);       // 1 for a graph of small ops, else 8
 //
 // Why a node wants few: a captured graph of small ops (a toy VQA model: 98 ops of tens of
 // microseconds each) pays an OpenMP fork and join, with futex wake-ups and task switches,
@@ -18,7 +19,10 @@
 #ifndef GENIE_RUNTIME_INTRA_OP_THREADS_H_
 #define GENIE_RUNTIME_INTRA_OP_THREADS_H_
 
+#include <cstdint>
+
 #include "absl/status/status.h"
+#include "genie/core/graph.h"
 
 namespace genie::runtime {
 
@@ -28,6 +32,14 @@ absl::Status SetIntraOpThreadsOfThisThread(int threads);
 
 // The intra-op threads ATen uses for ops the calling thread runs (at::get_num_threads).
 int IntraOpThreadsOfThisThread();
+
+// The threads a program's ops are worth (a node's automatic setting): one when no op of
+// `graph` produces as many as kParallelGrain elements, else `max_threads`. kParallelGrain is
+// ATen's own grain (at::internal::GRAIN_SIZE): below it ATen runs an elementwise op on one
+// thread anyway, and on outputs that small a GEMM or a row-wise kernel gains less from an
+// OpenMP fork and join than they cost.
+inline constexpr int64_t kParallelGrain = 32768;
+int IntraOpThreadsFor(const core::Graph& graph, int max_threads);
 
 }  // namespace genie::runtime
 

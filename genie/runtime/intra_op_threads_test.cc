@@ -6,6 +6,8 @@
 
 #include <thread>
 
+#include "genie/core/testing/graph_builder.h"
+
 namespace genie::runtime {
 namespace {
 
@@ -45,6 +47,26 @@ TEST(IntraOpThreadsTest, OneThreadGivesTheSameResults) {
   t.join();
   EXPECT_TRUE(at::allclose(mm_one, at::mm(a, b), 1e-5, 1e-5));
   EXPECT_TRUE(at::equal(sum_one, (x * 2).relu()));
+}
+
+TEST(IntraOpThreadsTest, ProgramsOfSmallOpsGetOneThread) {
+  using core::BufferKind;
+  using core::testing::Vec;
+  // An op whose output is one element below ATen's grain, reading a large weight: small.
+  core::testing::GraphBuilder small;
+  const core::BufferId w = small.Buffer(4 * kParallelGrain, BufferKind::kResident, "w", 1);
+  const core::BufferId y = small.Buffer(kParallelGrain - 1);
+  small.Op("aten::relu", {Vec(w, kParallelGrain - 1)}, Vec(y, kParallelGrain - 1));
+  EXPECT_EQ(IntraOpThreadsFor(small.graph(), 8), 1);
+  // One output of kParallelGrain elements: worth the threads.
+  core::testing::GraphBuilder large;
+  const core::BufferId x = large.Buffer(kParallelGrain, BufferKind::kHostInput);
+  const core::BufferId z = large.Buffer(kParallelGrain);
+  large.Op("aten::relu", {Vec(x, 16)}, Vec(z, 16));
+  large.Op("aten::relu", {Vec(x, kParallelGrain)}, Vec(z, kParallelGrain));
+  EXPECT_EQ(IntraOpThreadsFor(large.graph(), 8), 8);
+  EXPECT_EQ(IntraOpThreadsFor(large.graph(), 0), 1);
+  EXPECT_EQ(IntraOpThreadsFor(core::Graph(), 8), 1);
 }
 
 TEST(IntraOpThreadsTest, RefusesLessThanOne) {

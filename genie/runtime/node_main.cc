@@ -36,9 +36,10 @@ ABSL_FLAG(std::string, key_file, "",
 ABSL_FLAG(int64_t, memory_budget, 0,
           "bytes each client session may keep resident plus upload per run; 0 = unlimited");
 ABSL_FLAG(std::string, device, "cpu", "where graphs run: cpu (cuda:N on CUDA builds)");
-ABSL_FLAG(int32_t, threads, 1,
-          "ATen intra-op threads of each client session's ops (set per session thread; "
-          "1 suits graphs of small ops, more helps a CPU node with few clients and large ops)");
+ABSL_FLAG(int32_t, threads, 0,
+          "ATen intra-op threads for each client session's ops (set per session thread); 0: "
+          "per program, 1 when all its ops are small (below ATen's grain of 32768 elements), "
+          "else libtorch's default");
 ABSL_FLAG(int32_t, cpu_lanes, 1,
           "on cpu, threads per session for a program's independent branches (e.g. a VQA "
           "model's vision and language encoders), joined where a node reads both; 1: every op "
@@ -155,7 +156,7 @@ int main(int argc, char** argv) {
   options.busy_poll = absl::Microseconds(busy_poll_us);
   options.shm_socket = absl::GetFlag(FLAGS_shm_socket);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
-  if (threads <= 0) return Fail("--threads must be > 0");
+  if (threads < 0) return Fail("--threads must be >= 0 (0: automatic)");
   options.intra_op_threads = threads;
   options.cpu_lanes = absl::GetFlag(FLAGS_cpu_lanes);
   if (options.cpu_lanes < 1 || options.cpu_lanes > 16) return Fail("--cpu_lanes must be in [1, 16]");
@@ -179,7 +180,8 @@ int main(int argc, char** argv) {
   }
   std::fflush(stdout);
   std::fprintf(stderr,
-               "genie-node: device %s, %d intra-op threads per session, memory budget %s, max program %lld bytes, "
+               "genie-node: device %s, %d intra-op threads per session (0: automatic), memory "
+               "budget %s, max program %lld bytes, "
                "%d CUDA streams, CUDA graphs %s\n",
                options.device.c_str(), threads,
                options.memory_budget_bytes == 0

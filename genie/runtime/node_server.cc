@@ -313,10 +313,7 @@ Session::Session(const NodeOptions& options, std::string peer)
     cuda_device_ = index;
   }
   // The session's ops run on the thread that constructs it (ServeConnection's).
-  if (options_.intra_op_threads > 0) {
-    const absl::Status s = SetIntraOpThreadsOfThisThread(options_.intra_op_threads);
-    if (!s.ok() && options_.log_connections) LogLine(absl::StrCat("genie-node: ", s.ToString()));
-  }
+  inherited_threads_ = threads_now_ = IntraOpThreadsOfThisThread();
 }
 
 Session::~Session() = default;
@@ -350,6 +347,9 @@ absl::Status Session::Load(absl::string_view payload) {
     loaded->decode = semantic::Analyze(loaded->program.graph, keep).phase_of_graph ==
                      semantic::PhaseKind::kDecode;
   }
+  loaded->intra_op_threads = options_.intra_op_threads > 0
+                                 ? options_.intra_op_threads
+                                 : IntraOpThreadsFor(loaded->program.graph, inherited_threads_);
   auto it = programs_.find(load.program_id);
   if (it != programs_.end()) {
     it->second = std::move(loaded);
@@ -441,6 +441,11 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   for (const plan::ResidentSlot& s : program.keep) request_.keep.push_back(s.buffer);
   request_.release.assign(run.binding.release.begin(), run.binding.release.end());
 
+  if (loaded.intra_op_threads != threads_now_) {
+    const absl::Status s = SetIntraOpThreadsOfThisThread(loaded.intra_op_threads);
+    if (!s.ok() && options_.log_connections) LogLine(absl::StrCat("genie-node: ", s.ToString()));
+    threads_now_ = loaded.intra_op_threads;  // not retried on every run
+  }
   if (gate_ != nullptr) gate_->Enter(loaded.decode);
   const absl::Time start = absl::Now();
   result_ = interpreter_.Execute(request_);

@@ -92,12 +92,12 @@ struct NodeOptions {
   // Also accept clients of this host over shared memory (transport::Shm) on this Unix socket
   // path (--shm_socket); empty: Tcp only. Those sessions are the same as Tcp ones.
   std::string shm_socket;
-  // Threads ATen's CPU kernels use for each session's ops (runtime/intra_op_threads.h), set
-  // on every session thread of this node; 0 leaves the threads' inherited setting. One by
-  // default: the ops of captured graphs are mostly small, an OpenMP fork and join per op
-  // costs more than it saves on them, and concurrent sessions each take a core of their
-  // own. Raise it for a CPU node serving few clients large ops (BENCHMARKS.md measures both).
-  int intra_op_threads = 1;
+  // Threads ATen's CPU kernels use for a session's ops (runtime/intra_op_threads.h), set on
+  // the session's thread. 0 (the default): per program, one thread when all its ops are
+  // small (runtime::IntraOpThreadsFor: an OpenMP fork and join per op costs more than it
+  // saves on them), else the threads the session thread inherited (libtorch's default, or
+  // what the process set). N > 0: N for every program.
+  int intra_op_threads = 0;
   // On the CPU: threads per session for a program's independent branches (a VQA model's
   // vision and language encoders; runtime/cpu_lanes.h); 1 runs every op on the session
   // thread.
@@ -292,6 +292,7 @@ class Session {
     plan::Program program;
     uint64_t fingerprint = 0;  // this session's own key for the interpreter's cache
     bool decode = false;       // an LLM decode step (semantic analysis at load)
+    int intra_op_threads = 1;  // what its ops run on (NodeOptions::intra_op_threads)
   };
 
   // Makes what peers pushed under the handles this run reads resident on this session.
@@ -324,6 +325,8 @@ class Session {
   absl::Time start_;
   int64_t last_run_micros_ = 0;
   int64_t runs_ = 0;
+  int inherited_threads_ = 1;  // the session thread's intra-op threads when it started
+  int threads_now_ = 1;        // its intra-op threads now
 };
 
 // Sends kError for `status` (best effort) and closes the connection.
