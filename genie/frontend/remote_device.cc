@@ -523,7 +523,12 @@ class CaptureContext {
   bool ReplayExpect(const at::Tensor& t, BufferId expected);
   void CommitReplayNew();
   void ReplayAssignOutput(const at::Tensor& t);
-  core::ScopeId ReplayScope();
+  // The template's id for the current scope path (the lookup runs when the path changes).
+  core::ScopeId ReplayScope() {
+    if (C10_UNLIKELY(replay_scope_version_ != scope_version)) LookUpReplayScope();
+    return replay_scope_;
+  }
+  void LookUpReplayScope();
   std::unique_ptr<Worker::Job> PrepareReplayedJob(const std::vector<at::Tensor>& wanted);
   // The buffers whose storages outlive the graph (sorted); after the run they are resident.
   std::vector<BufferId> KeptBuffers() const;
@@ -1337,20 +1342,17 @@ void CaptureContext::Record(const c10::FunctionSchema* schema, const CachedOp* s
   e.chain_after = chain_;
 }
 
-core::ScopeId CaptureContext::ReplayScope() {
-  if (replay_scope_version_ != scope_version) {
-    // The template's id for the current scope path (none: the scope is new).
-    const core::Graph& g = template_->graph;
-    replay_scope_ = static_cast<core::ScopeId>(g.num_scopes());
-    for (core::ScopeId s = 0; s < g.num_scopes(); ++s) {
-      if (g.ScopeName(s) == scope_path) {
-        replay_scope_ = s;
-        break;
-      }
+void CaptureContext::LookUpReplayScope() {
+  // None: the scope is new, an id no template node has.
+  const core::Graph& g = template_->graph;
+  replay_scope_ = static_cast<core::ScopeId>(g.num_scopes());
+  for (core::ScopeId s = 0; s < g.num_scopes(); ++s) {
+    if (g.ScopeName(s) == scope_path) {
+      replay_scope_ = s;
+      break;
     }
-    replay_scope_version_ = scope_version;
   }
-  return replay_scope_;
+  replay_scope_version_ = scope_version;
 }
 
 bool CaptureContext::ReplayExpect(const at::Tensor& t, BufferId expected) {
@@ -2190,10 +2192,11 @@ struct UnboxedKernel<OpT, Ret(Args...)> {
   static Ret Call(Args... args) {
     static const c10::OperatorHandle op =
         c10::Dispatcher::singleton().findSchemaOrThrow(OpT::name, OpT::overload_name);
+    static const c10::FunctionSchema* const schema = &op.schema();
     CaptureContext& ctx = CaptureContext::Get();
     std::lock_guard<std::recursive_mutex> lock(ctx.mu);
     at::Tensor out;
-    if (ctx.TryReplayUnboxed(&op.schema(), &out, args...)) {
+    if (ctx.TryReplayUnboxed(schema, &out, args...)) {
       ctx.MaybeAutoDispatch();
       return Result(std::move(out), args...);
     }
