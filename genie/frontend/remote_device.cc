@@ -2183,6 +2183,14 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
 // against the template and its output made from typed arguments, with no argument stack
 // built and no result unboxed (TryReplayUnboxed). Anything else (a miss, a divergence, no
 // replay) boxes the arguments and takes the same path as every other op.
+// The dispatcher's handle of an ATen op named by its at::_ops struct, looked up once.
+template <class OpT>
+const c10::OperatorHandle& OpHandle() {
+  static const c10::OperatorHandle op =
+      c10::Dispatcher::singleton().findSchemaOrThrow(OpT::name, OpT::overload_name);
+  return op;
+}
+
 template <class OpT, class Sig = typename OpT::schema>
 struct UnboxedKernel;
 template <class OpT, class Ret, class... Args>
@@ -2190,8 +2198,7 @@ struct UnboxedKernel<OpT, Ret(Args...)> {
   static_assert(std::is_same_v<Ret, at::Tensor> || std::is_same_v<Ret, at::Tensor&>,
                 "UnboxedKernel serves ops with one tensor output");
   static Ret Call(Args... args) {
-    static const c10::OperatorHandle op =
-        c10::Dispatcher::singleton().findSchemaOrThrow(OpT::name, OpT::overload_name);
+    const c10::OperatorHandle& op = OpHandle<OpT>();
     static const c10::FunctionSchema* const schema = &op.schema();
     CaptureContext& ctx = CaptureContext::Get();
     std::lock_guard<std::recursive_mutex> lock(ctx.mu);
@@ -2252,7 +2259,7 @@ struct AutogradKernel<OpT, Ret(Args...)> {
   // The op through the autograd kernel libtorch registers for every backend.
   static Ret Record(Args... args) {
     torch::jit::Stack stack = c10::impl::boxArgs<Args...>(args...);
-    Handle().callBoxedForDispatchKey(c10::DispatchKey::Autograd, stack);
+    OpHandle<OpT>().callBoxedForDispatchKey(c10::DispatchKey::Autograd, stack);
     if constexpr (std::is_same_v<Ret, at::Tensor&>) {
       return std::get<0>(std::forward_as_tuple(args...));
     } else {
@@ -2261,16 +2268,11 @@ struct AutogradKernel<OpT, Ret(Args...)> {
   }
 
   static bool HasAutograd() {
-    static const bool has = Handle().hasKernelForDispatchKey(c10::DispatchKey::Autograd);
+    static const bool has = OpHandle<OpT>().hasKernelForDispatchKey(c10::DispatchKey::Autograd);
     return has;
   }
 
  private:
-  static const c10::OperatorHandle& Handle() {
-    static const c10::OperatorHandle op =
-        c10::Dispatcher::singleton().findSchemaOrThrow(OpT::name, OpT::overload_name);
-    return op;
-  }
   template <class First, class... Rest>
   static void BumpVersion(First& self, Rest&...) {
     self.unsafeGetTensorImpl()->bump_version();
@@ -2292,75 +2294,62 @@ struct AutogradViewKernel<OpT, Kernel, at::Tensor(Args...)> {
   }
 };
 
-#define GENIE_UNBOXED(m, op, name) m.impl(name, TORCH_FN(UnboxedKernel<at::_ops::op>::Call))
+// The ops with typed kernels: their at::_ops struct and their name for registration.
+// Composites among them (sdpa, linear, matmul, layer_norm, embedding) are captured whole
+// instead of decomposed: as one node each they keep the graph small and plain to analyze
+// (attention is one node; sdpa would otherwise even ask _fused_sdp_choice, an int, which
+// would force a round trip), and the node's own dispatcher picks the kernel (flash
+// attention on CUDA, MKL on CPU). The rest are the hottest primitives of a transformer step.
+#define GENIE_TYPED_OPS(X)                                          \
+  X(scaled_dot_product_attention, "scaled_dot_product_attention")   \
+  X(linear, "linear")                                               \
+  X(matmul, "matmul")                                               \
+  X(layer_norm, "layer_norm")                                       \
+  X(embedding, "embedding")                                         \
+  X(add_Tensor, "add.Tensor")                                       \
+  X(add__Tensor, "add_.Tensor")                                     \
+  X(mul_Tensor, "mul.Tensor")                                       \
+  X(gelu, "gelu")                                                   \
+  X(index_copy_, "index_copy_")                                     \
+  X(addmm, "addmm")                                                 \
+  X(mm, "mm")                                                       \
+  X(bmm, "bmm")                                                     \
+  X(_softmax, "_softmax")                                           \
+  X(relu, "relu")                                                   \
+  X(tanh, "tanh")                                                   \
+  X(clone, "clone")
 
-// Ops captured whole instead of decomposed. convolution: out-of-tree backends would
-// reach convolution_overrideable, which no executor implements. The composites below
-// would otherwise decompose into views and primitives (sdpa even asks
-// _fused_sdp_choice, an int, which would force a round trip): as one node each they
-// keep the graph small and plain to analyze (attention is one node), and the node's
-// own dispatcher picks the kernel (flash attention on CUDA, MKL on CPU).
+// Also captured whole, through the boxed kernel. convolution: out-of-tree backends would
+// reach convolution_overrideable, which no executor implements.
 TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   for (const char* op : {"convolution", "batch_norm", "group_norm", "embedding_bag.padding_idx"}) {
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
   }
-  GENIE_UNBOXED(m, scaled_dot_product_attention, "scaled_dot_product_attention");
-  GENIE_UNBOXED(m, linear, "linear");
-  GENIE_UNBOXED(m, matmul, "matmul");
-  GENIE_UNBOXED(m, layer_norm, "layer_norm");
-  GENIE_UNBOXED(m, embedding, "embedding");
-}
-
-// The hottest primitive ops of transformer steps, unboxed (see UnboxedKernel).
-TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
-  GENIE_UNBOXED(m, add_Tensor, "add.Tensor");
-  GENIE_UNBOXED(m, add__Tensor, "add_.Tensor");
-  GENIE_UNBOXED(m, mul_Tensor, "mul.Tensor");
-  GENIE_UNBOXED(m, gelu, "gelu");
-  GENIE_UNBOXED(m, index_copy_, "index_copy_");
-  GENIE_UNBOXED(m, addmm, "addmm");
-  GENIE_UNBOXED(m, mm, "mm");
-  GENIE_UNBOXED(m, bmm, "bmm");
-  GENIE_UNBOXED(m, _softmax, "_softmax");
-  GENIE_UNBOXED(m, relu, "relu");
-  GENIE_UNBOXED(m, tanh, "tanh");
-  GENIE_UNBOXED(m, clone, "clone");
-}
+#define GENIE_UNBOXED(op, name) m.impl(name, TORCH_FN(UnboxedKernel<at::_ops::op>::Call));
+  GENIE_TYPED_OPS(GENIE_UNBOXED)
 #undef GENIE_UNBOXED
+}
 
-#define GENIE_AUTOGRAD(m, op, name) m.impl(name, TORCH_FN(AutogradKernel<at::_ops::op>::Call))
 TORCH_LIBRARY_IMPL(aten, AutogradPrivateUse1, m) {
-  GENIE_AUTOGRAD(m, scaled_dot_product_attention, "scaled_dot_product_attention");
-  GENIE_AUTOGRAD(m, linear, "linear");
-  GENIE_AUTOGRAD(m, matmul, "matmul");
-  GENIE_AUTOGRAD(m, layer_norm, "layer_norm");
-  GENIE_AUTOGRAD(m, embedding, "embedding");
-  GENIE_AUTOGRAD(m, add_Tensor, "add.Tensor");
-  GENIE_AUTOGRAD(m, add__Tensor, "add_.Tensor");
-  GENIE_AUTOGRAD(m, mul_Tensor, "mul.Tensor");
-  GENIE_AUTOGRAD(m, gelu, "gelu");
-  GENIE_AUTOGRAD(m, index_copy_, "index_copy_");
-  GENIE_AUTOGRAD(m, addmm, "addmm");
-  GENIE_AUTOGRAD(m, mm, "mm");
-  GENIE_AUTOGRAD(m, bmm, "bmm");
-  GENIE_AUTOGRAD(m, _softmax, "_softmax");
-  GENIE_AUTOGRAD(m, relu, "relu");
-  GENIE_AUTOGRAD(m, tanh, "tanh");
-  GENIE_AUTOGRAD(m, clone, "clone");
+#define GENIE_AUTOGRAD(op, name) m.impl(name, TORCH_FN(AutogradKernel<at::_ops::op>::Call));
+  GENIE_TYPED_OPS(GENIE_AUTOGRAD)
+#undef GENIE_AUTOGRAD
   m.impl("t", TORCH_FN((AutogradViewKernel<at::_ops::t, &T>::Call)));
   m.impl("transpose.int", TORCH_FN((AutogradViewKernel<at::_ops::transpose_int, &Transpose>::Call)));
   m.impl("select.int", TORCH_FN((AutogradViewKernel<at::_ops::select_int, &Select>::Call)));
   m.impl("permute", TORCH_FN((AutogradViewKernel<at::_ops::permute, &Permute>::Call)));
   m.impl("view", TORCH_FN((AutogradViewKernel<at::_ops::view, &View>::Call)));
 }
-#undef GENIE_AUTOGRAD
+#undef GENIE_TYPED_OPS
 
 TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
   m.fallback(torch::CppFunction::makeFromBoxedFunction<&CaptureFallback>());
 }
 
-// Inference only: autograd does not record remote ops (run under torch::NoGradGuard
-// for clarity); every op falls through to the capture kernels.
+// Ops with no autograd kernel of their own fall through to the capture kernels: autograd
+// records nothing for them on remote tensors (Genie runs inference; run it under
+// torch::NoGradGuard or c10::InferenceMode). Ops with one record as on any device, the
+// typed ones only when they must (AutogradKernel).
 TORCH_LIBRARY_IMPL(_, AutogradPrivateUse1, m) { m.fallback(torch::CppFunction::makeFallthrough()); }
 
 // Structured ops reach an out-of-tree backend through CompositeExplicitAutogradNonFunctional
