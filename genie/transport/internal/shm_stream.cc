@@ -21,6 +21,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "genie/transport/internal/fd_wait.h"
 
 namespace genie::transport_internal {
 
@@ -74,7 +75,6 @@ struct Hello {
 };
 constexpr char kHelloMagic[8] = {'G', 'E', 'N', 'I', 'E', 'S', 'H', 'M'};
 
-std::string ErrnoText(int err) { return std::strerror(err); }
 
 inline void CpuRelax() {
 #if defined(__x86_64__) || defined(__i386__)
@@ -116,20 +116,6 @@ sockaddr_un UnixAddress(absl::string_view path) {
   addr.sun_family = AF_UNIX;
   std::memcpy(addr.sun_path, path.data(), path.size());
   return addr;
-}
-
-// Waits until `fd` is ready for `events` or `deadline` passes (DeadlineExceeded, no message).
-absl::Status WaitFd(int fd, short events, absl::Time deadline) {
-  for (;;) {
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("");
-    pollfd pfd{fd, events, 0};
-    const timespec ts = absl::ToTimespec(left);
-    const int rc = ppoll(&pfd, 1, &ts, nullptr);
-    if (rc > 0) return absl::OkStatus();
-    if (rc == 0 || errno == EINTR) continue;
-    return absl::InternalError(absl::StrCat("poll failed: ", ErrnoText(errno)));
-  }
 }
 
 absl::StatusOr<ShmMapping> MapRegion(int memfd, std::size_t bytes) {
@@ -541,24 +527,17 @@ ShmListenSocket::~ShmListenSocket() {
 }
 
 absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  UniqueFd sock;
-  for (;;) {
-    sock = UniqueFd(accept4(fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (sock.valid()) break;
-    const int err = errno;
-    if (err == EINTR || err == ECONNABORTED) continue;
-    if (err != EAGAIN && err != EWOULDBLOCK) {
-      return absl::InternalError(
-          absl::StrCat("shm listener ", path_, ": accept failed: ", ErrnoText(err)));
-    }
-    absl::Status s = WaitFd(fd_.get(), POLLIN, deadline);
-    if (absl::IsDeadlineExceeded(s)) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "shm listener ", path_, ": no connection within ", absl::FormatDuration(timeout)));
-    }
-    if (!s.ok()) return s;
+  absl::StatusOr<UniqueFd> accepted =
+      AcceptBefore(fd_.get(), nullptr, nullptr, absl::Now() + timeout);
+  if (absl::IsDeadlineExceeded(accepted.status())) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "shm listener ", path_, ": no connection within ", absl::FormatDuration(timeout)));
   }
+  if (!accepted.ok()) {
+    return absl::Status(accepted.status().code(),
+                        absl::StrCat("shm listener ", path_, ": ", accepted.status().message()));
+  }
+  UniqueFd sock = std::move(*accepted);
   ucred cred{};
   socklen_t cred_len = sizeof(cred);
   std::string peer = absl::StrCat("shm ", path_);

@@ -19,13 +19,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "genie/transport/internal/fd_wait.h"
 
 namespace genie::transport_internal {
 namespace {
 
 constexpr int kMaxIov = 64;
 
-std::string ErrnoText(int err) { return std::strerror(err); }
 
 std::string HostPort(absl::string_view host, std::uint16_t port) {
   if (host.find(':') != absl::string_view::npos) return absl::StrCat("[", host, "]:", port);
@@ -45,22 +45,6 @@ std::string SockaddrText(const sockaddr_storage& ss) {
     return HostPort(buf, ntohs(in6->sin6_port));
   }
   return "unknown-address";
-}
-
-// Waits until `fd` is ready for `events` or `deadline` passes (DeadlineExceeded, no message:
-// callers add context). POLLERR/POLLHUP count as ready: the next syscall reports them.
-absl::Status WaitFd(int fd, short events, absl::Time deadline) {
-  for (;;) {
-    const absl::Duration left = deadline - absl::Now();
-    if (left <= absl::ZeroDuration()) return absl::DeadlineExceededError("");
-    pollfd pfd{fd, events, 0};
-    const timespec ts = absl::ToTimespec(left);
-    const int rc = ppoll(&pfd, 1, &ts, nullptr);
-    if (rc > 0) return absl::OkStatus();
-    if (rc == 0) continue;  // re-check the deadline
-    if (errno == EINTR) continue;
-    return absl::InternalError(absl::StrCat("poll failed: ", ErrnoText(errno)));
-  }
 }
 
 absl::Status Configure(int fd, const SocketSettings& settings) {
@@ -334,30 +318,21 @@ absl::StatusOr<TcpListenSocket> TcpListenSocket::Create(absl::string_view host, 
 }
 
 absl::StatusOr<TcpStream> TcpListenSocket::Accept(absl::Duration timeout) {
-  const absl::Time deadline = absl::Now() + timeout;
-  for (;;) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof(ss);
-    UniqueFd fd(
-        accept4(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC));
-    if (fd.valid()) {
-      absl::Status s = Configure(fd.get(), settings_);
-      if (!s.ok()) return s;
-      return TcpStream(std::move(fd), absl::StrCat("tcp ", SockaddrText(ss)));
-    }
-    const int err = errno;
-    if (err == EINTR || err == ECONNABORTED) continue;
-    if (err != EAGAIN && err != EWOULDBLOCK) {
-      return absl::InternalError(
-          absl::StrCat("tcp listener ", address_, ": accept failed: ", ErrnoText(err)));
-    }
-    absl::Status s = WaitFd(fd_.get(), POLLIN, deadline);
-    if (absl::IsDeadlineExceeded(s)) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "tcp listener ", address_, ": no connection within ", absl::FormatDuration(timeout)));
-    }
-    if (!s.ok()) return s;
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  absl::StatusOr<UniqueFd> fd =
+      AcceptBefore(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, absl::Now() + timeout);
+  if (absl::IsDeadlineExceeded(fd.status())) {
+    return absl::DeadlineExceededError(absl::StrCat(
+        "tcp listener ", address_, ": no connection within ", absl::FormatDuration(timeout)));
   }
+  if (!fd.ok()) {
+    return absl::Status(fd.status().code(),
+                        absl::StrCat("tcp listener ", address_, ": ", fd.status().message()));
+  }
+  absl::Status s = Configure(fd->get(), settings_);
+  if (!s.ok()) return s;
+  return TcpStream(std::move(*fd), absl::StrCat("tcp ", SockaddrText(ss)));
 }
 
 }  // namespace genie::transport_internal
