@@ -262,6 +262,13 @@ void BM_ClientStepHitInferenceMode(benchmark::State& state) {
   CaptureLoop(state, CacheState::kWarm, Span::kClient, Mode::kInference);
 }
 void BM_EagerCpuInferenceMode(benchmark::State& state) { EagerLoop(state, Mode::kInference); }
+// The client's step when it dispatches parts as it captures (SetAutoDispatch(32, 4): parts
+// of 32, 128, ... nodes), as a GPU node's sessions may: what cutting costs the client.
+void BM_ClientStepHitAutoDispatchInferenceMode(benchmark::State& state) {
+  frontend::SetAutoDispatch(32, 4);
+  CaptureLoop(state, CacheState::kWarm, Span::kClient, Mode::kInference);
+  frontend::SetAutoDispatch(0);
+}
 
 // GENIE_BENCH_ITERATIONS=N fixes every benchmark's iteration count (no estimation runs):
 // how a profiler (callgrind) sees a known number of steps.
@@ -280,6 +287,7 @@ BENCHMARK(BM_EagerCpu)->Apply(Configure);
 BENCHMARK(BM_CaptureHitInferenceMode)->Apply(Configure);
 BENCHMARK(BM_ClientStepHitInferenceMode)->Apply(Configure);
 BENCHMARK(BM_EagerCpuInferenceMode)->Apply(Configure);
+BENCHMARK(BM_ClientStepHitAutoDispatchInferenceMode)->Apply(Configure);
 
 }  // namespace
 }  // namespace genie

@@ -83,6 +83,7 @@ struct Mode {
   bool graphs = true;
   int busy_poll_us = 0;  // remote: node and client spin on their sockets (ConnectionOptions)
   bool shm = false;      // remote: client <-> node over shared memory instead of loopback TCP
+  int64_t growth = 1;    // with dispatch: each next part of a step this many times longer
 };
 
 // Brackets a model benchmark's warm-up and timed loop: the autograd mode, auto-dispatch,
@@ -92,12 +93,13 @@ class ModelRun {
  public:
   ModelRun(benchmark::State& state, const Mode& mode) : state_(state), mode_(mode) {
     if (mode.inference) inference_.emplace();
-    if (mode.remote) genie::frontend::SetAutoDispatch(mode.dispatch);
+    if (mode.remote) genie::frontend::SetAutoDispatch(mode.dispatch, mode.growth);
   }
   void StartTiming(genie::Session<D>* session) {
     session_ = session;
     if (session_) traffic_ = session_->traffic();
     counters_ = genie::runtime::GetInterpreterCounters();
+    genie::frontend::ResetCaptureStats();
   }
   ~ModelRun() {
     if (!mode_.remote) return;
@@ -108,6 +110,13 @@ class ModelRun {
     state_.counters["graph_replays"] = benchmark::Counter(
         static_cast<double>(now.graph_replays - counters_.graph_replays), benchmark::Counter::kAvgIterations);
     state_.counters["graph_drops"] = static_cast<double>(now.graph_drops - counters_.graph_drops);
+    // The client's side: graphs sent per step (parts), ops replayed from the last step's
+    // template, and steps whose replay stopped at an op that differed.
+    const genie::frontend::CaptureStats capture = genie::frontend::GetCaptureStats();
+    const auto per_step = [](int64_t n) { return benchmark::Counter(static_cast<double>(n), benchmark::Counter::kAvgIterations); };
+    state_.counters["flushes"] = per_step(capture.flushes);
+    state_.counters["ops_replayed"] = per_step(capture.ops_replayed);
+    state_.counters["replay_divergences"] = static_cast<double>(capture.replay_divergences);
   }
 
  private:
@@ -422,7 +431,8 @@ BENCHMARK_CAPTURE(BM_Download, genie_remote_shm, Where::kRemoteShm)->Unit(benchm
 // before), local_cuda_inference / genie_remote_inference (InferenceMode on both sides),
 // genie_remote_inference_dispatch128 (plus SetAutoDispatch(128)),
 // genie_remote_inference_busypoll[_dispatch128] (node and client spin up to 5 ms on their
-// sockets before sleeping), genie_remote_no_graphs, and genie_remote_shm /
+// sockets before sleeping), *_dispatchNxG (SetAutoDispatch(N, G): parts of N, N*G, ...
+// nodes), genie_remote_no_graphs, and genie_remote_shm /
 // genie_remote_shm_inference (client <-> node over shared memory, transport::Shm).
 const bool kModelsRegistered = [] {
   using Fn = void (*)(benchmark::State&, Mode);
@@ -437,6 +447,13 @@ const bool kModelsRegistered = [] {
   modes.push_back({"genie_remote_inference_dispatch128", Mode{true, true, 128}});
   modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, 0, true, 5000}});
   modes.push_back({"genie_remote_inference_busypoll_dispatch128", Mode{true, true, 128, true, 5000}});
+  // Parts that grow: 32, 64, 128, ... nodes (x2) or 32, 128, ... (x4) per step.
+  for (const auto& [first, growth] : {std::pair<int, int>{32, 2}, {64, 2}, {32, 4}, {16, 4}}) {
+    const std::string cut = "dispatch" + std::to_string(first) + "x" + std::to_string(growth);
+    modes.push_back({"genie_remote_inference_" + cut, Mode{true, true, first, true, 0, false, growth}});
+    modes.push_back({"genie_remote_inference_busypoll_" + cut, Mode{true, true, first, true, 5000, false, growth}});
+    modes.push_back({"genie_remote_shm_inference_" + cut, Mode{true, true, first, true, 0, true, growth}});
+  }
   modes.push_back({"genie_remote_no_graphs", Mode{true, false, 0, false}});
   modes.push_back({"genie_remote_shm", Mode{true, false, 0, true, 0, /*shm=*/true}});
   modes.push_back({"genie_remote_shm_inference", Mode{true, true, 0, true, 0, /*shm=*/true}});

@@ -410,7 +410,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       if (!s.ok()) return Fail("receiving the outputs", s);
       frame_left -= n;
       result.outputs.push_back(core::HostBytes{memory.get(), static_cast<size_t>(n),
-                                               std::shared_ptr<const void>(memory, memory.get())});
+                                               std::shared_ptr<const void>(memory, memory.get()),
+                                               /*exclusive=*/true});
     }
     if (frame_left != 0) return Violation("output transfer frame longer than the outputs");
     result.stats = result_message_.stats;

@@ -35,6 +35,9 @@ struct HostBytes {
   const void* data = nullptr;
   size_t nbytes = 0;
   std::shared_ptr<const void> owner;  // keeps `data` valid; may be null for borrowed data
+  // The bytes belong to this result alone (fresh memory no other tensor or buffer shares),
+  // so a reader may keep and write them through `owner` instead of copying them out.
+  bool exclusive = false;
 
   static HostBytes Owned(std::string bytes) {
     auto holder = std::make_shared<const std::string>(std::move(bytes));

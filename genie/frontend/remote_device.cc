@@ -22,6 +22,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/detail/PrivateUse1HooksInterface.h>
 #include <ATen/ops/_reshape_alias_native.h>
+#include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/view_native.h>
 #include <c10/core/Allocator.h>
@@ -276,23 +277,50 @@ class Worker {
     return f;
   }
 
+  // Runs `job` on the calling thread when no submitted job is queued or running (so order
+  // holds), sparing a caller that would only wait for it the two thread hand-offs; else
+  // submits it and waits.
+  Result RunNowOrWait(std::unique_ptr<Job> job) {
+    bool here = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      here = queue_.empty() && !running_;
+      running_ = running_ || here;
+    }
+    if (!here) return Submit(std::move(job)).get();
+    Result r = job->executor->Execute(job->request);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_ = false;
+    }
+    cv_.notify_one();  // jobs submitted meanwhile waited for this one
+    return r;
+  }
+
  private:
   void Loop() {
     for (;;) {
       std::unique_ptr<Job> job;
       {
         std::unique_lock<std::mutex> lock(mu_);
-        cv_.wait(lock, [this] { return !queue_.empty(); });
+        cv_.wait(lock, [this] { return !queue_.empty() && !running_; });
         job = std::move(queue_.front());
         queue_.pop_front();
+        running_ = true;
       }
-      job->done.set_value(job->executor->Execute(job->request));
+      Result r = job->executor->Execute(job->request);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        running_ = false;
+      }
+      job->done.set_value(std::move(r));
     }
   }
 
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::unique_ptr<Job>> queue_;
+  bool running_ = false;  // a job is executing (on the worker or a RunNowOrWait caller)
   std::thread thread_;  // never joined: the context lives until exit
 };
 
@@ -335,10 +363,18 @@ class CaptureContext {
     return cursor_ > 0 ? template_->events[cursor_ - 1].nodes_after : 0;
   }
   bool has_work() const { return captured_nodes() > 0 || !released_.empty(); }
-  // SetAutoDispatch: hands the graph to the executor once it holds this many nodes.
+  // SetAutoDispatch: hands the graph to the executor once it holds the part's node count:
+  // auto_dispatch_nodes for a step's first part, times auto_dispatch_growth for each next
+  // one (a step ends where its results are read).
   int64_t auto_dispatch_nodes = 0;
+  int64_t auto_dispatch_growth = 1;
+  int64_t next_part_nodes = 0;  // this part's count; 0: the step's first part
   void MaybeAutoDispatch() {
-    if (auto_dispatch_nodes > 0 && captured_nodes() >= static_cast<size_t>(auto_dispatch_nodes)) Dispatch();
+    if (auto_dispatch_nodes <= 0) return;
+    if (next_part_nodes == 0) next_part_nodes = auto_dispatch_nodes;
+    if (captured_nodes() < static_cast<size_t>(next_part_nodes)) return;
+    Dispatch();
+    next_part_nodes = std::min<int64_t>(next_part_nodes * auto_dispatch_growth, int64_t{1} << 40);
   }
 
   std::shared_ptr<core::Executor> executor() {
@@ -1943,11 +1979,11 @@ absl::Status CaptureContext::Join() {
 }
 
 std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wanted) {
+  next_part_nodes = 0;  // the step ends here: the next one starts with a first part
   std::unique_ptr<Worker::Job> job = PrepareJob(wanted);
   const size_t nodes = job->graph->nodes().size();
   const std::string where = job->executor->Describe();
-  std::future<Worker::Result> future = worker_.Submit(std::move(job));
-  Worker::Result result = future.get();
+  Worker::Result result = worker_.RunNowOrWait(std::move(job));
   // Everything dispatched before this graph has finished too (jobs run in order).
   absl::Status earlier = Join();
   TORCH_CHECK(earlier.ok(), "genie: ", earlier.message(),
@@ -1961,10 +1997,19 @@ std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wante
   TORCH_CHECK(result->outputs.size() == wanted.size(), "genie: executor returned ",
               result->outputs.size(), " outputs for ", wanted.size(), " requested");
   for (size_t i = 0; i < wanted.size(); ++i) {
-    const core::HostBytes& hb = result->outputs[i];
-    at::Tensor t = at::empty(wanted[i].sizes(), at::TensorOptions().dtype(wanted[i].scalar_type()));
-    TORCH_CHECK(hb.nbytes == static_cast<size_t>(t.nbytes()), "genie: executor returned ", hb.nbytes,
-                " bytes for an output of ", t.nbytes());
+    core::HostBytes& hb = result->outputs[i];
+    const at::TensorOptions options = at::TensorOptions().dtype(wanted[i].scalar_type());
+    const size_t nbytes = static_cast<size_t>(wanted[i].numel()) * wanted[i].element_size();
+    TORCH_CHECK(hb.nbytes == nbytes, "genie: executor returned ", hb.nbytes, " bytes for an output of ",
+                nbytes);
+    if (hb.exclusive && hb.nbytes != 0 && hb.owner != nullptr) {
+      // The bytes are this result's alone: the tensor takes them over (no copy).
+      std::shared_ptr<const void> owner = std::move(hb.owner);
+      out.push_back(at::from_blob(const_cast<void*>(hb.data), wanted[i].sizes(),
+                                  [owner](void*) mutable { owner.reset(); }, options));
+      continue;
+    }
+    at::Tensor t = at::empty(wanted[i].sizes(), options);
     if (hb.nbytes) std::memcpy(t.data_ptr(), hb.data, hb.nbytes);
     out.push_back(std::move(t));
   }
@@ -2131,6 +2176,26 @@ at::Tensor CopyFromAndResize(const at::Tensor& self, const at::Tensor& dst) {
   return CopyFrom(self, dst, false);
 }
 
+// tensor.to(kCPU) (and .cpu()) of a contiguous remote tensor: the run's result becomes the
+// CPU tensor itself, so output bytes the executor hands over exclusively are not copied
+// again (at::_to_copy would fill an empty CPU tensor through _copy_from). Every other
+// conversion takes ATen's own _to_copy.
+at::Tensor ToCopy(const at::Tensor& self, std::optional<at::ScalarType> dtype, std::optional<at::Layout> layout,
+                  std::optional<at::Device> device, std::optional<bool> pin_memory, bool non_blocking,
+                  std::optional<at::MemoryFormat> memory_format) {
+  const bool to_cpu = device.has_value() && device->is_cpu();
+  const bool same_dtype = !dtype.has_value() || *dtype == self.scalar_type();
+  const bool strided = !layout.has_value() || *layout == at::kStrided;
+  const at::MemoryFormat format = memory_format.value_or(at::MemoryFormat::Preserve);
+  if (to_cpu && IsRemote(self) && same_dtype && strided && !pin_memory.value_or(false) &&
+      (format == at::MemoryFormat::Contiguous || (format == at::MemoryFormat::Preserve && self.is_contiguous()))) {
+    CaptureContext& ctx = CaptureContext::Get();
+    std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+    return ctx.Run({self})[0];
+  }
+  return at::native::_to_copy(self, dtype, layout, device, pin_memory, non_blocking, memory_format);
+}
+
 at::Scalar LocalScalarDense(const at::Tensor& self) {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
@@ -2172,6 +2237,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("select.int", TORCH_FN(Select));
   m.impl("permute", TORCH_FN(Permute));
   m.impl("resize_", TORCH_FN(Resize));
+  m.impl("_to_copy", TORCH_FN(ToCopy));
   m.impl("_copy_from", TORCH_FN(CopyFrom));
   m.impl("_copy_from_and_resize", TORCH_FN(CopyFromAndResize));
   m.impl("_local_scalar_dense", TORCH_FN(LocalScalarDense));
@@ -2480,10 +2546,12 @@ void ClearCaptureCache() {
   ctx.cache.clear();
 }
 
-void SetAutoDispatch(int64_t nodes) {
+void SetAutoDispatch(int64_t nodes, int64_t growth) {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
   ctx.auto_dispatch_nodes = nodes < 0 ? 0 : nodes;
+  ctx.auto_dispatch_growth = growth < 1 ? 1 : growth;
+  ctx.next_part_nodes = 0;
 }
 
 void SetStepReplayEnabled(bool enabled) {

@@ -108,8 +108,11 @@ void SetStepReplayEnabled(bool enabled);
 // Dispatches the graph under construction whenever it reaches `nodes` nodes (0, the
 // default: only at reads and explicit Dispatch), so the executor starts on the first
 // part of a long step while the rest is still being captured. Tensors that cross a cut
-// stay resident on the executor; each part replays as its own template.
-void SetAutoDispatch(int64_t nodes);
+// stay resident on the executor; each part replays as its own template. With `growth`
+// > 1 each next part of a step is that many times longer than the one before (a step
+// ends where its results are read): a short first part starts the executor early, and
+// the longer later parts cost fewer dispatches.
+void SetAutoDispatch(int64_t nodes, int64_t growth = 1);
 
 // Called with each graph just before it executes (after dead-code elimination), for
 // tools and tests. Pass nullptr to remove.

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <future>
 #include <map>
+#include <memory>
 #include <regex>
 #include <sstream>
 #include <thread>
@@ -629,6 +630,55 @@ TEST_F(RemoteDeviceTest, RandomOpsNeverReplay) {
   for (int i = 0; i < 3; ++i) {
     EXPECT_TRUE(torch::equal((torch::rand({32}, Remote()) + 1).to(torch::kCPU), got[i])) << i;
   }
+}
+
+// Hands back each output in fresh memory, marked exclusive or not; records where, and on
+// which thread Execute ran.
+class FreshOutputExecutor final : public core::Executor {
+ public:
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
+    threads.push_back(std::this_thread::get_id());
+    absl::StatusOr<core::ExecuteResult> r = inner.Execute(request);
+    if (!r.ok()) return r;
+    for (core::HostBytes& hb : r->outputs) {
+      auto fresh = std::make_shared<std::vector<char>>(static_cast<const char*>(hb.data),
+                                                       static_cast<const char*>(hb.data) + hb.nbytes);
+      hb = core::HostBytes{fresh->data(), fresh->size(), std::shared_ptr<const void>(fresh, fresh->data()),
+                           exclusive};
+      handed_out.push_back(fresh->data());
+      alive.push_back(fresh);
+    }
+    return r;
+  }
+  std::string Describe() const override { return "fresh-output test executor"; }
+  runtime::Interpreter inner;
+  bool exclusive = true;
+  std::vector<const void*> handed_out;
+  std::vector<std::weak_ptr<std::vector<char>>> alive;
+  std::vector<std::thread::id> threads;
+};
+
+TEST_F(RemoteDeviceTest, ReadsTakeOverExclusiveOutputsAndCopySharedOnes) {
+  auto exec = std::make_shared<FreshOutputExecutor>();
+  SetExecutor(exec);
+  torch::Tensor x = torch::arange(6, torch::kFloat);
+  torch::Tensor got = (x.to(Remote()) * 2).to(torch::kCPU);
+  EXPECT_TRUE(torch::equal(got, x * 2));
+  ASSERT_EQ(exec->handed_out.size(), 1u);
+  EXPECT_EQ(got.data_ptr(), exec->handed_out[0]) << "an exclusive output is taken over, not copied";
+  // Nothing was in flight, so the read ran the graph on this thread (no hand-off).
+  ASSERT_EQ(exec->threads.size(), 1u);
+  EXPECT_EQ(exec->threads[0], std::this_thread::get_id());
+  ASSERT_FALSE(exec->alive[0].expired()) << "the tensor keeps the memory it took over";
+  got = torch::Tensor();
+  EXPECT_TRUE(exec->alive[0].expired()) << "and lets it go with the tensor";
+
+  exec->exclusive = false;
+  torch::Tensor copied = (x.to(Remote()) + 1).to(torch::kCPU);
+  EXPECT_TRUE(torch::equal(copied, x + 1));
+  ASSERT_EQ(exec->handed_out.size(), 2u);
+  EXPECT_NE(copied.data_ptr(), exec->handed_out[1]) << "shared output bytes are copied out";
+  SetExecutor(std::make_shared<runtime::Interpreter>());
 }
 
 // Wraps the interpreter; blocks each Execute until released, or fails it.

@@ -876,7 +876,8 @@ struct Interpreter::Impl {
     for (at::Tensor& host : hosts) {
       auto owner = std::make_shared<at::Tensor>(std::move(host));
       result.outputs.push_back(core::HostBytes{owner->data_ptr(), static_cast<size_t>(owner->nbytes()),
-                                               std::shared_ptr<const void>(owner, owner.get())});
+                                               std::shared_ptr<const void>(owner, owner.get()),
+                                               /*exclusive=*/true});  // fresh pinned memory
       result.stats.bytes_downloaded += static_cast<int64_t>(owner->nbytes());
     }
     for (core::BufferId b : req.keep) {
