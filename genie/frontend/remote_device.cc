@@ -467,6 +467,9 @@ class CaptureContext {
     std::shared_ptr<const core::Graph> run;    // after dead-code elimination
     uint64_t fingerprint = 0;
     int64_t nodes_eliminated = 0;
+    // The template the graph flushed after this one followed last time: a step cut into
+    // parts (auto-dispatch) goes part to part, and parts may start alike.
+    Trace* next = nullptr;
   };
   // A first reference, during replay, to a storage (or a host constant) in this graph.
   struct ReplayNew {
@@ -478,6 +481,9 @@ class CaptureContext {
   // Before the first op is replayed: switches to the template whose first event is this
   // one (schema, or null for a copy, and key_), if the current one's is not. False: none.
   bool FindTemplate(const c10::FunctionSchema* schema);
+  // The first op of a graph, while replaying: replays it from the first template that
+  // starts with it and takes it (the last part's successor first). False: none does.
+  bool ReplayFirstOp(const c10::OperatorHandle& op, torch::jit::Stack* stack);
   void UseTemplate(Trace* t);
   bool TryReplay(const c10::OperatorHandle& op, const CachedOp& spec, torch::jit::Stack* stack);
   bool TryReplayCopy(const at::Tensor& self, const at::Tensor& dst);
@@ -620,6 +626,12 @@ class CaptureContext {
   static constexpr size_t kMaxTemplates = 16;
   std::deque<std::unique_ptr<Trace>> templates_;
   Trace* template_ = nullptr;
+  Trace* previous_ = nullptr;  // the template of the graph flushed last (null: none)
+  // After a graph is flushed as template_: the previous graph's template learns its successor.
+  void LinkTemplates() {
+    if (previous_ != nullptr) previous_->next = template_;
+    previous_ = template_;
+  }
   bool replaying_ = false;
   size_t cursor_ = 0;                // next template event
   std::vector<uint64_t> replay_handles_;  // per buffer id so far: its storage's handle
@@ -1204,7 +1216,8 @@ void CaptureContext::Capture(const c10::OperatorHandle& op, torch::jit::Stack* s
   bool cacheable = cache_enabled;
   for (size_t j = 0; j < nargs; ++j) cacheable = AppendKey(args[j]) && cacheable;
   if (replaying_) {
-    if (cacheable && (cursor_ > 0 || FindTemplate(&op.schema())) && cursor_ < template_->events.size()) {
+    if (cacheable && cursor_ == 0 && ReplayFirstOp(op, stack)) return;
+    if (cacheable && cursor_ > 0 && cursor_ < template_->events.size()) {
       const TraceEvent& e = template_->events[cursor_];
       if (e.schema == &op.schema() &&
           key_.span() == absl::MakeConstSpan(template_->keys.data() + e.key_begin, e.key_size) &&
@@ -1605,6 +1618,7 @@ void CaptureContext::ForgetTemplate() {
   Materialize();
   templates_.clear();
   template_ = nullptr;
+  previous_ = nullptr;
   recording_ok_ = false;
 }
 
@@ -1613,6 +1627,13 @@ bool CaptureContext::FindTemplate(const c10::FunctionSchema* schema) {
     const TraceEvent& e = t.events[0];
     return e.schema == schema && key_.span() == absl::MakeConstSpan(t.keys.data() + e.key_begin, e.key_size);
   };
+  // The part that followed the last one the previous time comes first, then the last
+  // template itself (a step of one graph), then the most recent others.
+  if (Trace* next = template_->next; next != nullptr && next != template_ && starts_here(*next)) {
+    template_ = next;
+    replay_scope_version_ = 0;
+    return true;
+  }
   if (starts_here(*template_)) return true;
   for (auto it = templates_.rbegin(); it != templates_.rend(); ++it) {
     if (it->get() != template_ && starts_here(**it)) {
@@ -1620,6 +1641,32 @@ bool CaptureContext::FindTemplate(const c10::FunctionSchema* schema) {
       replay_scope_version_ = 0;  // scope ids are the template's
       return true;
     }
+  }
+  return false;
+}
+
+bool CaptureContext::ReplayFirstOp(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  // Templates may start with the same op and key but take other kinds of buffers (a step's
+  // first part reads an upload where a later part reads a tensor an earlier part left
+  // resident): try each that starts here until one replays. A failed try changes nothing.
+  const c10::FunctionSchema* schema = &op.schema();
+  auto try_template = [&](Trace* t) {
+    const TraceEvent& e = t->events[0];
+    if (e.schema != schema || key_.span() != absl::MakeConstSpan(t->keys.data() + e.key_begin, e.key_size)) {
+      return false;
+    }
+    template_ = t;
+    replay_scope_version_ = 0;  // scope ids are the template's
+    if (!TryReplay(op, *e.spec, stack)) return false;
+    ++stats.cache_hits;
+    ++stats.ops_replayed;
+    return true;
+  };
+  Trace* const last = template_;
+  if (last->next != nullptr && try_template(last->next)) return true;
+  if (last->next != last && try_template(last)) return true;
+  for (auto it = templates_.rbegin(); it != templates_.rend(); ++it) {
+    if (it->get() != last && it->get() != last->next && try_template(it->get())) return true;
   }
   return false;
 }
@@ -1808,7 +1855,8 @@ void CaptureContext::ResetGraph() {
 std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Tensor>& wanted) {
   if (replaying_) {
     if (std::unique_ptr<Worker::Job> job = PrepareReplayedJob(wanted)) return job;
-    Materialize(/*diverged=*/true);
+    // A graph of no ops (reading back what an earlier part computed) replays nothing.
+    Materialize(/*diverged=*/cursor_ > 0);
   }
   graph.outputs().clear();
   for (const at::Tensor& t : wanted) graph.outputs().push_back(RefOf(t));
@@ -1845,8 +1893,18 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Te
     t->fingerprint = fingerprint;
     t->nodes_eliminated = eliminated;
     templates_.push_back(std::move(t));
-    if (templates_.size() > kMaxTemplates) templates_.pop_front();
+    if (templates_.size() > kMaxTemplates) {
+      const Trace* gone = templates_.front().get();
+      for (const std::unique_ptr<Trace>& kept : templates_) {
+        if (kept->next == gone) kept->next = nullptr;
+      }
+      if (previous_ == gone) previous_ = nullptr;
+      templates_.pop_front();
+    }
     template_ = templates_.back().get();
+    LinkTemplates();
+  } else {
+    previous_ = nullptr;
   }
   ResetGraph();
   return job;
@@ -1881,6 +1939,7 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareReplayedJob(const std::vecto
   std::unique_ptr<Worker::Job> job = FinishJob(std::move(run), t.run_keep, t.remap, t.fingerprint);
   MarkResident(keep, t.remap);
   UseTemplate(template_);
+  LinkTemplates();
   ResetGraph();
   return job;
 }
