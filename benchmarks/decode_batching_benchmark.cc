@@ -9,10 +9,10 @@
 // streams' tokens; `batched_fraction` is the share of steps that ran batched (1 for the
 // batched cases with N >= 2, else the case fails).
 //
-//   bazel run -c opt //benchmarks:decode_batching_benchmark -- \
+//   bazel run -c opt //benchmarks:decode_batching_benchmark --
 //       --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //   # On a GPU machine (the node's interpreter on cuda:0; tools/device/run_gpu.sh packs it):
-//   GENIE_BENCH_DEVICE=cuda:0 device_pack/run.sh decode_batching_benchmark \
+//   GENIE_BENCH_DEVICE=cuda:0 device_pack/run.sh decode_batching_benchmark
 //       --benchmark_repetitions=5 --benchmark_report_aggregates_only=true
 //
 // Sizes: 0 the tests' toy GPT-2 (dim 64, 2 layers, 0.14 M parameters), 1 a mid-size one
