@@ -250,6 +250,14 @@ TEST_F(DecodeBatchingTest, UnknownPatternsAreNotBatched) {
   scheduler::DecodeBatchingStats stats = session->decode_batching();
   EXPECT_EQ(stats.decode_graphs, 0);
   EXPECT_EQ(stats.batched_runs, 0);
+  // ToCpu takes remote tensors only, and says which argument is not.
+  try {
+    (void)frontend::ToCpu({fc(a.to(device)), a});
+    ADD_FAILURE() << "ToCpu accepted a CPU tensor";
+  } catch (const c10::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 1 is cpu, not a remote_accelerator tensor"), std::string::npos)
+        << e.what();
+  }
 
   // Growing caches of different lengths: the streams' steps differ in shape (refused);
   // one stream alone: nothing to batch. Both still give each stream's own logits.
