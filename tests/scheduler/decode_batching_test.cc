@@ -36,6 +36,10 @@ using Batched = Pipeline<Annotations<semantic::Phase>, Analyzers<semantic::Phase
                          scheduler::SemanticScheduler<ResidentWeights, KvCacheColocation, JustInTimeTransfers,
                                                       DecodeBatching>,
                          transport::Tcp>;
+using PlacedBatched = Pipeline<Annotations<semantic::Phase>, Analyzers<semantic::PhaseDetector, semantic::WorkloadClassifier>,
+                               scheduler::SemanticScheduler<ResidentWeights, KvCacheColocation, JustInTimeTransfers,
+                                                            scheduler::ModalityPlacement, DecodeBatching>,
+                               transport::Tcp>;
 using Unbatched = Pipeline<Annotations<semantic::Phase>, Analyzers<semantic::PhaseDetector, semantic::WorkloadClassifier>,
                            scheduler::SemanticScheduler<ResidentWeights, KvCacheColocation, JustInTimeTransfers>,
                            transport::Tcp>;
@@ -145,6 +149,27 @@ TEST_F(DecodeBatchingTest, BatchedStreamsMatchEachStreamRunAlone) {
   EXPECT_EQ(stats.ops_batched, steps * (4 * config.depth + 1));
   EXPECT_EQ(stats.fallbacks, 0);
   EXPECT_GE(stats.other_graphs, 3) << "the three prefills";  // never batched
+}
+
+// Composed with placement across two nodes: the batched graph is what gets placed.
+TEST_F(DecodeBatchingTest, ComposesWithPlacementOnTwoNodes) {
+  models::Gpt2Config config;
+  const int steps = 3;
+  const Reference ref = Generate(config, {3, 8}, steps, models::KvCacheMode::kStatic);
+  SessionOptions options;
+  options.embedded_nodes = 2;
+  auto session = Session<PlacedBatched>::Start(options).value();
+  Streams streams(config, ref, models::KvCacheMode::kStatic);
+  for (int t = 0; t < steps; ++t) {
+    std::vector<torch::Tensor> out = streams.Step(ref, t, {0, 1});
+    for (int s = 0; s < 2; ++s) {
+      EXPECT_LE(MaxError(out[s], ref.logits[s][t]), kTolerance) << "stream " << s << " step " << t;
+    }
+  }
+  ASSERT_TRUE(session->Join().ok());
+  const scheduler::DecodeBatchingStats stats = session->decode_batching();
+  EXPECT_EQ(stats.batched_runs, steps) << stats.ToString();
+  EXPECT_EQ(stats.batch_sizes, (std::map<int, int64_t>{{2, steps}}));
 }
 
 // The rewrite itself: each weight matmul of the step runs once, over the stacked rows.
