@@ -151,7 +151,8 @@ TEST_F(DecodeBatchingTest, BatchedStreamsMatchEachStreamRunAlone) {
   EXPECT_GE(stats.other_graphs, 3) << "the three prefills";  // never batched
 }
 
-// Composed with placement across two nodes: the batched graph is what gets placed.
+// Composed with ModalityPlacement in a two-node session: the batched graph is what gets
+// placed (a language-only model lands on one node, KV caches with their attention).
 TEST_F(DecodeBatchingTest, ComposesWithPlacementOnTwoNodes) {
   models::Gpt2Config config;
   const int steps = 3;
