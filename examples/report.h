@@ -34,6 +34,16 @@ using SemanticDeployment = Pipeline<
                                  scheduler::JustInTimeTransfers>,
     transport::Tcp>;
 
+// The same with the decode steps of several streams in one graph batched on the node
+// (scheduler::DecodeBatching: the streams' weight matmuls run once per step).
+using SemanticBatchedDeployment = Pipeline<
+    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
+    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
+              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+    scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
+                                 scheduler::JustInTimeTransfers, scheduler::DecodeBatching>,
+    transport::Tcp>;
+
 // The same with the client on the node's host reaching it over shared memory
 // (transport::Shm; an embedded node gets its own Unix socket).
 using SemanticShmDeployment = Pipeline<

@@ -176,6 +176,8 @@ class PipelineExecutor final : public core::Executor {
   scheduler::DataTraffic traffic() const { return scheduled_.traffic(); }
   // Where modules ran and what went node to node (ModalityPlacement on several nodes).
   scheduler::PlacementStats placement() const { return scheduled_.placement(); }
+  // What decode batching did (scheduler::DecodeBatching; zeros without it).
+  scheduler::DecodeBatchingStats decode_batching() const { return scheduled_.decode_batching(); }
 
   // The scheduler itself: runs analysed graphs (Execute), and with ModalityPlacement on
   // several nodes keeps runs in flight (placer()->Submit / Wait).

@@ -168,6 +168,10 @@ class Session {
   // traffic()); empty unless the scheduler places across several nodes.
   scheduler::PlacementStats placement() const { return executor_->placement(); }
 
+  // Decode steps whose streams ran batched (scheduler::DecodeBatching), batch sizes, and
+  // why other decode steps were not.
+  scheduler::DecodeBatchingStats decode_batching() const { return executor_->decode_batching(); }
+
   std::vector<std::string> node_descriptions() const {
     std::vector<std::string> out;
     for (const auto& n : nodes_) out.push_back(n->Describe());

@@ -2523,6 +2523,18 @@ std::shared_ptr<core::Executor> GetExecutor() {
   return ctx.executor();
 }
 
+std::vector<at::Tensor> ToCpu(const std::vector<at::Tensor>& tensors) {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    TORCH_CHECK(tensors[i].defined() && IsRemote(tensors[i]), "genie::frontend::ToCpu: tensor ", i, " is ",
+                tensors[i].defined() ? tensors[i].device().str() : std::string("undefined"),
+                ", not a remote_accelerator tensor; read CPU tensors directly");
+  }
+  if (tensors.empty()) return {};
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  return ctx.Run(tensors);
+}
+
 void NameParameters(const torch::nn::Module& module, std::string_view prefix) {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);

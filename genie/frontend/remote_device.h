@@ -26,11 +26,15 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
 
+namespace at {
+class Tensor;
+}  // namespace at
 namespace torch::nn {
 class Module;
 }  // namespace torch::nn
@@ -68,6 +72,13 @@ class Scope {
 absl::Status Dispatch();
 absl::Status Join();
 absl::Status Flush();
+
+// Reads several remote tensors back in one run (one graph, one round trip) as contiguous
+// CPU tensors, in order: `.to(kCPU)` for many. A client serving several generation streams
+// reads all their logits this way, so the streams' decode steps are one graph (with
+// scheduler::DecodeBatching, one batched step). Throws c10::Error naming the first
+// argument that is not a remote_accelerator tensor.
+std::vector<at::Tensor> ToCpu(const std::vector<at::Tensor>& tensors);
 
 // Counters since the last ResetCaptureStats().
 struct CaptureStats {

@@ -4,6 +4,9 @@
 //   using Blind = genie::scheduler::BlindScheduler;               // the baseline
 //   using Smart = genie::scheduler::SemanticScheduler<
 //       genie::scheduler::ResidentWeights, genie::scheduler::KvCacheColocation>;
+//   using Batched = genie::scheduler::SemanticScheduler<        // + decode streams batched
+//       genie::scheduler::ResidentWeights, genie::scheduler::KvCacheColocation,
+//       genie::scheduler::DecodeBatching>;
 #ifndef GENIE_SCHEDULER_POLICIES_H_
 #define GENIE_SCHEDULER_POLICIES_H_
 
@@ -35,6 +38,15 @@ struct JustInTimeTransfers {  // only live inputs move; intermediates never leav
 // stay on nodes between the parts of a graph).
 struct ModalityPlacement {
   static constexpr const char* kName = "modality_placement";
+};
+
+// Phase-aware batching (genie/scheduler/decode_batching.h): a decode graph that holds the
+// steps of several generation streams of one model runs their weight matmuls once over the
+// stacked rows of all streams; each stream's KV-cache append and attention stay its own.
+// Prefill and other graphs run as captured. It rewrites the graph before the other
+// optimizations see it, so it composes with any of them.
+struct DecodeBatching {
+  static constexpr const char* kName = "decode_batching";
 };
 
 template <class... Optimizations>

@@ -13,6 +13,12 @@
 //       scheduler::ResidentWeights, scheduler::KvCacheColocation,
 //       scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>> placed({n0, n1});
 //   placed.placement().node_to_node_bytes;
+//
+//   // Decode steps of several streams in one graph run their weight matmuls once:
+//   scheduler::ScheduledExecutor<scheduler::SemanticScheduler<
+//       scheduler::ResidentWeights, scheduler::KvCacheColocation,
+//       scheduler::JustInTimeTransfers, scheduler::DecodeBatching>> batched({node});
+//   batched.decode_batching().batched_runs;
 #ifndef GENIE_SCHEDULER_SCHEDULER_H_
 #define GENIE_SCHEDULER_SCHEDULER_H_
 
@@ -25,6 +31,7 @@
 #include "absl/strings/str_cat.h"
 #include "genie/core/executor.h"
 #include "genie/core/type_traits.h"
+#include "genie/scheduler/decode_batching.h"
 #include "genie/scheduler/placement_executor.h"
 #include "genie/scheduler/policies.h"
 #include "genie/scheduler/residency_executor.h"
@@ -35,7 +42,8 @@ namespace genie::scheduler {
 template <class O>
 inline constexpr bool is_optimization_v =
     std::is_same_v<O, ResidentWeights> || std::is_same_v<O, KvCacheColocation> ||
-    std::is_same_v<O, JustInTimeTransfers> || std::is_same_v<O, ModalityPlacement>;
+    std::is_same_v<O, JustInTimeTransfers> || std::is_same_v<O, ModalityPlacement> ||
+    std::is_same_v<O, DecodeBatching>;
 
 template <class S>
 struct is_scheduler_policy : std::false_type {};
@@ -67,6 +75,7 @@ class ScheduledExecutor<BlindScheduler> {
   DataTraffic traffic() const { return residency_.traffic(); }
   PlacementStats placement() const { return PlacementStats{}; }  // one node: nothing placed
   PlacementExecutor* placer() { return nullptr; }
+  DecodeBatchingStats decode_batching() const { return DecodeBatchingStats{}; }  // never batches
 
  private:
   ResidencyExecutor residency_;
@@ -76,9 +85,13 @@ template <class... Os>
 class ScheduledExecutor<SemanticScheduler<Os...>> {
   static_assert((is_optimization_v<Os> && ...),
                 "SemanticScheduler<...> takes scheduler optimizations only (ResidentWeights, "
-                "KvCacheColocation, JustInTimeTransfers, ModalityPlacement)");
+                "KvCacheColocation, JustInTimeTransfers, ModalityPlacement, DecodeBatching)");
   template <class O>
   static constexpr bool kHas = (std::is_same_v<O, Os> || ...);
+  template <class O>
+  static constexpr int kCount = (int{std::is_same_v<O, Os>} + ...);
+  static_assert(((kCount<Os> == 1) && ...),
+                "SemanticScheduler<...> lists an optimization twice: name each once");
   static_assert(!kHas<ModalityPlacement> || kHas<JustInTimeTransfers>,
                 "ModalityPlacement keeps intermediates on nodes between the parts of a graph: "
                 "compose it with JustInTimeTransfers");
@@ -99,11 +112,20 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request,
                                               const semantic::GraphSemantics& semantics) {
-    if (placed_ != nullptr) return placed_->Execute(request, semantics);
-    return residency_.Execute(request, semantics);
+    auto run = [this](const core::ExecuteRequest& r, const semantic::GraphSemantics& s) {
+      if (placed_ != nullptr) return placed_->Execute(r, s);
+      return residency_.Execute(r, s);
+    };
+    if constexpr (kHas<DecodeBatching>) return batcher_.Execute(request, semantics, run);
+    return run(request, semantics);
   }
   std::string Describe() const {
     return absl::StrCat("semantic on ", placed_ != nullptr ? placed_->Describe() : residency_.Describe());
+  }
+  // What decode batching did (zeros without DecodeBatching).
+  DecodeBatchingStats decode_batching() const {
+    if constexpr (kHas<DecodeBatching>) return batcher_.stats();
+    return DecodeBatchingStats{};
   }
   DataTraffic traffic() const { return placed_ != nullptr ? placed_->traffic() : residency_.traffic(); }
   // Where modules ran and what moved node to node (empty with one node).
@@ -114,6 +136,7 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
  private:
   ResidencyExecutor residency_;
   std::unique_ptr<PlacementExecutor> placed_;
+  DecodeBatcher batcher_;  // used with DecodeBatching only
 };
 
 }  // namespace genie::scheduler

@@ -34,6 +34,10 @@ step gpu_benchmark 400 "$here/run.sh" gpu_benchmark --benchmark_filter="${BENCH_
 # Where a GPT-2 decode step's time goes on the node (interpreter phases, stderr).
 step profile 120 env GENIE_INTERPRETER_PROFILE=1 "$here/run.sh" gpu_benchmark \
   --benchmark_filter='Gpt2SmallDecode/genie_remote/' --benchmark_min_time=1
+# N GPT-2 decode streams on a cuda:0 node, batched (DecodeBatching) against unbatched.
+step decode_batching 400 env GENIE_BENCH_DEVICE=cuda:0 "$here/run.sh" decode_batching_benchmark \
+  --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \
+  --benchmark_out="$out/decode_batching.json" --benchmark_out_format=json
 genie_json=()
 [[ -s "$out/gpu_benchmark.json" ]] && genie_json=(--genie_json="$out/gpu_benchmark.json")
 # GENIE_CASE: the gpu_benchmark case(s) compared with RPC (comma-separated); with
