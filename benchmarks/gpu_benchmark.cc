@@ -79,6 +79,9 @@ void ReportBytes(benchmark::State& state, const genie::transport::TrafficSnapsho
 struct Mode {
   bool remote = false;
   bool inference = false;
+  // Remote: -1 keeps the session's default (a GPU session cuts steps into parts of 16, 64,
+  // ... nodes: SessionOptions::gpu_dispatch_*), 0 turns cutting off, N > 0 cuts every N
+  // nodes (times `growth` per part).
   int64_t dispatch = 0;
   bool graphs = true;
   int busy_poll_us = 0;  // remote: node and client spin on their sockets (ConnectionOptions)
@@ -93,7 +96,7 @@ class ModelRun {
  public:
   ModelRun(benchmark::State& state, const Mode& mode) : state_(state), mode_(mode) {
     if (mode.inference) inference_.emplace();
-    if (mode.remote) genie::frontend::SetAutoDispatch(mode.dispatch, mode.growth);
+    if (mode.remote && mode.dispatch >= 0) genie::frontend::SetAutoDispatch(mode.dispatch, mode.growth);
   }
   void StartTiming(genie::Session<D>* session) {
     session_ = session;
@@ -103,7 +106,7 @@ class ModelRun {
   }
   ~ModelRun() {
     if (!mode_.remote) return;
-    genie::frontend::SetAutoDispatch(0);
+    if (mode_.dispatch >= 0) genie::frontend::SetAutoDispatch(0);
     if (session_ == nullptr) return;
     ReportBytes(state_, session_->traffic() - traffic_);
     const genie::runtime::InterpreterCounters now = genie::runtime::GetInterpreterCounters();
@@ -440,12 +443,13 @@ const bool kModelsRegistered = [] {
       {"BM_VitB16", BM_VitB16}, {"BM_BertBase", BM_BertBase}, {"BM_Gpt2SmallDecode", BM_Gpt2SmallDecode}};
   std::vector<std::pair<std::string, Mode>> modes = {
       {"local_cuda", Mode{false, false, 0}},
-      {"genie_remote", Mode{true, false, 0}},
+      {"genie_remote", Mode{true, false, -1}},
       {"local_cuda_inference", Mode{false, true, 0}},
-      {"genie_remote_inference", Mode{true, true, 0}},
+      {"genie_remote_inference", Mode{true, true, -1}},
+      {"genie_remote_inference_nodispatch", Mode{true, true, 0}},
   };
   modes.push_back({"genie_remote_inference_dispatch128", Mode{true, true, 128}});
-  modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, 0, true, 5000}});
+  modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, -1, true, 5000}});
   modes.push_back({"genie_remote_inference_busypoll_dispatch128", Mode{true, true, 128, true, 5000}});
   // Parts that grow: 32, 64, 128, ... nodes (x2) or 32, 128, ... (x4) per step.
   for (const auto& [first, growth] : {std::pair<int, int>{32, 2}, {64, 2}, {32, 4}, {16, 4}}) {
@@ -455,8 +459,9 @@ const bool kModelsRegistered = [] {
     modes.push_back({"genie_remote_shm_inference_" + cut, Mode{true, true, first, true, 0, true, growth}});
   }
   modes.push_back({"genie_remote_no_graphs", Mode{true, false, 0, false}});
-  modes.push_back({"genie_remote_shm", Mode{true, false, 0, true, 0, /*shm=*/true}});
-  modes.push_back({"genie_remote_shm_inference", Mode{true, true, 0, true, 0, /*shm=*/true}});
+  modes.push_back({"genie_remote_shm", Mode{true, false, -1, true, 0, /*shm=*/true}});
+  modes.push_back({"genie_remote_shm_inference", Mode{true, true, -1, true, 0, /*shm=*/true}});
+  modes.push_back({"genie_remote_shm_inference_nodispatch", Mode{true, true, 0, true, 0, /*shm=*/true}});
   for (const auto& [model, fn] : models) {
     for (const auto& [name, mode] : modes) {
       // Real time decides the iteration count: the remote client's CPU is mostly idle.

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 #include <type_traits>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "genie/client/pipeline.h"
 #include "genie/client/remote_executor.h"
@@ -51,6 +53,13 @@ struct SessionOptions {
   // returns, so successive batches pipeline across nodes; a queued run's failure comes
   // back from the next run or from Join (PipelineExecutor).
   bool pipelined = false;
+  // When every node of the session executes on a GPU, each step is cut into parts as it is
+  // captured (frontend::SetAutoDispatch(gpu_dispatch_first_part, gpu_dispatch_growth): parts
+  // of 16, 64, 256, ... nodes), so the GPU starts on the first part while the client
+  // captures the rest; the frontend's own setting comes back when the session ends. 0 leaves
+  // the setting alone. Nodes on the CPU are not cut: there the node and the client share cores.
+  int64_t gpu_dispatch_first_part = 16;
+  int64_t gpu_dispatch_growth = 4;
 };
 
 namespace session_internal {
@@ -131,12 +140,19 @@ class Session {
                                                          options.pipelined);
     s->previous_ = frontend::GetExecutor();
     frontend::SetExecutor(s->executor_);
+    bool all_gpu = !s->nodes_.empty();
+    for (const auto& n : s->nodes_) all_gpu = all_gpu && absl::StartsWith(n->node_info().device, "cuda");
+    if (all_gpu && options.gpu_dispatch_first_part > 0) {
+      s->previous_dispatch_ = frontend::GetAutoDispatch();
+      frontend::SetAutoDispatch(options.gpu_dispatch_first_part, options.gpu_dispatch_growth);
+    }
     return s;
   }
 
   ~Session() {
     (void)Join();
     frontend::SetExecutor(previous_);
+    if (previous_dispatch_) frontend::SetAutoDispatch(previous_dispatch_->first, previous_dispatch_->second);
   }
 
   // The device to move modules and tensors to.
@@ -208,6 +224,7 @@ class Session {
   std::vector<std::shared_ptr<Node>> nodes_;
   std::shared_ptr<PipelineExecutor<P>> executor_;
   std::shared_ptr<core::Executor> previous_;
+  std::optional<std::pair<int64_t, int64_t>> previous_dispatch_;  // set when this session cut steps
 };
 
 }  // namespace genie

@@ -2625,6 +2625,12 @@ void SetAutoDispatch(int64_t nodes, int64_t growth) {
   ctx.next_part_nodes = 0;
 }
 
+std::pair<int64_t, int64_t> GetAutoDispatch() {
+  CaptureContext& ctx = CaptureContext::Get();
+  std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+  return {ctx.auto_dispatch_nodes, ctx.auto_dispatch_growth};
+}
+
 void SetStepReplayEnabled(bool enabled) {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);

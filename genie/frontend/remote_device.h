@@ -26,6 +26,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -124,6 +125,8 @@ void SetStepReplayEnabled(bool enabled);
 // ends where its results are read): a short first part starts the executor early, and
 // the longer later parts cost fewer dispatches.
 void SetAutoDispatch(int64_t nodes, int64_t growth = 1);
+// The current setting: {nodes, growth}.
+std::pair<int64_t, int64_t> GetAutoDispatch();
 
 // Called with each graph just before it executes (after dead-code elimination), for
 // tools and tests. Pass nullptr to remove.
