@@ -316,11 +316,12 @@ TEST(Shm, ListenerRefusesClientsWithoutValidRingsAndGoesOn) {
   int p[2];
   ASSERT_EQ(pipe(p), 0);
   std::string hello = "GENIESHM";
-  const std::uint32_t version = 1, reserved = 0;
-  const std::uint64_t ring = 1 << 20;
+  const std::uint32_t version = 2, reserved = 0;
+  const std::uint64_t ring = 1 << 20, no_pool = 0;
   hello.append(reinterpret_cast<const char*>(&version), 4);
   hello.append(reinterpret_cast<const char*>(&reserved), 4);
   hello.append(reinterpret_cast<const char*>(&ring), 8);
+  hello.append(reinterpret_cast<const char*>(&no_pool), 8);
   raw = RawClient(path, hello, {p[0], p[0], p[0], p[0], p[0]});
   ASSERT_GE(raw, 0);
   refused = listener->Accept(kWait);
@@ -335,13 +336,31 @@ TEST(Shm, ListenerRefusesClientsWithoutValidRingsAndGoesOn) {
   EXPECT_TRUE(Contains(refused.status(), "passed 1 file descriptors, not 5")) << refused.status();
   close(raw);
   // Another protocol version.
-  std::string v2 = hello;
-  v2[8] = 2;
-  raw = RawClient(path, v2, {});
+  std::string v3 = hello;
+  v3[8] = 3;
+  raw = RawClient(path, v3, {});
   ASSERT_GE(raw, 0);
   refused = listener->Accept(kWait);
   EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
-  EXPECT_TRUE(Contains(refused.status(), "version 2")) << refused.status();
+  EXPECT_TRUE(Contains(refused.status(), "version 3")) << refused.status();
+  close(raw);
+  // The hello of a version-1 client (no pool field) says which version it speaks.
+  std::string v1 = hello.substr(0, 24);
+  v1[8] = 1;
+  raw = RawClient(path, v1, {p[0], p[0], p[0], p[0], p[0]});
+  ASSERT_GE(raw, 0);
+  refused = listener->Accept(kWait);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
+  EXPECT_TRUE(Contains(refused.status(), "version 1")) << refused.status();
+  close(raw);
+  // A pool announced, but its "memfd" is a pipe.
+  std::string pooled = hello.substr(0, 24);
+  const std::uint64_t pool_bytes = 4 << 20;
+  pooled.append(reinterpret_cast<const char*>(&pool_bytes), 8);
+  raw = RawClient(path, pooled, {p[0], p[0], p[0], p[0], p[0]});
+  ASSERT_GE(raw, 0);
+  refused = listener->Accept(kWait);
+  EXPECT_TRUE(Contains(refused.status(), "not 6 (rings, 4 eventfds, tensor pool)")) << refused.status();
   close(raw);
   close(p[0]);
   close(p[1]);
