@@ -389,6 +389,10 @@ class CaptureContext {
   void FillRef(const at::Tensor& t, bool produced_here, TensorRef* r);
   BufferId NewBufferFor(const at::Tensor& t, StorageContext* sc, bool produced_here);
   BufferId AddHostConstant(const at::Tensor& cpu);
+  // An empty CPU tensor for host data the next run uploads: in memory the executor lends
+  // (Executor::Staging: a node's shared tensor pool, where the upload then costs no copy),
+  // else ordinary memory.
+  at::Tensor HostStaging(c10::IntArrayRef sizes, at::ScalarType dtype);
   Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
   bool AppendKey(const c10::IValue& v);
   void AppendTensorKey(const at::Tensor& t);
@@ -773,8 +777,23 @@ void CaptureContext::FillRef(const at::Tensor& t, bool produced_here, TensorRef*
   r->storage_offset = t.storage_offset();
 }
 
+at::Tensor CaptureContext::HostStaging(c10::IntArrayRef sizes, at::ScalarType dtype) {
+  const at::TensorOptions options = at::TensorOptions().dtype(dtype);
+  const int64_t numel = c10::multiply_integers(sizes);
+  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (nbytes != 0) {
+    core::HostBuffer lent = executor()->Staging(nbytes);
+    if (lent.data != nullptr && lent.nbytes >= nbytes) {
+      return at::from_blob(
+          lent.data, sizes, [owner = std::move(lent.owner)](void*) mutable { owner.reset(); }, options);
+    }
+  }
+  return at::empty(sizes, options);
+}
+
 BufferId CaptureContext::AddHostConstant(const at::Tensor& cpu) {
-  at::Tensor data = cpu.contiguous().clone();
+  at::Tensor data = HostStaging(cpu.sizes(), cpu.scalar_type());
+  data.copy_(cpu);
   core::Buffer b;
   b.dtype = ToDType(data.scalar_type());
   b.numel = data.numel();
@@ -1606,7 +1625,7 @@ void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src
   if (whole) {
     // Overwrites the whole storage: bind it to a snapshot of the host data (a new
     // version with no dependence on the old one; the data uploads at the next run).
-    at::Tensor data = at::empty(dst.sizes(), at::TensorOptions().dtype(dst.scalar_type()));
+    at::Tensor data = HostStaging(dst.sizes(), dst.scalar_type());
     data.copy_(cpu_src);
     // Ops already captured keep reading the earlier version (its graph buffer); later
     // references get a new buffer bound to this data.
@@ -1961,10 +1980,21 @@ std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wante
   TORCH_CHECK(result->outputs.size() == wanted.size(), "genie: executor returned ",
               result->outputs.size(), " outputs for ", wanted.size(), " requested");
   for (size_t i = 0; i < wanted.size(); ++i) {
-    const core::HostBytes& hb = result->outputs[i];
-    at::Tensor t = at::empty(wanted[i].sizes(), at::TensorOptions().dtype(wanted[i].scalar_type()));
-    TORCH_CHECK(hb.nbytes == static_cast<size_t>(t.nbytes()), "genie: executor returned ", hb.nbytes,
-                " bytes for an output of ", t.nbytes());
+    core::HostBytes& hb = result->outputs[i];
+    const at::TensorOptions options = at::TensorOptions().dtype(wanted[i].scalar_type());
+    const size_t expected = static_cast<size_t>(wanted[i].numel()) * c10::elementSize(wanted[i].scalar_type());
+    TORCH_CHECK(hb.nbytes == expected, "genie: executor returned ", hb.nbytes,
+                " bytes for an output of ", expected);
+    if (hb.exclusive && hb.owner != nullptr && hb.nbytes != 0 &&
+        reinterpret_cast<uintptr_t>(hb.data) % c10::elementSize(wanted[i].scalar_type()) == 0) {
+      // The bytes are this result's alone (a block of a shared pool, or memory the remote
+      // executor received them into): the tensor uses them in place.
+      out.push_back(at::from_blob(
+          const_cast<void*>(hb.data), wanted[i].sizes(),
+          [owner = std::move(hb.owner)](void*) mutable { owner.reset(); }, options));
+      continue;
+    }
+    at::Tensor t = at::empty(wanted[i].sizes(), options);
     if (hb.nbytes) std::memcpy(t.data_ptr(), hb.data, hb.nbytes);
     out.push_back(std::move(t));
   }
