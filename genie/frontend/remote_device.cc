@@ -22,6 +22,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/detail/PrivateUse1HooksInterface.h>
 #include <ATen/ops/_reshape_alias_native.h>
+#include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/view_native.h>
 #include <c10/core/Allocator.h>
@@ -320,6 +321,8 @@ class CaptureContext {
   // --- capture -------------------------------------------------------------------
   void Capture(const c10::OperatorHandle& op, torch::jit::Stack* stack);
   void CopyFrom(const at::Tensor& self, const at::Tensor& dst);
+  // The contiguous CPU copy of remote `self` (runs what it needs).
+  at::Tensor Download(const at::Tensor& self);
   at::Scalar LocalScalarDense(const at::Tensor& self);
   void NameParameter(const at::Tensor& t, const std::string& name);
 
@@ -1684,6 +1687,8 @@ void CaptureContext::CopyFrom(const at::Tensor& self, const at::Tensor& dst) {
   }
 }
 
+at::Tensor CaptureContext::Download(const at::Tensor& self) { return Run({self})[0]; }
+
 at::Scalar CaptureContext::LocalScalarDense(const at::Tensor& self) {
   return Run({self})[0].item();
 }
@@ -2161,6 +2166,29 @@ at::Tensor CopyFromAndResize(const at::Tensor& self, const at::Tensor& dst) {
   return CopyFrom(self, dst, false);
 }
 
+// `.to(kCPU)` of a remote tensor: the run's output is the result itself (no copy into a
+// fresh CPU tensor; over a Shm pool it is the pool block the node wrote). Anything else
+// (another dtype, a memory format, a non-contiguous source, remote to remote) takes
+// libtorch's own _to_copy, which ends in _copy_from.
+at::Tensor ToCopy(const at::Tensor& self, std::optional<at::ScalarType> dtype,
+                  std::optional<at::Layout> layout, std::optional<at::Device> device,
+                  std::optional<bool> pin_memory, bool non_blocking,
+                  std::optional<at::MemoryFormat> memory_format) {
+  const bool plain_download =
+      device.has_value() && device->is_cpu() && IsRemote(self) &&
+      (!dtype.has_value() || *dtype == self.scalar_type()) &&
+      c10::layout_or_default(layout) == c10::Layout::Strided && !pin_memory.value_or(false) &&
+      self.is_contiguous() &&
+      (!memory_format.has_value() || *memory_format == at::MemoryFormat::Preserve ||
+       *memory_format == at::MemoryFormat::Contiguous);
+  if (plain_download) {
+    CaptureContext& ctx = CaptureContext::Get();
+    std::lock_guard<std::recursive_mutex> lock(ctx.mu);
+    return ctx.Download(self);
+  }
+  return at::native::_to_copy(self, dtype, layout, device, pin_memory, non_blocking, memory_format);
+}
+
 at::Scalar LocalScalarDense(const at::Tensor& self) {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
@@ -2204,6 +2232,7 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("resize_", TORCH_FN(Resize));
   m.impl("_copy_from", TORCH_FN(CopyFrom));
   m.impl("_copy_from_and_resize", TORCH_FN(CopyFromAndResize));
+  m.impl("_to_copy", TORCH_FN(ToCopy));
   m.impl("_local_scalar_dense", TORCH_FN(LocalScalarDense));
   m.impl("_has_compatible_shallow_copy_type", TORCH_FN(HasCompatibleShallowCopyType));
   m.impl("equal", torch::CppFunction::makeFromBoxedFunction<&Equal>());
