@@ -5,7 +5,10 @@
 // rings fail validation.
 #include "genie/transport/shm.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -374,6 +377,47 @@ TEST(Shm, ListenerRefusesClientsWithoutValidRingsAndGoesOn) {
   auto frame = server->Receive(kWait);
   ASSERT_TRUE(frame.ok()) << frame.status();
   EXPECT_EQ(frame->payload, "after refusals");
+}
+
+// A hello whose rings and eventfds are right but whose tensor pool is not: unsealed, or of
+// another size than announced.
+TEST(Shm, ListenerRefusesAPoolThatFailsValidation) {
+  const std::string path = SocketPath();
+  auto listener = Listener<Shm>::Create(path);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  const std::uint64_t ring = 1 << 20, pool_bytes = 4 << 20;
+  auto memfd = [](std::uint64_t bytes, bool seal) {
+    int fd = memfd_create("test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    if (seal) EXPECT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    return fd;
+  };
+  const int region = memfd(4096 + 2 * ring, true);
+  int efd[4];
+  for (int& e : efd) e = eventfd(0, EFD_CLOEXEC);
+  std::string hello = "GENIESHM";
+  const std::uint32_t version = 2, reserved = 0;
+  hello.append(reinterpret_cast<const char*>(&version), 4);
+  hello.append(reinterpret_cast<const char*>(&reserved), 4);
+  hello.append(reinterpret_cast<const char*>(&ring), 8);
+  hello.append(reinterpret_cast<const char*>(&pool_bytes), 8);
+
+  const int unsealed = memfd(pool_bytes, false);
+  int raw = RawClient(path, hello, {region, efd[0], efd[1], efd[2], efd[3], unsealed});
+  ASSERT_GE(raw, 0);
+  auto refused = listener->Accept(kWait);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status())) << refused.status();
+  EXPECT_TRUE(Contains(refused.status(), "tensor pool is not a memfd sealed against shrinking"))
+      << refused.status();
+  close(raw);
+  const int small = memfd(pool_bytes / 2, true);
+  raw = RawClient(path, hello, {region, efd[0], efd[1], efd[2], efd[3], small});
+  ASSERT_GE(raw, 0);
+  refused = listener->Accept(kWait);
+  EXPECT_TRUE(Contains(refused.status(), "tensor pool is not a 4194304-byte memfd")) << refused.status();
+  close(raw);
+  for (int fd : {region, efd[0], efd[1], efd[2], efd[3], unsealed, small}) close(fd);
 }
 
 TEST(Shm, AcceptTimesOutWithoutClient) {
