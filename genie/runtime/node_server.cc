@@ -325,16 +325,23 @@ Session::~Session() {
 absl::Status Session::CheckPool(const plan::RunMessage& run) {
   GENIE_RETURN_IF_ERROR(
       plan::CheckPoolReferences(run, shared_pool_ != nullptr ? shared_pool_->bytes() : 0, &pool_scratch_));
-  if (shared_pool_ == nullptr || pool_registered_ || cuda_device_ < 0 || pool_scratch_.empty()) {
+  if (shared_pool_ == nullptr || pool_registered_ || pool_register_failed_ || cuda_device_ < 0 ||
+      pool_scratch_.empty()) {
     return absl::OkStatus();
   }
-  // Page-locked once per connection, so the GPU copies from and into it by DMA.
+  // Page-locked once per connection, so the GPU copies from and into it by DMA. If that is
+  // refused, the pool still works, through staging copies: said once, never retried.
+  pool_registered_ = true;
   absl::Status s = interpreter_.RegisterHostMemory(shared_pool_->base(), shared_pool_->bytes());
   if (!s.ok()) {
-    return absl::Status(s.code(), absl::StrCat(s.message(), " (the client's tensor pool; connect with a "
-                                                            "smaller kPoolBytes, or without a pool)"));
+    pool_registered_ = false;
+    pool_register_failed_ = true;
+    if (options_.log_connections) {
+      LogLine(absl::StrCat("genie-node: session ", peer_, ": ", s.message(),
+                           "; its tensor pool is used through staging copies (a smaller "
+                           "kPoolBytes may be page-locked)"));
+    }
   }
-  pool_registered_ = true;
   return absl::OkStatus();
 }
 

@@ -258,7 +258,7 @@ class Session {
 
   // The connection's shared tensor pool (null: none). Runs may then name uploads and
   // outputs in it; on CUDA it is page-locked (Interpreter::RegisterHostMemory) at the first
-  // run that does.
+  // run that does (if that is refused, copies go through staging instead).
   void AttachPool(std::shared_ptr<transport::SharedPool> pool) { shared_pool_ = std::move(pool); }
   // The run's pool references checked against the pool (plan::CheckPoolReferences): an
   // error fails this run only.
@@ -328,6 +328,7 @@ class Session {
   char* upload_base_ = nullptr;  // where UploadArena put the run's uploads (arena_ or pinned)
   std::shared_ptr<transport::SharedPool> shared_pool_;  // the client's tensor pool
   bool pool_registered_ = false;
+  bool pool_register_failed_ = false;
   std::vector<std::pair<uint64_t, uint64_t>> pool_scratch_;
   core::ExecuteRequest request_;
   absl::StatusOr<core::ExecuteResult> result_;
