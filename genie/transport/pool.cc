@@ -95,7 +95,7 @@ SharedPool::~SharedPool() {
 std::shared_ptr<PoolBlock> SharedPool::Allocate(std::uint64_t nbytes, std::uint64_t keep_free) {
   std::optional<std::uint64_t> offset;
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (closed_ || nbytes == 0 || allocator_.free_bytes() < keep_free ||
         allocator_.free_bytes() - keep_free < nbytes) {
       ++refusals_;
@@ -112,17 +112,17 @@ std::shared_ptr<PoolBlock> SharedPool::Allocate(std::uint64_t nbytes, std::uint6
 }
 
 void SharedPool::Free(std::uint64_t offset) {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   (void)allocator_.Free(offset);
 }
 
 void SharedPool::Close() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   closed_ = true;
 }
 
 SharedPool::Stats SharedPool::stats() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   Stats s;
   s.capacity = allocator_.capacity();
   s.free_bytes = allocator_.free_bytes();

@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <type_traits>
 #include <utility>
@@ -30,7 +31,6 @@
 #include "absl/container/btree_map.h"
 #include "absl/container/btree_set.h"
 #include "absl/container/flat_hash_map.h"
-#include "absl/synchronization/mutex.h"
 
 namespace genie::transport {
 
@@ -118,7 +118,9 @@ class SharedPool : public std::enable_shared_from_this<SharedPool> {
   unsigned char* base_;
   std::uint64_t bytes_;
   bool unmap_at_end_;
-  mutable absl::Mutex mu_;
+  // std::mutex rather than absl::Mutex: the system Abseil is not built with ThreadSanitizer,
+  // which then cannot see its ordering.
+  mutable std::mutex mu_;
   PoolAllocator allocator_;  // guarded by mu_
   bool closed_ = false;      // guarded by mu_
   std::int64_t allocations_ = 0;

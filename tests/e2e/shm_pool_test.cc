@@ -20,7 +20,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "examples/report.h"
 #include "genie/client/remote_executor.h"
+#include "genie/client/session.h"
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
 #include "genie/core/testing/graph_builder.h"
@@ -280,6 +282,35 @@ TEST(ShmPoolTest, FrontendSnapshotLandsInThePoolAndTheOutputAliasesABlock) {
   }
   frontend::SetExecutor(std::make_shared<runtime::Interpreter>());
   EXPECT_EQ(exec->pool()->stats().blocks, 0u);
+}
+
+// Through a Session (the pipeline and scheduler between the frontend and the executor): the
+// snapshot is staged in the pool and the outputs come back through it; over the rings-only
+// policy nothing goes through a pool. Results equal local libtorch either way.
+template <class D>
+void SessionRoundTrip(bool pooled) {
+  torch::NoGradGuard no_grad;
+  SessionOptions options;
+  options.embedded.log_connections = false;
+  options.embedded.log_runs = false;
+  auto session = Session<D>::Start(options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  const torch::Device remote((*session)->device());
+  const torch::Tensor x = torch::randn({8, 3, 64, 64});  // 393 KiB
+  for (int i = 0; i < 3; ++i) {
+    torch::Tensor got = (x.to(remote) * 2.0 - 1.0).to(torch::kCPU);
+    EXPECT_TRUE(torch::equal(got, x * 2.0 - 1.0));
+  }
+  const transport::TrafficSnapshot in_pool = (*session)->pool_traffic();
+  const uint64_t bytes = 3 * static_cast<uint64_t>(x.nbytes());
+  EXPECT_EQ(in_pool.TotalBytes(transport::Direction::kSent), pooled ? bytes : 0);
+  EXPECT_EQ(in_pool.TotalBytes(transport::Direction::kReceived), pooled ? bytes : 0);
+  EXPECT_GE((*session)->traffic().TotalBytes(transport::Direction::kSent), bytes);
+}
+
+TEST(ShmPoolTest, SessionsOverThePoolAndOverTheRings) {
+  SessionRoundTrip<examples::SemanticShmDeployment>(/*pooled=*/true);
+  SessionRoundTrip<examples::SemanticShmRingsDeployment>(/*pooled=*/false);
 }
 
 // ---- A raw client: references no Genie client sends -------------------------------------
