@@ -39,7 +39,8 @@ namespace {
 
 namespace m = genie::models;
 using Deployment = genie::examples::SemanticDeployment;        // client <-> node over Tcp
-using ShmDeployment = genie::examples::SemanticShmDeployment;  // ... over Shm
+using ShmDeployment = genie::examples::SemanticShmDeployment;  // ... over Shm (tensor pool)
+using ShmRingsDeployment = genie::examples::SemanticShmRingsDeployment;  // ... Shm rings only
 
 bool NoCuda(benchmark::State& state) {
   if (torch::cuda::is_available()) return false;
@@ -221,13 +222,17 @@ void RunDownload(benchmark::State& state, bool remote) {
 }
 
 // Where a data-path case runs: local CUDA, or remote over loopback TCP or shared memory.
-enum class Where { kLocal, kRemote, kRemoteShm };
+// kRemoteShm goes through the Shm tensor pool (the default), kRemoteShmRings through the
+// Shm rings alone (transport::ShmRingsOnly), the path before the pool.
+enum class Where { kLocal, kRemote, kRemoteShm, kRemoteShmRings };
 void BM_Upload(benchmark::State& state, Where where) {
   if (where == Where::kRemoteShm) return RunUpload<ShmDeployment>(state, true);
+  if (where == Where::kRemoteShmRings) return RunUpload<ShmRingsDeployment>(state, true);
   RunUpload<Deployment>(state, where == Where::kRemote);
 }
 void BM_Download(benchmark::State& state, Where where) {
   if (where == Where::kRemoteShm) return RunDownload<ShmDeployment>(state, true);
+  if (where == Where::kRemoteShmRings) return RunDownload<ShmRingsDeployment>(state, true);
   RunDownload<Deployment>(state, where == Where::kRemote);
 }
 void BM_VitB16(benchmark::State& state, Mode mode) {
@@ -426,17 +431,22 @@ BENCHMARK_CAPTURE(BM_TwoBranches, streams4_graph, 4, true)->Unit(benchmark::kMic
 BENCHMARK_CAPTURE(BM_Upload, local_cuda, Where::kLocal)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Upload, genie_remote, Where::kRemote)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm, Where::kRemoteShm)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm_rings, Where::kRemoteShmRings)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Download, local_cuda, Where::kLocal)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Download, genie_remote, Where::kRemote)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
 BENCHMARK_CAPTURE(BM_Download, genie_remote_shm, Where::kRemoteShm)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote_shm_rings, Where::kRemoteShmRings)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
 
 // Every model in every mode, one name each: local_cuda / genie_remote (NoGradGuard, as
 // before), local_cuda_inference / genie_remote_inference (InferenceMode on both sides),
 // genie_remote_inference_dispatch128 (plus SetAutoDispatch(128)),
 // genie_remote_inference_busypoll[_dispatch128] (node and client spin up to 5 ms on their
 // sockets before sleeping), *_dispatchNxG (SetAutoDispatch(N, G): parts of N, N*G, ...
-// nodes), genie_remote_no_graphs, and genie_remote_shm /
-// genie_remote_shm_inference (client <-> node over shared memory, transport::Shm).
+// nodes), *_nodispatch (steps not cut; the other remote cases take the session's default,
+// which cuts steps on GPU nodes), genie_remote_no_graphs, and genie_remote_shm /
+// genie_remote_shm_inference (client <-> node over shared memory, transport::Shm, whose
+// tensor pool carries the inputs and outputs; BM_Upload/BM_Download's *_shm_rings cases
+// measure the rings alone).
 const bool kModelsRegistered = [] {
   using Fn = void (*)(benchmark::State&, Mode);
   const std::pair<const char*, Fn> models[] = {

@@ -54,6 +54,16 @@ using SemanticShmDeployment = Pipeline<
                                  scheduler::JustInTimeTransfers>,
     transport::Shm>;
 
+// The same over shared memory without the tensor pool (every byte through the rings): the
+// baseline the pool is measured against.
+using SemanticShmRingsDeployment = Pipeline<
+    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
+    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
+              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+    scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
+                                 scheduler::JustInTimeTransfers>,
+    transport::ShmRingsOnly>;
+
 // The same across several nodes: modules placed by modality, crossing tensors node to node.
 using PlacedDeployment = Pipeline<
     Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,

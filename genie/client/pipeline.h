@@ -172,6 +172,8 @@ class PipelineExecutor final : public core::Executor {
   }
 
   std::string Describe() const override { return scheduled_.Describe(); }
+  // The node's staging memory: `.to(remote)` snapshots land in its shared tensor pool.
+  core::HostBuffer Staging(size_t nbytes) override { return scheduled_.Staging(nbytes); }
   // What the scheduler shipped, by kind (weights, KV cache, activations).
   scheduler::DataTraffic traffic() const { return scheduled_.traffic(); }
   // Where modules ran and what went node to node (ModalityPlacement on several nodes).

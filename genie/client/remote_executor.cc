@@ -151,25 +151,29 @@ absl::Status Session::Prepare(const core::ExecuteRequest& request, uint64_t max_
   const plan::Program& program = cached != nullptr ? cached->program : transient_;
   out->program_id = cached != nullptr ? cached->program_id : transient_id_;
 
-  out->entries.clear();
-  for (const plan::UploadSlot& slot : program.uploads) {
-    out->entries.push_back(plan::UploadEntry{slot.buffer, slot.upload_class, slot.nbytes});
-  }
-  out->frames = plan::GroupTransfers(out->entries, max_frame_bytes);
   out->output_bytes.clear();
   for (const plan::OutputSlot& o : program.outputs) out->output_bytes.push_back(o.nbytes);
 
-  plan::RunMessage run;
+  plan::RunMessage& run = out->run;
   run.program_id = out->program_id;
   run.binding = std::move(binding);
-  run.uploads = out->entries;
+  run.uploads.clear();
+  for (const plan::UploadSlot& slot : program.uploads) {
+    run.uploads.push_back(plan::UploadEntry{slot.buffer, slot.upload_class, slot.nbytes});
+  }
+  run.outputs_in_pool.clear();
   if (run.binding.release.size() > options_.limits.max_handles) {
     return absl::InvalidArgumentError(absl::StrCat(
         "a run releases ", run.binding.release.size(), " resident tensors, above the limit of ",
         options_.limits.max_handles, "; materialize more often"));
   }
-  out->run_message = plan::EncodeRun(run);
+  Seal(max_frame_bytes, out);
   return absl::OkStatus();
+}
+
+void Session::Seal(uint64_t max_frame_bytes, PreparedRun* out) const {
+  out->frames = plan::GroupTransfers(out->run.uploads, max_frame_bytes);
+  out->run_message = plan::EncodeRun(out->run);
 }
 
 void Session::Forget(uint64_t fingerprint) {

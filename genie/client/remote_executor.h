@@ -7,6 +7,17 @@
 // kWeights traffic, host inputs as kActivations), and receives the Result with the output
 // bytes straight into freshly allocated result memory.
 //
+// Over Shm with a tensor pool (transport::Shm's default; genie/transport/pool.h) tensors of
+// at least P::kPoolMinBytes skip the ring: an upload that already lies in the pool (the
+// frontend's `.to(remote)` snapshot, taken in memory from Staging()) is sent as its offset,
+// any other is copied into a pool block once; outputs get pool blocks reserved in the Run,
+// the node writes them there (on CUDA by DMA from the GPU), and the result aliases the block
+// (HostBytes::exclusive: the frontend's tensor uses it in place; the block returns to the
+// pool when that tensor dies, even after the executor is gone). A full pool sends through
+// the ring instead; nothing fails for lack of room. A block is reused only after the node
+// answered the run; when the connection is lost mid-run the pool is retired (no block of it
+// is ever handed out again), since the node may still touch it.
+//
 //   GENIE_ASSIGN_OR_RETURN(std::string key, transport::LoadKeyFromEnv());
 //   GENIE_ASSIGN_OR_RETURN(
 //       std::shared_ptr<client::RemoteExecutor<transport::Tcp>> node,
@@ -34,6 +45,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <list>
 #include <memory>
 #include <string>
@@ -57,6 +69,7 @@
 #include "genie/transport/frame.h"
 #include "genie/transport/options.h"
 #include "genie/transport/policies.h"
+#include "genie/transport/pool.h"
 #include "genie/transport/traits.h"
 
 namespace genie::client {
@@ -87,10 +100,10 @@ class Session {
     uint64_t fingerprint = 0;
     uint64_t program_id = 0;
     std::string load_message;  // empty when the node already has the program
-    std::string run_message;
-    std::vector<plan::UploadEntry> entries;  // the Run's upload table
+    plan::RunMessage run;      // its upload table; pool references added before Seal
+    std::string run_message;   // `run` encoded (Seal)
     std::vector<uint32_t> upload_order;      // request.uploads index per entry
-    std::vector<plan::TransferFrame> frames;
+    std::vector<plan::TransferFrame> frames;  // the ring entries of `run` (Seal)
     std::vector<uint64_t> output_bytes;  // expected, per output
   };
 
@@ -100,6 +113,9 @@ class Session {
   // are grouped to at most `max_frame_bytes` payload each.
   absl::Status Prepare(const core::ExecuteRequest& request, uint64_t max_frame_bytes,
                        PreparedRun* out);
+  // Encodes out->run and groups its ring entries into frames (again after pool references
+  // were added to it).
+  void Seal(uint64_t max_frame_bytes, PreparedRun* out) const;
   // The node no longer has this program (it evicted it): lower it again next time.
   void Forget(uint64_t fingerprint);
 
@@ -242,8 +258,16 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       if (conn_.broken()) return session_.Lost("starting a run", conn_.status());
       GENIE_RETURN_IF_ERROR(session_.Prepare(request, transport::transport_traits<P>::max_frame_bytes,
                                              &prepared_));
+      if (pool_ != nullptr) {
+        PlaceInPool(request);
+        session_.Seal(transport::transport_traits<P>::max_frame_bytes, &prepared_);
+      }
       bool unknown_program = false;
       absl::StatusOr<core::ExecuteResult> result = RunOnce(request, &unknown_program);
+      // The node answered (or the connection is gone and the pool retired): the blocks of
+      // this run's uploads may be reused.
+      upload_blocks_.clear();
+      output_blocks_.clear();
       // The node evicted a program we thought it had: load it again, once.
       if (result.ok() || !unknown_program || attempt > 0 || !prepared_.load_message.empty()) {
         return result;
@@ -253,6 +277,22 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   }
 
   std::string Describe() const override { return session_.Describe(); }
+
+  // Memory in this connection's tensor pool for a tensor the frontend snapshots for upload
+  // (`.to(remote)`): the next run sends its offset instead of its bytes. Empty without a
+  // pool, below P::kPoolMinBytes, or when it would leave less than a quarter of the pool
+  // free (the rest is kept for outputs and send-time copies).
+  core::HostBuffer Staging(size_t nbytes) override {
+    if (pool_ == nullptr || nbytes < transport::transport_traits<P>::pool_min_bytes) return {};
+    std::shared_ptr<transport::PoolBlock> block = pool_->Allocate(nbytes, pool_->bytes() / 4);
+    if (block == nullptr) return {};
+    void* data = block->data();
+    return core::HostBuffer{data, nbytes, std::shared_ptr<void>(std::move(block), data)};
+  }
+  // The connection's tensor pool; null without one.
+  const std::shared_ptr<transport::SharedPool>& pool() const { return pool_; }
+  // Bytes that went through the pool instead of the rings (they are also in traffic()).
+  transport::TrafficSnapshot pool_traffic() const { return pooled_.Snapshot(); }
 
   // Node to node: the node this executor talks to sends its resident buffer to another
   // node (which must be reachable from it at send.peer and share the key); the bytes never
@@ -307,7 +347,10 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   }
 
   // Bytes and frames moved on this connection so far, per direction and traffic class.
-  transport::TrafficSnapshot traffic() const { return conn_.counters().Snapshot(); }
+  // Bytes placed in the tensor pool count as if they had gone through the connection.
+  transport::TrafficSnapshot traffic() const {
+    return conn_.counters().Snapshot() + pooled_.Snapshot();
+  }
   // What the node said about itself at connect.
   const plan::NodeInfoMessage& node_info() const { return session_.info(); }
   // The node's execution time of the last successful run, in microseconds.
@@ -323,7 +366,52 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
 
  private:
   RemoteExecutor(Connection conn, client_internal::Session session)
-      : conn_(std::move(conn)), session_(std::move(session)) {}
+      : conn_(std::move(conn)), session_(std::move(session)), pool_(transport::PoolOf(conn_)) {}
+
+  // Moves the prepared run's large uploads and outputs to the pool where there is room:
+  // an upload already in the pool is referenced where it lies, any other copied into a
+  // block; each large output gets a block reserved.
+  void PlaceInPool(const core::ExecuteRequest& request) {
+    constexpr uint64_t kMin = transport::transport_traits<P>::pool_min_bytes;
+    std::vector<plan::UploadEntry>& entries = prepared_.run.uploads;
+    in_place_.clear();
+    for (size_t k = 0; k < entries.size(); ++k) {
+      plan::UploadEntry& e = entries[k];
+      if (e.nbytes < kMin || e.nbytes == 0) continue;
+      const core::HostBytes& b = request.uploads[prepared_.upload_order[k]].bytes;
+      if (pool_->Contains(b.data, b.nbytes) && b.owner != nullptr) {
+        // The frontend's snapshot, in a block its owner holds for this run at least (two
+        // uploads sharing bytes are not referenced twice: the node refuses overlaps).
+        const uint64_t offset = pool_->OffsetOf(b.data);
+        bool overlaps = false;
+        for (const auto& [o, n] : in_place_) overlaps |= offset < o + n && o < offset + e.nbytes;
+        if (!overlaps) {
+          e.pool_offset = offset;
+          in_place_.emplace_back(offset, e.nbytes);
+          continue;
+        }
+      }
+      std::shared_ptr<transport::PoolBlock> block = pool_->Allocate(e.nbytes);
+      if (block == nullptr) continue;  // no room: through the ring
+      std::memcpy(block->data(), b.data, b.nbytes);
+      e.pool_offset = block->offset();
+      upload_blocks_.push_back(std::move(block));
+    }
+    output_blocks_.assign(prepared_.output_bytes.size(), nullptr);
+    for (size_t i = 0; i < prepared_.output_bytes.size(); ++i) {
+      const uint64_t n = prepared_.output_bytes[i];
+      if (n < kMin || n == 0) continue;
+      std::shared_ptr<transport::PoolBlock> block = pool_->Allocate(n);
+      if (block == nullptr) continue;  // no room: it comes back through the ring
+      prepared_.run.outputs_in_pool.push_back(
+          plan::OutputPlacement{static_cast<uint32_t>(i), block->offset(), n});
+      output_blocks_[i] = std::move(block);
+    }
+  }
+
+  void CountPooled(transport::Direction d, transport::TrafficClass c, uint64_t n) {
+    pooled_.AddBytes(d, c, n);
+  }
 
   // Sends the prepared run and receives its answer. Any transport failure closes the
   // connection (the stream can no longer be trusted to be in step).
@@ -339,9 +427,16 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     }
     absl::Status s = conn_.SendBytes(MessageKind::kRun, id, prepared_.run_message);
     if (!s.ok()) return Fail("sending the run", s);
+    for (const plan::UploadEntry& e : prepared_.run.uploads) {
+      if (e.pooled()) {
+        CountPooled(transport::Direction::kSent,
+                    static_cast<TrafficClass>(static_cast<uint8_t>(e.upload_class)), e.nbytes);
+      }
+    }
     for (const plan::TransferFrame& f : prepared_.frames) {
       pieces_.clear();
       for (uint32_t k = f.first; k < f.first + f.count; ++k) {
+        if (prepared_.run.uploads[k].pooled()) continue;
         const core::HostBytes& b = request.uploads[prepared_.upload_order[k]].bytes;
         if (b.nbytes != 0) pieces_.push_back(transport::Piece{b.data, b.nbytes});
       }
@@ -386,13 +481,32 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     if (result_message_.output_bytes != prepared_.output_bytes) {
       return Violation("the result's output sizes differ from the program's");
     }
+    bool same_pooled = result_message_.pooled_outputs.size() == prepared_.run.outputs_in_pool.size();
+    for (size_t k = 0; same_pooled && k < result_message_.pooled_outputs.size(); ++k) {
+      same_pooled = result_message_.pooled_outputs[k] == prepared_.run.outputs_in_pool[k].output;
+    }
+    if (!same_pooled) {
+      return Violation("the result's outputs in the tensor pool differ from the blocks reserved");
+    }
 
     core::ExecuteResult result;
     result.outputs.reserve(prepared_.output_bytes.size());
     uint64_t frame_left = 0;
-    for (uint64_t n : prepared_.output_bytes) {
+    for (size_t i = 0; i < prepared_.output_bytes.size(); ++i) {
+      const uint64_t n = prepared_.output_bytes[i];
       if (n == 0) {
         result.outputs.push_back(core::HostBytes{});
+        continue;
+      }
+      if (i < output_blocks_.size() && output_blocks_[i] != nullptr) {
+        // The node wrote it into its block: the result aliases the block, which returns to
+        // the pool when the last user of these bytes lets go.
+        std::shared_ptr<transport::PoolBlock>& block = output_blocks_[i];
+        CountPooled(transport::Direction::kReceived, TrafficClass::kActivations, n);
+        const void* data = block->data();
+        result.outputs.push_back(core::HostBytes{data, static_cast<size_t>(n),
+                                                 std::shared_ptr<const void>(std::move(block), data),
+                                                 /*exclusive=*/true});
         continue;
       }
       if (frame_left == 0) {
@@ -420,13 +534,16 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     return result;
   }
 
-  // The connection is unusable from here on; later Executes return the same error.
+  // The connection is unusable from here on; later Executes return the same error. The node
+  // may still read or write pool blocks of this run: the pool hands out nothing more.
   absl::Status Fail(absl::string_view doing, const absl::Status& cause) {
+    if (pool_ != nullptr) pool_->Close();
     conn_.Close();
     lost_ = session_.Lost(doing, cause);
     return lost_;
   }
   absl::Status Violation(absl::string_view what) {
+    if (pool_ != nullptr) pool_->Close();
     conn_.Close();
     lost_ = session_.Protocol(what);
     return lost_;
@@ -444,6 +561,12 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   std::vector<transport::Piece> pieces_;
   std::string message_;
   plan::ResultMessage result_message_;
+  // The tensor pool (null: none) and the blocks of the run in flight.
+  std::shared_ptr<transport::SharedPool> pool_;
+  std::vector<std::shared_ptr<transport::PoolBlock>> upload_blocks_;
+  std::vector<std::shared_ptr<transport::PoolBlock>> output_blocks_;  // per output, or null
+  std::vector<std::pair<uint64_t, uint64_t>> in_place_;  // uploads referenced where they lie
+  transport::TrafficCounters pooled_;
 };
 
 }  // namespace genie::client

@@ -177,6 +177,13 @@ class Session {
     return total;
   }
 
+  // Of traffic(), the bytes that went through Shm tensor pools instead of the rings.
+  transport::TrafficSnapshot pool_traffic() const {
+    transport::TrafficSnapshot total;
+    for (const auto& n : nodes_) total = total + n->pool_traffic();
+    return total;
+  }
+
   // What the scheduler shipped to and from the nodes, by kind.
   scheduler::DataTraffic data_traffic() const { return executor_->traffic(); }
 

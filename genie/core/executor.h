@@ -35,14 +35,28 @@ struct HostBytes {
   const void* data = nullptr;
   size_t nbytes = 0;
   std::shared_ptr<const void> owner;  // keeps `data` valid; may be null for borrowed data
-  // The bytes belong to this result alone (fresh memory no other tensor or buffer shares),
-  // so a reader may keep and write them through `owner` instead of copying them out.
+  // The bytes are this result's alone (nothing else reads or writes them while `owner`
+  // lives), so a receiver may alias them instead of copying. An executor whose outputs may
+  // share memory with its own state (the in-process interpreter) leaves it false.
   bool exclusive = false;
 
   static HostBytes Owned(std::string bytes) {
     auto holder = std::make_shared<const std::string>(std::move(bytes));
     return HostBytes{holder->data(), holder->size(), holder};
   }
+};
+
+// Writable host memory an executor lends for data to be uploaded later (Executor::Staging).
+struct HostBuffer {
+  void* data = nullptr;
+  size_t nbytes = 0;
+  std::shared_ptr<void> owner;  // the memory stays valid while it lives
+};
+
+// Where an executor writes one output (ExecuteRequest::output_to).
+struct HostDestination {
+  void* data = nullptr;
+  size_t nbytes = 0;
 };
 
 struct Upload {
@@ -58,6 +72,10 @@ struct ExecuteRequest {
   std::vector<Upload> uploads;
   std::vector<BufferId> keep;     // buffers whose final contents stay resident by handle
   std::vector<uint64_t> release;  // handles to forget after this run
+  // Empty, or one per graph->outputs(): an entry with data set and nbytes equal to the
+  // output's size receives that output's bytes, and ExecuteResult::outputs[i] then points
+  // there (a node writes outputs straight into a client's shared pool this way).
+  std::vector<HostDestination> output_to;
 };
 
 struct ExecuteStats {
@@ -80,6 +98,13 @@ class Executor {
   virtual absl::StatusOr<ExecuteResult> Execute(const ExecuteRequest& request) = 0;
   // Where work runs, for messages: "local CPU", "node 127.0.0.1:7070 (cuda:0)".
   virtual std::string Describe() const = 0;
+  // Memory for `nbytes` of host data that a later Execute will upload, placed where this
+  // executor sends from without copying (a node's shared tensor pool); an empty HostBuffer
+  // when it has no such place or no room (the caller allocates ordinary memory).
+  virtual HostBuffer Staging(size_t nbytes) {
+    (void)nbytes;
+    return {};
+  }
 };
 
 // One node-to-node transfer: the sending node reads its resident buffer `handle` and sends

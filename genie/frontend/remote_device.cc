@@ -348,6 +348,8 @@ class CaptureContext {
   // --- capture -------------------------------------------------------------------
   void Capture(const c10::OperatorHandle& op, torch::jit::Stack* stack);
   void CopyFrom(const at::Tensor& self, const at::Tensor& dst);
+  // The contiguous CPU copy of remote `self` (runs what it needs).
+  at::Tensor Download(const at::Tensor& self);
   at::Scalar LocalScalarDense(const at::Tensor& self);
   void NameParameter(const at::Tensor& t, const std::string& name);
 
@@ -425,6 +427,10 @@ class CaptureContext {
   void FillRef(const at::Tensor& t, bool produced_here, TensorRef* r);
   BufferId NewBufferFor(const at::Tensor& t, StorageContext* sc, bool produced_here);
   BufferId AddHostConstant(const at::Tensor& cpu);
+  // An empty CPU tensor for host data the next run uploads: in memory the executor lends
+  // (Executor::Staging: a node's shared tensor pool, where the upload then costs no copy),
+  // else ordinary memory.
+  at::Tensor HostStaging(c10::IntArrayRef sizes, at::ScalarType dtype);
   Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
   bool AppendKey(const c10::IValue& v);
   void AppendTensorKey(const at::Tensor& t);
@@ -821,8 +827,23 @@ void CaptureContext::FillRef(const at::Tensor& t, bool produced_here, TensorRef*
   r->storage_offset = t.storage_offset();
 }
 
+at::Tensor CaptureContext::HostStaging(c10::IntArrayRef sizes, at::ScalarType dtype) {
+  const at::TensorOptions options = at::TensorOptions().dtype(dtype);
+  const int64_t numel = c10::multiply_integers(sizes);
+  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  if (nbytes != 0) {
+    core::HostBuffer lent = executor()->Staging(nbytes);
+    if (lent.data != nullptr && lent.nbytes >= nbytes) {
+      return at::from_blob(
+          lent.data, sizes, [owner = std::move(lent.owner)](void*) mutable { owner.reset(); }, options);
+    }
+  }
+  return at::empty(sizes, options);
+}
+
 BufferId CaptureContext::AddHostConstant(const at::Tensor& cpu) {
-  at::Tensor data = cpu.contiguous().clone();
+  at::Tensor data = HostStaging(cpu.sizes(), cpu.scalar_type());
+  data.copy_(cpu);
   core::Buffer b;
   b.dtype = ToDType(data.scalar_type());
   b.numel = data.numel();
@@ -1689,7 +1710,7 @@ void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src
   if (whole) {
     // Overwrites the whole storage: bind it to a snapshot of the host data (a new
     // version with no dependence on the old one; the data uploads at the next run).
-    at::Tensor data = at::empty(dst.sizes(), at::TensorOptions().dtype(dst.scalar_type()));
+    at::Tensor data = HostStaging(dst.sizes(), dst.scalar_type());
     data.copy_(cpu_src);
     // Ops already captured keep reading the earlier version (its graph buffer); later
     // references get a new buffer bound to this data.
@@ -1747,6 +1768,8 @@ void CaptureContext::CopyFrom(const at::Tensor& self, const at::Tensor& dst) {
     dst.copy_(cpu);
   }
 }
+
+at::Tensor CaptureContext::Download(const at::Tensor& self) { return Run({self})[0]; }
 
 at::Scalar CaptureContext::LocalScalarDense(const at::Tensor& self) {
   return Run({self})[0].item();
@@ -2058,14 +2081,16 @@ std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wante
   for (size_t i = 0; i < wanted.size(); ++i) {
     core::HostBytes& hb = result->outputs[i];
     const at::TensorOptions options = at::TensorOptions().dtype(wanted[i].scalar_type());
-    const size_t nbytes = static_cast<size_t>(wanted[i].numel()) * wanted[i].element_size();
-    TORCH_CHECK(hb.nbytes == nbytes, "genie: executor returned ", hb.nbytes, " bytes for an output of ",
-                nbytes);
-    if (hb.exclusive && hb.nbytes != 0 && hb.owner != nullptr) {
-      // The bytes are this result's alone: the tensor takes them over (no copy).
-      std::shared_ptr<const void> owner = std::move(hb.owner);
-      out.push_back(at::from_blob(const_cast<void*>(hb.data), wanted[i].sizes(),
-                                  [owner](void*) mutable { owner.reset(); }, options));
+    const size_t expected = static_cast<size_t>(wanted[i].numel()) * c10::elementSize(wanted[i].scalar_type());
+    TORCH_CHECK(hb.nbytes == expected, "genie: executor returned ", hb.nbytes,
+                " bytes for an output of ", expected);
+    if (hb.exclusive && hb.owner != nullptr && hb.nbytes != 0 &&
+        reinterpret_cast<uintptr_t>(hb.data) % c10::elementSize(wanted[i].scalar_type()) == 0) {
+      // The bytes are this result's alone (a block of a shared pool, or memory the remote
+      // executor received them into): the tensor uses them in place.
+      out.push_back(at::from_blob(
+          const_cast<void*>(hb.data), wanted[i].sizes(),
+          [owner = std::move(hb.owner)](void*) mutable { owner.reset(); }, options));
       continue;
     }
     at::Tensor t = at::empty(wanted[i].sizes(), options);
@@ -2235,22 +2260,25 @@ at::Tensor CopyFromAndResize(const at::Tensor& self, const at::Tensor& dst) {
   return CopyFrom(self, dst, false);
 }
 
-// tensor.to(kCPU) (and .cpu()) of a contiguous remote tensor: the run's result becomes the
-// CPU tensor itself, so output bytes the executor hands over exclusively are not copied
-// again (at::_to_copy would fill an empty CPU tensor through _copy_from). Every other
-// conversion takes ATen's own _to_copy.
-at::Tensor ToCopy(const at::Tensor& self, std::optional<at::ScalarType> dtype, std::optional<at::Layout> layout,
-                  std::optional<at::Device> device, std::optional<bool> pin_memory, bool non_blocking,
+// `.to(kCPU)` of a remote tensor: the run's output is the result itself (no copy into a
+// fresh CPU tensor; over a Shm pool it is the pool block the node wrote). Anything else
+// (another dtype, a memory format, a non-contiguous source, remote to remote) takes
+// libtorch's own _to_copy, which ends in _copy_from.
+at::Tensor ToCopy(const at::Tensor& self, std::optional<at::ScalarType> dtype,
+                  std::optional<at::Layout> layout, std::optional<at::Device> device,
+                  std::optional<bool> pin_memory, bool non_blocking,
                   std::optional<at::MemoryFormat> memory_format) {
-  const bool to_cpu = device.has_value() && device->is_cpu();
-  const bool same_dtype = !dtype.has_value() || *dtype == self.scalar_type();
-  const bool strided = !layout.has_value() || *layout == at::kStrided;
-  const at::MemoryFormat format = memory_format.value_or(at::MemoryFormat::Preserve);
-  if (to_cpu && IsRemote(self) && same_dtype && strided && !pin_memory.value_or(false) &&
-      (format == at::MemoryFormat::Contiguous || (format == at::MemoryFormat::Preserve && self.is_contiguous()))) {
+  const bool plain_download =
+      device.has_value() && device->is_cpu() && IsRemote(self) &&
+      (!dtype.has_value() || *dtype == self.scalar_type()) &&
+      c10::layout_or_default(layout) == c10::Layout::Strided && !pin_memory.value_or(false) &&
+      self.is_contiguous() &&
+      (!memory_format.has_value() || *memory_format == at::MemoryFormat::Preserve ||
+       *memory_format == at::MemoryFormat::Contiguous);
+  if (plain_download) {
     CaptureContext& ctx = CaptureContext::Get();
     std::lock_guard<std::recursive_mutex> lock(ctx.mu);
-    return ctx.Run({self})[0];
+    return ctx.Download(self);
   }
   return at::native::_to_copy(self, dtype, layout, device, pin_memory, non_blocking, memory_format);
 }
@@ -2296,9 +2324,9 @@ TORCH_LIBRARY_IMPL(aten, PrivateUse1, m) {
   m.impl("select.int", TORCH_FN(Select));
   m.impl("permute", TORCH_FN(Permute));
   m.impl("resize_", TORCH_FN(Resize));
-  m.impl("_to_copy", TORCH_FN(ToCopy));
   m.impl("_copy_from", TORCH_FN(CopyFrom));
   m.impl("_copy_from_and_resize", TORCH_FN(CopyFromAndResize));
+  m.impl("_to_copy", TORCH_FN(ToCopy));
   m.impl("_local_scalar_dense", TORCH_FN(LocalScalarDense));
   m.impl("_has_compatible_shallow_copy_type", TORCH_FN(HasCompatibleShallowCopyType));
   m.impl("equal", torch::CppFunction::makeFromBoxedFunction<&Equal>());

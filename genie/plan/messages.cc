@@ -14,7 +14,8 @@ namespace genie::plan {
 namespace {
 
 constexpr size_t kPrefixBytes = 2 + 1;
-constexpr size_t kUploadEntryBytes = 4 + 1 + 8;
+constexpr size_t kUploadEntryBytes = 4 + 1 + 8 + 8;
+constexpr size_t kOutputPlacementBytes = 4 + 8 + 8;
 constexpr size_t kStatsBytes = 1 + 8 * 5;
 
 std::string_view StdView(absl::string_view s) { return std::string_view(s.data(), s.size()); }
@@ -185,6 +186,13 @@ std::string EncodeRun(const RunMessage& m) {
     w.WriteU32(u.buffer);
     w.WriteU8(static_cast<uint8_t>(u.upload_class));
     w.WriteU64(u.nbytes);
+    w.WriteU64(u.pool_offset);
+  }
+  w.WriteCount(m.outputs_in_pool.size(), "outputs in pool");
+  for (const OutputPlacement& o : m.outputs_in_pool) {
+    w.WriteU32(o.output);
+    w.WriteU64(o.pool_offset);
+    w.WriteU64(o.nbytes);
   }
   return w.Release();
 }
@@ -232,9 +240,89 @@ absl::Status DecodeRun(absl::string_view bytes, const MessageLimits& limits, Run
       return Invalid(absl::StrCat("Run uploads more than ", limits.max_run_upload_bytes,
                                   " bytes in all"));
     }
+    GENIE_ASSIGN_OR_RETURN(u.pool_offset, r.ReadU64("upload pool offset"));
+    if (u.pooled() && (u.nbytes == 0 || u.pool_offset > ~uint64_t{0} - u.nbytes)) {
+      return Invalid(absl::StrCat("upload entry ", k, " references ", u.nbytes,
+                                  " pool bytes at offset ", u.pool_offset,
+                                  " (a pool reference needs 1 or more bytes within 2^64)"));
+    }
     out->uploads.push_back(u);
   }
+  GENIE_ASSIGN_OR_RETURN(uint32_t m, ReadBoundedCount(r, "outputs in pool", kOutputPlacementBytes,
+                                                      limits.max_outputs));
+  out->outputs_in_pool.clear();
+  out->outputs_in_pool.reserve(m);
+  for (uint32_t k = 0; k < m; ++k) {
+    OutputPlacement o;
+    GENIE_ASSIGN_OR_RETURN(o.output, r.ReadU32("pooled output index"));
+    GENIE_ASSIGN_OR_RETURN(o.pool_offset, r.ReadU64("pooled output offset"));
+    GENIE_ASSIGN_OR_RETURN(o.nbytes, r.ReadU64("pooled output bytes"));
+    if (k > 0 && o.output <= out->outputs_in_pool.back().output) {
+      return Invalid(absl::StrCat("pooled output ", o.output, " is listed after output ",
+                                  out->outputs_in_pool.back().output,
+                                  " (the list must increase)"));
+    }
+    if (o.nbytes == 0 || o.nbytes > limits.max_bytes_per_output ||
+        o.pool_offset > ~uint64_t{0} - o.nbytes) {
+      return Invalid(absl::StrCat("pooled output ", o.output, " reserves ", o.nbytes,
+                                  " bytes at offset ", o.pool_offset, " (needs 1 to ",
+                                  limits.max_bytes_per_output, " bytes)"));
+    }
+    out->outputs_in_pool.push_back(o);
+  }
   return r.ExpectEnd("Run message");
+}
+
+absl::Status CheckPoolReferences(const RunMessage& run, uint64_t pool_bytes,
+                                 std::vector<std::pair<uint64_t, uint64_t>>* scratch) {
+  // (offset, index): uploads by entry index, outputs after them.
+  scratch->clear();
+  const size_t n_uploads = run.uploads.size();
+  for (size_t k = 0; k < n_uploads; ++k) {
+    if (run.uploads[k].pooled()) scratch->emplace_back(run.uploads[k].pool_offset, k);
+  }
+  for (size_t k = 0; k < run.outputs_in_pool.size(); ++k) {
+    scratch->emplace_back(run.outputs_in_pool[k].pool_offset, n_uploads + k);
+  }
+  if (scratch->empty()) return absl::OkStatus();
+  auto what = [&](uint64_t index) {
+    if (index < n_uploads) {
+      const UploadEntry& e = run.uploads[index];
+      return absl::StrCat("upload entry ", index, " (b", e.buffer, ", ", e.nbytes,
+                          " bytes at pool offset ", e.pool_offset, ")");
+    }
+    const OutputPlacement& o = run.outputs_in_pool[index - n_uploads];
+    return absl::StrCat("output ", o.output, " (", o.nbytes, " bytes at pool offset ",
+                        o.pool_offset, ")");
+  };
+  auto length = [&](uint64_t index) {
+    return index < n_uploads ? run.uploads[index].nbytes
+                             : run.outputs_in_pool[index - n_uploads].nbytes;
+  };
+  if (pool_bytes == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the Run references the shared tensor pool (", what(scratch->front().second),
+        ") but this connection has none: connect over transport::Shm with a pool "
+        "(kPoolBytes > 0), or send the bytes in transfer frames"));
+  }
+  std::sort(scratch->begin(), scratch->end());
+  uint64_t end_of_previous = 0;
+  for (size_t i = 0; i < scratch->size(); ++i) {
+    const auto [offset, index] = (*scratch)[i];
+    const uint64_t n = length(index);
+    if (offset > pool_bytes || n > pool_bytes - offset) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what(index), " reaches outside the connection's ", pool_bytes,
+          "-byte tensor pool; the client's pool bookkeeping is broken (reconnect)"));
+    }
+    if (i > 0 && offset < end_of_previous) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what(index), " overlaps ", what((*scratch)[i - 1].second),
+          " in the tensor pool; every reference of a run needs its own block"));
+    }
+    end_of_previous = offset + n;
+  }
+  return absl::OkStatus();
 }
 
 // ---- Result -------------------------------------------------------------------------
@@ -250,6 +338,8 @@ std::string EncodeResult(const ResultMessage& m) {
   w.WriteI64(m.node_micros);
   w.WriteCount(m.output_bytes.size(), "outputs");
   for (uint64_t n : m.output_bytes) w.WriteU64(n);
+  w.WriteCount(m.pooled_outputs.size(), "pooled outputs");
+  for (uint32_t k : m.pooled_outputs) w.WriteU32(k);
   return w.Release();
 }
 
@@ -281,6 +371,17 @@ absl::Status DecodeResult(absl::string_view bytes, const MessageLimits& limits,
                                   limits.max_bytes_per_output));
     }
     out->output_bytes.push_back(b);
+  }
+  GENIE_ASSIGN_OR_RETURN(uint32_t p, ReadBoundedCount(r, "pooled outputs", 4, n));
+  out->pooled_outputs.clear();
+  out->pooled_outputs.reserve(p);
+  for (uint32_t k = 0; k < p; ++k) {
+    GENIE_ASSIGN_OR_RETURN(uint32_t i, r.ReadU32("pooled output"));
+    if (i >= n || (k > 0 && i <= out->pooled_outputs.back())) {
+      return Invalid(absl::StrCat("pooled output ", i, " is out of range or out of order (",
+                                  n, " outputs)"));
+    }
+    out->pooled_outputs.push_back(i);
   }
   return r.ExpectEnd("Result message");
 }
@@ -332,11 +433,13 @@ uint64_t MaxLoadProgramBytes(const MessageLimits& limits) {
 
 uint64_t MaxRunBytes(const MessageLimits& limits) {
   return kPrefixBytes + 8 + 3 * (4 + uint64_t{8} * limits.max_handles) + 4 +
-         uint64_t{kUploadEntryBytes} * limits.max_uploads;
+         uint64_t{kUploadEntryBytes} * limits.max_uploads + 4 +
+         uint64_t{kOutputPlacementBytes} * limits.max_outputs;
 }
 
 uint64_t MaxResultBytes(const MessageLimits& limits) {
-  return kPrefixBytes + kStatsBytes + 4 + uint64_t{8} * limits.max_outputs;
+  return kPrefixBytes + kStatsBytes + 4 + uint64_t{8} * limits.max_outputs + 4 +
+         uint64_t{4} * limits.max_outputs;
 }
 
 uint64_t MaxErrorBytes(const MessageLimits& limits) {
@@ -443,7 +546,7 @@ std::vector<TransferFrame> GroupTransfers(absl::Span<const UploadEntry> entries,
   bool open = false;
   for (size_t k = 0; k < entries.size(); ++k) {
     const UploadEntry& e = entries[k];
-    if (e.nbytes == 0) {
+    if (e.nbytes == 0 || e.pooled()) {
       if (open) ++current.count;
       continue;
     }

@@ -15,6 +15,16 @@
 //                                      <-    kTransfer output bytes, raw (kActivations)
 //                                  or  <-    kError   Error{status code, message}
 //
+// Over a connection with a tensor pool (transport::Shm, genie/transport/pool.h) the client
+// may place an upload in the pool and send its offset instead of its bytes (the entry's
+// pool_offset; such entries travel in no kTransfer frame), and may reserve pool blocks for
+// outputs (Run.outputs_in_pool): the node writes those outputs there, lists them in
+// Result.pooled_outputs and sends only the others in kTransfer frames. The node checks every
+// reference against its pool (CheckPoolReferences): outside the pool, overlapping another,
+// or on a connection without a pool is an Error for that run, and the session goes on. The
+// client reuses a block only after the run's Result or Error (the node is done with it
+// then); a connection lost mid-run retires its whole pool.
+//
 // Node to node (ModalityPlacement): the client asks node A to send one of its resident
 // buffers to node B; A authenticates to B with the same shared key and pushes the bytes;
 // B keeps them until the client's next run there reads them as a resident buffer.
@@ -39,6 +49,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -50,7 +61,9 @@
 
 namespace genie::plan {
 
-inline constexpr uint16_t kMessageVersion = 1;
+// 2: upload entries carry a pool offset; Run reserves pool blocks for outputs and Result
+// lists the outputs placed there.
+inline constexpr uint16_t kMessageVersion = 2;
 
 enum class MessageType : uint8_t {
   kNodeInfo = 1,
@@ -78,24 +91,45 @@ struct LoadProgramMessage {
   absl::string_view program;
 };
 
-// One upload's bytes in the kTransfer frames that follow a Run, in table order.
+inline constexpr uint64_t kNotPooled = ~uint64_t{0};
+
+// One upload's bytes: in the kTransfer frames that follow a Run, in table order, or, with a
+// pool_offset, at [pool_offset, pool_offset + nbytes) of the connection's tensor pool.
 struct UploadEntry {
   core::BufferId buffer = core::kNoBuffer;
   UploadClass upload_class = UploadClass::kActivations;
+  uint64_t nbytes = 0;
+  uint64_t pool_offset = kNotPooled;
+  bool pooled() const { return pool_offset != kNotPooled; }
+};
+
+// A pool block the client reserved for output `output` (its nbytes are the output's).
+struct OutputPlacement {
+  uint32_t output = 0;
+  uint64_t pool_offset = 0;
   uint64_t nbytes = 0;
 };
 
 struct RunMessage {
   uint64_t program_id = 0;
   RunBinding binding;
-  std::vector<UploadEntry> uploads;  // weights first, then activations
+  std::vector<UploadEntry> uploads;             // weights first, then activations
+  std::vector<OutputPlacement> outputs_in_pool;  // by increasing output index
 };
 
 struct ResultMessage {
   core::ExecuteStats stats;
   int64_t node_micros = 0;              // time the node spent executing
   std::vector<uint64_t> output_bytes;  // one per program output, in order
+  std::vector<uint32_t> pooled_outputs;  // outputs written into their pool blocks (increasing)
 };
+
+// The node's check of a decoded Run's pool references against its connection's pool of
+// `pool_bytes` (0: none): every referenced range lies inside the pool and no two overlap.
+// FailedPrecondition when there are references but no pool, InvalidArgument naming the entry
+// otherwise. `scratch` is reused across calls.
+absl::Status CheckPoolReferences(const RunMessage& run, uint64_t pool_bytes,
+                                 std::vector<std::pair<uint64_t, uint64_t>>* scratch);
 
 struct ErrorMessage {
   absl::StatusCode code = absl::StatusCode::kInternal;
@@ -176,7 +210,7 @@ uint64_t MaxPeerSendBytes(const MessageLimits& limits);
 uint64_t MaxPeerPutBytes(const MessageLimits& limits);
 
 // Consecutive entries of one class grouped into frames of at most `max_frame_bytes`
-// payload; an entry never spans frames and empty entries travel in no frame. Both ends
+// payload; an entry never spans frames and empty or pooled entries travel in no frame. Both ends
 // use it only to send: a receiver reads entries in order and takes the next frame header
 // whenever the current frame is used up, checking class and size.
 struct TransferFrame {

@@ -22,7 +22,9 @@ RunMessage SampleRun() {
   m.binding.keep_handles = {99, 100};
   m.uploads = {{1, UploadClass::kWeights, 256},
                {0, UploadClass::kActivations, 64},
-               {4, UploadClass::kActivations, 0}};
+               {4, UploadClass::kActivations, 0},
+               {5, UploadClass::kActivations, 1 << 20, 8192}};  // in the tensor pool
+  m.outputs_in_pool = {{0, 1 << 21, 64}, {2, 1 << 22, 8}};
   return m;
 }
 
@@ -35,6 +37,7 @@ ResultMessage SampleResult() {
   m.stats.resident_bytes = 4096;
   m.node_micros = 150;
   m.output_bytes = {64, 0, 8};
+  m.pooled_outputs = {0, 2};
   return m;
 }
 
@@ -78,10 +81,17 @@ TEST(MessagesTest, RunRoundTrip) {
   EXPECT_EQ(back.binding.release, m.binding.release);
   EXPECT_EQ(back.binding.resident_handles, m.binding.resident_handles);
   EXPECT_EQ(back.binding.keep_handles, m.binding.keep_handles);
-  ASSERT_EQ(back.uploads.size(), 3u);
+  ASSERT_EQ(back.uploads.size(), 4u);
   EXPECT_EQ(back.uploads[0].buffer, 1u);
   EXPECT_EQ(back.uploads[0].upload_class, UploadClass::kWeights);
   EXPECT_EQ(back.uploads[1].nbytes, 64u);
+  EXPECT_FALSE(back.uploads[1].pooled());
+  EXPECT_TRUE(back.uploads[3].pooled());
+  EXPECT_EQ(back.uploads[3].pool_offset, 8192u);
+  ASSERT_EQ(back.outputs_in_pool.size(), 2u);
+  EXPECT_EQ(back.outputs_in_pool[1].output, 2u);
+  EXPECT_EQ(back.outputs_in_pool[1].pool_offset, 1u << 22);
+  EXPECT_EQ(back.outputs_in_pool[1].nbytes, 8u);
   EXPECT_EQ(EncodeRun(back), bytes);
 }
 
@@ -107,6 +117,7 @@ TEST(MessagesTest, OtherRoundTrips) {
   EXPECT_EQ(r.stats.resident_bytes, 4096);
   EXPECT_EQ(r.node_micros, 150);
   EXPECT_EQ(r.output_bytes, (std::vector<uint64_t>{64, 0, 8}));
+  EXPECT_EQ(r.pooled_outputs, (std::vector<uint32_t>{0, 2}));
 
   auto e = DecodeError(EncodeError(absl::NotFoundError("no such program"), true));
   ASSERT_TRUE(e.ok()) << e.status();
@@ -177,9 +188,14 @@ TEST(MessagesTest, OversizedCountsAndSizesAreRefused) {
   // A hostile count that claims far more entries than the bytes hold: refused, no allocation.
   std::string huge = EncodeRun(RunMessage{});
   // prefix(3) + program id(8) + three empty handle lists(12) + upload count(4)
-  ASSERT_EQ(huge.size(), 27u);
+  // + pooled output count(4)
+  ASSERT_EQ(huge.size(), 31u);
   huge[23] = huge[24] = huge[25] = static_cast<char>(0xff);
   huge[26] = static_cast<char>(0x7f);
+  EXPECT_FALSE(DecodeRun(huge, MessageLimits(), &m).ok());
+  huge = EncodeRun(RunMessage{});  // the same for the pooled outputs' count
+  huge[27] = huge[28] = huge[29] = static_cast<char>(0xff);
+  huge[30] = static_cast<char>(0x7f);
   EXPECT_FALSE(DecodeRun(huge, MessageLimits(), &m).ok());
   // Weights after activations, and an unknown upload class.
   RunMessage disordered = SampleRun();
@@ -243,6 +259,74 @@ TEST(MessagesTest, GroupTransfersByClassAndFrameSize) {
   EXPECT_EQ(frames[1].first, 2u);
   EXPECT_EQ(frames[1].bytes, 60u);
   EXPECT_TRUE(GroupTransfers({{0, UploadClass::kWeights, 0}}, 10).empty());
+}
+
+TEST(MessagesTest, PoolReferencesAreCheckedOnDecode) {
+  RunMessage back;
+  RunMessage run = SampleRun();
+  run.uploads[3].nbytes = 0;  // a pooled entry of no bytes
+  absl::Status s = DecodeRun(EncodeRun(run), MessageLimits(), &back);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("upload entry 3 references 0 pool bytes"), absl::string_view::npos) << s;
+  run = SampleRun();
+  run.uploads[3].pool_offset = ~uint64_t{0} - 10;  // offset + bytes wraps
+  EXPECT_FALSE(DecodeRun(EncodeRun(run), MessageLimits(), &back).ok());
+  run = SampleRun();
+  run.outputs_in_pool = {{2, 0, 8}, {0, 4096, 64}};  // not increasing
+  s = DecodeRun(EncodeRun(run), MessageLimits(), &back);
+  EXPECT_NE(s.message().find("must increase"), absl::string_view::npos) << s;
+  run.outputs_in_pool = {{0, 0, 0}};
+  EXPECT_FALSE(DecodeRun(EncodeRun(run), MessageLimits(), &back).ok());
+
+  ResultMessage result = SampleResult();
+  ResultMessage decoded;
+  result.pooled_outputs = {3};  // three outputs: index 3 is out of range
+  EXPECT_FALSE(DecodeResult(EncodeResult(result), MessageLimits(), &decoded).ok());
+  result.pooled_outputs = {2, 0};
+  EXPECT_FALSE(DecodeResult(EncodeResult(result), MessageLimits(), &decoded).ok());
+}
+
+TEST(MessagesTest, CheckPoolReferencesAgainstThePool) {
+  std::vector<std::pair<uint64_t, uint64_t>> scratch;
+  const RunMessage run = SampleRun();  // 1 MiB upload at 8 KiB; outputs at 2 and 4 MiB
+  EXPECT_TRUE(CheckPoolReferences(run, 8 << 20, &scratch).ok());
+  // No pool on this connection.
+  absl::Status s = CheckPoolReferences(run, 0, &scratch);
+  EXPECT_TRUE(absl::IsFailedPrecondition(s)) << s;
+  EXPECT_NE(s.message().find("has none"), absl::string_view::npos) << s;
+  // Without references nothing is needed.
+  RunMessage plain = SampleRun();
+  plain.uploads.pop_back();
+  plain.outputs_in_pool.clear();
+  EXPECT_TRUE(CheckPoolReferences(plain, 0, &scratch).ok());
+  // Outside the pool: the output at 4 MiB does not fit a 4 MiB pool.
+  s = CheckPoolReferences(run, 4 << 20, &scratch);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("output 2 (8 bytes at pool offset 4194304) reaches outside"),
+            absl::string_view::npos)
+      << s;
+  // Overlap: output 0 moved into the upload's block.
+  RunMessage overlap = SampleRun();
+  overlap.outputs_in_pool[0].pool_offset = 8192 + 1000;
+  s = CheckPoolReferences(overlap, 8 << 20, &scratch);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("overlaps upload entry 3 (b5"), absl::string_view::npos) << s;
+  // Touching ends do not overlap.
+  overlap.outputs_in_pool[0].pool_offset = 8192 + (1 << 20);
+  EXPECT_TRUE(CheckPoolReferences(overlap, 8 << 20, &scratch).ok());
+}
+
+TEST(MessagesTest, PooledEntriesTravelInNoFrame) {
+  const std::vector<UploadEntry> entries = {{0, UploadClass::kWeights, 100, 0},
+                                            {1, UploadClass::kWeights, 50},
+                                            {2, UploadClass::kActivations, 60, 4096},
+                                            {3, UploadClass::kActivations, 10}};
+  std::vector<TransferFrame> frames = GroupTransfers(entries, 1 << 20);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[0].bytes, 50u);
+  EXPECT_EQ(frames[1].first, 3u);
+  EXPECT_EQ(frames[1].bytes, 10u);
+  EXPECT_TRUE(GroupTransfers({{0, UploadClass::kWeights, 10, 0}}, 100).empty());
 }
 
 TEST(MessagesTest, PeerMessagesRoundTripAndRefuseBadFields) {

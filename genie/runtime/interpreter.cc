@@ -190,6 +190,11 @@ struct Interpreter::Impl {
   at::Tensor upload_arena;
   std::unique_ptr<at::cuda::CUDAEvent> arena_copied;
   bool arena_in_flight = false;
+  // RegisterHostMemory: page-locked ranges (a client's shared tensor pool) that uploads are
+  // copied from and outputs into by DMA. A run that touched one waits for its copies before
+  // it returns, whatever its outcome: the client reuses the memory once the node answered.
+  std::vector<std::pair<const char*, uint64_t>> registered;
+  bool registered_in_flight = false;
   // GENIE_INTERPRETER_PROFILE=1: per-phase times, printed to stderr every 200 runs.
   struct Profile {
     bool on = std::getenv("GENIE_INTERPRETER_PROFILE") != nullptr;
@@ -521,6 +526,14 @@ struct Interpreter::Impl {
     return p >= lo && p + b.nbytes <= lo + upload_arena.nbytes();
   }
 
+  bool InRegistered(const void* data, size_t nbytes) const {
+    const char* p = static_cast<const char*>(data);
+    for (const auto& [lo, n] : registered) {
+      if (p >= lo && nbytes <= n && static_cast<uint64_t>(p - lo) <= n - nbytes) return true;
+    }
+    return false;
+  }
+
   // Host bytes -> pinned staging buffer -> `dst` with a non-blocking copy on the current
   // stream. The caching host allocator reuses staging buffers once their copy is done.
   static void StageUpload(const core::HostBytes& src, at::Tensor& dst) {
@@ -602,7 +615,14 @@ struct Interpreter::Impl {
 
     if (device.is_cuda()) {
 #if GENIE_WITH_CUDA
-      GENIE_RETURN_IF_ERROR(ExecuteCuda(g, req, *program, roots, result));
+      absl::Status ran = ExecuteCuda(g, req, *program, roots, result);
+      if (registered_in_flight) {
+        // Copies from or into registered memory are done before the caller hears back,
+        // also when the run failed half way.
+        registered_in_flight = false;
+        if (!streams.empty()) streams[0].get().synchronize();
+      }
+      GENIE_RETURN_IF_ERROR(ran);
 #else
       return absl::UnimplementedError(absl::StrCat(Describe(), ": this build has no CUDA; rebuild with --config=cuda"));
 #endif
@@ -623,8 +643,17 @@ struct Interpreter::Impl {
           ++result.stats.nodes_executed;
         }
       }
-      for (const TensorRef& r : g.outputs()) {
-        GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, r));
+      for (size_t i = 0; i < g.outputs().size(); ++i) {
+        GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, g.outputs()[i]));
+        const core::HostDestination* to = i < req.output_to.size() ? &req.output_to[i] : nullptr;
+        if (to != nullptr && to->data != nullptr && to->nbytes == static_cast<size_t>(t.nbytes())) {
+          // Straight into the caller's memory (a client's shared pool): one copy.
+          at::Tensor dst = at::from_blob(to->data, t.sizes(), t.options().device(at::kCPU));
+          dst.copy_(t);
+          result.outputs.push_back(core::HostBytes{to->data, to->nbytes, nullptr});
+          result.stats.bytes_downloaded += static_cast<int64_t>(to->nbytes);
+          continue;
+        }
         at::Tensor host = t.contiguous();
         auto owner = std::make_shared<at::Tensor>(host);
         result.outputs.push_back(core::HostBytes{host.data_ptr(), static_cast<size_t>(host.nbytes()),
@@ -730,7 +759,9 @@ struct Interpreter::Impl {
       at::Tensor t = mode == Mode::kReplay
                          ? state->roots[b.id]
                          : at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
-      if (u.bytes.nbytes != 0 && InArena(u.bytes)) {
+      const bool registered_src = u.bytes.nbytes != 0 && InRegistered(u.bytes.data, u.bytes.nbytes);
+      registered_in_flight |= registered_src;
+      if (u.bytes.nbytes != 0 && (registered_src || InArena(u.bytes))) {
         const cudaError_t e =
             cudaMemcpyAsync(t.data_ptr(), u.bytes.data, u.bytes.nbytes, cudaMemcpyHostToDevice, main.stream());
         if (e != cudaSuccess) {
@@ -739,7 +770,7 @@ struct Interpreter::Impl {
           return absl::InternalError(absl::StrCat("uploading buffer b", b.id, " to ", Describe(),
                                                   " failed: ", cudaGetErrorString(e)));
         }
-        from_arena = true;
+        from_arena |= !registered_src;
       } else if (u.bytes.nbytes != 0) {
         StageUpload(u.bytes, t);
       }
@@ -844,10 +875,31 @@ struct Interpreter::Impl {
     if (profile.on) profile.stop->record(main);
     // Outputs: device -> pinned staging, non-blocking on the main stream (after the join),
     // then one wait for the main stream: the only host sync of a run.
+    // An output with a destination in registered memory (output_to) goes there by DMA; its
+    // contiguous device copy is kept in `hosts` until the sync.
     std::vector<at::Tensor> hosts;
     hosts.reserve(g.outputs().size());
-    for (const TensorRef& r : g.outputs()) {
-      GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, r));
+    std::vector<bool> placed(g.outputs().size(), false);
+    for (size_t i = 0; i < g.outputs().size(); ++i) {
+      GENIE_ASSIGN_OR_RETURN(at::Tensor t, View(roots, g.outputs()[i]));
+      const core::HostDestination* to = i < req.output_to.size() ? &req.output_to[i] : nullptr;
+      if (to != nullptr && to->data != nullptr && to->nbytes == static_cast<size_t>(t.nbytes()) &&
+          t.is_cuda()) {
+        at::Tensor c = t.contiguous();
+        registered_in_flight = true;
+        if (to->nbytes != 0) {
+          const cudaError_t e = cudaMemcpyAsync(to->data, c.data_ptr(), to->nbytes, cudaMemcpyDeviceToHost,
+                                                main.stream());
+          if (e != cudaSuccess) {
+            (void)cudaGetLastError();
+            return absl::InternalError(absl::StrCat("copying output ", i, " of ", Describe(),
+                                                    " to the host failed: ", cudaGetErrorString(e)));
+          }
+        }
+        placed[i] = true;
+        hosts.push_back(std::move(c));
+        continue;
+      }
       at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
       host.copy_(t, /*non_blocking=*/true);
       hosts.push_back(std::move(host));
@@ -873,7 +925,14 @@ struct Interpreter::Impl {
         profile.host_us = profile.sync_us = profile.gpu_us = 0;
       }
     }
-    for (at::Tensor& host : hosts) {
+    for (size_t i = 0; i < hosts.size(); ++i) {
+      if (placed[i]) {
+        const core::HostDestination& to = req.output_to[i];
+        result.outputs.push_back(core::HostBytes{to.data, to.nbytes, nullptr});
+        result.stats.bytes_downloaded += static_cast<int64_t>(to.nbytes);
+        continue;
+      }
+      at::Tensor& host = hosts[i];
       auto owner = std::make_shared<at::Tensor>(std::move(host));
       result.outputs.push_back(core::HostBytes{owner->data_ptr(), static_cast<size_t>(owner->nbytes()),
                                                std::shared_ptr<const void>(owner, owner.get()),
@@ -965,6 +1024,59 @@ absl::Status Interpreter::AdoptDeviceBuffer(
   (void)numel;
   (void)fill;
   return absl::UnimplementedError("adopting device memory needs a build with --config=cuda");
+#endif
+}
+
+absl::Status Interpreter::RegisterHostMemory(void* base, uint64_t bytes) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  Impl& m = *impl_;
+  if (!m.device.is_cuda() || base == nullptr || bytes == 0) return absl::OkStatus();
+  for (const auto& [lo, n] : m.registered) {
+    if (lo == base) return absl::OkStatus();
+  }
+  c10::cuda::CUDAGuard guard(m.device.index());
+  const cudaError_t e = cudaHostRegister(base, bytes, cudaHostRegisterDefault);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return absl::ResourceExhaustedError(absl::StrCat("cannot page-lock ", bytes, " bytes of shared memory on ",
+                                                     Describe(), ": ", cudaGetErrorString(e)));
+  }
+  m.registered.emplace_back(static_cast<const char*>(base), bytes);
+  return absl::OkStatus();
+#else
+  (void)base;
+  (void)bytes;
+  return absl::OkStatus();
+#endif
+}
+
+void Interpreter::UnregisterHostMemory(void* base) {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  Impl& m = *impl_;
+  for (auto it = m.registered.begin(); it != m.registered.end(); ++it) {
+    if (it->first != base) continue;
+    c10::cuda::CUDAGuard guard(m.device.index());
+    if (!m.streams.empty()) m.streams[0].get().synchronize();
+    (void)cudaHostUnregister(base);
+    (void)cudaGetLastError();
+    m.registered.erase(it);
+    return;
+  }
+#else
+  (void)base;
+#endif
+}
+
+bool Interpreter::IsRegisteredHostMemory(const void* data, uint64_t nbytes) const {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+#if GENIE_WITH_CUDA
+  return impl_->InRegistered(data, static_cast<size_t>(nbytes));
+#else
+  (void)data;
+  (void)nbytes;
+  return false;
 #endif
 }
 

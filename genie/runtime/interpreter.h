@@ -27,8 +27,9 @@
 // at once; a moved input that an op writes makes the run eager. Kept buffers that the graph
 // produced are cloned after a replay, since the next replay overwrites the graph's memory.
 //
-// On a node, uploads arrive in PinnedUploadArena (page-locked) and are copied to the GPU
-// from there without a staging copy.
+// On a node, uploads arrive in PinnedUploadArena (page-locked) or in a client's shared tensor
+// pool (RegisterHostMemory) and are copied to the GPU from there without a staging copy;
+// outputs with a destination (ExecuteRequest::output_to) are written there directly.
 //
 // This header does not include libtorch.
 #ifndef GENIE_RUNTIME_INTERPRETER_H_
@@ -101,6 +102,14 @@ class Interpreter final : public core::Executor {
   // node receives uploads straight into it). Valid until the next call, which first waits
   // until the copies of the last run that read from it are done. Null for 0 bytes.
   absl::StatusOr<char*> PinnedUploadArena(uint64_t bytes);
+
+  // Page-locks host memory the node did not allocate (a client's shared tensor pool, once
+  // per connection) so uploads are copied from it and outputs (ExecuteRequest::output_to)
+  // into it by DMA, without staging; a run that touched it returns only after those copies.
+  // No-op on the CPU. Unregister (after the last run that uses it) before it is unmapped.
+  absl::Status RegisterHostMemory(void* base, uint64_t bytes);
+  void UnregisterHostMemory(void* base);
+  bool IsRegisteredHostMemory(const void* data, uint64_t nbytes) const;
 
   int64_t resident_bytes() const;
   size_t resident_buffers() const;

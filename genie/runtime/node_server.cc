@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cinttypes>
+#include <cstring>
 #include <cstdio>
 #include <list>
 #include <mutex>
@@ -316,7 +317,33 @@ Session::Session(const NodeOptions& options, std::string peer)
   inherited_threads_ = threads_now_ = IntraOpThreadsOfThisThread();
 }
 
-Session::~Session() = default;
+Session::~Session() {
+  // Before the pool can be unmapped (this session may hold its last reference).
+  if (pool_registered_) interpreter_.UnregisterHostMemory(shared_pool_->base());
+}
+
+absl::Status Session::CheckPool(const plan::RunMessage& run) {
+  GENIE_RETURN_IF_ERROR(
+      plan::CheckPoolReferences(run, shared_pool_ != nullptr ? shared_pool_->bytes() : 0, &pool_scratch_));
+  if (shared_pool_ == nullptr || pool_registered_ || pool_register_failed_ || cuda_device_ < 0 ||
+      pool_scratch_.empty()) {
+    return absl::OkStatus();
+  }
+  // Page-locked once per connection, so the GPU copies from and into it by DMA. If that is
+  // refused, the pool still works, through staging copies: said once, never retried.
+  pool_registered_ = true;
+  absl::Status s = interpreter_.RegisterHostMemory(shared_pool_->base(), shared_pool_->bytes());
+  if (!s.ok()) {
+    pool_registered_ = false;
+    pool_register_failed_ = true;
+    if (options_.log_connections) {
+      LogLine(absl::StrCat("genie-node: session ", peer_, ": ", s.message(),
+                           "; its tensor pool is used through staging copies (a smaller "
+                           "kPoolBytes may be page-locked)"));
+    }
+  }
+  return absl::OkStatus();
+}
 
 plan::NodeInfoMessage Session::Info() const {
   plan::NodeInfoMessage info;
@@ -431,11 +458,34 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   request_.fingerprint = loaded.fingerprint;
   request_.uploads.clear();
   uint64_t offset = 0;
-  for (const plan::UploadSlot& s : program.uploads) {
+  for (size_t k = 0; k < program.uploads.size(); ++k) {
+    const plan::UploadSlot& s = program.uploads[k];
+    const plan::UploadEntry& e = run.uploads[k];
+    if (e.pooled()) {  // CheckPool found it inside the pool
+      request_.uploads.push_back(core::Upload{
+          s.buffer, core::HostBytes{shared_pool_->base() + e.pool_offset, static_cast<size_t>(s.nbytes), nullptr}});
+      continue;
+    }
     request_.uploads.push_back(
         core::Upload{s.buffer, core::HostBytes{upload_base_ + offset, static_cast<size_t>(s.nbytes),
                                                nullptr}});
     offset += s.nbytes;
+  }
+  request_.output_to.clear();
+  if (!run.outputs_in_pool.empty()) {
+    request_.output_to.resize(program.outputs.size());
+    for (const plan::OutputPlacement& o : run.outputs_in_pool) {
+      if (o.output >= program.outputs.size() || o.nbytes != program.outputs[o.output].nbytes) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "the run reserves ", o.nbytes, " pool bytes for output ", o.output, " of program ",
+            run.program_id, ", which has ", program.outputs.size(), " outputs",
+            o.output < program.outputs.size()
+                ? absl::StrCat(" (that one of ", program.outputs[o.output].nbytes, " bytes)")
+                : std::string()));
+      }
+      request_.output_to[o.output] =
+          core::HostDestination{shared_pool_->base() + o.pool_offset, static_cast<size_t>(o.nbytes)};
+    }
   }
   request_.keep.clear();
   for (const plan::ResidentSlot& s : program.keep) request_.keep.push_back(s.buffer);
@@ -468,6 +518,20 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
     }
   }
   if (!result_.ok()) return result_.status();
+  // An output the interpreter could not write in place (a CPU fallback on a CUDA node) is
+  // copied into its block: every reserved block is filled.
+  for (const plan::OutputPlacement& o : run.outputs_in_pool) {
+    core::HostBytes& b = result_->outputs[o.output];
+    unsigned char* dst = shared_pool_->base() + o.pool_offset;
+    if (b.data != dst) {
+      if (b.nbytes != o.nbytes) {
+        return absl::InternalError(absl::StrCat("output ", o.output, " has ", b.nbytes,
+                                                " bytes, its pool block ", o.nbytes));
+      }
+      std::memcpy(dst, b.data, b.nbytes);
+      b = core::HostBytes{dst, b.nbytes, nullptr};
+    }
+  }
   return &*result_;
 }
 

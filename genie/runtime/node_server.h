@@ -57,6 +57,7 @@
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
 #include "genie/transport/frame.h"
+#include "genie/transport/pool.h"
 #include "genie/transport/traits.h"
 
 namespace genie::runtime {
@@ -255,7 +256,16 @@ class Session {
   // budget or when it cannot be allocated.
   absl::StatusOr<char*> UploadArena(uint64_t bytes);
 
-  // Runs `run` (its upload bytes in the arena, in table order) on the interpreter.
+  // The connection's shared tensor pool (null: none). Runs may then name uploads and
+  // outputs in it; on CUDA it is page-locked (Interpreter::RegisterHostMemory) at the first
+  // run that does (if that is refused, copies go through staging instead).
+  void AttachPool(std::shared_ptr<transport::SharedPool> pool) { shared_pool_ = std::move(pool); }
+  // The run's pool references checked against the pool (plan::CheckPoolReferences): an
+  // error fails this run only.
+  absl::Status CheckPool(const plan::RunMessage& run);
+
+  // Runs `run` (its ring upload bytes in the arena, in table order; pooled ones in the
+  // pool) on the interpreter, writing the outputs it reserved pool blocks for there.
   // *unknown_program is set when the run names a program this session does not have.
   absl::StatusOr<const core::ExecuteResult*> Run(const plan::RunMessage& run,
                                                  bool* unknown_program);
@@ -316,6 +326,10 @@ class Session {
   uint64_t next_fingerprint_ = 1;
   std::string arena_;
   char* upload_base_ = nullptr;  // where UploadArena put the run's uploads (arena_ or pinned)
+  std::shared_ptr<transport::SharedPool> shared_pool_;  // the client's tensor pool
+  bool pool_registered_ = false;
+  bool pool_register_failed_ = false;
+  std::vector<std::pair<uint64_t, uint64_t>> pool_scratch_;
   core::ExecuteRequest request_;
   absl::StatusOr<core::ExecuteResult> result_;
   std::string message_;
@@ -350,7 +364,7 @@ absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
   uint64_t frame_left = 0;
   uint64_t offset = 0;
   for (const plan::UploadEntry& e : entries) {
-    if (e.nbytes == 0) continue;
+    if (e.nbytes == 0 || e.pooled()) continue;  // pooled: the bytes are in the shared pool
     if (frame_left == 0) {
       absl::StatusOr<transport::FrameHeader> h = conn.ReceiveHeader(timeout);
       if (!h.ok()) return h.status();
@@ -398,6 +412,7 @@ absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
 template <class Conn>
 absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>& stop) {
   using transport::MessageKind;
+  session.AttachPool(transport::PoolOf(conn));
   const plan::MessageLimits& limits = session.limits();
   const absl::Duration io_timeout = session.options().io_timeout;
   while (!stop.load(std::memory_order_relaxed)) {
@@ -442,9 +457,12 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         plan::RunMessage& run = session.run_message();
         if (s.ok()) s = plan::DecodeRun(message, limits, &run);
         if (!s.ok()) return RefuseAndClose(conn, session, id, "Run", s);
+        // A pool reference that is wrong fails this run only (its ring bytes are drained).
         uint64_t upload_bytes = 0;
-        for (const plan::UploadEntry& e : run.uploads) upload_bytes += e.nbytes;
-        absl::StatusOr<char*> arena = session.UploadArena(upload_bytes);
+        for (const plan::UploadEntry& e : run.uploads) upload_bytes += e.pooled() ? 0 : e.nbytes;
+        absl::Status pool_refs = session.CheckPool(run);
+        absl::StatusOr<char*> arena =
+            pool_refs.ok() ? session.UploadArena(upload_bytes) : absl::StatusOr<char*>(pool_refs);
         bool protocol_error = false;
         s = ReceiveUploads(conn, id, run.uploads, arena.ok() ? *arena : nullptr, io_timeout,
                            &protocol_error);
@@ -469,6 +487,11 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
           out.output_bytes.push_back(b.nbytes);
           entries.push_back(plan::UploadEntry{core::kNoBuffer, plan::UploadClass::kActivations,
                                               static_cast<uint64_t>(b.nbytes)});
+        }
+        // Outputs in their pool blocks (Session::Run put them there) travel in no frame.
+        for (const plan::OutputPlacement& o : run.outputs_in_pool) {
+          entries[o.output].pool_offset = o.pool_offset;
+          out.pooled_outputs.push_back(o.output);
         }
         out.node_micros = session.last_run_micros();
         s = conn.SendBytes(MessageKind::kResult, id, plan::EncodeResult(out));

@@ -49,6 +49,8 @@ class ResidencyExecutor {
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request,
                                               const semantic::GraphSemantics& semantics);
   std::string Describe() const { return node_->Describe(); }
+  // The node's staging memory (core::Executor::Staging: its shared tensor pool, if any).
+  core::HostBuffer Staging(size_t nbytes) { return node_->Staging(nbytes); }
   const ShipPolicy& policy() const { return policy_; }
   int64_t client_held_bytes() const;  // what the client holds on the node's behalf
   DataTraffic traffic() const;

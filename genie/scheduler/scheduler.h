@@ -72,6 +72,7 @@ class ScheduledExecutor<BlindScheduler> {
     return residency_.Execute(request, semantics);
   }
   std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
+  core::HostBuffer Staging(size_t nbytes) { return residency_.Staging(nbytes); }
   DataTraffic traffic() const { return residency_.traffic(); }
   PlacementStats placement() const { return PlacementStats{}; }  // one node: nothing placed
   PlacementExecutor* placer() { return nullptr; }
@@ -128,6 +129,9 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
     return DecodeBatchingStats{};
   }
   DataTraffic traffic() const { return placed_ != nullptr ? placed_->traffic() : residency_.traffic(); }
+  // Staging memory of the first node (where unplaced graphs run; a run placed elsewhere
+  // sends such an upload through its own node's path).
+  core::HostBuffer Staging(size_t nbytes) { return residency_.Staging(nbytes); }
   // Where modules ran and what moved node to node (empty with one node).
   PlacementStats placement() const { return placed_ != nullptr ? placed_->stats() : PlacementStats{}; }
   // The multi-node executor (Submit/Wait keep several runs in flight), or null with one node.

@@ -39,8 +39,10 @@ struct Tcp {
 };
 
 // Same host: two single-producer/single-consumer byte rings in a shared memfd per
-// connection, set up over a Unix-domain socket (shm.h). Each byte is copied twice (into the
-// ring, out to the receiver's memory) and never crosses the kernel.
+// connection, set up over a Unix-domain socket (shm.h). A frame's bytes are copied twice
+// (into the ring, out to the receiver's memory) and never cross the kernel. Beside the rings,
+// a tensor pool (pool.h) in a second memfd: tensors of at least kPoolMinBytes are placed
+// there once and read or written in place (no ring copies); 0 bytes: no pool.
 struct Shm {
   using Backend = Shm;
   static constexpr std::string_view kName = "shm";
@@ -49,6 +51,16 @@ struct Shm {
   // Bytes of each direction's ring (the connecting side chooses; a frame larger than the ring
   // streams through it in chunks). Default 16 MiB: an upload of a few MB never waits.
   static constexpr std::uint64_t kRingBytes = std::uint64_t{16} << 20;
+  // Bytes of the connection's tensor pool (the connecting side chooses; 0: none). Pages are
+  // touched only when used.
+  static constexpr std::uint64_t kPoolBytes = std::uint64_t{256} << 20;
+  // Tensors smaller than this go through the ring (placing them saves less than it costs).
+  static constexpr std::uint64_t kPoolMinBytes = std::uint64_t{64} << 10;
+};
+
+// Shm without a tensor pool: every byte goes through the rings.
+struct ShmRingsOnly : Shm {
+  static constexpr std::uint64_t kPoolBytes = 0;
 };
 
 // UCX: RDMA/RoCE/GPUDirect where hardware exists; tcp/shm/cma otherwise. Not written yet.

@@ -3,7 +3,9 @@
 // processes of one host. A Unix-domain socket is the rendezvous; the bytes go through two
 // rings in a shared memfd (one per direction, P::kRingBytes each), copied in from the
 // sender's pieces and out into the receiver's memory, with eventfd wake-ups after a short
-// spin. A peer that exits or dies is seen at once (the socket hangs up). Frame semantics are
+// spin. With P::kPoolBytes > 0 the connecting side also creates a tensor pool (pool.h) that
+// both sides map: pool() on either end; code above the transport places tensors there and
+// sends references instead of bytes. A peer that exits or dies is seen at once (the socket hangs up). Frame semantics are
 // those of frame.h, shared with every backend; authenticate on top as for Tcp (auth.h).
 //
 //   using genie::transport::Shm;
@@ -15,12 +17,14 @@
 //   GENIE_RETURN_IF_ERROR(client.SendBytes(MessageKind::kPing, /*request_id=*/7, "hi"));
 //   GENIE_ASSIGN_OR_RETURN(Frame f, server.Receive(absl::Seconds(1)));
 //
-// A refinement picks the ring size:
+// A refinement picks the ring and pool sizes:
 //   struct ShmSmallRings : Shm { static constexpr std::uint64_t kRingBytes = 1 << 20; };
+//   ShmRingsOnly (policies.h) has no pool.
 #ifndef GENIE_TRANSPORT_SHM_H_
 #define GENIE_TRANSPORT_SHM_H_
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -32,6 +36,7 @@
 #include "genie/transport/internal/shm_stream.h"
 #include "genie/transport/options.h"
 #include "genie/transport/policies.h"
+#include "genie/transport/pool.h"
 #include "genie/transport/traits.h"
 
 namespace genie::transport {
@@ -46,6 +51,12 @@ class Connection<P, Shm>
   static_assert(transport_traits<P>::ring_bytes >= transport_internal::kShmMinRingBytes &&
                     transport_traits<P>::ring_bytes <= transport_internal::kShmMaxRingBytes,
                 "Connection<P, Shm>: P::kRingBytes must be within [4 KiB, 1 GiB]");
+  static_assert(transport_traits<P>::pool_bytes == 0 ||
+                    (transport_traits<P>::pool_bytes >= transport_internal::kShmMinPoolBytes &&
+                     transport_traits<P>::pool_bytes <= transport_internal::kShmMaxPoolBytes &&
+                     transport_traits<P>::pool_bytes % 4096 == 0),
+                "Connection<P, Shm>: P::kPoolBytes must be 0 (no pool) or a multiple of 4 KiB "
+                "within [1 MiB, 64 GiB]");
   using Base = transport_internal::FramedHandle<P, transport_internal::ShmStream>;
 
  public:
@@ -56,12 +67,18 @@ class Connection<P, Shm>
                                             const ConnectionOptions& options = {}) {
     transport_internal::ShmSettings settings;
     settings.ring_bytes = transport_traits<P>::ring_bytes;
+    settings.pool_bytes = transport_traits<P>::pool_bytes;
     absl::StatusOr<transport_internal::ShmStream> stream =
         transport_internal::ShmStream::Connect(socket_path, timeout, settings);
     if (!stream.ok()) return stream.status();
     stream->set_busy_poll(options.busy_poll);
     return Connection(std::move(*stream), options);
   }
+
+  // The connection's tensor pool (the connecting side allocates in it; both sides read and
+  // write it); null when the client asked for none. The accepting side sees the client's
+  // pool whatever its own policy says.
+  std::shared_ptr<SharedPool> pool() const { return Base::stream().pool(); }
 
  private:
   friend class Listener<P, Shm>;

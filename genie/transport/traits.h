@@ -76,6 +76,24 @@ struct RingBytesOf<P, std::void_t<decltype(P::kRingBytes)>> {
   static constexpr std::uint64_t value = P::kRingBytes;
 };
 
+template <class P, class = void>
+struct PoolBytesOf {
+  static constexpr std::uint64_t value = 0;
+};
+template <class P>
+struct PoolBytesOf<P, std::void_t<decltype(P::kPoolBytes)>> {
+  static constexpr std::uint64_t value = P::kPoolBytes;
+};
+
+template <class P, class = void>
+struct PoolMinBytesOf {
+  static constexpr std::uint64_t value = std::uint64_t{64} << 10;
+};
+template <class P>
+struct PoolMinBytesOf<P, std::void_t<decltype(P::kPoolMinBytes)>> {
+  static constexpr std::uint64_t value = P::kPoolMinBytes;
+};
+
 template <class T, class = void>
 struct IsPolicy : std::false_type {};
 template <class T>
@@ -107,6 +125,11 @@ struct transport_traits {
   static constexpr int socket_buffer_bytes = traits_internal::SocketBufferBytesOf<P>::value;
   // Shared-memory transports: bytes of each direction's ring. Default 16 MiB.
   static constexpr std::uint64_t ring_bytes = traits_internal::RingBytesOf<P>::value;
+  // Shared-memory transports: bytes of the connection's tensor pool (pool.h); 0 = none.
+  // Default 0.
+  static constexpr std::uint64_t pool_bytes = traits_internal::PoolBytesOf<P>::value;
+  // Tensors of at least this many bytes go through the pool when there is one. Default 64 KiB.
+  static constexpr std::uint64_t pool_min_bytes = traits_internal::PoolMinBytesOf<P>::value;
 };
 
 // One end of a framed, full-duplex link. Closed: each backend specializes

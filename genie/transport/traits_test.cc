@@ -92,7 +92,12 @@ TEST(TransportTraits, RealPolicies) {
   EXPECT_TRUE(transport_traits<Tcp>::zero_copy_send);
   EXPECT_FALSE(transport_traits<InProcess>::zero_copy_send);
   EXPECT_EQ(transport_traits<Shm>::ring_bytes, Shm::kRingBytes);
+  EXPECT_EQ(transport_traits<Shm>::pool_bytes, std::uint64_t{256} << 20);
+  EXPECT_EQ(transport_traits<ShmRingsOnly>::pool_bytes, 0u);
+  EXPECT_EQ(transport_traits<Tcp>::pool_bytes, 0u);  // undeclared: no pool
+  EXPECT_EQ(transport_traits<Tcp>::pool_min_bytes, std::uint64_t{64} << 10);
 }
+static_assert(std::is_same_v<transport_traits<ShmRingsOnly>::backend, Shm>);
 
 // A refinement of Shm picks its ring size; the connection's rings have it.
 struct ShmTinyRings : Shm {

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -62,23 +63,34 @@ struct PairMaker<Tcp> {
   }
 };
 
-template <>
-struct PairMaker<Shm> {
-  static absl::StatusOr<ConnPair<Shm>> Make(const ConnectionOptions& options) {
+// Shm with its tensor pool (the default) and without one (ShmRingsOnly): the frames are the
+// same either way.
+template <class P>
+struct ShmPairMaker {
+  static absl::StatusOr<ConnPair<P>> Make(const ConnectionOptions& options) {
     static std::atomic<int> counter{0};
     const std::string path =
         "/tmp/genie-conformance-" + std::to_string(getpid()) + "-" + std::to_string(counter++);
-    auto listener = Listener<Shm>::Create(path);
+    auto listener = Listener<P>::Create(path);
     if (!listener.ok()) return listener.status();
     // The rings travel in the client's first message, which waits in the socket until
     // Accept: connect-then-accept works on one thread.
-    auto client = Connection<Shm>::Connect(path, absl::Seconds(5), options);
+    auto client = Connection<P>::Connect(path, absl::Seconds(5), options);
     if (!client.ok()) return client.status();
     auto server = listener->Accept(absl::Seconds(5), options);
     if (!server.ok()) return server.status();
-    return ConnPair<Shm>(std::move(*client), std::move(*server));
+    if ((client->pool() != nullptr) != (transport_traits<P>::pool_bytes != 0) ||
+        (server->pool() != nullptr) != (transport_traits<P>::pool_bytes != 0)) {
+      return absl::InternalError("the connection's pool does not match the policy");
+    }
+    return ConnPair<P>(std::move(*client), std::move(*server));
   }
 };
+
+template <>
+struct PairMaker<Shm> : ShmPairMaker<Shm> {};
+template <>
+struct PairMaker<ShmRingsOnly> : ShmPairMaker<ShmRingsOnly> {};
 
 template <class P>
 class TransportConformance : public ::testing::Test {
@@ -97,12 +109,13 @@ class TransportConformance : public ::testing::Test {
   std::optional<Connection<P>> b_;
 };
 
-using TransportPolicies = ::testing::Types<InProcess, Tcp, Shm>;
+using TransportPolicies = ::testing::Types<InProcess, Tcp, Shm, ShmRingsOnly>;
 
 class PolicyNames {
  public:
   template <class P>
   static std::string GetName(int) {
+    if (std::is_same_v<P, ShmRingsOnly>) return "shm_rings_only";
     return std::string(transport_traits<P>::name);
   }
 };

@@ -5,7 +5,10 @@
 // rings fail validation.
 #include "genie/transport/shm.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -316,11 +319,12 @@ TEST(Shm, ListenerRefusesClientsWithoutValidRingsAndGoesOn) {
   int p[2];
   ASSERT_EQ(pipe(p), 0);
   std::string hello = "GENIESHM";
-  const std::uint32_t version = 1, reserved = 0;
-  const std::uint64_t ring = 1 << 20;
+  const std::uint32_t version = 2, reserved = 0;
+  const std::uint64_t ring = 1 << 20, no_pool = 0;
   hello.append(reinterpret_cast<const char*>(&version), 4);
   hello.append(reinterpret_cast<const char*>(&reserved), 4);
   hello.append(reinterpret_cast<const char*>(&ring), 8);
+  hello.append(reinterpret_cast<const char*>(&no_pool), 8);
   raw = RawClient(path, hello, {p[0], p[0], p[0], p[0], p[0]});
   ASSERT_GE(raw, 0);
   refused = listener->Accept(kWait);
@@ -335,13 +339,31 @@ TEST(Shm, ListenerRefusesClientsWithoutValidRingsAndGoesOn) {
   EXPECT_TRUE(Contains(refused.status(), "passed 1 file descriptors, not 5")) << refused.status();
   close(raw);
   // Another protocol version.
-  std::string v2 = hello;
-  v2[8] = 2;
-  raw = RawClient(path, v2, {});
+  std::string v3 = hello;
+  v3[8] = 3;
+  raw = RawClient(path, v3, {});
   ASSERT_GE(raw, 0);
   refused = listener->Accept(kWait);
   EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
-  EXPECT_TRUE(Contains(refused.status(), "version 2")) << refused.status();
+  EXPECT_TRUE(Contains(refused.status(), "version 3")) << refused.status();
+  close(raw);
+  // The hello of a version-1 client (no pool field) says which version it speaks.
+  std::string v1 = hello.substr(0, 24);
+  v1[8] = 1;
+  raw = RawClient(path, v1, {p[0], p[0], p[0], p[0], p[0]});
+  ASSERT_GE(raw, 0);
+  refused = listener->Accept(kWait);
+  EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
+  EXPECT_TRUE(Contains(refused.status(), "version 1")) << refused.status();
+  close(raw);
+  // A pool announced, but its "memfd" is a pipe.
+  std::string pooled = hello.substr(0, 24);
+  const std::uint64_t pool_bytes = 4 << 20;
+  pooled.append(reinterpret_cast<const char*>(&pool_bytes), 8);
+  raw = RawClient(path, pooled, {p[0], p[0], p[0], p[0], p[0]});
+  ASSERT_GE(raw, 0);
+  refused = listener->Accept(kWait);
+  EXPECT_TRUE(Contains(refused.status(), "not 6 (rings, 4 eventfds, tensor pool)")) << refused.status();
   close(raw);
   close(p[0]);
   close(p[1]);
@@ -355,6 +377,49 @@ TEST(Shm, ListenerRefusesClientsWithoutValidRingsAndGoesOn) {
   auto frame = server->Receive(kWait);
   ASSERT_TRUE(frame.ok()) << frame.status();
   EXPECT_EQ(frame->payload, "after refusals");
+}
+
+// A hello whose rings and eventfds are right but whose tensor pool is not: unsealed, or of
+// another size than announced.
+TEST(Shm, ListenerRefusesAPoolThatFailsValidation) {
+  const std::string path = SocketPath();
+  auto listener = Listener<Shm>::Create(path);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  const std::uint64_t ring = 1 << 20, pool_bytes = 4 << 20;
+  auto memfd = [](std::uint64_t bytes, bool seal) {
+    int fd = memfd_create("test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    EXPECT_GE(fd, 0);
+    EXPECT_EQ(ftruncate(fd, static_cast<off_t>(bytes)), 0);
+    if (seal) {
+      EXPECT_EQ(fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW), 0);
+    }
+    return fd;
+  };
+  const int region = memfd(4096 + 2 * ring, true);
+  int efd[4];
+  for (int& e : efd) e = eventfd(0, EFD_CLOEXEC);
+  std::string hello = "GENIESHM";
+  const std::uint32_t version = 2, reserved = 0;
+  hello.append(reinterpret_cast<const char*>(&version), 4);
+  hello.append(reinterpret_cast<const char*>(&reserved), 4);
+  hello.append(reinterpret_cast<const char*>(&ring), 8);
+  hello.append(reinterpret_cast<const char*>(&pool_bytes), 8);
+
+  const int unsealed = memfd(pool_bytes, false);
+  int raw = RawClient(path, hello, {region, efd[0], efd[1], efd[2], efd[3], unsealed});
+  ASSERT_GE(raw, 0);
+  auto refused = listener->Accept(kWait);
+  EXPECT_TRUE(absl::IsInvalidArgument(refused.status())) << refused.status();
+  EXPECT_TRUE(Contains(refused.status(), "tensor pool is not a memfd sealed against shrinking"))
+      << refused.status();
+  close(raw);
+  const int small = memfd(pool_bytes / 2, true);
+  raw = RawClient(path, hello, {region, efd[0], efd[1], efd[2], efd[3], small});
+  ASSERT_GE(raw, 0);
+  refused = listener->Accept(kWait);
+  EXPECT_TRUE(Contains(refused.status(), "tensor pool is not a 4194304-byte memfd")) << refused.status();
+  close(raw);
+  for (int fd : {region, efd[0], efd[1], efd[2], efd[3], unsealed, small}) close(fd);
 }
 
 TEST(Shm, AcceptTimesOutWithoutClient) {

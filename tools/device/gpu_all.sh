@@ -27,6 +27,7 @@ step() {
 nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 step gpu_test 240 "$here/run.sh" gpu_test
 step cuda_peer_test 120 "$here/run.sh" cuda_peer_test
+step shm_pool_gpu_test 120 "$here/run.sh" shm_pool_gpu_test
 # BENCH_FILTER: a --benchmark_filter regex for the benchmark step (default: all).
 step gpu_benchmark 400 "$here/run.sh" gpu_benchmark --benchmark_filter="${BENCH_FILTER:-.}" \
   --benchmark_repetitions=3 --benchmark_report_aggregates_only=true \

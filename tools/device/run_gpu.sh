@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 tools/device/pack.sh --config=cuda --config=opt \
-  //tests/gpu:gpu_test //tests/gpu:cuda_peer_test //benchmarks:gpu_benchmark \
+  //tests/gpu:gpu_test //tests/gpu:cuda_peer_test //tests/gpu:shm_pool_gpu_test //benchmarks:gpu_benchmark \
   //benchmarks/rpc:export_weights //genie/runtime:genie-node \
   //examples:vqa_remote //examples:gpt2_decode //benchmarks:capture_benchmark \
   //benchmarks:scheduler_benchmark //benchmarks:decode_batching_benchmark

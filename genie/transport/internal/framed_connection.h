@@ -182,6 +182,7 @@ class FramedConnection {
   const transport::TrafficCounters& counters() const { return counters_; }
   const std::string& peer() const { return stream_.peer(); }
   Stream& stream() { return stream_; }
+  const Stream& stream() const { return stream_; }
 
  private:
   absl::Status SendEncoded(const unsigned char* head, std::size_t head_size,

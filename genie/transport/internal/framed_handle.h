@@ -74,6 +74,9 @@ class FramedHandle {
                          absl::string_view(kTransportName.data(), kTransportName.size()),
                          options.send_timeout, options.payload_timeout})) {}
 
+  // The backend's stream, for what only that backend has (Shm's tensor pool).
+  const Stream& stream() const { return impl_->stream(); }
+
  private:
   std::unique_ptr<Impl> impl_;
 };

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <new>
 #include <string>
@@ -50,7 +51,7 @@ struct ShmRegionHeader {
 namespace {
 
 constexpr std::uint64_t kMagic = 0x4d48535f45494e47ULL;  // "GNIE_SHM" in little-endian bytes
-constexpr std::uint32_t kVersion = 1;
+constexpr std::uint32_t kVersion = 2;  // 2: the hello names a tensor pool
 constexpr std::size_t kDataOffset = 4096;
 static_assert(sizeof(ShmRegionHeader) <= kDataOffset, "header must fit before the rings");
 static_assert(std::atomic<std::uint64_t>::is_always_lock_free &&
@@ -64,14 +65,16 @@ constexpr std::uint64_t kChunkBytes = 256 << 10;
 constexpr absl::Duration kSpin = absl::Microseconds(20);
 // How long Accept waits for a connected client's rings.
 constexpr absl::Duration kHelloTimeout = absl::Seconds(2);
-constexpr int kNumFds = 5;  // memfd + 4 eventfds
+constexpr int kNumFds = 5;      // memfd + 4 eventfds
+constexpr int kMaxFds = 6;      // ... + the pool's memfd
 
-// Sent once by the connector, with the five fds as SCM_RIGHTS.
+// Sent once by the connector, with the five fds (six with a pool) as SCM_RIGHTS.
 struct Hello {
   char magic[8];
   std::uint32_t version;
   std::uint32_t reserved;
   std::uint64_t ring_bytes;
+  std::uint64_t pool_bytes;  // 0: no pool (and no sixth fd)
 };
 constexpr char kHelloMagic[8] = {'G', 'E', 'N', 'I', 'E', 'S', 'H', 'M'};
 
@@ -118,8 +121,9 @@ sockaddr_un UnixAddress(absl::string_view path) {
   return addr;
 }
 
-absl::StatusOr<ShmMapping> MapRegion(int memfd, std::size_t bytes) {
-  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, memfd, 0);
+absl::StatusOr<ShmMapping> MapRegion(int memfd, std::size_t bytes, bool populate = true) {
+  void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE,
+                    MAP_SHARED | (populate ? MAP_POPULATE : 0), memfd, 0);
   if (base == MAP_FAILED) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot map ", bytes, " bytes of shared memory: ", ErrnoText(errno)));
@@ -150,8 +154,12 @@ ShmMapping::~ShmMapping() {
 // ---- ShmStream --------------------------------------------------------------------------
 
 ShmStream::ShmStream(ShmMapping map, UniqueFd socket, UniqueFd eventfds[4], Side side,
-                     std::string peer)
-    : map_(std::move(map)), side_(side), socket_(std::move(socket)), peer_(std::move(peer)) {
+                     std::string peer, std::shared_ptr<transport::SharedPool> pool)
+    : map_(std::move(map)),
+      side_(side),
+      socket_(std::move(socket)),
+      peer_(std::move(peer)),
+      pool_(std::move(pool)) {
   header_ = reinterpret_cast<ShmRegionHeader*>(map_.base());
   ring_bytes_ = header_->ring_bytes;
   const int tx = side == kConnector ? 0 : 1;
@@ -398,6 +406,40 @@ absl::StatusOr<ShmStream> ShmStream::Connect(absl::string_view path, absl::Durat
   header->version = kVersion;
   header->ring_bytes = settings.ring_bytes;
   header->region_bytes = region_bytes;
+  // The tensor pool: a second sealed memfd, mapped without touching its pages.
+  UniqueFd pool_fd;
+  std::shared_ptr<transport::SharedPool> pool;
+  if (settings.pool_bytes != 0) {
+    if (settings.pool_bytes < kShmMinPoolBytes || settings.pool_bytes > kShmMaxPoolBytes ||
+        settings.pool_bytes % 4096 != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          where, ": tensor pool size ", settings.pool_bytes, " bytes is not 0 or a multiple of 4 KiB in [",
+          kShmMinPoolBytes, ", ", kShmMaxPoolBytes, "] (kPoolBytes in the policy)"));
+    }
+    pool_fd = UniqueFd(memfd_create("genie-shm-pool", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+    if (!pool_fd.valid()) {
+      return absl::InternalError(absl::StrCat(where, ": memfd_create for the tensor pool failed: ",
+                                              ErrnoText(errno)));
+    }
+    if (ftruncate(pool_fd.get(), static_cast<off_t>(settings.pool_bytes)) != 0) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          where, ": cannot size a tensor pool of ", settings.pool_bytes, " bytes: ", ErrnoText(errno),
+          " (use a smaller pool: kPoolBytes in the policy, 0 for none)"));
+    }
+    if (fcntl(pool_fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0) {
+      return absl::InternalError(
+          absl::StrCat(where, ": sealing the tensor pool's memfd failed: ", ErrnoText(errno)));
+    }
+    absl::StatusOr<ShmMapping> pool_map =
+        MapRegion(pool_fd.get(), settings.pool_bytes, /*populate=*/false);
+    if (!pool_map.ok()) {
+      return absl::Status(pool_map.status().code(),
+                          absl::StrCat(where, ": tensor pool: ", pool_map.status().message()));
+    }
+    void* base = pool_map->base();
+    (void)pool_map->Release();
+    pool = transport::SharedPool::Adopt(base, settings.pool_bytes);
+  }
   UniqueFd eventfds[4];
   for (UniqueFd& fd : eventfds) {
     fd = UniqueFd(eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
@@ -433,20 +475,22 @@ absl::StatusOr<ShmStream> ShmStream::Connect(absl::string_view path, absl::Durat
   std::memcpy(hello.magic, kHelloMagic, sizeof(hello.magic));
   hello.version = kVersion;
   hello.ring_bytes = settings.ring_bytes;
+  hello.pool_bytes = settings.pool_bytes;
+  const int nfds = pool != nullptr ? kMaxFds : kNumFds;
   iovec iov{&hello, sizeof(hello)};
-  alignas(cmsghdr) char control[CMSG_SPACE(kNumFds * sizeof(int))] = {};
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxFds * sizeof(int))] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  msg.msg_controllen = CMSG_SPACE(nfds * sizeof(int));
   cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
   cmsg->cmsg_level = SOL_SOCKET;
   cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(kNumFds * sizeof(int));
-  const int fds[kNumFds] = {memfd.get(), eventfds[0].get(), eventfds[1].get(), eventfds[2].get(),
-                            eventfds[3].get()};
-  std::memcpy(CMSG_DATA(cmsg), fds, sizeof(fds));
+  cmsg->cmsg_len = CMSG_LEN(nfds * sizeof(int));
+  const int fds[kMaxFds] = {memfd.get(),       eventfds[0].get(), eventfds[1].get(),
+                            eventfds[2].get(), eventfds[3].get(), pool_fd.get()};
+  std::memcpy(CMSG_DATA(cmsg), fds, nfds * sizeof(int));
   for (;;) {
     const ssize_t n = sendmsg(sock.get(), &msg, MSG_NOSIGNAL);
     if (n == static_cast<ssize_t>(sizeof(hello))) break;
@@ -465,7 +509,7 @@ absl::StatusOr<ShmStream> ShmStream::Connect(absl::string_view path, absl::Durat
         where, ": handing over the rings failed: ", n < 0 ? ErrnoText(err) : "short write"));
   }
   return ShmStream(std::move(*map), std::move(sock), eventfds, kConnector,
-                   absl::StrCat("shm ", path));
+                   absl::StrCat("shm ", path), std::move(pool));
 }
 
 // ---- ShmListenSocket --------------------------------------------------------------------
@@ -552,7 +596,7 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
   // The hello and its fds; the client sends them right after connecting.
   Hello hello{};
   iovec iov{&hello, sizeof(hello)};
-  alignas(cmsghdr) char control[CMSG_SPACE(kNumFds * sizeof(int))] = {};
+  alignas(cmsghdr) char control[CMSG_SPACE(kMaxFds * sizeof(int))] = {};
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -577,7 +621,7 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
     if (!s.ok()) return s;
   }
   // Own every fd that came, whatever else is wrong.
-  UniqueFd fds[kNumFds];
+  UniqueFd fds[kMaxFds];
   int nfds = 0;
   bool extra_fds = false;
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
@@ -586,7 +630,7 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
     for (std::size_t i = 0; i < count; ++i) {
       int fd;
       std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
-      if (nfds < kNumFds) {
+      if (nfds < kMaxFds) {
         fds[nfds++] = UniqueFd(fd);
       } else {
         close(fd);
@@ -594,7 +638,8 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
       }
     }
   }
-  if (n != static_cast<ssize_t>(sizeof(hello)) ||
+  // The version first (an older client's hello is shorter), then the whole hello.
+  if (n < static_cast<ssize_t>(offsetof(Hello, ring_bytes)) ||
       std::memcmp(hello.magic, kHelloMagic, sizeof(hello.magic)) != 0) {
     return refuse(absl::StatusCode::kInvalidArgument,
                   "it did not send a Genie shm hello (is it a Genie client of the same build?)");
@@ -604,10 +649,21 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
                   absl::StrCat("it speaks shm protocol version ", hello.version, ", this node ",
                                kVersion, " (use the same Genie build on both sides)"));
   }
-  if (nfds != kNumFds || extra_fds || (msg.msg_flags & MSG_CTRUNC) != 0) {
+  if (n != static_cast<ssize_t>(sizeof(hello))) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("its hello is ", n, " bytes, not ", sizeof(hello)));
+  }
+  const int want_fds = hello.pool_bytes != 0 ? kMaxFds : kNumFds;
+  if (nfds != want_fds || extra_fds || (msg.msg_flags & MSG_CTRUNC) != 0) {
     return refuse(absl::StatusCode::kInvalidArgument,
                   absl::StrCat("it passed ", nfds, extra_fds ? "+" : "", " file descriptors, not ",
-                               kNumFds));
+                               want_fds, hello.pool_bytes != 0 ? " (rings, 4 eventfds, tensor pool)" : ""));
+  }
+  if (hello.pool_bytes != 0 &&
+      (hello.pool_bytes < kShmMinPoolBytes || hello.pool_bytes > kShmMaxPoolBytes ||
+       hello.pool_bytes % 4096 != 0)) {
+    return refuse(absl::StatusCode::kInvalidArgument,
+                  absl::StrCat("tensor pool size ", hello.pool_bytes, " is out of range"));
   }
   if (hello.ring_bytes < kShmMinRingBytes || hello.ring_bytes > kShmMaxRingBytes) {
     return refuse(absl::StatusCode::kInvalidArgument,
@@ -634,6 +690,29 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
                     absl::StrCat("file descriptor ", i, " of its hello is not an eventfd"));
     }
   }
+  std::shared_ptr<transport::SharedPool> pool;
+  if (hello.pool_bytes != 0) {
+    const int pool_fd = fds[kNumFds].get();
+    struct stat pool_st {};
+    if (fstat(pool_fd, &pool_st) != 0 || !S_ISREG(pool_st.st_mode) ||
+        static_cast<std::uint64_t>(pool_st.st_size) != hello.pool_bytes) {
+      return refuse(absl::StatusCode::kInvalidArgument,
+                    absl::StrCat("its tensor pool is not a ", hello.pool_bytes, "-byte memfd"));
+    }
+    const int pool_seals = fcntl(pool_fd, F_GET_SEALS);
+    if (pool_seals < 0 || (pool_seals & F_SEAL_SHRINK) == 0) {
+      return refuse(absl::StatusCode::kInvalidArgument,
+                    "its tensor pool is not a memfd sealed against shrinking");
+    }
+    absl::StatusOr<ShmMapping> pool_map = MapRegion(pool_fd, hello.pool_bytes, /*populate=*/false);
+    if (!pool_map.ok()) {
+      return refuse(pool_map.status().code(),
+                    absl::StrCat("mapping its tensor pool: ", pool_map.status().message()));
+    }
+    void* base = pool_map->base();
+    (void)pool_map->Release();
+    pool = transport::SharedPool::Adopt(base, hello.pool_bytes);
+  }
   absl::StatusOr<ShmMapping> map = MapRegion(fds[0].get(), region_bytes);
   if (!map.ok()) return refuse(map.status().code(), map.status().message());
   const auto* header = reinterpret_cast<const ShmRegionHeader*>(map->base());
@@ -642,7 +721,8 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
     return refuse(absl::StatusCode::kInvalidArgument,
                   "its shared region's header does not match its hello");
   }
-  return ShmStream(std::move(*map), std::move(sock), fds + 1, ShmStream::kAcceptor, std::move(peer));
+  return ShmStream(std::move(*map), std::move(sock), fds + 1, ShmStream::kAcceptor, std::move(peer),
+                   std::move(pool));
 }
 
 }  // namespace genie::transport_internal

@@ -3,9 +3,10 @@
 // framed_connection.h).
 //
 // Rendezvous: the connecting side creates a sealed memfd holding two single-producer /
-// single-consumer byte rings (one per direction) and four eventfds (per ring: "data" rung by
-// the producer, "space" rung by the consumer), and passes all five over a Unix-domain socket
-// with SCM_RIGHTS; the accepting side validates and maps them. After that the socket carries
+// single-consumer byte rings (one per direction), four eventfds (per ring: "data" rung by
+// the producer, "space" rung by the consumer) and, when asked for, a second sealed memfd
+// for the tensor pool (pool.h), and passes them over a Unix-domain socket with SCM_RIGHTS;
+// the accepting side validates (sizes, seals, kinds) and maps them. After that the socket carries
 // no bytes: it stays open only so either side sees the other's death (POLLHUP/POLLRDHUP).
 //
 // Data path: WriteFrame copies the gathered pieces into the ring in chunks, publishing each
@@ -23,6 +24,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "absl/status/status.h"
@@ -32,16 +34,21 @@
 #include "absl/types/span.h"
 #include "genie/transport/frame.h"
 #include "genie/transport/internal/unique_fd.h"
+#include "genie/transport/pool.h"
 
 namespace genie::transport_internal {
 
 struct ShmSettings {
   std::uint64_t ring_bytes = std::uint64_t{16} << 20;  // each direction
+  std::uint64_t pool_bytes = 0;                        // the tensor pool; 0 = none
 };
 
 // Smallest and largest ring a connecting side may ask for.
 inline constexpr std::uint64_t kShmMinRingBytes = 4096;
 inline constexpr std::uint64_t kShmMaxRingBytes = std::uint64_t{1} << 30;
+// Smallest and largest tensor pool (besides 0, no pool).
+inline constexpr std::uint64_t kShmMinPoolBytes = std::uint64_t{1} << 20;
+inline constexpr std::uint64_t kShmMaxPoolBytes = std::uint64_t{64} << 30;
 
 struct ShmRegionHeader;  // shm_stream.cc
 struct ShmRing;
@@ -59,6 +66,13 @@ class ShmMapping {
 
   unsigned char* base() const { return static_cast<unsigned char*>(base_); }
   std::size_t size() const { return size_; }
+  // Gives up ownership: the caller unmaps.
+  void* Release() {
+    size_ = 0;
+    void* base = base_;
+    base_ = nullptr;
+    return base;
+  }
 
  private:
   void* base_ = nullptr;
@@ -87,11 +101,14 @@ class ShmStream {
   void set_busy_poll(absl::Duration d) { busy_poll_ = d; }
   const std::string& peer() const { return peer_; }
   std::uint64_t ring_bytes() const { return ring_bytes_; }
+  // The connection's tensor pool (both sides map it); null without one.
+  const std::shared_ptr<transport::SharedPool>& pool() const { return pool_; }
 
  private:
   friend class ShmListenSocket;
   enum Side : int { kConnector = 0, kAcceptor = 1 };
-  ShmStream(ShmMapping map, UniqueFd socket, UniqueFd eventfds[4], Side side, std::string peer);
+  ShmStream(ShmMapping map, UniqueFd socket, UniqueFd eventfds[4], Side side, std::string peer,
+            std::shared_ptr<transport::SharedPool> pool);
 
   // Waits until `ready()` holds, the peer goes away or `deadline` passes. Returns OK when
   // ready() holds; Unavailable when the peer closed or died (the caller re-checks its ring
@@ -118,6 +135,7 @@ class ShmStream {
   UniqueFd rx_space_efd_;  // rung by us after consuming
   std::string peer_;  // "shm /run/genie.sock" or "shm /run/genie.sock (pid 42)"
   absl::Duration busy_poll_ = absl::ZeroDuration();
+  std::shared_ptr<transport::SharedPool> pool_;
 };
 
 class ShmListenSocket {
