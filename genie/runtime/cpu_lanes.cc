@@ -11,6 +11,11 @@
 #include "genie/runtime/intra_op_threads.h"
 
 namespace genie::runtime {
+
+int AutomaticCpuLanes() {
+  static const int lanes = std::thread::hardware_concurrency() >= 4 ? 2 : 1;
+  return lanes;
+}
 namespace {
 
 constexpr int32_t kNone = -1;   // depends on no uploaded input

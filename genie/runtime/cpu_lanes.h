@@ -40,6 +40,10 @@ namespace genie::runtime {
 
 StreamPlan PlanBranches(const core::Graph& graph, int max_lanes, int min_branch_nodes = 8);
 
+// Lanes a node uses when not told: 2 on a machine of 4 or more hardware threads (a second
+// branch then has a core of its own beside the session thread and the client), else 1.
+int AutomaticCpuLanes();
+
 class CpuLanes {
  public:
   explicit CpuLanes(int workers);

@@ -40,10 +40,10 @@ ABSL_FLAG(int32_t, threads, 0,
           "ATen intra-op threads for each client session's ops (set per session thread); 0: "
           "per program, 1 when all its ops are small (below ATen's grain of 32768 elements), "
           "else libtorch's default");
-ABSL_FLAG(int32_t, cpu_lanes, 1,
+ABSL_FLAG(int32_t, cpu_lanes, 0,
           "on cpu, threads per session for a program's independent branches (e.g. a VQA "
           "model's vision and language encoders), joined where a node reads both; 1: every op "
-          "on the session thread");
+          "on the session thread; 0: 2 on a machine of 4 or more cores, else 1");
 ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
 ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
   if (threads < 0) return Fail("--threads must be >= 0 (0: automatic)");
   options.intra_op_threads = threads;
   options.cpu_lanes = absl::GetFlag(FLAGS_cpu_lanes);
-  if (options.cpu_lanes < 1 || options.cpu_lanes > 16) return Fail("--cpu_lanes must be in [1, 16]");
+  if (options.cpu_lanes < 0 || options.cpu_lanes > 16) return Fail("--cpu_lanes must be in [0, 16] (0: automatic)");
 
   absl::StatusOr<std::unique_ptr<genie::runtime::NodeServer>> server =
       genie::runtime::NodeServer::Create(host, static_cast<uint16_t>(port), std::move(*key),

@@ -296,7 +296,7 @@ InterpreterOptions InterpreterOptionsFor(const NodeOptions& options) {
   o.max_cached_programs = options.max_cached_programs;
   o.cuda_streams = options.cuda_streams;
   o.cuda_graphs = options.cuda_graphs;
-  o.cpu_lanes = options.cpu_lanes;
+  o.cpu_lanes = options.cpu_lanes > 0 ? options.cpu_lanes : AutomaticCpuLanes();
   return o;
 }
 

@@ -101,8 +101,9 @@ struct NodeOptions {
   int intra_op_threads = 0;
   // On the CPU: threads per session for a program's independent branches (a VQA model's
   // vision and language encoders; runtime/cpu_lanes.h); 1 runs every op on the session
-  // thread.
-  int cpu_lanes = 1;
+  // thread. 0 (the default): runtime::AutomaticCpuLanes(), 2 on a machine of 4 or more
+  // cores, else 1 (with fewer, the client and the lanes would fight for them).
+  int cpu_lanes = 0;
 };
 
 // Admission of runs to the node's compute, shared by every session. At most `slots` runs
