@@ -19,6 +19,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "genie/core/status.h"
+#include "genie/runtime/cpu_lanes.h"
 #include "genie/runtime/intra_op_threads.h"
 #include "genie/semantic/semantics.h"
 #include "genie/transport/shm.h"
