@@ -310,6 +310,12 @@ absl::Status CheckPoolReferences(const RunMessage& run, uint64_t pool_bytes,
   for (size_t i = 0; i < scratch->size(); ++i) {
     const auto [offset, index] = (*scratch)[i];
     const uint64_t n = length(index);
+    if (offset % kPoolOffsetAlignment != 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          what(index), " is not at a multiple of ", kPoolOffsetAlignment,
+          " bytes in the tensor pool; a Genie client only names aligned blocks, so the client "
+          "is broken or is not the same Genie build as this node (run the same build on both)"));
+    }
     if (offset > pool_bytes || n > pool_bytes - offset) {
       return absl::InvalidArgumentError(absl::StrCat(
           what(index), " reaches outside the connection's ", pool_bytes,

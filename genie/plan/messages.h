@@ -92,6 +92,9 @@ struct LoadProgramMessage {
 };
 
 inline constexpr uint64_t kNotPooled = ~uint64_t{0};
+// Every pool reference starts at a multiple of this (the client's pool hands out 4 KiB
+// granules): the node builds tensors on it, so a misaligned one is refused.
+inline constexpr uint64_t kPoolOffsetAlignment = 64;
 
 // One upload's bytes: in the kTransfer frames that follow a Run, in table order, or, with a
 // pool_offset, at [pool_offset, pool_offset + nbytes) of the connection's tensor pool.
@@ -125,7 +128,8 @@ struct ResultMessage {
 };
 
 // The node's check of a decoded Run's pool references against its connection's pool of
-// `pool_bytes` (0: none): every referenced range lies inside the pool and no two overlap.
+// `pool_bytes` (0: none): every referenced range starts at a multiple of
+// kPoolOffsetAlignment, lies inside the pool, and no two overlap.
 // FailedPrecondition when there are references but no pool, InvalidArgument naming the entry
 // otherwise. `scratch` is reused across calls.
 absl::Status CheckPoolReferences(const RunMessage& run, uint64_t pool_bytes,

@@ -307,13 +307,32 @@ TEST(MessagesTest, CheckPoolReferencesAgainstThePool) {
       << s;
   // Overlap: output 0 moved into the upload's block.
   RunMessage overlap = SampleRun();
-  overlap.outputs_in_pool[0].pool_offset = 8192 + 1000;
+  overlap.outputs_in_pool[0].pool_offset = 8192 + 1024;
   s = CheckPoolReferences(overlap, 8 << 20, &scratch);
   EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
   EXPECT_NE(s.message().find("overlaps upload entry 3 (b5"), absl::string_view::npos) << s;
   // Touching ends do not overlap.
   overlap.outputs_in_pool[0].pool_offset = 8192 + (1 << 20);
   EXPECT_TRUE(CheckPoolReferences(overlap, 8 << 20, &scratch).ok());
+  // A misaligned offset would make the node build misaligned tensors.
+  RunMessage misaligned = SampleRun();
+  misaligned.uploads[3].pool_offset = 4097;
+  s = CheckPoolReferences(misaligned, 8 << 20, &scratch);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("upload entry 3 (b5, 1048576 bytes at pool offset 4097) is not at "
+                             "a multiple of 64 bytes"),
+            absl::string_view::npos)
+      << s;
+  EXPECT_NE(s.message().find("same Genie build"), absl::string_view::npos) << s;
+  misaligned = SampleRun();
+  misaligned.outputs_in_pool[1].pool_offset = (1 << 22) + 32;
+  s = CheckPoolReferences(misaligned, 8 << 20, &scratch);
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(s.message().find("output 2 (8 bytes at pool offset 4194336) is not at"),
+            absl::string_view::npos)
+      << s;
+  misaligned.outputs_in_pool[1].pool_offset = (1 << 22) + 64;  // 64 is enough
+  EXPECT_TRUE(CheckPoolReferences(misaligned, 8 << 20, &scratch).ok());
 }
 
 TEST(MessagesTest, PooledEntriesTravelInNoFrame) {
