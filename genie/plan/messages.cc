@@ -552,7 +552,12 @@ std::vector<TransferFrame> GroupTransfers(absl::Span<const UploadEntry> entries,
   bool open = false;
   for (size_t k = 0; k < entries.size(); ++k) {
     const UploadEntry& e = entries[k];
-    if (e.nbytes == 0 || e.pooled()) {
+    if (e.pooled()) {  // its bytes are in the pool: it ends the open frame, in none itself
+      if (open) frames.push_back(current);
+      open = false;
+      continue;
+    }
+    if (e.nbytes == 0) {
       if (open) ++current.count;
       continue;
     }

@@ -214,13 +214,14 @@ uint64_t MaxPeerSendBytes(const MessageLimits& limits);
 uint64_t MaxPeerPutBytes(const MessageLimits& limits);
 
 // Consecutive entries of one class grouped into frames of at most `max_frame_bytes`
-// payload; an entry never spans frames and empty or pooled entries travel in no frame. Both ends
+// payload; an entry never spans frames and empty or pooled entries travel in no frame (a
+// pooled entry is never inside a frame's [first, first + count): it ends the open one). Both ends
 // use it only to send: a receiver reads entries in order and takes the next frame header
 // whenever the current frame is used up, checking class and size.
 struct TransferFrame {
   UploadClass upload_class = UploadClass::kActivations;
   uint32_t first = 0;  // first entry
-  uint32_t count = 0;  // entries in this frame (empty ones included)
+  uint32_t count = 0;  // entries in this frame (empty ones included, pooled ones never)
   uint64_t bytes = 0;
 };
 std::vector<TransferFrame> GroupTransfers(absl::Span<const UploadEntry> entries,

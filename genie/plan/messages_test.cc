@@ -342,10 +342,35 @@ TEST(MessagesTest, PooledEntriesTravelInNoFrame) {
                                             {3, UploadClass::kActivations, 10}};
   std::vector<TransferFrame> frames = GroupTransfers(entries, 1 << 20);
   ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[0].first, 1u);
+  EXPECT_EQ(frames[0].count, 1u);
   EXPECT_EQ(frames[0].bytes, 50u);
   EXPECT_EQ(frames[1].first, 3u);
+  EXPECT_EQ(frames[1].count, 1u);
   EXPECT_EQ(frames[1].bytes, 10u);
   EXPECT_TRUE(GroupTransfers({{0, UploadClass::kWeights, 10, 0}}, 100).empty());
+}
+
+TEST(MessagesTest, APooledEntryIsNeverInsideAFrame) {
+  // Outputs as the node sends them: [ring, pooled] and [ring, pooled, ring], one class.
+  std::vector<UploadEntry> entries = {{0, UploadClass::kActivations, 64},
+                                      {1, UploadClass::kActivations, 1 << 20, 4096}};
+  std::vector<TransferFrame> frames = GroupTransfers(entries, 1 << 30);
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].first, 0u);
+  EXPECT_EQ(frames[0].count, 1u);
+  EXPECT_EQ(frames[0].bytes, 64u);
+  entries.push_back({2, UploadClass::kActivations, 32});
+  entries.push_back({3, UploadClass::kActivations, 0});
+  frames = GroupTransfers(entries, 1 << 30);
+  ASSERT_EQ(frames.size(), 2u);
+  EXPECT_EQ(frames[0].count, 1u);
+  EXPECT_EQ(frames[1].first, 2u);
+  EXPECT_EQ(frames[1].count, 2u);  // the empty entry after it rides along
+  EXPECT_EQ(frames[1].bytes, 32u);
+  for (const TransferFrame& f : frames) {
+    for (uint32_t k = f.first; k < f.first + f.count; ++k) EXPECT_FALSE(entries[k].pooled()) << k;
+  }
 }
 
 TEST(MessagesTest, PeerMessagesRoundTripAndRefuseBadFields) {

@@ -503,6 +503,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
           std::vector<transport::Piece>& pieces = session.pieces();
           pieces.clear();
           for (uint32_t k = f.first; k < f.first + f.count; ++k) {
+            if (entries[k].pooled()) continue;  // already in its pool block
             const core::HostBytes& b = (*result)->outputs[k];
             if (b.nbytes != 0) pieces.push_back(transport::Piece{b.data, b.nbytes});
           }

@@ -284,6 +284,62 @@ TEST(ShmPoolTest, FrontendSnapshotLandsInThePoolAndTheOutputAliasesABlock) {
   EXPECT_EQ(exec->pool()->stats().blocks, 0u);
 }
 
+// Outputs in the order [s, y] and [s, y, t] (s, t 64 B through the ring; y 1 MiB into its
+// pool block): the ring outputs share no frame with the pooled one and land where they belong.
+struct SmallFirst {
+  core::Graph g;
+  core::BufferId x, w, a, y, s, t;
+  explicit SmallFirst(bool small_after) {
+    GraphBuilder gb(&g);
+    w = gb.Buffer(kN, BufferKind::kParameter, "w", 31);
+    x = gb.Buffer(kN, BufferKind::kHostInput);
+    a = gb.Buffer(16, BufferKind::kHostInput);
+    y = gb.Buffer(kN);
+    s = gb.Buffer(16);
+    t = gb.Buffer(16);
+    gb.Op("aten::mul.Tensor", {Arg::Tensor(Vec(x, kN)), Arg::Tensor(Vec(w, kN))}, {Vec(y, kN)});
+    gb.Op("aten::add.Tensor", {Arg::Tensor(Vec(a, 16)), Arg::Tensor(Vec(a, 16)), Arg::Int(1)},
+          {Vec(s, 16)});
+    gb.Op("aten::mul.Tensor", {Arg::Tensor(Vec(a, 16)), Arg::Tensor(Vec(a, 16))}, {Vec(t, 16)});
+    g.outputs().push_back(Vec(s, 16));
+    g.outputs().push_back(Vec(y, kN));
+    if (small_after) g.outputs().push_back(Vec(t, 16));
+  }
+  core::ExecuteRequest Request(const Data& d, uint64_t fingerprint) const {
+    core::ExecuteRequest r;
+    r.graph = &g;
+    r.fingerprint = fingerprint;
+    r.uploads = {{w, Borrow(d.w)}, {x, Borrow(d.x)}, {a, Borrow(d.a)}};
+    return r;
+  }
+};
+
+TEST(ShmPoolTest, RingOutputsBeforeAndAfterAPooledOneLandInPlace) {
+  PoolNode node;
+  Data d;
+  auto exec = node.Connect<Shm>();
+  ASSERT_NE(exec, nullptr);
+  runtime::Interpreter local;
+  uint64_t fingerprint = 3100;
+  for (bool small_after : {false, true}) {
+    SCOPED_TRACE(small_after ? "[ring, pooled, ring]" : "[ring, pooled]");
+    SmallFirst m(small_after);
+    auto want = local.Execute(m.Request(d, ++fingerprint));
+    ASSERT_TRUE(want.ok()) << want.status();
+    for (int step = 0; step < 2; ++step) {  // the program sent, then cached
+      auto got = exec->Execute(m.Request(d, fingerprint));
+      ASSERT_TRUE(got.ok()) << got.status();
+      ASSERT_EQ(got->outputs.size(), want->outputs.size());
+      for (size_t k = 0; k < want->outputs.size(); ++k) {
+        EXPECT_EQ(Bytes(got->outputs[k]), Bytes(want->outputs[k])) << "output " << k;
+      }
+      EXPECT_TRUE(exec->pool()->Contains(got->outputs[1].data, got->outputs[1].nbytes));
+      EXPECT_FALSE(exec->pool()->Contains(got->outputs[0].data, got->outputs[0].nbytes));
+    }
+  }
+  EXPECT_EQ(exec->pool()->stats().blocks, 0u);
+}
+
 // Through a Session (the pipeline and scheduler between the frontend and the executor): the
 // snapshot is staged in the pool and the outputs come back through it; over the rings-only
 // policy nothing goes through a pool. Results equal local libtorch either way.
