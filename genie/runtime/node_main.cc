@@ -57,6 +57,10 @@ ABSL_FLAG(bool, decode_first, true,
 ABSL_FLAG(int64_t, peer_inbox_bytes, int64_t{1} << 30,
           "bytes other nodes may push here that no run has read yet; a push above it is "
           "refused with an error naming the sizes; 0 = unlimited");
+ABSL_FLAG(int64_t, max_registered_pool_bytes, int64_t{1} << 30,
+          "on CUDA: page-lock (cudaHostRegister) a Shm client's tensor pool only up to this "
+          "size (and not above --memory_budget when set); a larger pool is used through "
+          "staging copies; 0 = never page-lock");
 ABSL_FLAG(int32_t, cuda_streams, 4,
           "on cuda:N, CUDA streams per program: independent branches run concurrently (1: one "
           "stream)");
@@ -144,6 +148,8 @@ int main(int argc, char** argv) {
   options.log_runs = absl::GetFlag(FLAGS_log_runs);
   options.peer_inbox_bytes = absl::GetFlag(FLAGS_peer_inbox_bytes);
   if (options.peer_inbox_bytes < 0) return Fail("--peer_inbox_bytes must be >= 0");
+  options.max_registered_pool_bytes = absl::GetFlag(FLAGS_max_registered_pool_bytes);
+  if (options.max_registered_pool_bytes < 0) return Fail("--max_registered_pool_bytes must be >= 0");
   options.run_slots = absl::GetFlag(FLAGS_run_slots);
   if (options.run_slots < 0) return Fail("--run_slots must be >= 0");
   options.decode_first = absl::GetFlag(FLAGS_decode_first);

@@ -274,6 +274,14 @@ void PeerPool::NoCudaIpc(const std::string& host, uint16_t port) {
   no_cuda_ipc_[absl::StrCat(host, ":", port)] = true;
 }
 
+uint64_t MaxRegisteredPoolBytes(const NodeOptions& options) {
+  uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(0, options.max_registered_pool_bytes));
+  if (options.memory_budget_bytes > 0) {
+    limit = std::min(limit, static_cast<uint64_t>(options.memory_budget_bytes));
+  }
+  return limit;
+}
+
 namespace node_internal {
 namespace {
 
@@ -331,7 +339,22 @@ absl::Status Session::CheckPool(const plan::RunMessage& run) {
     return absl::OkStatus();
   }
   // Page-locked once per connection, so the GPU copies from and into it by DMA. If that is
-  // refused, the pool still works, through staging copies: said once, never retried.
+  // refused, the pool still works, through staging copies: said once, never retried. The
+  // client chose its size: above the node's limit it is not page-locked at all.
+  const uint64_t limit = MaxRegisteredPoolBytes(options_);
+  if (shared_pool_->bytes() > limit) {
+    pool_register_failed_ = true;
+    if (options_.log_connections) {
+      LogLine(absl::StrCat(
+          "genie-node: session ", peer_, ": its tensor pool of ", FormatBytes(shared_pool_->bytes()),
+          " is above this node's limit of ", FormatBytes(limit),
+          " for page-locked memory (--max_registered_pool_bytes, and --memory_budget when set), "
+          "so it is used through staging copies; for direct GPU copies use a smaller pool "
+          "(kPoolBytes in the client's Shm policy) or start genie-node with a larger "
+          "--max_registered_pool_bytes"));
+    }
+    return absl::OkStatus();
+  }
   pool_registered_ = true;
   absl::Status s = interpreter_.RegisterHostMemory(shared_pool_->base(), shared_pool_->bytes());
   if (!s.ok()) {

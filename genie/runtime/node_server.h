@@ -93,6 +93,11 @@ struct NodeOptions {
   // Also accept clients of this host over shared memory (transport::Shm) on this Unix socket
   // path (--shm_socket); empty: Tcp only. Those sessions are the same as Tcp ones.
   std::string shm_socket;
+  // On CUDA: a Shm client's tensor pool is page-locked (cudaHostRegister) only up to this
+  // many bytes, and not above memory_budget_bytes when that is set and smaller
+  // (MaxRegisteredPoolBytes): the client picks the pool's size (up to 64 GiB). A larger
+  // pool is used through staging copies. 0: never page-locked.
+  int64_t max_registered_pool_bytes = int64_t{1} << 30;
   // Threads ATen's CPU kernels use for a session's ops (runtime/intra_op_threads.h), set on
   // the session's thread. 0 (the default): per program, one thread when all its ops are
   // small (runtime::IntraOpThreadsFor: an OpenMP fork and join per op costs more than it
@@ -105,6 +110,10 @@ struct NodeOptions {
   // cores, else 1 (with fewer, the client and the lanes would fight for them).
   int cpu_lanes = 0;
 };
+
+// The largest client tensor pool a session page-locks under `options`: the smaller of
+// max_registered_pool_bytes and memory_budget_bytes (when > 0).
+uint64_t MaxRegisteredPoolBytes(const NodeOptions& options);
 
 // Admission of runs to the node's compute, shared by every session. At most `slots` runs
 // execute at once (0: no gate). Waiting runs are admitted decode first when

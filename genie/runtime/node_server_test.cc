@@ -831,4 +831,19 @@ TEST(NodeServerTest, CpuNodeRefusesACudaIpcPutAndTheSessionGoesOn) {
   node.join();
 }
 
+// The node page-locks a client's tensor pool only up to its limit: the client picks the
+// pool's size.
+TEST(NodeServerTest, MaxRegisteredPoolBytesIsTheSmallerOfTheLimitAndTheBudget) {
+  NodeOptions options;
+  EXPECT_EQ(MaxRegisteredPoolBytes(options), uint64_t{1} << 30);  // the default: 1 GiB
+  options.memory_budget_bytes = int64_t{256} << 20;
+  EXPECT_EQ(MaxRegisteredPoolBytes(options), uint64_t{256} << 20);
+  options.memory_budget_bytes = int64_t{8} << 30;  // a larger budget does not raise it
+  EXPECT_EQ(MaxRegisteredPoolBytes(options), uint64_t{1} << 30);
+  options.max_registered_pool_bytes = int64_t{16} << 30;
+  EXPECT_EQ(MaxRegisteredPoolBytes(options), uint64_t{8} << 30);
+  options.max_registered_pool_bytes = 0;  // never
+  EXPECT_EQ(MaxRegisteredPoolBytes(options), 0u);
+}
+
 }  // namespace genie::runtime
