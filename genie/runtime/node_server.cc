@@ -475,6 +475,17 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
           " with ", s.nbytes, " bytes (", plan::UploadClassName(s.upload_class), ")"));
     }
   }
+  // Checked before anything changes: a refused run takes nothing from the peer inbox.
+  for (const plan::OutputPlacement& o : run.outputs_in_pool) {
+    if (o.output >= program.outputs.size() || o.nbytes != program.outputs[o.output].nbytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the run reserves ", o.nbytes, " pool bytes for output ", o.output, " of program ",
+          run.program_id, ", which has ", program.outputs.size(), " outputs",
+          o.output < program.outputs.size()
+              ? absl::StrCat(" (that one of ", program.outputs[o.output].nbytes, " bytes)")
+              : std::string()));
+    }
+  }
   GENIE_RETURN_IF_ERROR(plan::ApplyBinding(run.binding, &program));
   if (inbox_ != nullptr && !inbox_->empty()) GENIE_RETURN_IF_ERROR(AdoptPeerBuffers(run.binding));
 
@@ -498,15 +509,7 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   request_.output_to.clear();
   if (!run.outputs_in_pool.empty()) {
     request_.output_to.resize(program.outputs.size());
-    for (const plan::OutputPlacement& o : run.outputs_in_pool) {
-      if (o.output >= program.outputs.size() || o.nbytes != program.outputs[o.output].nbytes) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "the run reserves ", o.nbytes, " pool bytes for output ", o.output, " of program ",
-            run.program_id, ", which has ", program.outputs.size(), " outputs",
-            o.output < program.outputs.size()
-                ? absl::StrCat(" (that one of ", program.outputs[o.output].nbytes, " bytes)")
-                : std::string()));
-      }
+    for (const plan::OutputPlacement& o : run.outputs_in_pool) {  // checked above
       request_.output_to[o.output] =
           core::HostDestination{shared_pool_->base() + o.pool_offset, static_cast<size_t>(o.nbytes)};
     }

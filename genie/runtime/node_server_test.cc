@@ -7,6 +7,7 @@
 
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -21,11 +22,14 @@
 #include "genie/client/remote_executor.h"
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
+#include "genie/core/status.h"
 #include "genie/core/testing/graph_builder.h"
 #include "genie/plan/messages.h"
+#include "genie/plan/program.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
 #include "genie/transport/inprocess.h"
+#include "genie/transport/pool.h"
 #include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 #include "gtest/gtest.h"
@@ -844,6 +848,79 @@ TEST(NodeServerTest, MaxRegisteredPoolBytesIsTheSmallerOfTheLimitAndTheBudget) {
   EXPECT_EQ(MaxRegisteredPoolBytes(options), uint64_t{8} << 30);
   options.max_registered_pool_bytes = 0;  // never
   EXPECT_EQ(MaxRegisteredPoolBytes(options), 0u);
+}
+
+// A run whose output placement does not fit its program is refused before anything
+// changes: the buffer another node pushed stays in the inbox for the next run.
+TEST(NodeServerTest, AMalformedOutputPlacementIsRefusedAndConsumesNothing) {
+  constexpr int n = 1024;  // floats
+  core::Graph g;
+  GraphBuilder gb(&g);
+  const core::BufferId r = gb.Buffer(n, BufferKind::kResident, "r", 21);
+  const core::BufferId x = gb.Buffer(n, BufferKind::kHostInput);
+  const core::BufferId y = gb.Buffer(n);
+  gb.Op("aten::add.Tensor", {Arg::Tensor(Vec(x, n)), Arg::Tensor(Vec(r, n)), Arg::Int(1)}, {Vec(y, n)});
+  g.outputs().push_back(Vec(y, n));
+  const std::string xs = Floats(n, 1.0f), rs = Floats(n, -0.5f);
+  core::ExecuteRequest request;
+  request.graph = &g;
+  request.uploads = {{x, Borrow(xs)}};
+  auto program = plan::LowerProgram(request);
+  ASSERT_TRUE(program.ok()) << program.status();
+  auto binding = plan::BindRun(*program, request);
+  ASSERT_TRUE(binding.ok()) << binding.status();
+
+  NodeOptions options;
+  options.log_runs = false;
+  options.log_connections = false;
+  PeerInbox inbox;
+  PeerPool peers(kKey, options, &inbox);
+  node_internal::Session session(options, "test");
+  session.AttachPeers(kKey, &inbox, &peers);
+  constexpr uint64_t kPoolBytes = uint64_t{1} << 20;
+  void* memory = std::aligned_alloc(4096, kPoolBytes);
+  ASSERT_NE(memory, nullptr);
+  session.AttachPool(transport::SharedPool::Adopt(memory, kPoolBytes, /*unmap_at_end=*/false));
+  ASSERT_TRUE(session.Load(plan::EncodeLoadProgram(5, plan::EncodeProgram(*program))).ok());
+  PeerInbox::Entry pushed;
+  pushed.numel = n;
+  pushed.bytes = rs;
+  ASSERT_TRUE(inbox.Put(binding->resident_handles.at(0), std::move(pushed)).ok());
+
+  plan::RunMessage run;
+  run.program_id = 5;
+  run.binding = *binding;
+  run.uploads = {{x, plan::UploadClass::kActivations, n * 4}};
+  auto run_once = [&]() -> absl::StatusOr<const core::ExecuteResult*> {
+    GENIE_RETURN_IF_ERROR(session.CheckPool(run));
+    GENIE_ASSIGN_OR_RETURN(char* arena, session.UploadArena(n * 4));
+    std::memcpy(arena, xs.data(), xs.size());
+    bool unknown_program = false;
+    return session.Run(run, &unknown_program);
+  };
+  for (plan::OutputPlacement bad : {plan::OutputPlacement{1, 4096, n * 4},     // no output 1
+                                    plan::OutputPlacement{0, 4096, n * 4 - 64}}) {  // wrong size
+    run.outputs_in_pool = {bad};
+    auto refused = run_once();
+    ASSERT_FALSE(refused.ok());
+    EXPECT_TRUE(absl::IsInvalidArgument(refused.status())) << refused.status();
+    EXPECT_NE(refused.status().message().find("pool bytes for output"), absl::string_view::npos)
+        << refused.status();
+    EXPECT_FALSE(inbox.empty()) << "a refused run took the pushed buffer";
+  }
+  // The session goes on: the good run reads the pushed buffer and writes y into its block.
+  run.outputs_in_pool = {{0, 4096, n * 4}};
+  auto good = run_once();
+  ASSERT_TRUE(good.ok()) << good.status();
+  EXPECT_TRUE(inbox.empty());
+  std::vector<float> want(n);
+  for (int i = 0; i < n; ++i) {
+    want[i] = reinterpret_cast<const float*>(xs.data())[i] + reinterpret_cast<const float*>(rs.data())[i];
+  }
+  EXPECT_EQ(std::memcmp(static_cast<char*>(memory) + 4096, want.data(), n * 4), 0);
+  EXPECT_EQ((*good)->outputs[0].data, static_cast<char*>(memory) + 4096);
+  session.AttachPool(nullptr);
+  std::free(memory);
 }
 
 }  // namespace genie::runtime
