@@ -552,8 +552,10 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
     unsigned char* dst = shared_pool_->base() + o.pool_offset;
     if (b.data != dst) {
       if (b.nbytes != o.nbytes) {
-        return absl::InternalError(absl::StrCat("output ", o.output, " has ", b.nbytes,
-                                                " bytes, its pool block ", o.nbytes));
+        return absl::InternalError(absl::StrCat(
+            "output ", o.output, " has ", b.nbytes, " bytes, its pool block ", o.nbytes,
+            ": an inconsistency inside the node (not the client's fault); the run failed. "
+            "Please report it with the program that ran"));
       }
       std::memcpy(dst, b.data, b.nbytes);
       b = core::HostBytes{dst, b.nbytes, nullptr};

@@ -663,7 +663,10 @@ absl::StatusOr<ShmStream> ShmListenSocket::Accept(absl::Duration timeout) {
       (hello.pool_bytes < kShmMinPoolBytes || hello.pool_bytes > kShmMaxPoolBytes ||
        hello.pool_bytes % 4096 != 0)) {
     return refuse(absl::StatusCode::kInvalidArgument,
-                  absl::StrCat("tensor pool size ", hello.pool_bytes, " is out of range"));
+                  absl::StrCat("tensor pool size ", hello.pool_bytes, " is out of range: it must be 0 "
+                               "(no pool) or a multiple of 4096 in [", kShmMinPoolBytes, ", ",
+                               kShmMaxPoolBytes, "] bytes; client and node must run the same Genie "
+                               "build (check Shm::kPoolBytes in the client's policy)"));
   }
   if (hello.ring_bytes < kShmMinRingBytes || hello.ring_bytes > kShmMaxRingBytes) {
     return refuse(absl::StatusCode::kInvalidArgument,
