@@ -566,44 +566,20 @@ TEST_F(RemoteDeviceTest, StepReplayFollowsStepsOfSeveralGraphs) {
   ExpectSameRuns(plain, replayed);
 }
 
-TEST_F(RemoteDeviceTest, AutoDispatchCutsLongStepsAndStaysCorrect) {
+// Runs `steps` steps of six layers (18 nodes) on a resident weight with
+// SetAutoDispatch(first, growth), checks each result against eager and returns each
+// step's capture stats.
+std::vector<CaptureStats> CutSteps(int64_t first, int64_t growth, int steps) {
   torch::Tensor w = torch::randn({16, 16});
   torch::Tensor rw = w.to(Remote());
   auto step = [](torch::Tensor x, const torch::Tensor& w) {
     for (int layer = 0; layer < 6; ++layer) x = torch::tanh(torch::matmul(x, w) + 0.5);  // 18 nodes
     return x;
   };
-  ASSERT_TRUE(Flush().ok());
-  SetAutoDispatch(5);
-  ResetCaptureStats();
-  std::vector<torch::Tensor> xs, got;
-  for (int i = 0; i < 4; ++i) {
-    xs.push_back(torch::randn({2, 16}));
-    got.push_back(step(xs.back().to(Remote()), rw).to(torch::kCPU));
-  }
-  const CaptureStats stats = GetCaptureStats();
-  SetAutoDispatch(0);
-  for (int i = 0; i < 4; ++i) EXPECT_LE(MaxAbsDiff(got[i], step(xs[i], w)), 1e-5) << "step " << i;
-  EXPECT_GE(stats.flushes, 4 * 4);  // every step is cut into parts of at most 5 nodes
-  // The parts of a step differ from one another; each replays from its own template
-  // (once the weight is resident and the part boundaries have been seen: a step's worth
-  // at least, over the last steps).
-  EXPECT_GE(stats.ops_replayed, 18);
-}
-
-// Parts that grow (2, 4, 8, ... nodes): each step is cut at the same places, so after the
-// first steps every part replays whole, and the results stay right.
-TEST_F(RemoteDeviceTest, AutoDispatchWithGrowingPartsReplaysEveryPart) {
-  torch::Tensor w = torch::randn({16, 16});
-  torch::Tensor rw = w.to(Remote());
-  auto step = [](torch::Tensor x, const torch::Tensor& w) {
-    for (int layer = 0; layer < 6; ++layer) x = torch::tanh(torch::matmul(x, w) + 0.5);  // 18 nodes
-    return x;
-  };
-  ASSERT_TRUE(Flush().ok());
-  SetAutoDispatch(2, 2);
+  EXPECT_TRUE(Flush().ok());
+  SetAutoDispatch(first, growth);
   std::vector<CaptureStats> per_step;
-  for (int i = 0; i < 6; ++i) {
+  for (int i = 0; i < steps; ++i) {
     ResetCaptureStats();
     torch::Tensor x = torch::randn({2, 16});
     torch::Tensor got = step(x.to(Remote()), rw).to(torch::kCPU);
@@ -611,6 +587,26 @@ TEST_F(RemoteDeviceTest, AutoDispatchWithGrowingPartsReplaysEveryPart) {
     EXPECT_LE(MaxAbsDiff(got, step(x, w)), 1e-5) << "step " << i;
   }
   SetAutoDispatch(0);
+  return per_step;
+}
+
+TEST_F(RemoteDeviceTest, AutoDispatchCutsLongStepsAndStaysCorrect) {
+  int64_t flushes = 0, replayed = 0;
+  for (const CaptureStats& s : CutSteps(5, 1, 4)) {
+    flushes += s.flushes;
+    replayed += s.ops_replayed;
+  }
+  EXPECT_GE(flushes, 4 * 4);  // every step is cut into parts of at most 5 nodes
+  // The parts of a step differ from one another; each replays from its own template
+  // (once the weight is resident and the part boundaries have been seen: a step's worth
+  // at least, over the last steps).
+  EXPECT_GE(replayed, 18);
+}
+
+// Parts that grow (2, 4, 8, ... nodes): each step is cut at the same places, so after the
+// first steps every part replays whole, though parts start with the same op and key.
+TEST_F(RemoteDeviceTest, AutoDispatchWithGrowingPartsReplaysEveryPart) {
+  const std::vector<CaptureStats> per_step = CutSteps(2, 2, 6);
   for (size_t i = 3; i < per_step.size(); ++i) {
     EXPECT_EQ(per_step[i].flushes, 4) << "parts of 2, 4, 8 and the rest, step " << i;
     EXPECT_EQ(per_step[i].replay_divergences, 0) << "step " << i;
