@@ -53,6 +53,12 @@ void ForEachBuffer(const Node& node, F&& f) {
   for (BufferId b : node.writes) f(b);
 }
 
+// Whether tensor `t` of argument `a` is a tensor: a None entry of a Tensor?[] argument
+// (present[t] == 0) is a view of no buffer.
+bool Present(const Arg& a, size_t t) {
+  return a.kind != ArgKind::kOptionalTensorList || (t < a.present.size() && a.present[t] != 0);
+}
+
 bool SameView(const TensorRef& a, const TensorRef& b) {
   return a.dtype == b.dtype && a.sizes == b.sizes && a.strides == b.strides &&
          a.storage_offset == b.storage_offset;
@@ -106,6 +112,7 @@ bool SameStep(const Node& a, const Node& b, BufferMatch& match) {
   for (size_t k = 0; k < a.args.size(); ++k) {
     if (!SameScalars(a.args[k], b.args[k])) return false;
     for (size_t t = 0; t < a.args[k].tensors.size(); ++t) {
+      if (!Present(a.args[k], t)) continue;  // None in both (SameScalars compared `present`)
       if (!match.PairView(b.args[k].tensors[t], a.args[k].tensors[t])) return false;
     }
   }
@@ -333,7 +340,9 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
     c.scope = ng.InternScope(g.ScopeName(node.scope));
     c.args = node.args;
     for (Arg& a : c.args) {
-      for (TensorRef& t : a.tensors) t = remap(t);
+      for (size_t t = 0; t < a.tensors.size(); ++t) {
+        if (Present(a, t)) a.tensors[t] = remap(a.tensors[t]);
+      }
     }
     for (const TensorRef& t : node.outputs) c.outputs.push_back(remap(t));
     for (BufferId b : node.writes) c.writes.push_back(remap_buffer(b));

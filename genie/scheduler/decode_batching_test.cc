@@ -28,6 +28,12 @@ TensorRef View3(BufferId b, int64_t a, int64_t c, int64_t d) {
   return TensorRef::Contiguous(b, core::DType::kFloat32, {a, c, d});
 }
 
+// How a toy stream appends to its cache.
+enum class Append {
+  kIndexCopy,            // cache.index_copy_(0, pos, h)
+  kIndexPut,             // cache[:, pos] = h: index_put_(cache, {None, pos}, h, false)
+};
+
 // Streams of a toy decode step: h = x @ W; cache[pos] = h (KV-cache append);
 // y = attention(h as a query of length 1, cache, cache). Semantics are written by hand.
 struct ToyDecode {
@@ -36,7 +42,8 @@ struct ToyDecode {
   BufferId w = 0;
   std::vector<BufferId> caches, results;
 
-  explicit ToyDecode(int streams, bool shared_weight = true, int append_dim_of_stream_1 = 0) {
+  explicit ToyDecode(int streams, bool shared_weight = true, int append_dim_of_stream_1 = 0,
+                     Append how = Append::kIndexCopy) {
     w = b.Buffer(16, BufferKind::kResident, "fc.weight", 1);
     const BufferId other_w = shared_weight ? w : b.Buffer(16, BufferKind::kResident, "fc2.weight", 2);
     for (int i = 0; i < streams; ++i) {
@@ -46,11 +53,20 @@ struct ToyDecode {
       const BufferId h = b.Buffer(4);
       const BufferId y = b.Buffer(4);
       Op(b.Op("aten::matmul", {View3(x, 1, 1, 4), Mat(i == 1 ? other_w : w, 4, 4)}, View3(h, 1, 1, 4)), PatternKind::kNone);
-      std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)), Arg::Int(i == 1 ? append_dim_of_stream_1 : 0),
-                                 Arg::Tensor(TensorRef::Contiguous(pos, core::DType::kInt64, {1})),
-                                 Arg::Tensor(Mat(h, 1, 4))};
-      Op(b.Op("aten::index_copy_", std::move(append), {Mat(cache, 8, 4)}, nullptr, {cache}),
-         PatternKind::kKvCacheAppend);
+      const TensorRef pos_ref = TensorRef::Contiguous(pos, core::DType::kInt64, {1});
+      if (how == Append::kIndexCopy) {
+        std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)), Arg::Int(i == 1 ? append_dim_of_stream_1 : 0),
+                                   Arg::Tensor(pos_ref), Arg::Tensor(Mat(h, 1, 4))};
+        Op(b.Op("aten::index_copy_", std::move(append), {Mat(cache, 8, 4)}, nullptr, {cache}),
+           PatternKind::kKvCacheAppend);
+      } else {
+        // The None entry is a view of no buffer, as capture stores it.
+        std::vector<Arg> append = {Arg::Tensor(View3(cache, 1, 8, 4)),
+                                   Arg::OptionalTensorList({TensorRef{}, pos_ref}, {0, 1}),
+                                   Arg::Tensor(View3(h, 1, 1, 4)), Arg::Bool(false)};
+        Op(b.Op("aten::index_put_", std::move(append), {View3(cache, 1, 8, 4)}, nullptr, {cache}),
+           PatternKind::kKvCacheAppend);
+      }
       Op(b.Op("aten::scaled_dot_product_attention",
               {View3(h, 1, 1, 4), View3(cache, 1, 8, 4), View3(cache, 1, 8, 4)}, View3(y, 1, 1, 4)),
          PatternKind::kAttention);
@@ -123,6 +139,31 @@ TEST(BatchDecodeStreamsTest, KeptResultIsCopiedOutOfTheBatch) {
   EXPECT_EQ(last.outputs[0].buffer, kept);
   EXPECT_EQ(last.args[0].tensors[0].storage_offset, 4);  // stream 1's rows
   EXPECT_EQ(g.buffer(kept).producer, last.id);
+}
+
+// An index_put_ append whose indices hold None (cache[:, pos] = h) batches; the None
+// entry stays a view of no buffer and the present one reads the stream's own position.
+TEST(BatchDecodeStreamsTest, IndexPutAppendWithNoneIndexIsBatched) {
+  ToyDecode t(2, /*shared_weight=*/true, /*append_dim_of_stream_1=*/0, Append::kIndexPut);
+  ASSERT_TRUE(t.b.graph().Validate().ok());
+  absl::StatusOr<BatchedDecode> out = BatchDecodeStreams(t.b.graph(), {}, t.s);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->streams, 2);
+  EXPECT_EQ(out->batched_ops, 1);
+  const core::Graph& g = out->graph;
+  ASSERT_EQ(t.Count(g, "aten::index_put_"), 2);
+  int i = 0;
+  for (const core::Node& node : g.nodes()) {
+    if (g.OpName(node.op) != "aten::index_put_") continue;
+    const Arg& indices = node.args[1];
+    ASSERT_EQ(indices.kind, core::ArgKind::kOptionalTensorList);
+    ASSERT_EQ(indices.present, (std::vector<uint8_t>{0, 1}));
+    EXPECT_EQ(indices.tensors[0].buffer, core::kNoBuffer);  // None, untouched
+    EXPECT_EQ(g.buffer(indices.tensors[1].buffer).handle, 200u + i);  // its own position
+    EXPECT_EQ(g.buffer(node.writes[0]).handle, 300u + i);             // its own cache
+    EXPECT_EQ(node.args[2].tensors[0].storage_offset, 4 * i);         // its rows of the batch
+    ++i;
+  }
 }
 
 TEST(BatchDecodeStreamsTest, RefusesWhatItDoesNotUnderstand) {
