@@ -161,6 +161,33 @@ bool AsWeightMatmul(const Graph& g, const Node& n, MatmulShape* out) {
   return false;
 }
 
+// Why running KV-cache append `node` again over the same inputs could write other values
+// into the buffers it writes; empty when it rewrites the same ones. Only index_copy_,
+// copy_ and index_put_ / _index_put_impl_ without accumulate, whose destination is their
+// argument 0 and whose other arguments do not read what they write, are repeatable.
+std::string NotRepeatable(const Graph& g, const Node& node) {
+  const std::string& op = g.OpName(node.op);
+  if (op == "aten::index_put_" || op == "aten::_index_put_impl_") {
+    // (self, indices, values, accumulate=False[, unsafe]): accumulating adds again.
+    if (node.args.size() > 3 && node.args[3].kind == ArgKind::kBool && node.args[3].i != 0) {
+      return "accumulates (accumulate=True)";
+    }
+  } else if (op != "aten::index_copy_" && op != "aten::copy_") {
+    return "is not an index_copy_, index_put_ or copy_";
+  }
+  for (size_t k = 1; k < node.args.size(); ++k) {
+    const Arg& a = node.args[k];
+    for (size_t t = 0; t < a.tensors.size(); ++t) {
+      if (!Present(a, t)) continue;
+      const BufferId b = a.tensors[t].buffer;
+      if (std::find(node.writes.begin(), node.writes.end(), b) != node.writes.end()) {
+        return absl::StrCat("reads b", b, ", which it writes, in its argument ", k);
+      }
+    }
+  }
+  return "";
+}
+
 bool IsWeight(const Graph& g, BufferId b, const std::vector<bool>& read_only) {
   const BufferKind k = g.buffer(b).kind;
   return read_only[b] && (k == BufferKind::kParameter || k == BufferKind::kResident);
@@ -231,7 +258,7 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
     }
   }
   // Each stream is a decode step of its own, and writes resident buffers only as KV-cache
-  // appends (so running a stream again rewrites the same values).
+  // appends that rewrite the same values when run again (a failed batched run is retried).
   for (int i = 0; i < n; ++i) {
     bool attention = false, append = false;
     for (NodeId id : streams[i]) {
@@ -243,9 +270,15 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
       }
       append |= s.pattern[id] == semantic::PatternKind::kKvCacheAppend;
       for (BufferId b : node.writes) {
-        if (g.buffer(b).kind != BufferKind::kIntermediate && s.pattern[id] != semantic::PatternKind::kKvCacheAppend) {
+        if (g.buffer(b).kind == BufferKind::kIntermediate) continue;
+        if (s.pattern[id] != semantic::PatternKind::kKvCacheAppend) {
           return Refuse(absl::StrCat("op ", g.DumpNode(id), " writes b", b, " (", BufferKindName(g.buffer(b).kind),
                                      ") in place and is not a KV-cache append: not batched"));
+        }
+        const std::string why = NotRepeatable(g, node);
+        if (!why.empty()) {
+          return Refuse(absl::StrCat("KV-cache append ", g.DumpNode(id), " ", why,
+                                     ": running it again would not rewrite the same values, not batched"));
         }
       }
     }

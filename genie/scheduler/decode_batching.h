@@ -13,9 +13,10 @@
 //     weights and inputs are left out; each is the same op sequence (ops, arguments,
 //     views, scopes) over its own buffers, reading the same weights at the same places,
 //     and each has its own decode attention and KV-cache append;
-//   - the only resident buffers written are KV-cache appends (an index_copy_ into the
-//     cache): re-running a stream rewrites the same values, so a failed batched run can
-//     be retried stream by stream;
+//   - the only resident buffers written are KV-cache appends that rewrite the same values
+//     when run again (index_copy_, copy_, index_put_ without accumulate, none reading the
+//     buffer it writes but as its destination), so a failed batched run can be retried
+//     stream by stream;
 //   - batched: aten::matmul / aten::mm / aten::linear whose weight is the same resident or
 //     parameter matrix in every stream and whose activation has at least two dimensions
 //     (stacking along dim 0 keeps each row's product). Its N activations are concatenated

@@ -32,6 +32,9 @@ TensorRef View3(BufferId b, int64_t a, int64_t c, int64_t d) {
 enum class Append {
   kIndexCopy,            // cache.index_copy_(0, pos, h)
   kIndexPut,             // cache[:, pos] = h: index_put_(cache, {None, pos}, h, false)
+  kIndexPutAccumulate,   // cache[:, pos] += h: index_put_(cache, {None, pos}, h, true)
+  kCopyFromCache,        // cache[1] = cache[0]: copy_ whose source reads the cache
+  kIndexAdd,             // cache.index_add_(0, pos, h): adds again when run again
 };
 
 // Streams of a toy decode step: h = x @ W; cache[pos] = h (KV-cache append);
@@ -54,16 +57,22 @@ struct ToyDecode {
       const BufferId y = b.Buffer(4);
       Op(b.Op("aten::matmul", {View3(x, 1, 1, 4), Mat(i == 1 ? other_w : w, 4, 4)}, View3(h, 1, 1, 4)), PatternKind::kNone);
       const TensorRef pos_ref = TensorRef::Contiguous(pos, core::DType::kInt64, {1});
-      if (how == Append::kIndexCopy) {
+      if (how == Append::kIndexCopy || how == Append::kIndexAdd) {
         std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)), Arg::Int(i == 1 ? append_dim_of_stream_1 : 0),
                                    Arg::Tensor(pos_ref), Arg::Tensor(Mat(h, 1, 4))};
-        Op(b.Op("aten::index_copy_", std::move(append), {Mat(cache, 8, 4)}, nullptr, {cache}),
+        Op(b.Op(how == Append::kIndexAdd ? "aten::index_add_" : "aten::index_copy_", std::move(append),
+                {Mat(cache, 8, 4)}, nullptr, {cache}),
+           PatternKind::kKvCacheAppend);
+      } else if (how == Append::kCopyFromCache) {
+        TensorRef row1 = Mat(cache, 1, 4);
+        row1.storage_offset = 4;
+        Op(b.Op("aten::copy_", {Arg::Tensor(row1), Arg::Tensor(Mat(cache, 1, 4))}, {row1}, nullptr, {cache}),
            PatternKind::kKvCacheAppend);
       } else {
         // The None entry is a view of no buffer, as capture stores it.
         std::vector<Arg> append = {Arg::Tensor(View3(cache, 1, 8, 4)),
                                    Arg::OptionalTensorList({TensorRef{}, pos_ref}, {0, 1}),
-                                   Arg::Tensor(View3(h, 1, 1, 4)), Arg::Bool(false)};
+                                   Arg::Tensor(View3(h, 1, 1, 4)), Arg::Bool(how == Append::kIndexPutAccumulate)};
         Op(b.Op("aten::index_put_", std::move(append), {View3(cache, 1, 8, 4)}, nullptr, {cache}),
            PatternKind::kKvCacheAppend);
       }
@@ -201,6 +210,20 @@ TEST(BatchDecodeStreamsTest, RefusesWhatItDoesNotUnderstand) {
     ToyDecode t(2);  // a resident write that is not a KV-cache append: a rerun would differ
     for (PatternKind& p : t.s.pattern) p = p == PatternKind::kKvCacheAppend ? PatternKind::kNone : p;
     EXPECT_NE(refusal(t).find("is not a KV-cache append"), std::string::npos);
+  }
+  {
+    // KV-cache appends that a retry of a failed batched run would not rewrite the same.
+    ToyDecode t(2, true, 0, Append::kIndexPutAccumulate);
+    EXPECT_NE(refusal(t).find("accumulates (accumulate=True)"), std::string::npos);
+  }
+  {
+    ToyDecode t(2, true, 0, Append::kCopyFromCache);
+    const std::string why = refusal(t);
+    EXPECT_NE(why.find("which it writes, in its argument 1"), std::string::npos) << why;
+  }
+  {
+    ToyDecode t(2, true, 0, Append::kIndexAdd);  // labelled a KV-cache append, not a repeatable one
+    EXPECT_NE(refusal(t).find("is not an index_copy_, index_put_ or copy_"), std::string::npos);
   }
   {
     // The weight is written in the graph: not a weight, so nothing to batch.
