@@ -11,6 +11,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 
 namespace genie::scheduler {
 namespace {
@@ -472,15 +473,25 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
     return run(request, semantics);
   }
   std::shared_ptr<const Plan> plan = PlanFor(request, semantics);
-  if (!plan->batched.ok()) {
+  // Runs the request as captured: a decode graph not batched, for `why`.
+  auto run_captured = [&](absl::string_view why) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.decode_graphs;
       ++stats_.not_batched;
-      stats_.last_refusal = std::string(plan->batched.status().message());
+      stats_.last_refusal = std::string(why);
     }
     return run(request, semantics);
-  }
+  };
+  // Puts `replacement` where `plan` is cached, unless another took its place.
+  auto replace_plan = [&](std::shared_ptr<const Plan> replacement) {
+    if (request.fingerprint == 0) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = plans_.find(request.fingerprint);
+    if (it == plans_.end() || it->second != plan) return;
+    it->second = std::move(replacement);
+  };
+  if (!plan->batched.ok()) return run_captured(plan->batched.status().message());
   const BatchedDecode& b = *plan->batched;
   const core::Graph& in = *request.graph;
   if (b.new_of_old.size() != in.buffers().size()) {
@@ -522,7 +533,18 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
   }
   // Run it as captured: the same answer (or error) as without batching. Safe to repeat:
   // the only resident writes are KV-cache appends, which write the same values again.
-  return run(request, semantics);
+  absl::StatusOr<core::ExecuteResult> captured = run(request, semantics);
+  if (!captured.ok()) {
+    return absl::Status(captured.status().code(),
+                        absl::StrCat(captured.status().message(), "; after a batched run of ", b.streams,
+                                     " streams failed: ", result.status().message()));
+  }
+  // The batched graph failed where the captured one ran: do not try it again every step.
+  auto refusal = std::make_shared<Plan>();
+  refusal->batched = Refuse(absl::StrCat("a batched run of ", b.streams, " streams failed where the unbatched run of ",
+                                         "the same graph ran: ", result.status().message()));
+  replace_plan(std::move(refusal));
+  return captured;
 }
 
 DecodeBatchingStats DecodeBatcher::stats() const {

@@ -91,7 +91,8 @@ struct DecodeBatchingStats {
 // The batching stage of a scheduler: rewrites decode graphs (cached per fingerprint) and
 // runs them through `run`; everything else goes to `run` unchanged. A batched run that
 // fails is run again as captured (its streams one after another in one graph, as without
-// batching), so batching never changes what a run returns. Thread-safe.
+// batching), so batching never changes what a run returns; when that run succeeds, the
+// fingerprint is not batched again (its plan becomes a refusal saying why). Thread-safe.
 class DecodeBatcher {
  public:
   using RunFn = absl::FunctionRef<absl::StatusOr<core::ExecuteResult>(

@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -264,50 +266,101 @@ TEST(BatchDecodeStreamsTest, OneDimensionalActivationIsNotStacked) {
   EXPECT_NE(out.status().message().find("no weight matmul"), std::string::npos) << out.status();
 }
 
-// The batcher: non-decode graphs pass through; a batched run that fails runs again as
-// captured and its answer is what Execute returns.
-TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
-  ToyDecode t(2);
-  DecodeBatcher batcher;
-  core::ExecuteRequest request;
-  request.graph = &t.b.graph();
-  request.fingerprint = 77;
+// Runs requests for the batcher tests: records which graphs ran, and fails batched ones
+// (any graph but `captured`) and captured ones when told to.
+struct FakeRun {
+  const core::Graph* captured = nullptr;
+  absl::Status batched_error;   // returned for a batched graph unless ok
+  absl::Status captured_error;  // returned for the captured graph unless ok
   std::vector<const core::Graph*> seen;
-  bool fail_batched = true;
-  auto run = [&](const core::ExecuteRequest& r, const semantic::GraphSemantics&) -> absl::StatusOr<core::ExecuteResult> {
+
+  absl::StatusOr<core::ExecuteResult> operator()(const core::ExecuteRequest& r, const semantic::GraphSemantics&) {
     seen.push_back(r.graph);
-    if (r.graph != &t.b.graph() && fail_batched) return absl::UnavailableError("node lost");
+    if (r.graph != captured && !batched_error.ok()) return batched_error;
+    if (r.graph == captured && !captured_error.ok()) return captured_error;
     core::ExecuteResult result;
     result.outputs.resize(r.graph->outputs().size());
     return result;
-  };
-  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, run);
+  }
+  // Whether the last Execute ran its graph as captured only (no batched attempt).
+  bool RanCapturedOnly() const { return seen.size() == 1 && seen[0] == captured; }
+};
+
+core::ExecuteRequest RequestFor(ToyDecode& t, uint64_t fingerprint, std::vector<BufferId> keep = {}) {
+  core::ExecuteRequest request;
+  request.graph = &t.b.graph();
+  request.fingerprint = fingerprint;
+  request.keep = std::move(keep);
+  return request;
+}
+
+// The batcher: non-decode graphs pass through; a batched run that fails runs again as
+// captured and its answer is what Execute returns; that fingerprint then runs as captured
+// without trying the batched graph again (the refusal says why).
+TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
+  ToyDecode t(2);
+  DecodeBatcher batcher;
+  const core::ExecuteRequest request = RequestFor(t, 77);
+  FakeRun fake{&t.b.graph(), absl::UnavailableError("node lost")};
+  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, std::ref(fake));
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ(seen.size(), 2u);
-  EXPECT_NE(seen[0], &t.b.graph());  // the batched graph first
-  EXPECT_EQ(seen[1], &t.b.graph());  // then as captured
+  ASSERT_EQ(fake.seen.size(), 2u);
+  EXPECT_NE(fake.seen[0], &t.b.graph());  // the batched graph first
+  EXPECT_EQ(fake.seen[1], &t.b.graph());  // then as captured
   DecodeBatchingStats stats = batcher.stats();
   EXPECT_EQ(stats.fallbacks, 1);
   EXPECT_EQ(stats.batched_runs, 0);
   EXPECT_EQ(stats.last_fallback, "node lost");
 
-  fail_batched = false;
-  seen.clear();
-  ASSERT_TRUE(batcher.Execute(request, t.s, run).ok());
-  ASSERT_EQ(seen.size(), 1u);
+  // The next step of that program is not attempted batched.
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(request, t.s, std::ref(fake)).ok());
+  EXPECT_TRUE(fake.RanCapturedOnly());
+  stats = batcher.stats();
+  EXPECT_EQ(stats.fallbacks, 1);
+  EXPECT_EQ(stats.not_batched, 1);
+  EXPECT_EQ(stats.last_refusal,
+            "a batched run of 2 streams failed where the unbatched run of the same graph ran: node lost");
+
+  // Another program whose batched run succeeds.
+  fake.batched_error = absl::OkStatus();
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(RequestFor(t, 78), t.s, std::ref(fake)).ok());
+  ASSERT_EQ(fake.seen.size(), 1u);
+  EXPECT_NE(fake.seen[0], &t.b.graph());
   stats = batcher.stats();
   EXPECT_EQ(stats.batched_runs, 1);
   EXPECT_EQ(stats.batch_sizes, (std::map<int, int64_t>{{2, 1}}));
 
   semantic::GraphSemantics prefill = t.s;
   prefill.phase_of_graph = semantic::PhaseKind::kPrefill;
-  seen.clear();
-  ASSERT_TRUE(batcher.Execute(request, prefill, run).ok());
-  ASSERT_EQ(seen.size(), 1u);
-  EXPECT_EQ(seen[0], &t.b.graph());
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(request, prefill, std::ref(fake)).ok());
+  EXPECT_TRUE(fake.RanCapturedOnly());
   EXPECT_EQ(batcher.stats().other_graphs, 1);
-  EXPECT_NE(batcher.stats().ToString().find("1 of 2 decode steps batched (2 streams x1)"), std::string::npos)
+  EXPECT_NE(batcher.stats().ToString().find("1 of 3 decode steps batched (2 streams x1)"), std::string::npos)
       << batcher.stats().ToString();
+}
+
+// When the captured run fails too, its error says that a batched run failed first, and
+// the program is still batched next time (the failure was not the batched graph's).
+TEST(DecodeBatcherTest, FailedRetryKeepsTheBatchedFailure) {
+  ToyDecode t(2);
+  DecodeBatcher batcher;
+  const core::ExecuteRequest request = RequestFor(t, 77);
+  FakeRun fake{&t.b.graph(), absl::UnavailableError("batched lost"), absl::InvalidArgumentError("token 50262")};
+  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, std::ref(fake));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(), "token 50262; after a batched run of 2 streams failed: batched lost");
+  EXPECT_EQ(fake.seen.size(), 2u);
+
+  fake.batched_error = fake.captured_error = absl::OkStatus();
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(request, t.s, std::ref(fake)).ok());
+  ASSERT_EQ(fake.seen.size(), 1u);
+  EXPECT_NE(fake.seen[0], &t.b.graph());
+  EXPECT_EQ(batcher.stats().batched_runs, 1);
 }
 
 }  // namespace
