@@ -454,6 +454,7 @@ std::shared_ptr<const DecodeBatcher::Plan> DecodeBatcher::PlanFor(const core::Ex
   }
   auto plan = std::make_shared<Plan>();
   plan->batched = BatchDecodeStreams(*request.graph, request.keep, semantics);
+  plan->keep = request.keep;
   if (request.fingerprint != 0) {
     std::lock_guard<std::mutex> lock(mu_);
     if (plans_.size() >= kMaxPlans) plans_.clear();
@@ -483,19 +484,28 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
     }
     return run(request, semantics);
   };
-  // Puts `replacement` where `plan` is cached, unless another took its place.
+  // Puts `replacement` (or nothing) where `plan` is cached, unless another took its place.
   auto replace_plan = [&](std::shared_ptr<const Plan> replacement) {
     if (request.fingerprint == 0) return;
     std::lock_guard<std::mutex> lock(mu_);
     auto it = plans_.find(request.fingerprint);
     if (it == plans_.end() || it->second != plan) return;
-    it->second = std::move(replacement);
+    if (replacement == nullptr) {
+      plans_.erase(it);
+    } else {
+      it->second = std::move(replacement);
+    }
   };
   if (!plan->batched.ok()) return run_captured(plan->batched.status().message());
   const BatchedDecode& b = *plan->batched;
   const core::Graph& in = *request.graph;
+  if (plan->keep != request.keep) {
+    // The plan keeps (and copies out of its batches) what its first request kept.
+    return run_captured("the cached decode batching plan of this fingerprint was made for another keep");
+  }
   if (b.new_of_old.size() != in.buffers().size()) {
-    return absl::InternalError("a decode batching plan of another graph (fingerprint collision)");
+    replace_plan(nullptr);
+    return run_captured("a decode batching plan of another graph (fingerprint collision): dropped");
   }
   // This run's storages in the batched graph (the structure is the plan's).
   core::Graph graph = b.graph;
@@ -543,6 +553,7 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
   auto refusal = std::make_shared<Plan>();
   refusal->batched = Refuse(absl::StrCat("a batched run of ", b.streams, " streams failed where the unbatched run of ",
                                          "the same graph ran: ", result.status().message()));
+  refusal->keep = request.keep;
   replace_plan(std::move(refusal));
   return captured;
 }

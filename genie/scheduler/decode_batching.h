@@ -92,7 +92,9 @@ struct DecodeBatchingStats {
 // runs them through `run`; everything else goes to `run` unchanged. A batched run that
 // fails is run again as captured (its streams one after another in one graph, as without
 // batching), so batching never changes what a run returns; when that run succeeds, the
-// fingerprint is not batched again (its plan becomes a refusal saying why). Thread-safe.
+// fingerprint is not batched again (its plan becomes a refusal saying why). A request
+// whose keep differs from its cached plan's, or whose graph is not the plan's, runs as
+// captured. Thread-safe.
 class DecodeBatcher {
  public:
   using RunFn = absl::FunctionRef<absl::StatusOr<core::ExecuteResult>(
@@ -105,6 +107,7 @@ class DecodeBatcher {
  private:
   struct Plan {
     absl::StatusOr<BatchedDecode> batched = absl::UnknownError("unset");
+    std::vector<core::BufferId> keep;  // the request's keep it was made for
   };
   std::shared_ptr<const Plan> PlanFor(const core::ExecuteRequest& request,
                                       const semantic::GraphSemantics& semantics);

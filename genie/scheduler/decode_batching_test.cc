@@ -363,5 +363,38 @@ TEST(DecodeBatcherTest, FailedRetryKeepsTheBatchedFailure) {
   EXPECT_EQ(batcher.stats().batched_runs, 1);
 }
 
+// A plan is used only for the keep it was made for; a plan of another graph under the
+// same fingerprint is dropped (the request runs as captured, the next one is batched).
+TEST(DecodeBatcherTest, PlanOfAnotherKeepOrGraphRunsAsCaptured) {
+  ToyDecode t(2);
+  DecodeBatcher batcher;
+  FakeRun fake{&t.b.graph()};
+  ASSERT_TRUE(batcher.Execute(RequestFor(t, 77), t.s, std::ref(fake)).ok());
+  EXPECT_EQ(batcher.stats().batched_runs, 1);
+
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(RequestFor(t, 77, {t.results[1]}), t.s, std::ref(fake)).ok());
+  EXPECT_TRUE(fake.RanCapturedOnly());
+  DecodeBatchingStats stats = batcher.stats();
+  EXPECT_EQ(stats.not_batched, 1);
+  EXPECT_NE(stats.last_refusal.find("made for another keep"), std::string::npos) << stats.last_refusal;
+
+  ToyDecode other(3);
+  fake.captured = &other.b.graph();
+  fake.seen.clear();
+  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(RequestFor(other, 77), other.s, std::ref(fake));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(fake.RanCapturedOnly());
+  stats = batcher.stats();
+  EXPECT_EQ(stats.not_batched, 2);
+  EXPECT_NE(stats.last_refusal.find("fingerprint collision"), std::string::npos) << stats.last_refusal;
+
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(RequestFor(other, 77), other.s, std::ref(fake)).ok());
+  ASSERT_EQ(fake.seen.size(), 1u);
+  EXPECT_NE(fake.seen[0], &other.b.graph());  // a plan of its own, batched
+  EXPECT_EQ(batcher.stats().batch_sizes, (std::map<int, int64_t>{{2, 1}, {3, 1}}));
+}
+
 }  // namespace
 }  // namespace genie::scheduler
