@@ -303,6 +303,69 @@ TEST_F(DecodeBatchingTest, UnknownPatternsAreNotBatched) {
   EXPECT_NE(stats.last_refusal.find("one decode stream"), std::string::npos) << stats.last_refusal;
 }
 
+// A decode step of its own whose KV-cache append is an index_put_ with a None index
+// (cache[:, p] = q: indices {None, p}), as attention code often writes it.
+struct ToyStepImpl : torch::nn::Module {
+  static constexpr int64_t kDim = 8, kLength = 4;
+  ToyStepImpl()
+      : embed(register_module("embed", torch::nn::Embedding(16, kDim))),
+        proj(register_module("proj", torch::nn::Linear(kDim, kDim))),
+        head(register_module("head", torch::nn::Linear(kDim, 16))) {}
+  // One step at position `p` of token `token` [1, 1] of the stream whose cache is `cache`
+  // [1, kLength, kDim].
+  torch::Tensor Step(const torch::Tensor& token, torch::Tensor& cache, int64_t p) {
+    const torch::Tensor q = proj(embed(token));  // [1, 1, kDim]
+    cache.index_put_(c10::List<c10::optional<at::Tensor>>({c10::nullopt, torch::full({1}, p, torch::kLong)}), q);
+    const torch::Tensor kv = cache.view({1, 1, kLength, kDim});
+    return head(at::scaled_dot_product_attention(q.view({1, 1, 1, kDim}), kv, kv));  // [1, 1, 1, 16]
+  }
+  torch::nn::Embedding embed;
+  torch::nn::Linear proj, head;
+};
+
+TEST_F(DecodeBatchingTest, IndexPutAppendWithNoneIndexIsBatched) {
+  using Toy = ToyStepImpl;
+  const int steps = 3;
+  const std::vector<int64_t> start = {0, 1};  // each stream's first position
+  torch::manual_seed(5);
+  auto local = std::make_shared<Toy>();
+  std::vector<std::vector<torch::Tensor>> x(2), expected(2);  // [stream][step]: tokens, logits
+  for (int s = 0; s < 2; ++s) {
+    torch::Tensor cache = torch::zeros({1, Toy::kLength, Toy::kDim});
+    for (int t = 0; t < steps; ++t) {
+      x[s].push_back(torch::randint(0, 16, {1, 1}, torch::kLong));
+      expected[s].push_back(local->Step(x[s][t], cache, start[s] + t));
+    }
+  }
+  auto session = Session<Batched>::Start({}).value();
+  const torch::Device device(frontend::kDeviceName);
+  auto remote = std::make_shared<Toy>();
+  torch::NoGradGuard no_grad;
+  for (size_t k = 0; k < remote->parameters().size(); ++k) remote->parameters()[k].copy_(local->parameters()[k]);
+  remote->to(device);
+  frontend::NameParameters(*remote);
+  std::vector<torch::Tensor> caches;
+  for (int s = 0; s < 2; ++s) {
+    // Step 0 alone per stream (one stream: not batched); it leaves the cache resident.
+    caches.push_back(torch::zeros({1, Toy::kLength, Toy::kDim}).to(device));
+    std::vector<torch::Tensor> out = frontend::ToCpu({remote->Step(x[s][0].to(device), caches[s], start[s])});
+    EXPECT_LE(MaxError(out[0], expected[s][0]), kTolerance) << "stream " << s;
+  }
+  for (int t = 1; t < steps; ++t) {
+    std::vector<torch::Tensor> out = frontend::ToCpu({remote->Step(x[0][t].to(device), caches[0], start[0] + t),
+                                                      remote->Step(x[1][t].to(device), caches[1], start[1] + t)});
+    for (int s = 0; s < 2; ++s) {
+      EXPECT_LE(MaxError(out[s], expected[s][t]), kTolerance) << "stream " << s << " step " << t;
+    }
+  }
+  ASSERT_TRUE(session->Join().ok());
+  const scheduler::DecodeBatchingStats stats = session->decode_batching();
+  EXPECT_EQ(stats.batched_runs, steps - 1) << stats.ToString();
+  EXPECT_EQ(stats.batch_sizes, (std::map<int, int64_t>{{2, steps - 1}}));
+  EXPECT_EQ(stats.ops_batched, 2 * (steps - 1));  // proj and head
+  EXPECT_EQ(stats.fallbacks, 0);
+}
+
 // A node that refuses the first batched run it sees (the batched graph has a cat of
 // several stream rows): the step runs again unbatched and every stream gets its logits.
 class RefuseFirstBatched final : public core::Executor {
