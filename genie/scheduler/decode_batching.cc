@@ -278,8 +278,9 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
         }
         const std::string why = NotRepeatable(g, node);
         if (!why.empty()) {
-          return Refuse(absl::StrCat("KV-cache append ", g.DumpNode(id), " ", why,
-                                     ": running it again would not rewrite the same values, not batched"));
+          return Refuse(
+              absl::StrCat("KV-cache append ", g.DumpNode(id), " ", why,
+                           ": running it again would not rewrite the same values, not batched"));
         }
       }
     }
@@ -501,7 +502,8 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
   const core::Graph& in = *request.graph;
   if (plan->keep != request.keep) {
     // The plan keeps (and copies out of its batches) what its first request kept.
-    return run_captured("the cached decode batching plan of this fingerprint was made for another keep");
+    return run_captured(
+        "the cached decode batching plan of this fingerprint was made for another keep");
   }
   if (b.new_of_old.size() != in.buffers().size()) {
     replace_plan(nullptr);
@@ -546,12 +548,13 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
   absl::StatusOr<core::ExecuteResult> captured = run(request, semantics);
   if (!captured.ok()) {
     return absl::Status(captured.status().code(),
-                        absl::StrCat(captured.status().message(), "; after a batched run of ", b.streams,
-                                     " streams failed: ", result.status().message()));
+                        absl::StrCat(captured.status().message(), "; after a batched run of ",
+                                     b.streams, " streams failed: ", result.status().message()));
   }
   // The batched graph failed where the captured one ran: do not try it again every step.
   auto refusal = std::make_shared<Plan>();
-  refusal->batched = Refuse(absl::StrCat("a batched run of ", b.streams, " streams failed where the unbatched run of ",
+  refusal->batched = Refuse(absl::StrCat("a batched run of ", b.streams,
+                                         " streams failed where the unbatched run of ",
                                          "the same graph ran: ", result.status().message()));
   refusal->keep = request.keep;
   replace_plan(std::move(refusal));

@@ -32,11 +32,11 @@ TensorRef View3(BufferId b, int64_t a, int64_t c, int64_t d) {
 
 // How a toy stream appends to its cache.
 enum class Append {
-  kIndexCopy,            // cache.index_copy_(0, pos, h)
-  kIndexPut,             // cache[:, pos] = h: index_put_(cache, {None, pos}, h, false)
-  kIndexPutAccumulate,   // cache[:, pos] += h: index_put_(cache, {None, pos}, h, true)
-  kCopyFromCache,        // cache[1] = cache[0]: copy_ whose source reads the cache
-  kIndexAdd,             // cache.index_add_(0, pos, h): adds again when run again
+  kIndexCopy,           // cache.index_copy_(0, pos, h)
+  kIndexPut,            // cache[:, pos] = h: index_put_(cache, {None, pos}, h, false)
+  kIndexPutAccumulate,  // cache[:, pos] += h: index_put_(cache, {None, pos}, h, true)
+  kCopyFromCache,       // cache[1] = cache[0]: copy_ whose source reads the cache
+  kIndexAdd,            // cache.index_add_(0, pos, h): adds again when run again
 };
 
 // Streams of a toy decode step: h = x @ W; cache[pos] = h (KV-cache append);
@@ -60,21 +60,24 @@ struct ToyDecode {
       Op(b.Op("aten::matmul", {View3(x, 1, 1, 4), Mat(i == 1 ? other_w : w, 4, 4)}, View3(h, 1, 1, 4)), PatternKind::kNone);
       const TensorRef pos_ref = TensorRef::Contiguous(pos, core::DType::kInt64, {1});
       if (how == Append::kIndexCopy || how == Append::kIndexAdd) {
-        std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)), Arg::Int(i == 1 ? append_dim_of_stream_1 : 0),
+        std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)),
+                                   Arg::Int(i == 1 ? append_dim_of_stream_1 : 0),
                                    Arg::Tensor(pos_ref), Arg::Tensor(Mat(h, 1, 4))};
-        Op(b.Op(how == Append::kIndexAdd ? "aten::index_add_" : "aten::index_copy_", std::move(append),
-                {Mat(cache, 8, 4)}, nullptr, {cache}),
+        Op(b.Op(how == Append::kIndexAdd ? "aten::index_add_" : "aten::index_copy_",
+                std::move(append), {Mat(cache, 8, 4)}, nullptr, {cache}),
            PatternKind::kKvCacheAppend);
       } else if (how == Append::kCopyFromCache) {
         TensorRef row1 = Mat(cache, 1, 4);
         row1.storage_offset = 4;
-        Op(b.Op("aten::copy_", {Arg::Tensor(row1), Arg::Tensor(Mat(cache, 1, 4))}, {row1}, nullptr, {cache}),
+        Op(b.Op("aten::copy_", {Arg::Tensor(row1), Arg::Tensor(Mat(cache, 1, 4))}, {row1}, nullptr,
+                {cache}),
            PatternKind::kKvCacheAppend);
       } else {
         // The None entry is a view of no buffer, as capture stores it.
         std::vector<Arg> append = {Arg::Tensor(View3(cache, 1, 8, 4)),
                                    Arg::OptionalTensorList({TensorRef{}, pos_ref}, {0, 1}),
-                                   Arg::Tensor(View3(h, 1, 1, 4)), Arg::Bool(how == Append::kIndexPutAccumulate)};
+                                   Arg::Tensor(View3(h, 1, 1, 4)),
+                                   Arg::Bool(how == Append::kIndexPutAccumulate)};
         Op(b.Op("aten::index_put_", std::move(append), {View3(cache, 1, 8, 4)}, nullptr, {cache}),
            PatternKind::kKvCacheAppend);
       }
@@ -169,7 +172,7 @@ TEST(BatchDecodeStreamsTest, IndexPutAppendWithNoneIndexIsBatched) {
     const Arg& indices = node.args[1];
     ASSERT_EQ(indices.kind, core::ArgKind::kOptionalTensorList);
     ASSERT_EQ(indices.present, (std::vector<uint8_t>{0, 1}));
-    EXPECT_EQ(indices.tensors[0].buffer, core::kNoBuffer);  // None, untouched
+    EXPECT_EQ(indices.tensors[0].buffer, core::kNoBuffer);            // None, untouched
     EXPECT_EQ(g.buffer(indices.tensors[1].buffer).handle, 200u + i);  // its own position
     EXPECT_EQ(g.buffer(node.writes[0]).handle, 300u + i);             // its own cache
     EXPECT_EQ(node.args[2].tensors[0].storage_offset, 4 * i);         // its rows of the batch
@@ -274,7 +277,8 @@ struct FakeRun {
   absl::Status captured_error;  // returned for the captured graph unless ok
   std::vector<const core::Graph*> seen;
 
-  absl::StatusOr<core::ExecuteResult> operator()(const core::ExecuteRequest& r, const semantic::GraphSemantics&) {
+  absl::StatusOr<core::ExecuteResult> operator()(const core::ExecuteRequest& r,
+                                                 const semantic::GraphSemantics&) {
     seen.push_back(r.graph);
     if (r.graph != captured && !batched_error.ok()) return batched_error;
     if (r.graph == captured && !captured_error.ok()) return captured_error;
@@ -286,7 +290,8 @@ struct FakeRun {
   bool RanCapturedOnly() const { return seen.size() == 1 && seen[0] == captured; }
 };
 
-core::ExecuteRequest RequestFor(ToyDecode& t, uint64_t fingerprint, std::vector<BufferId> keep = {}) {
+core::ExecuteRequest RequestFor(ToyDecode& t, uint64_t fingerprint,
+                                std::vector<BufferId> keep = {}) {
   core::ExecuteRequest request;
   request.graph = &t.b.graph();
   request.fingerprint = fingerprint;
@@ -319,8 +324,9 @@ TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
   stats = batcher.stats();
   EXPECT_EQ(stats.fallbacks, 1);
   EXPECT_EQ(stats.not_batched, 1);
-  EXPECT_EQ(stats.last_refusal,
-            "a batched run of 2 streams failed where the unbatched run of the same graph ran: node lost");
+  EXPECT_EQ(
+      stats.last_refusal,
+      "a batched run of 2 streams failed where the unbatched run of the same graph ran: node lost");
 
   // Another program whose batched run succeeds.
   fake.batched_error = absl::OkStatus();
@@ -338,7 +344,8 @@ TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
   ASSERT_TRUE(batcher.Execute(request, prefill, std::ref(fake)).ok());
   EXPECT_TRUE(fake.RanCapturedOnly());
   EXPECT_EQ(batcher.stats().other_graphs, 1);
-  EXPECT_NE(batcher.stats().ToString().find("1 of 3 decode steps batched (2 streams x1)"), std::string::npos)
+  EXPECT_NE(batcher.stats().ToString().find("1 of 3 decode steps batched (2 streams x1)"),
+            std::string::npos)
       << batcher.stats().ToString();
 }
 
@@ -348,11 +355,13 @@ TEST(DecodeBatcherTest, FailedRetryKeepsTheBatchedFailure) {
   ToyDecode t(2);
   DecodeBatcher batcher;
   const core::ExecuteRequest request = RequestFor(t, 77);
-  FakeRun fake{&t.b.graph(), absl::UnavailableError("batched lost"), absl::InvalidArgumentError("token 50262")};
+  FakeRun fake{&t.b.graph(), absl::UnavailableError("batched lost"),
+               absl::InvalidArgumentError("token 50262")};
   absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, std::ref(fake));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(r.status().message(), "token 50262; after a batched run of 2 streams failed: batched lost");
+  EXPECT_EQ(r.status().message(),
+            "token 50262; after a batched run of 2 streams failed: batched lost");
   EXPECT_EQ(fake.seen.size(), 2u);
 
   fake.batched_error = fake.captured_error = absl::OkStatus();
@@ -377,17 +386,20 @@ TEST(DecodeBatcherTest, PlanOfAnotherKeepOrGraphRunsAsCaptured) {
   EXPECT_TRUE(fake.RanCapturedOnly());
   DecodeBatchingStats stats = batcher.stats();
   EXPECT_EQ(stats.not_batched, 1);
-  EXPECT_NE(stats.last_refusal.find("made for another keep"), std::string::npos) << stats.last_refusal;
+  EXPECT_NE(stats.last_refusal.find("made for another keep"), std::string::npos)
+      << stats.last_refusal;
 
   ToyDecode other(3);
   fake.captured = &other.b.graph();
   fake.seen.clear();
-  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(RequestFor(other, 77), other.s, std::ref(fake));
+  absl::StatusOr<core::ExecuteResult> r =
+      batcher.Execute(RequestFor(other, 77), other.s, std::ref(fake));
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_TRUE(fake.RanCapturedOnly());
   stats = batcher.stats();
   EXPECT_EQ(stats.not_batched, 2);
-  EXPECT_NE(stats.last_refusal.find("fingerprint collision"), std::string::npos) << stats.last_refusal;
+  EXPECT_NE(stats.last_refusal.find("fingerprint collision"), std::string::npos)
+      << stats.last_refusal;
 
   fake.seen.clear();
   ASSERT_TRUE(batcher.Execute(RequestFor(other, 77), other.s, std::ref(fake)).ok());

@@ -315,9 +315,11 @@ struct ToyStepImpl : torch::nn::Module {
   // [1, kLength, kDim].
   torch::Tensor Step(const torch::Tensor& token, torch::Tensor& cache, int64_t p) {
     const torch::Tensor q = proj(embed(token));  // [1, 1, kDim]
-    cache.index_put_(c10::List<c10::optional<at::Tensor>>({c10::nullopt, torch::full({1}, p, torch::kLong)}), q);
+    cache.index_put_(
+        c10::List<c10::optional<at::Tensor>>({c10::nullopt, torch::full({1}, p, torch::kLong)}), q);
     const torch::Tensor kv = cache.view({1, 1, kLength, kDim});
-    return head(at::scaled_dot_product_attention(q.view({1, 1, 1, kDim}), kv, kv));  // [1, 1, 1, 16]
+    return head(
+        at::scaled_dot_product_attention(q.view({1, 1, 1, kDim}), kv, kv));  // [1, 1, 1, 16]
   }
   torch::nn::Embedding embed;
   torch::nn::Linear proj, head;
@@ -341,19 +343,22 @@ TEST_F(DecodeBatchingTest, IndexPutAppendWithNoneIndexIsBatched) {
   const torch::Device device(frontend::kDeviceName);
   auto remote = std::make_shared<Toy>();
   torch::NoGradGuard no_grad;
-  for (size_t k = 0; k < remote->parameters().size(); ++k) remote->parameters()[k].copy_(local->parameters()[k]);
+  for (size_t k = 0; k < remote->parameters().size(); ++k)
+    remote->parameters()[k].copy_(local->parameters()[k]);
   remote->to(device);
   frontend::NameParameters(*remote);
   std::vector<torch::Tensor> caches;
   for (int s = 0; s < 2; ++s) {
     // Step 0 alone per stream (one stream: not batched); it leaves the cache resident.
     caches.push_back(torch::zeros({1, Toy::kLength, Toy::kDim}).to(device));
-    std::vector<torch::Tensor> out = frontend::ToCpu({remote->Step(x[s][0].to(device), caches[s], start[s])});
+    std::vector<torch::Tensor> out =
+        frontend::ToCpu({remote->Step(x[s][0].to(device), caches[s], start[s])});
     EXPECT_LE(MaxError(out[0], expected[s][0]), kTolerance) << "stream " << s;
   }
   for (int t = 1; t < steps; ++t) {
-    std::vector<torch::Tensor> out = frontend::ToCpu({remote->Step(x[0][t].to(device), caches[0], start[0] + t),
-                                                      remote->Step(x[1][t].to(device), caches[1], start[1] + t)});
+    std::vector<torch::Tensor> out =
+        frontend::ToCpu({remote->Step(x[0][t].to(device), caches[0], start[0] + t),
+                         remote->Step(x[1][t].to(device), caches[1], start[1] + t)});
     for (int s = 0; s < 2; ++s) {
       EXPECT_LE(MaxError(out[s], expected[s][t]), kTolerance) << "stream " << s << " step " << t;
     }
@@ -410,12 +415,14 @@ TEST_F(DecodeBatchingTest, FailedBatchedRunFallsBackWithoutLosingResults) {
   frontend::SetExecutor(previous);
   const scheduler::DecodeBatchingStats stats = pipeline->decode_batching();
   EXPECT_EQ(stats.fallbacks, 1) << stats.ToString();
-  EXPECT_NE(stats.last_fallback.find("reply of a batched run lost"), std::string::npos) << stats.last_fallback;
+  EXPECT_NE(stats.last_fallback.find("reply of a batched run lost"), std::string::npos)
+      << stats.last_fallback;
   EXPECT_EQ(stats.decode_graphs, 3);
   // The later steps (the same program) are not attempted batched again.
   EXPECT_EQ(stats.batched_runs, 0) << stats.ToString();
   EXPECT_EQ(stats.not_batched, 2) << stats.ToString();
-  EXPECT_NE(stats.last_refusal.find("reply of a batched run lost"), std::string::npos) << stats.last_refusal;
+  EXPECT_NE(stats.last_refusal.find("reply of a batched run lost"), std::string::npos)
+      << stats.last_refusal;
 }
 
 // A stream that fails (a token id outside the vocabulary) fails the read it is part of,
