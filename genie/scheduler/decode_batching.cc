@@ -11,6 +11,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 
 namespace genie::scheduler {
 namespace {
@@ -51,6 +52,12 @@ void ForEachBuffer(const Node& node, F&& f) {
   node.ForEachInput([&](const TensorRef& t) { f(t.buffer); });
   for (const TensorRef& t : node.outputs) f(t.buffer);
   for (BufferId b : node.writes) f(b);
+}
+
+// Whether tensor `t` of argument `a` is a tensor: a None entry of a Tensor?[] argument
+// (present[t] == 0) is a view of no buffer.
+bool Present(const Arg& a, size_t t) {
+  return a.kind != ArgKind::kOptionalTensorList || (t < a.present.size() && a.present[t] != 0);
 }
 
 bool SameView(const TensorRef& a, const TensorRef& b) {
@@ -106,6 +113,7 @@ bool SameStep(const Node& a, const Node& b, BufferMatch& match) {
   for (size_t k = 0; k < a.args.size(); ++k) {
     if (!SameScalars(a.args[k], b.args[k])) return false;
     for (size_t t = 0; t < a.args[k].tensors.size(); ++t) {
+      if (!Present(a.args[k], t)) continue;  // None in both (SameScalars compared `present`)
       if (!match.PairView(b.args[k].tensors[t], a.args[k].tensors[t])) return false;
     }
   }
@@ -152,6 +160,33 @@ bool AsWeightMatmul(const Graph& g, const Node& n, MatmulShape* out) {
     return true;
   }
   return false;
+}
+
+// Why running KV-cache append `node` again over the same inputs could write other values
+// into the buffers it writes; empty when it rewrites the same ones. Only index_copy_,
+// copy_ and index_put_ / _index_put_impl_ without accumulate, whose destination is their
+// argument 0 and whose other arguments do not read what they write, are repeatable.
+std::string NotRepeatable(const Graph& g, const Node& node) {
+  const std::string& op = g.OpName(node.op);
+  if (op == "aten::index_put_" || op == "aten::_index_put_impl_") {
+    // (self, indices, values, accumulate=False[, unsafe]): accumulating adds again.
+    if (node.args.size() > 3 && node.args[3].kind == ArgKind::kBool && node.args[3].i != 0) {
+      return "accumulates (accumulate=True)";
+    }
+  } else if (op != "aten::index_copy_" && op != "aten::copy_") {
+    return "is not an index_copy_, index_put_ or copy_";
+  }
+  for (size_t k = 1; k < node.args.size(); ++k) {
+    const Arg& a = node.args[k];
+    for (size_t t = 0; t < a.tensors.size(); ++t) {
+      if (!Present(a, t)) continue;
+      const BufferId b = a.tensors[t].buffer;
+      if (std::find(node.writes.begin(), node.writes.end(), b) != node.writes.end()) {
+        return absl::StrCat("reads b", b, ", which it writes, in its argument ", k);
+      }
+    }
+  }
+  return "";
 }
 
 bool IsWeight(const Graph& g, BufferId b, const std::vector<bool>& read_only) {
@@ -224,7 +259,7 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
     }
   }
   // Each stream is a decode step of its own, and writes resident buffers only as KV-cache
-  // appends (so running a stream again rewrites the same values).
+  // appends that rewrite the same values when run again (a failed batched run is retried).
   for (int i = 0; i < n; ++i) {
     bool attention = false, append = false;
     for (NodeId id : streams[i]) {
@@ -236,9 +271,16 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
       }
       append |= s.pattern[id] == semantic::PatternKind::kKvCacheAppend;
       for (BufferId b : node.writes) {
-        if (g.buffer(b).kind != BufferKind::kIntermediate && s.pattern[id] != semantic::PatternKind::kKvCacheAppend) {
+        if (g.buffer(b).kind == BufferKind::kIntermediate) continue;
+        if (s.pattern[id] != semantic::PatternKind::kKvCacheAppend) {
           return Refuse(absl::StrCat("op ", g.DumpNode(id), " writes b", b, " (", BufferKindName(g.buffer(b).kind),
                                      ") in place and is not a KV-cache append: not batched"));
+        }
+        const std::string why = NotRepeatable(g, node);
+        if (!why.empty()) {
+          return Refuse(
+              absl::StrCat("KV-cache append ", g.DumpNode(id), " ", why,
+                           ": running it again would not rewrite the same values, not batched"));
         }
       }
     }
@@ -333,7 +375,9 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
     c.scope = ng.InternScope(g.ScopeName(node.scope));
     c.args = node.args;
     for (Arg& a : c.args) {
-      for (TensorRef& t : a.tensors) t = remap(t);
+      for (size_t t = 0; t < a.tensors.size(); ++t) {
+        if (Present(a, t)) a.tensors[t] = remap(a.tensors[t]);
+      }
     }
     for (const TensorRef& t : node.outputs) c.outputs.push_back(remap(t));
     for (BufferId b : node.writes) c.writes.push_back(remap_buffer(b));
@@ -411,6 +455,7 @@ std::shared_ptr<const DecodeBatcher::Plan> DecodeBatcher::PlanFor(const core::Ex
   }
   auto plan = std::make_shared<Plan>();
   plan->batched = BatchDecodeStreams(*request.graph, request.keep, semantics);
+  plan->keep = request.keep;
   if (request.fingerprint != 0) {
     std::lock_guard<std::mutex> lock(mu_);
     if (plans_.size() >= kMaxPlans) plans_.clear();
@@ -430,19 +475,39 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
     return run(request, semantics);
   }
   std::shared_ptr<const Plan> plan = PlanFor(request, semantics);
-  if (!plan->batched.ok()) {
+  // Runs the request as captured: a decode graph not batched, for `why`.
+  auto run_captured = [&](absl::string_view why) {
     {
       std::lock_guard<std::mutex> lock(mu_);
       ++stats_.decode_graphs;
       ++stats_.not_batched;
-      stats_.last_refusal = std::string(plan->batched.status().message());
+      stats_.last_refusal = std::string(why);
     }
     return run(request, semantics);
-  }
+  };
+  // Puts `replacement` (or nothing) where `plan` is cached, unless another took its place.
+  auto replace_plan = [&](std::shared_ptr<const Plan> replacement) {
+    if (request.fingerprint == 0) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = plans_.find(request.fingerprint);
+    if (it == plans_.end() || it->second != plan) return;
+    if (replacement == nullptr) {
+      plans_.erase(it);
+    } else {
+      it->second = std::move(replacement);
+    }
+  };
+  if (!plan->batched.ok()) return run_captured(plan->batched.status().message());
   const BatchedDecode& b = *plan->batched;
   const core::Graph& in = *request.graph;
+  if (plan->keep != request.keep) {
+    // The plan keeps (and copies out of its batches) what its first request kept.
+    return run_captured(
+        "the cached decode batching plan of this fingerprint was made for another keep");
+  }
   if (b.new_of_old.size() != in.buffers().size()) {
-    return absl::InternalError("a decode batching plan of another graph (fingerprint collision)");
+    replace_plan(nullptr);
+    return run_captured("a decode batching plan of another graph (fingerprint collision): dropped");
   }
   // This run's storages in the batched graph (the structure is the plan's).
   core::Graph graph = b.graph;
@@ -480,7 +545,20 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
   }
   // Run it as captured: the same answer (or error) as without batching. Safe to repeat:
   // the only resident writes are KV-cache appends, which write the same values again.
-  return run(request, semantics);
+  absl::StatusOr<core::ExecuteResult> captured = run(request, semantics);
+  if (!captured.ok()) {
+    return absl::Status(captured.status().code(),
+                        absl::StrCat(captured.status().message(), "; after a batched run of ",
+                                     b.streams, " streams failed: ", result.status().message()));
+  }
+  // The batched graph failed where the captured one ran: do not try it again every step.
+  auto refusal = std::make_shared<Plan>();
+  refusal->batched = Refuse(absl::StrCat("a batched run of ", b.streams,
+                                         " streams failed where the unbatched run of ",
+                                         "the same graph ran: ", result.status().message()));
+  refusal->keep = request.keep;
+  replace_plan(std::move(refusal));
+  return captured;
 }
 
 DecodeBatchingStats DecodeBatcher::stats() const {

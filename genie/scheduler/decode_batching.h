@@ -13,9 +13,10 @@
 //     weights and inputs are left out; each is the same op sequence (ops, arguments,
 //     views, scopes) over its own buffers, reading the same weights at the same places,
 //     and each has its own decode attention and KV-cache append;
-//   - the only resident buffers written are KV-cache appends (an index_copy_ into the
-//     cache): re-running a stream rewrites the same values, so a failed batched run can
-//     be retried stream by stream;
+//   - the only resident buffers written are KV-cache appends that rewrite the same values
+//     when run again (index_copy_, copy_, index_put_ without accumulate, none reading the
+//     buffer it writes but as its destination), so a failed batched run can be retried
+//     stream by stream;
 //   - batched: aten::matmul / aten::mm / aten::linear whose weight is the same resident or
 //     parameter matrix in every stream and whose activation has at least two dimensions
 //     (stacking along dim 0 keeps each row's product). Its N activations are concatenated
@@ -90,7 +91,10 @@ struct DecodeBatchingStats {
 // The batching stage of a scheduler: rewrites decode graphs (cached per fingerprint) and
 // runs them through `run`; everything else goes to `run` unchanged. A batched run that
 // fails is run again as captured (its streams one after another in one graph, as without
-// batching), so batching never changes what a run returns. Thread-safe.
+// batching), so batching never changes what a run returns; when that run succeeds, the
+// fingerprint is not batched again (its plan becomes a refusal saying why). A request
+// whose keep differs from its cached plan's, or whose graph is not the plan's, runs as
+// captured. Thread-safe.
 class DecodeBatcher {
  public:
   using RunFn = absl::FunctionRef<absl::StatusOr<core::ExecuteResult>(
@@ -103,6 +107,7 @@ class DecodeBatcher {
  private:
   struct Plan {
     absl::StatusOr<BatchedDecode> batched = absl::UnknownError("unset");
+    std::vector<core::BufferId> keep;  // the request's keep it was made for
   };
   std::shared_ptr<const Plan> PlanFor(const core::ExecuteRequest& request,
                                       const semantic::GraphSemantics& semantics);

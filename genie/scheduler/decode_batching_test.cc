@@ -7,6 +7,8 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -28,6 +30,15 @@ TensorRef View3(BufferId b, int64_t a, int64_t c, int64_t d) {
   return TensorRef::Contiguous(b, core::DType::kFloat32, {a, c, d});
 }
 
+// How a toy stream appends to its cache.
+enum class Append {
+  kIndexCopy,           // cache.index_copy_(0, pos, h)
+  kIndexPut,            // cache[:, pos] = h: index_put_(cache, {None, pos}, h, false)
+  kIndexPutAccumulate,  // cache[:, pos] += h: index_put_(cache, {None, pos}, h, true)
+  kCopyFromCache,       // cache[1] = cache[0]: copy_ whose source reads the cache
+  kIndexAdd,            // cache.index_add_(0, pos, h): adds again when run again
+};
+
 // Streams of a toy decode step: h = x @ W; cache[pos] = h (KV-cache append);
 // y = attention(h as a query of length 1, cache, cache). Semantics are written by hand.
 struct ToyDecode {
@@ -36,7 +47,8 @@ struct ToyDecode {
   BufferId w = 0;
   std::vector<BufferId> caches, results;
 
-  explicit ToyDecode(int streams, bool shared_weight = true, int append_dim_of_stream_1 = 0) {
+  explicit ToyDecode(int streams, bool shared_weight = true, int append_dim_of_stream_1 = 0,
+                     Append how = Append::kIndexCopy) {
     w = b.Buffer(16, BufferKind::kResident, "fc.weight", 1);
     const BufferId other_w = shared_weight ? w : b.Buffer(16, BufferKind::kResident, "fc2.weight", 2);
     for (int i = 0; i < streams; ++i) {
@@ -46,11 +58,29 @@ struct ToyDecode {
       const BufferId h = b.Buffer(4);
       const BufferId y = b.Buffer(4);
       Op(b.Op("aten::matmul", {View3(x, 1, 1, 4), Mat(i == 1 ? other_w : w, 4, 4)}, View3(h, 1, 1, 4)), PatternKind::kNone);
-      std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)), Arg::Int(i == 1 ? append_dim_of_stream_1 : 0),
-                                 Arg::Tensor(TensorRef::Contiguous(pos, core::DType::kInt64, {1})),
-                                 Arg::Tensor(Mat(h, 1, 4))};
-      Op(b.Op("aten::index_copy_", std::move(append), {Mat(cache, 8, 4)}, nullptr, {cache}),
-         PatternKind::kKvCacheAppend);
+      const TensorRef pos_ref = TensorRef::Contiguous(pos, core::DType::kInt64, {1});
+      if (how == Append::kIndexCopy || how == Append::kIndexAdd) {
+        std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)),
+                                   Arg::Int(i == 1 ? append_dim_of_stream_1 : 0),
+                                   Arg::Tensor(pos_ref), Arg::Tensor(Mat(h, 1, 4))};
+        Op(b.Op(how == Append::kIndexAdd ? "aten::index_add_" : "aten::index_copy_",
+                std::move(append), {Mat(cache, 8, 4)}, nullptr, {cache}),
+           PatternKind::kKvCacheAppend);
+      } else if (how == Append::kCopyFromCache) {
+        TensorRef row1 = Mat(cache, 1, 4);
+        row1.storage_offset = 4;
+        Op(b.Op("aten::copy_", {Arg::Tensor(row1), Arg::Tensor(Mat(cache, 1, 4))}, {row1}, nullptr,
+                {cache}),
+           PatternKind::kKvCacheAppend);
+      } else {
+        // The None entry is a view of no buffer, as capture stores it.
+        std::vector<Arg> append = {Arg::Tensor(View3(cache, 1, 8, 4)),
+                                   Arg::OptionalTensorList({TensorRef{}, pos_ref}, {0, 1}),
+                                   Arg::Tensor(View3(h, 1, 1, 4)),
+                                   Arg::Bool(how == Append::kIndexPutAccumulate)};
+        Op(b.Op("aten::index_put_", std::move(append), {View3(cache, 1, 8, 4)}, nullptr, {cache}),
+           PatternKind::kKvCacheAppend);
+      }
       Op(b.Op("aten::scaled_dot_product_attention",
               {View3(h, 1, 1, 4), View3(cache, 1, 8, 4), View3(cache, 1, 8, 4)}, View3(y, 1, 1, 4)),
          PatternKind::kAttention);
@@ -125,6 +155,31 @@ TEST(BatchDecodeStreamsTest, KeptResultIsCopiedOutOfTheBatch) {
   EXPECT_EQ(g.buffer(kept).producer, last.id);
 }
 
+// An index_put_ append whose indices hold None (cache[:, pos] = h) batches; the None
+// entry stays a view of no buffer and the present one reads the stream's own position.
+TEST(BatchDecodeStreamsTest, IndexPutAppendWithNoneIndexIsBatched) {
+  ToyDecode t(2, /*shared_weight=*/true, /*append_dim_of_stream_1=*/0, Append::kIndexPut);
+  ASSERT_TRUE(t.b.graph().Validate().ok());
+  absl::StatusOr<BatchedDecode> out = BatchDecodeStreams(t.b.graph(), {}, t.s);
+  ASSERT_TRUE(out.ok()) << out.status();
+  EXPECT_EQ(out->streams, 2);
+  EXPECT_EQ(out->batched_ops, 1);
+  const core::Graph& g = out->graph;
+  ASSERT_EQ(t.Count(g, "aten::index_put_"), 2);
+  int i = 0;
+  for (const core::Node& node : g.nodes()) {
+    if (g.OpName(node.op) != "aten::index_put_") continue;
+    const Arg& indices = node.args[1];
+    ASSERT_EQ(indices.kind, core::ArgKind::kOptionalTensorList);
+    ASSERT_EQ(indices.present, (std::vector<uint8_t>{0, 1}));
+    EXPECT_EQ(indices.tensors[0].buffer, core::kNoBuffer);            // None, untouched
+    EXPECT_EQ(g.buffer(indices.tensors[1].buffer).handle, 200u + i);  // its own position
+    EXPECT_EQ(g.buffer(node.writes[0]).handle, 300u + i);             // its own cache
+    EXPECT_EQ(node.args[2].tensors[0].storage_offset, 4 * i);         // its rows of the batch
+    ++i;
+  }
+}
+
 TEST(BatchDecodeStreamsTest, RefusesWhatItDoesNotUnderstand) {
   auto refusal = [](ToyDecode& t, std::vector<BufferId> keep = {}) {
     absl::StatusOr<BatchedDecode> out = BatchDecodeStreams(t.b.graph(), keep, t.s);
@@ -160,6 +215,20 @@ TEST(BatchDecodeStreamsTest, RefusesWhatItDoesNotUnderstand) {
     ToyDecode t(2);  // a resident write that is not a KV-cache append: a rerun would differ
     for (PatternKind& p : t.s.pattern) p = p == PatternKind::kKvCacheAppend ? PatternKind::kNone : p;
     EXPECT_NE(refusal(t).find("is not a KV-cache append"), std::string::npos);
+  }
+  {
+    // KV-cache appends that a retry of a failed batched run would not rewrite the same.
+    ToyDecode t(2, true, 0, Append::kIndexPutAccumulate);
+    EXPECT_NE(refusal(t).find("accumulates (accumulate=True)"), std::string::npos);
+  }
+  {
+    ToyDecode t(2, true, 0, Append::kCopyFromCache);
+    const std::string why = refusal(t);
+    EXPECT_NE(why.find("which it writes, in its argument 1"), std::string::npos) << why;
+  }
+  {
+    ToyDecode t(2, true, 0, Append::kIndexAdd);  // labelled a KV-cache append, not a repeatable one
+    EXPECT_NE(refusal(t).find("is not an index_copy_, index_put_ or copy_"), std::string::npos);
   }
   {
     // The weight is written in the graph: not a weight, so nothing to batch.
@@ -200,50 +269,143 @@ TEST(BatchDecodeStreamsTest, OneDimensionalActivationIsNotStacked) {
   EXPECT_NE(out.status().message().find("no weight matmul"), std::string::npos) << out.status();
 }
 
-// The batcher: non-decode graphs pass through; a batched run that fails runs again as
-// captured and its answer is what Execute returns.
-TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
-  ToyDecode t(2);
-  DecodeBatcher batcher;
-  core::ExecuteRequest request;
-  request.graph = &t.b.graph();
-  request.fingerprint = 77;
+// Runs requests for the batcher tests: records which graphs ran, and fails batched ones
+// (any graph but `captured`) and captured ones when told to.
+struct FakeRun {
+  const core::Graph* captured = nullptr;
+  absl::Status batched_error;   // returned for a batched graph unless ok
+  absl::Status captured_error;  // returned for the captured graph unless ok
   std::vector<const core::Graph*> seen;
-  bool fail_batched = true;
-  auto run = [&](const core::ExecuteRequest& r, const semantic::GraphSemantics&) -> absl::StatusOr<core::ExecuteResult> {
+
+  absl::StatusOr<core::ExecuteResult> operator()(const core::ExecuteRequest& r,
+                                                 const semantic::GraphSemantics&) {
     seen.push_back(r.graph);
-    if (r.graph != &t.b.graph() && fail_batched) return absl::UnavailableError("node lost");
+    if (r.graph != captured && !batched_error.ok()) return batched_error;
+    if (r.graph == captured && !captured_error.ok()) return captured_error;
     core::ExecuteResult result;
     result.outputs.resize(r.graph->outputs().size());
     return result;
-  };
-  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, run);
+  }
+  // Whether the last Execute ran its graph as captured only (no batched attempt).
+  bool RanCapturedOnly() const { return seen.size() == 1 && seen[0] == captured; }
+};
+
+core::ExecuteRequest RequestFor(ToyDecode& t, uint64_t fingerprint,
+                                std::vector<BufferId> keep = {}) {
+  core::ExecuteRequest request;
+  request.graph = &t.b.graph();
+  request.fingerprint = fingerprint;
+  request.keep = std::move(keep);
+  return request;
+}
+
+// The batcher: non-decode graphs pass through; a batched run that fails runs again as
+// captured and its answer is what Execute returns; that fingerprint then runs as captured
+// without trying the batched graph again (the refusal says why).
+TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
+  ToyDecode t(2);
+  DecodeBatcher batcher;
+  const core::ExecuteRequest request = RequestFor(t, 77);
+  FakeRun fake{&t.b.graph(), absl::UnavailableError("node lost")};
+  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, std::ref(fake));
   ASSERT_TRUE(r.ok());
-  ASSERT_EQ(seen.size(), 2u);
-  EXPECT_NE(seen[0], &t.b.graph());  // the batched graph first
-  EXPECT_EQ(seen[1], &t.b.graph());  // then as captured
+  ASSERT_EQ(fake.seen.size(), 2u);
+  EXPECT_NE(fake.seen[0], &t.b.graph());  // the batched graph first
+  EXPECT_EQ(fake.seen[1], &t.b.graph());  // then as captured
   DecodeBatchingStats stats = batcher.stats();
   EXPECT_EQ(stats.fallbacks, 1);
   EXPECT_EQ(stats.batched_runs, 0);
   EXPECT_EQ(stats.last_fallback, "node lost");
 
-  fail_batched = false;
-  seen.clear();
-  ASSERT_TRUE(batcher.Execute(request, t.s, run).ok());
-  ASSERT_EQ(seen.size(), 1u);
+  // The next step of that program is not attempted batched.
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(request, t.s, std::ref(fake)).ok());
+  EXPECT_TRUE(fake.RanCapturedOnly());
+  stats = batcher.stats();
+  EXPECT_EQ(stats.fallbacks, 1);
+  EXPECT_EQ(stats.not_batched, 1);
+  EXPECT_EQ(
+      stats.last_refusal,
+      "a batched run of 2 streams failed where the unbatched run of the same graph ran: node lost");
+
+  // Another program whose batched run succeeds.
+  fake.batched_error = absl::OkStatus();
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(RequestFor(t, 78), t.s, std::ref(fake)).ok());
+  ASSERT_EQ(fake.seen.size(), 1u);
+  EXPECT_NE(fake.seen[0], &t.b.graph());
   stats = batcher.stats();
   EXPECT_EQ(stats.batched_runs, 1);
   EXPECT_EQ(stats.batch_sizes, (std::map<int, int64_t>{{2, 1}}));
 
   semantic::GraphSemantics prefill = t.s;
   prefill.phase_of_graph = semantic::PhaseKind::kPrefill;
-  seen.clear();
-  ASSERT_TRUE(batcher.Execute(request, prefill, run).ok());
-  ASSERT_EQ(seen.size(), 1u);
-  EXPECT_EQ(seen[0], &t.b.graph());
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(request, prefill, std::ref(fake)).ok());
+  EXPECT_TRUE(fake.RanCapturedOnly());
   EXPECT_EQ(batcher.stats().other_graphs, 1);
-  EXPECT_NE(batcher.stats().ToString().find("1 of 2 decode steps batched (2 streams x1)"), std::string::npos)
+  EXPECT_NE(batcher.stats().ToString().find("1 of 3 decode steps batched (2 streams x1)"),
+            std::string::npos)
       << batcher.stats().ToString();
+}
+
+// When the captured run fails too, its error says that a batched run failed first, and
+// the program is still batched next time (the failure was not the batched graph's).
+TEST(DecodeBatcherTest, FailedRetryKeepsTheBatchedFailure) {
+  ToyDecode t(2);
+  DecodeBatcher batcher;
+  const core::ExecuteRequest request = RequestFor(t, 77);
+  FakeRun fake{&t.b.graph(), absl::UnavailableError("batched lost"),
+               absl::InvalidArgumentError("token 50262")};
+  absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, std::ref(fake));
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(r.status().message(),
+            "token 50262; after a batched run of 2 streams failed: batched lost");
+  EXPECT_EQ(fake.seen.size(), 2u);
+
+  fake.batched_error = fake.captured_error = absl::OkStatus();
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(request, t.s, std::ref(fake)).ok());
+  ASSERT_EQ(fake.seen.size(), 1u);
+  EXPECT_NE(fake.seen[0], &t.b.graph());
+  EXPECT_EQ(batcher.stats().batched_runs, 1);
+}
+
+// A plan is used only for the keep it was made for; a plan of another graph under the
+// same fingerprint is dropped (the request runs as captured, the next one is batched).
+TEST(DecodeBatcherTest, PlanOfAnotherKeepOrGraphRunsAsCaptured) {
+  ToyDecode t(2);
+  DecodeBatcher batcher;
+  FakeRun fake{&t.b.graph()};
+  ASSERT_TRUE(batcher.Execute(RequestFor(t, 77), t.s, std::ref(fake)).ok());
+  EXPECT_EQ(batcher.stats().batched_runs, 1);
+
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(RequestFor(t, 77, {t.results[1]}), t.s, std::ref(fake)).ok());
+  EXPECT_TRUE(fake.RanCapturedOnly());
+  DecodeBatchingStats stats = batcher.stats();
+  EXPECT_EQ(stats.not_batched, 1);
+  EXPECT_NE(stats.last_refusal.find("made for another keep"), std::string::npos)
+      << stats.last_refusal;
+
+  ToyDecode other(3);
+  fake.captured = &other.b.graph();
+  fake.seen.clear();
+  absl::StatusOr<core::ExecuteResult> r =
+      batcher.Execute(RequestFor(other, 77), other.s, std::ref(fake));
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(fake.RanCapturedOnly());
+  stats = batcher.stats();
+  EXPECT_EQ(stats.not_batched, 2);
+  EXPECT_NE(stats.last_refusal.find("fingerprint collision"), std::string::npos)
+      << stats.last_refusal;
+
+  fake.seen.clear();
+  ASSERT_TRUE(batcher.Execute(RequestFor(other, 77), other.s, std::ref(fake)).ok());
+  ASSERT_EQ(fake.seen.size(), 1u);
+  EXPECT_NE(fake.seen[0], &other.b.graph());  // a plan of its own, batched
+  EXPECT_EQ(batcher.stats().batch_sizes, (std::map<int, int64_t>{{2, 1}, {3, 1}}));
 }
 
 }  // namespace

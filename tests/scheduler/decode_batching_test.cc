@@ -303,22 +303,93 @@ TEST_F(DecodeBatchingTest, UnknownPatternsAreNotBatched) {
   EXPECT_NE(stats.last_refusal.find("one decode stream"), std::string::npos) << stats.last_refusal;
 }
 
-// A node that refuses the first batched run it sees (the batched graph has a cat of
-// several stream rows): the step runs again unbatched and every stream gets its logits.
-class RefuseFirstBatched final : public core::Executor {
+// A decode step of its own whose KV-cache append is an index_put_ with a None index
+// (cache[:, p] = q: indices {None, p}), as attention code often writes it.
+struct ToyStepImpl : torch::nn::Module {
+  static constexpr int64_t kDim = 8, kLength = 4;
+  ToyStepImpl()
+      : embed(register_module("embed", torch::nn::Embedding(16, kDim))),
+        proj(register_module("proj", torch::nn::Linear(kDim, kDim))),
+        head(register_module("head", torch::nn::Linear(kDim, 16))) {}
+  // One step at position `p` of token `token` [1, 1] of the stream whose cache is `cache`
+  // [1, kLength, kDim].
+  torch::Tensor Step(const torch::Tensor& token, torch::Tensor& cache, int64_t p) {
+    const torch::Tensor q = proj(embed(token));  // [1, 1, kDim]
+    cache.index_put_(
+        c10::List<c10::optional<at::Tensor>>({c10::nullopt, torch::full({1}, p, torch::kLong)}), q);
+    const torch::Tensor kv = cache.view({1, 1, kLength, kDim});
+    return head(
+        at::scaled_dot_product_attention(q.view({1, 1, 1, kDim}), kv, kv));  // [1, 1, 1, 16]
+  }
+  torch::nn::Embedding embed;
+  torch::nn::Linear proj, head;
+};
+
+TEST_F(DecodeBatchingTest, IndexPutAppendWithNoneIndexIsBatched) {
+  using Toy = ToyStepImpl;
+  const int steps = 3;
+  const std::vector<int64_t> start = {0, 1};  // each stream's first position
+  torch::manual_seed(5);
+  auto local = std::make_shared<Toy>();
+  std::vector<std::vector<torch::Tensor>> x(2), expected(2);  // [stream][step]: tokens, logits
+  for (int s = 0; s < 2; ++s) {
+    torch::Tensor cache = torch::zeros({1, Toy::kLength, Toy::kDim});
+    for (int t = 0; t < steps; ++t) {
+      x[s].push_back(torch::randint(0, 16, {1, 1}, torch::kLong));
+      expected[s].push_back(local->Step(x[s][t], cache, start[s] + t));
+    }
+  }
+  auto session = Session<Batched>::Start({}).value();
+  const torch::Device device(frontend::kDeviceName);
+  auto remote = std::make_shared<Toy>();
+  torch::NoGradGuard no_grad;
+  for (size_t k = 0; k < remote->parameters().size(); ++k)
+    remote->parameters()[k].copy_(local->parameters()[k]);
+  remote->to(device);
+  frontend::NameParameters(*remote);
+  std::vector<torch::Tensor> caches;
+  for (int s = 0; s < 2; ++s) {
+    // Step 0 alone per stream (one stream: not batched); it leaves the cache resident.
+    caches.push_back(torch::zeros({1, Toy::kLength, Toy::kDim}).to(device));
+    std::vector<torch::Tensor> out =
+        frontend::ToCpu({remote->Step(x[s][0].to(device), caches[s], start[s])});
+    EXPECT_LE(MaxError(out[0], expected[s][0]), kTolerance) << "stream " << s;
+  }
+  for (int t = 1; t < steps; ++t) {
+    std::vector<torch::Tensor> out =
+        frontend::ToCpu({remote->Step(x[0][t].to(device), caches[0], start[0] + t),
+                         remote->Step(x[1][t].to(device), caches[1], start[1] + t)});
+    for (int s = 0; s < 2; ++s) {
+      EXPECT_LE(MaxError(out[s], expected[s][t]), kTolerance) << "stream " << s << " step " << t;
+    }
+  }
+  ASSERT_TRUE(session->Join().ok());
+  const scheduler::DecodeBatchingStats stats = session->decode_batching();
+  EXPECT_EQ(stats.batched_runs, steps - 1) << stats.ToString();
+  EXPECT_EQ(stats.batch_sizes, (std::map<int, int64_t>{{2, steps - 1}}));
+  EXPECT_EQ(stats.ops_batched, 2 * (steps - 1));  // proj and head
+  EXPECT_EQ(stats.fallbacks, 0);
+}
+
+// A node that runs the first batched graph it sees (the batched graph has a cat of several
+// stream rows) and then loses its reply: the batched run's KV-cache appends are all done
+// when the step runs again unbatched, so they must be safe to repeat.
+class LoseFirstBatchedReply final : public core::Executor {
  public:
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
     for (const core::Node& n : request.graph->nodes()) {
-      if (request.graph->OpName(n.op) == "aten::cat" && !refused_.exchange(true)) {
-        return absl::ResourceExhaustedError("test: batched run refused");
+      if (request.graph->OpName(n.op) == "aten::cat" && !lost_.exchange(true)) {
+        absl::StatusOr<core::ExecuteResult> ran = interpreter_.Execute(request);
+        if (!ran.ok()) return ran.status();
+        return absl::UnavailableError("test: reply of a batched run lost");
       }
     }
     return interpreter_.Execute(request);
   }
-  std::string Describe() const override { return "refuses the first batched run"; }
+  std::string Describe() const override { return "loses the reply of the first batched run"; }
 
  private:
-  std::atomic<bool> refused_{false};
+  std::atomic<bool> lost_{false};
   runtime::Interpreter interpreter_;
 };
 
@@ -326,11 +397,13 @@ TEST_F(DecodeBatchingTest, FailedBatchedRunFallsBackWithoutLosingResults) {
   models::Gpt2Config config;
   const Reference ref = Generate(config, {2, 5, 8}, 3, models::KvCacheMode::kStatic);
   auto pipeline = std::make_shared<PipelineExecutor<Batched>>(
-      std::vector<std::shared_ptr<core::Executor>>{std::make_shared<RefuseFirstBatched>()});
+      std::vector<std::shared_ptr<core::Executor>>{std::make_shared<LoseFirstBatchedReply>()});
   std::shared_ptr<core::Executor> previous = frontend::GetExecutor();
   frontend::SetExecutor(pipeline);
   {
     Streams streams(config, ref, models::KvCacheMode::kStatic);
+    // Step 0 ran batched (its appends done), lost its reply and ran again unbatched; every
+    // stream's logits of that step and the later ones are its lone run's.
     for (int t = 0; t < 3; ++t) {
       std::vector<torch::Tensor> out = streams.Step(ref, t, {0, 1, 2});
       for (int s = 0; s < 3; ++s) {
@@ -341,9 +414,15 @@ TEST_F(DecodeBatchingTest, FailedBatchedRunFallsBackWithoutLosingResults) {
   ASSERT_TRUE(frontend::Join().ok());
   frontend::SetExecutor(previous);
   const scheduler::DecodeBatchingStats stats = pipeline->decode_batching();
-  EXPECT_EQ(stats.fallbacks, 1);
-  EXPECT_NE(stats.last_fallback.find("batched run refused"), std::string::npos);
-  EXPECT_EQ(stats.batched_runs, 2);  // the later steps
+  EXPECT_EQ(stats.fallbacks, 1) << stats.ToString();
+  EXPECT_NE(stats.last_fallback.find("reply of a batched run lost"), std::string::npos)
+      << stats.last_fallback;
+  EXPECT_EQ(stats.decode_graphs, 3);
+  // The later steps (the same program) are not attempted batched again.
+  EXPECT_EQ(stats.batched_runs, 0) << stats.ToString();
+  EXPECT_EQ(stats.not_batched, 2) << stats.ToString();
+  EXPECT_NE(stats.last_refusal.find("reply of a batched run lost"), std::string::npos)
+      << stats.last_refusal;
 }
 
 // A stream that fails (a token id outside the vocabulary) fails the read it is part of,
