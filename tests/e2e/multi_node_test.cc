@@ -308,6 +308,22 @@ TEST(MultiNodeTest, Gpt2DecodeKeepsItsKvCacheOnOneNode) {
 // One node with two CPU lanes (NodeOptions::cpu_lanes): the vision and language encoders
 // of each batch run on two threads of the node, joined at fusion; the answers are the bytes
 // a one-lane node gives and match eager CPU.
+// Only sessions whose nodes all run on GPUs cut steps into parts
+// (SessionOptions::gpu_dispatch_first_part); on CPU nodes the frontend's setting stays
+// what the program made it, during the session and after.
+TEST(MultiNodeTest, SessionsOnCpuNodesLeaveAutoDispatchAlone) {
+  frontend::SetAutoDispatch(7, 3);
+  {
+    SessionOptions options;
+    options.embedded.log_runs = false;
+    absl::StatusOr<std::unique_ptr<Session<Placed>>> session = Session<Placed>::Start(options);
+    ASSERT_TRUE(session.ok()) << session.status();
+    EXPECT_EQ(frontend::GetAutoDispatch(), (std::pair<int64_t, int64_t>{7, 3}));
+  }
+  EXPECT_EQ(frontend::GetAutoDispatch(), (std::pair<int64_t, int64_t>{7, 3}));
+  frontend::SetAutoDispatch(0);
+}
+
 TEST(MultiNodeTest, VqaBranchesOnTwoLanesOfOneNode) {
   using Semantic = Pipeline<
       Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality>,
