@@ -26,49 +26,43 @@
 
 namespace genie::examples {
 
-using SemanticDeployment = Pipeline<
+// Every semantic deployment below annotates and analyses the same way; they differ in the
+// scheduler's optimizations and the transport.
+template <class Scheduler, class Transport>
+using AnalyzedPipeline = Pipeline<
     Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
     Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
               semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+    Scheduler, Transport>;
+
+using SemanticDeployment = AnalyzedPipeline<
     scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
                                  scheduler::JustInTimeTransfers>,
     transport::Tcp>;
 
 // The same with the decode steps of several streams in one graph batched on the node
 // (scheduler::DecodeBatching: the streams' weight matmuls run once per step).
-using SemanticBatchedDeployment = Pipeline<
-    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
-    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
-              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+using SemanticBatchedDeployment = AnalyzedPipeline<
     scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
                                  scheduler::JustInTimeTransfers, scheduler::DecodeBatching>,
     transport::Tcp>;
 
 // The same with the client on the node's host reaching it over shared memory
 // (transport::Shm; an embedded node gets its own Unix socket).
-using SemanticShmDeployment = Pipeline<
-    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
-    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
-              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+using SemanticShmDeployment = AnalyzedPipeline<
     scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
                                  scheduler::JustInTimeTransfers>,
     transport::Shm>;
 
 // The same over shared memory without the tensor pool (every byte through the rings): the
 // baseline the pool is measured against.
-using SemanticShmRingsDeployment = Pipeline<
-    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
-    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
-              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+using SemanticShmRingsDeployment = AnalyzedPipeline<
     scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
                                  scheduler::JustInTimeTransfers>,
     transport::ShmRingsOnly>;
 
 // The same across several nodes: modules placed by modality, crossing tensors node to node.
-using PlacedDeployment = Pipeline<
-    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality, semantic::Pattern>,
-    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
-              semantic::PatternRecognizer, semantic::WorkloadClassifier>,
+using PlacedDeployment = AnalyzedPipeline<
     scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
                                  scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>,
     transport::Tcp>;
