@@ -26,6 +26,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_session.h"
 #include "examples/models/models.h"
 #include "genie/client/pipeline.h"
 #include "genie/client/session.h"
@@ -71,20 +72,15 @@ void BM_DecodeStreams(benchmark::State& state) {
   c10::InferenceMode inference;
   const int streams = static_cast<int>(state.range(0));
   const models::Gpt2Config config = ConfigOfSize(state.range(1));
-  genie::SessionOptions options;
-  options.embedded.log_connections = false;
-  options.embedded.log_runs = false;
+  genie::SessionOptions options = genie::benchmarks::QuietSessionOptions();
   options.embedded.device = NodeDevice();
   // On the CPU, one intra-op thread for both variants: on a shared 2-vCPU machine an
   // OpenMP fork and join per op (which the batched step's larger outputs would trigger)
   // measures the machine's load, not what batching saves.
   if (NodeDevice() == "cpu") options.embedded.intra_op_threads = 1;
-  auto session = genie::Session<D>::Start(options);
-  if (!session.ok()) {
-    state.SkipWithError(std::string(session.status().message()).c_str());
-    return;
-  }
-  const torch::Device dev((*session)->device());
+  auto session = genie::benchmarks::StartSessionOrSkip<D>(state, options);
+  if (!session) return;
+  const torch::Device dev(session->device());
   models::Gpt2 model(config);
   model->to(dev);
   genie::frontend::NameParameters(*model);
@@ -107,9 +103,9 @@ void BM_DecodeStreams(benchmark::State& state) {
     return genie::frontend::ToCpu(logits);
   };
   for (int i = 0; i < 3; ++i) (void)step();  // programs loaded, CUDA graphs captured
-  const sched::DecodeBatchingStats before = (*session)->decode_batching();
+  const sched::DecodeBatchingStats before = session->decode_batching();
   for (auto _ : state) benchmark::DoNotOptimize(step());
-  const sched::DecodeBatchingStats after = (*session)->decode_batching();
+  const sched::DecodeBatchingStats after = session->decode_batching();
   const double steps = static_cast<double>(after.decode_graphs - before.decode_graphs);
   const double batched = static_cast<double>(after.batched_runs - before.batched_runs);
   state.counters["streams"] = streams;

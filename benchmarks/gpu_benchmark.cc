@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "examples/models/models.h"
+#include "benchmarks/bench_session.h"
 #include "examples/report.h"
 #include "genie/client/remote_executor.h"
 #include "genie/frontend/remote_device.h"
@@ -52,19 +53,12 @@ bool NoCuda(benchmark::State& state) {
 template <class D>
 std::unique_ptr<genie::Session<D>> StartGpuSession(benchmark::State& state, bool cuda_graphs = true,
                                                    int busy_poll_us = 0) {
-  genie::SessionOptions o;
+  genie::SessionOptions o = genie::benchmarks::QuietSessionOptions();
   o.embedded.device = "cuda:0";
   o.embedded.cuda_graphs = cuda_graphs;
   o.embedded.busy_poll = absl::Microseconds(busy_poll_us);
   o.connection.busy_poll = absl::Microseconds(busy_poll_us);
-  o.embedded.log_connections = false;
-  o.embedded.log_runs = false;
-  auto s = genie::Session<D>::Start(o);
-  if (!s.ok()) {
-    state.SkipWithError(std::string(s.status().message()).c_str());
-    return nullptr;
-  }
-  return std::move(*s);
+  return genie::benchmarks::StartSessionOrSkip<D>(state, o);
 }
 
 void ReportBytes(benchmark::State& state, const genie::transport::TrafficSnapshot& moved) {

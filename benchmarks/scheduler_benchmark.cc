@@ -20,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmarks/bench_session.h"
 #include "examples/models/models.h"
 #include "examples/report.h"
 #include "genie/client/remote_executor.h"
@@ -36,12 +37,8 @@ using genie::examples::PlacedDeployment;
 using genie::examples::SemanticDeployment;
 using genie::examples::SemanticShmDeployment;
 
-genie::SessionOptions Quiet() {
-  genie::SessionOptions o;
-  o.embedded.log_connections = false;
-  o.embedded.log_runs = false;
-  return o;
-}
+using genie::benchmarks::QuietSessionOptions;
+using genie::benchmarks::StartSessionOrSkip;
 
 // ---- VQA: one batch of 4 questions per iteration -------------------------------------
 // Size 0: the toy model of the tests (1.3 MiB of weights). Size 1: a mid-size VQA model
@@ -116,12 +113,9 @@ struct VqaOnSession {
 template <class Deployment>
 std::optional<VqaOnSession<Deployment>> StartVqa(benchmark::State& state, const VqaInputs& in,
                                                  const genie::SessionOptions& options, int warmups) {
-  auto session = genie::Session<Deployment>::Start(options);
-  if (!session.ok()) {
-    state.SkipWithError(std::string(session.status().message()).c_str());
-    return std::nullopt;
-  }
-  VqaOnSession<Deployment> v{std::move(*session), models::Vqa(in.config), torch::kCPU};
+  std::unique_ptr<genie::Session<Deployment>> session = StartSessionOrSkip<Deployment>(state, options);
+  if (!session) return std::nullopt;
+  VqaOnSession<Deployment> v{std::move(session), models::Vqa(in.config), torch::kCPU};
   v.dev = torch::Device(v.session->device());
   v.model->eval();
   v.model->to(v.dev);
@@ -139,7 +133,7 @@ template <class Deployment, int kNodes>
 void BM_VqaRemote(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   VqaInputs in(state.range(0));
-  genie::SessionOptions options = Quiet();
+  genie::SessionOptions options = QuietSessionOptions();
   options.embedded_nodes = kNodes;
   options.embedded.intra_op_threads = static_cast<int>(state.range(1));
   options.embedded.cpu_lanes = static_cast<int>(state.range(2));
@@ -185,7 +179,7 @@ template <class Deployment, int kNodes, bool kPipelined>
 void BM_VqaDispatched(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   VqaInputs in(state.range(0));
-  genie::SessionOptions options = Quiet();
+  genie::SessionOptions options = QuietSessionOptions();
   options.embedded_nodes = kNodes;
   options.pipelined = kPipelined;
   std::optional<VqaOnSession<Deployment>> v = StartVqa<Deployment>(state, in, options, 3);
@@ -220,7 +214,7 @@ template <class Deployment, int kNodes, int kInFlight>
 void BM_VqaScheduler(benchmark::State& state) {
   torch::NoGradGuard no_grad;
   VqaInputs in(state.range(0));
-  genie::SessionOptions options = Quiet();
+  genie::SessionOptions options = QuietSessionOptions();
   options.embedded_nodes = kNodes;
   std::optional<VqaOnSession<Deployment>> v = StartVqa<Deployment>(state, in, options, 2);
   if (!v) return;
@@ -299,12 +293,9 @@ void BM_Gpt2DecodeLocal(benchmark::State& state) {
 template <class Deployment>
 void BM_Gpt2DecodeRemote(benchmark::State& state) {
   torch::NoGradGuard no_grad;
-  auto session = genie::Session<Deployment>::Start(Quiet());
-  if (!session.ok()) {
-    state.SkipWithError(std::string(session.status().message()).c_str());
-    return;
-  }
-  const torch::Device dev((*session)->device());
+  auto session = StartSessionOrSkip<Deployment>(state, QuietSessionOptions());
+  if (!session) return;
+  const torch::Device dev(session->device());
   models::Gpt2Config config;
   config.max_positions = 1 << 14;
   models::Gpt2 model(config);
@@ -315,12 +306,12 @@ void BM_Gpt2DecodeRemote(benchmark::State& state) {
   torch::Tensor token = torch::zeros({1, 1}, torch::kLong);
   (void)model->forward(torch::zeros({1, 8}, torch::kLong).to(dev), &cache, 0).to(torch::kCPU);
   for (int i = 0; i < 3; ++i) (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
-  const auto before = (*session)->traffic();
+  const auto before = session->traffic();
   for (auto _ : state) {
     if (cache.length + 1 >= config.max_positions) cache.length = 8;
     benchmark::DoNotOptimize(model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU));
   }
-  const auto moved = (*session)->traffic() - before;
+  const auto moved = session->traffic() - before;
   state.counters["wire_bytes"] = benchmark::Counter(static_cast<double>(genie::examples::WireBytes(moved)),
                                                     benchmark::Counter::kAvgIterations);
 }
@@ -375,7 +366,7 @@ struct DecodeGraphs {
 
 absl::StatusOr<DecodeGraphs> CaptureDecodeGraphs(const models::Gpt2Config& config, int64_t long_prompt) {
   torch::NoGradGuard no_grad;
-  auto session = genie::Session<SemanticDeployment>::Start(Quiet());
+  auto session = genie::Session<SemanticDeployment>::Start(QuietSessionOptions());
   if (!session.ok()) return session.status();
   const torch::Device dev((*session)->device());
   models::Gpt2 model(config);

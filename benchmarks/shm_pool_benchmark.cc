@@ -16,6 +16,7 @@
 #include <string>
 #include <thread>
 
+#include "benchmarks/bench_session.h"
 #include "examples/report.h"
 #include "genie/client/remote_executor.h"
 #include "genie/client/session.h"
@@ -31,15 +32,7 @@ using RingsDeployment = genie::examples::SemanticShmRingsDeployment;
 
 template <class D>
 std::unique_ptr<genie::Session<D>> StartCpuSession(benchmark::State& state) {
-  genie::SessionOptions o;
-  o.embedded.log_connections = false;
-  o.embedded.log_runs = false;
-  auto s = genie::Session<D>::Start(o);
-  if (!s.ok()) {
-    state.SkipWithError(std::string(s.status().message()).c_str());
-    return nullptr;
-  }
-  return std::move(*s);
+  return genie::benchmarks::StartSessionOrSkip<D>(state, genie::benchmarks::QuietSessionOptions());
 }
 
 // Upload: the images to the node, one element read back.
