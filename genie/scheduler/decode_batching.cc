@@ -534,6 +534,7 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
     std::lock_guard<std::mutex> lock(mu_);
     ++stats_.decode_graphs;
     if (result.ok()) {
+      plan->transient_failures = 0;
       ++stats_.batched_runs;
       stats_.streams_batched += b.streams;
       stats_.ops_batched += b.batched_ops;
@@ -551,14 +552,34 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
                         absl::StrCat(captured.status().message(), "; after a batched run of ",
                                      b.streams, " streams failed: ", result.status().message()));
   }
-  // The batched graph failed where the captured one ran: do not try it again every step.
+  // The batched graph failed where the captured one ran. A failure a retry can outlive is
+  // forgiven a few times in a row; any other means the batched graph is at fault: do not
+  // try it again every step.
+  const bool transient = IsTransient(result.status());
+  if (transient) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (++plan->transient_failures < kMaxTransientFailures) return captured;
+  }
   auto refusal = std::make_shared<Plan>();
-  refusal->batched = Refuse(absl::StrCat("a batched run of ", b.streams,
-                                         " streams failed where the unbatched run of ",
-                                         "the same graph ran: ", result.status().message()));
+  refusal->batched = Refuse(absl::StrCat(
+      "a batched run of ", b.streams, " streams failed where the unbatched run of the same graph ran",
+      transient ? absl::StrCat(", ", kMaxTransientFailures, " times in a row") : "", ": ",
+      result.status().message()));
   refusal->keep = request.keep;
   replace_plan(std::move(refusal));
   return captured;
+}
+
+bool DecodeBatcher::IsTransient(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kResourceExhausted:
+      return true;
+    default:
+      return false;
+  }
 }
 
 DecodeBatchingStats DecodeBatcher::stats() const {

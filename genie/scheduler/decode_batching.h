@@ -91,8 +91,12 @@ struct DecodeBatchingStats {
 // The batching stage of a scheduler: rewrites decode graphs (cached per fingerprint) and
 // runs them through `run`; everything else goes to `run` unchanged. A batched run that
 // fails is run again as captured (its streams one after another in one graph, as without
-// batching), so batching never changes what a run returns; when that run succeeds, the
-// fingerprint is not batched again (its plan becomes a refusal saying why). A request
+// batching), so batching never changes what a run returns. When that run succeeds, the
+// batched graph is to blame and the fingerprint is not batched again (its plan becomes a
+// refusal saying why), unless the batched run's error is one a retry can outlive (lost
+// connection, deadline, busy node: kUnavailable, kDeadlineExceeded, kAborted,
+// kResourceExhausted); the fingerprint is then tried batched again next time, and refused
+// after kMaxTransientFailures of those in a row (a success resets the count). A request
 // whose keep differs from its cached plan's, or whose graph is not the plan's, runs as
 // captured. Thread-safe.
 class DecodeBatcher {
@@ -108,11 +112,14 @@ class DecodeBatcher {
   struct Plan {
     absl::StatusOr<BatchedDecode> batched = absl::UnknownError("unset");
     std::vector<core::BufferId> keep;  // the request's keep it was made for
+    mutable int transient_failures = 0;  // batched runs in a row that failed transiently (mu_)
   };
   std::shared_ptr<const Plan> PlanFor(const core::ExecuteRequest& request,
                                       const semantic::GraphSemantics& semantics);
 
   static constexpr size_t kMaxPlans = 256;
+  static constexpr int kMaxTransientFailures = 3;
+  static bool IsTransient(const absl::Status& status);
   mutable std::mutex mu_;
   absl::flat_hash_map<uint64_t, std::shared_ptr<const Plan>> plans_;  // by fingerprint
   DecodeBatchingStats stats_;

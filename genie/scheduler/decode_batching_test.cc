@@ -300,13 +300,14 @@ core::ExecuteRequest RequestFor(ToyDecode& t, uint64_t fingerprint,
 }
 
 // The batcher: non-decode graphs pass through; a batched run that fails runs again as
-// captured and its answer is what Execute returns; that fingerprint then runs as captured
-// without trying the batched graph again (the refusal says why).
+// captured and its answer is what Execute returns; after a failure that is the batched
+// graph's (not transient), that fingerprint runs as captured without trying the batched
+// graph again (the refusal says why).
 TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
   ToyDecode t(2);
   DecodeBatcher batcher;
   const core::ExecuteRequest request = RequestFor(t, 77);
-  FakeRun fake{&t.b.graph(), absl::UnavailableError("node lost")};
+  FakeRun fake{&t.b.graph(), absl::InternalError("kernel failed")};
   absl::StatusOr<core::ExecuteResult> r = batcher.Execute(request, t.s, std::ref(fake));
   ASSERT_TRUE(r.ok());
   ASSERT_EQ(fake.seen.size(), 2u);
@@ -315,7 +316,7 @@ TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
   DecodeBatchingStats stats = batcher.stats();
   EXPECT_EQ(stats.fallbacks, 1);
   EXPECT_EQ(stats.batched_runs, 0);
-  EXPECT_EQ(stats.last_fallback, "node lost");
+  EXPECT_EQ(stats.last_fallback, "kernel failed");
 
   // The next step of that program is not attempted batched.
   fake.seen.clear();
@@ -326,7 +327,7 @@ TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
   EXPECT_EQ(stats.not_batched, 1);
   EXPECT_EQ(
       stats.last_refusal,
-      "a batched run of 2 streams failed where the unbatched run of the same graph ran: node lost");
+      "a batched run of 2 streams failed where the unbatched run of the same graph ran: kernel failed");
 
   // Another program whose batched run succeeds.
   fake.batched_error = absl::OkStatus();
@@ -347,6 +348,38 @@ TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
   EXPECT_NE(batcher.stats().ToString().find("1 of 3 decode steps batched (2 streams x1)"),
             std::string::npos)
       << batcher.stats().ToString();
+}
+
+// A batched run that fails in a way a retry can outlive (a lost connection) is tried again
+// on the next step; a success resets the count; only kMaxTransientFailures (3) of those in
+// a row make the fingerprint run as captured for good.
+TEST(DecodeBatcherTest, TransientFailuresAreForgivenUntilTheyRepeat) {
+  ToyDecode t(2);
+  DecodeBatcher batcher;
+  const core::ExecuteRequest request = RequestFor(t, 77);
+  FakeRun fake{&t.b.graph(), absl::UnavailableError("node lost")};
+  const auto step = [&] {
+    fake.seen.clear();
+    EXPECT_TRUE(batcher.Execute(request, t.s, std::ref(fake)).ok());
+    return fake.seen.size();  // 2: batched, failed, then as captured; 1: one of the two
+  };
+  EXPECT_EQ(step(), 2u);
+  EXPECT_EQ(step(), 2u);  // tried batched again
+  fake.batched_error = absl::OkStatus();
+  EXPECT_EQ(step(), 1u);  // ran batched: the count starts over
+  EXPECT_EQ(batcher.stats().batched_runs, 1);
+  fake.batched_error = absl::DeadlineExceededError("node late");
+  EXPECT_EQ(step(), 2u);
+  EXPECT_EQ(step(), 2u);
+  EXPECT_EQ(step(), 2u);  // the third in a row: refused from now on
+  EXPECT_EQ(step(), 1u);
+  EXPECT_TRUE(fake.RanCapturedOnly());
+  const DecodeBatchingStats stats = batcher.stats();
+  EXPECT_EQ(stats.fallbacks, 5);
+  EXPECT_EQ(stats.not_batched, 1);
+  EXPECT_EQ(stats.last_refusal,
+            "a batched run of 2 streams failed where the unbatched run of the same graph ran, "
+            "3 times in a row: node late");
 }
 
 // When the captured run fails too, its error says that a batched run failed first, and

@@ -418,11 +418,10 @@ TEST_F(DecodeBatchingTest, FailedBatchedRunFallsBackWithoutLosingResults) {
   EXPECT_NE(stats.last_fallback.find("reply of a batched run lost"), std::string::npos)
       << stats.last_fallback;
   EXPECT_EQ(stats.decode_graphs, 3);
-  // The later steps (the same program) are not attempted batched again.
-  EXPECT_EQ(stats.batched_runs, 0) << stats.ToString();
-  EXPECT_EQ(stats.not_batched, 2) << stats.ToString();
-  EXPECT_NE(stats.last_refusal.find("reply of a batched run lost"), std::string::npos)
-      << stats.last_refusal;
+  // A lost reply is a failure a retry can outlive: the later steps (the same program) ran
+  // batched again.
+  EXPECT_EQ(stats.batched_runs, 2) << stats.ToString();
+  EXPECT_EQ(stats.not_batched, 0) << stats.ToString();
 }
 
 // A stream that fails (a token id outside the vocabulary) fails the read it is part of,
