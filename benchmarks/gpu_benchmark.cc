@@ -5,6 +5,7 @@
 // genie-node (interpreter on cuda:0) on the same host over loopback TCP (the *_shm cases:
 // over shared memory, transport::Shm). Every
 // iteration reads its result on the host, local and remote alike. Skips without CUDA.
+// Matmuls are fp32 with TF32 off, as in the parity tests, except in the cases named *_tf32.
 //
 //   tools/device/run_gpu.sh   (builds with --config=cuda, packs, runs on the GPU machine)
 #include <benchmark/benchmark.h>
@@ -82,6 +83,9 @@ struct Mode {
   int busy_poll_us = 0;  // remote: node and client spin on their sockets (ConnectionOptions)
   bool shm = false;      // remote: client <-> node over shared memory instead of loopback TCP
   int64_t growth = 1;    // with dispatch: each next part of a step this many times longer
+  // TF32 matmuls and convolutions (process-wide: the embedded node's kernels and local
+  // ones alike). Off everywhere else, as in the parity tests: fp32 with TF32 off.
+  bool tf32 = false;
 };
 
 // Brackets a model benchmark's warm-up and timed loop: the autograd mode, auto-dispatch,
@@ -89,7 +93,13 @@ struct Mode {
 template <class D>
 class ModelRun {
  public:
-  ModelRun(benchmark::State& state, const Mode& mode) : state_(state), mode_(mode) {
+  ModelRun(benchmark::State& state, const Mode& mode)
+      : state_(state),
+        mode_(mode),
+        tf32_cublas_(at::globalContext().allowTF32CuBLAS()),
+        tf32_cudnn_(at::globalContext().allowTF32CuDNN()) {
+    at::globalContext().setAllowTF32CuBLAS(mode.tf32);
+    at::globalContext().setAllowTF32CuDNN(mode.tf32);
     if (mode.inference) inference_.emplace();
     if (mode.remote && mode.dispatch >= 0) genie::frontend::SetAutoDispatch(mode.dispatch, mode.growth);
   }
@@ -100,6 +110,8 @@ class ModelRun {
     genie::frontend::ResetCaptureStats();
   }
   ~ModelRun() {
+    at::globalContext().setAllowTF32CuBLAS(tf32_cublas_);
+    at::globalContext().setAllowTF32CuDNN(tf32_cudnn_);
     if (!mode_.remote) return;
     if (mode_.dispatch >= 0) genie::frontend::SetAutoDispatch(0);
     if (session_ == nullptr) return;
@@ -120,6 +132,7 @@ class ModelRun {
  private:
   benchmark::State& state_;
   Mode mode_;
+  const bool tf32_cublas_, tf32_cudnn_;  // restored at the end
   std::optional<c10::InferenceMode> inference_;
   genie::Session<D>* session_ = nullptr;
   genie::transport::TrafficSnapshot traffic_;
@@ -466,6 +479,16 @@ const bool kModelsRegistered = [] {
   modes.push_back({"genie_remote_shm", Mode{true, false, -1, true, 0, /*shm=*/true}});
   modes.push_back({"genie_remote_shm_inference", Mode{true, true, -1, true, 0, /*shm=*/true}});
   modes.push_back({"genie_remote_shm_inference_nodispatch", Mode{true, true, 0, true, 0, /*shm=*/true}});
+  modes.push_back({"genie_remote_shm_inference_busypoll", Mode{true, true, -1, true, 5000, /*shm=*/true}});
+  // The same with TF32 on (Mode::tf32), for the comparison with PyTorch RPC at that precision.
+  for (auto [name, mode] : std::vector<std::pair<std::string, Mode>>{
+           {"local_cuda_inference", Mode{false, true, 0}},
+           {"genie_remote_inference", Mode{true, true, -1}},
+           {"genie_remote_shm_inference", Mode{true, true, -1, true, 0, /*shm=*/true}},
+           {"genie_remote_shm_inference_busypoll", Mode{true, true, -1, true, 5000, /*shm=*/true}}}) {
+    mode.tf32 = true;
+    modes.push_back({name + "_tf32", mode});
+  }
   for (const auto& [model, fn] : models) {
     for (const auto& [name, mode] : modes) {
       // Real time decides the iteration count: the remote client's CPU is mostly idle.

@@ -161,12 +161,12 @@ void BM_VqaRemote(benchmark::State& state) {
       static_cast<double>(session->placement().node_to_node_bytes), benchmark::Counter::kAvgIterations);
 }
 
-// BM_VqaRemote with the frontend dispatching every `kCut` captured nodes
-// (frontend::SetAutoDispatch): the node starts on the first part of a batch while the
-// client captures the rest.
-template <class Deployment, int kNodes, int kCut>
+// BM_VqaRemote with the frontend cutting each batch into parts of `kCut` captured nodes,
+// each next part `kGrowth` times the last (frontend::SetAutoDispatch): the node starts on
+// the first part of a batch while the client captures the rest.
+template <class Deployment, int kNodes, int kCut, int kGrowth = 1>
 void BM_VqaRemoteCut(benchmark::State& state) {
-  genie::frontend::SetAutoDispatch(kCut);
+  genie::frontend::SetAutoDispatch(kCut, kGrowth);
   BM_VqaRemote<Deployment, kNodes>(state);
   genie::frontend::SetAutoDispatch(0);
 }
@@ -321,6 +321,9 @@ BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)->Name("BM_VqaRemote/sema
 BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticShmDeployment, 1)->Name("BM_VqaRemote/semantic_shm")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)->Name("BM_VqaRemote/blind")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 64)->Name("BM_VqaRemote/semantic_cut64")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 16, 4)->Name("BM_VqaRemote/semantic_cut16x4")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 32)->Name("BM_VqaRemote/semantic_cut32")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, BlindDeployment, 1, 16, 4)->Name("BM_VqaRemote/blind_cut16x4")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)->Name("BM_VqaRemote/semantic_two_nodes")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, BlindDeployment, 1, false)->Name("BM_VqaDispatched/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, SemanticDeployment, 1, false)->Name("BM_VqaDispatched/one_node")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -11,6 +11,9 @@
 #   * Genie: benchmarks/gpu_benchmark's genie_remote cases (client and a genie-node on
 #     cuda:0 over loopback TCP), the same shapes, every result read on the host.
 # Prints medians and Genie/RPC ratios; writes rpc_vs_genie.json under --out.
+# Precision: fp32 with TF32 off by default. GENIE_RPC_PRECISIONS=fp32,tf32 also runs RPC
+# with TF32 matmuls (torch.backends.*.allow_tf32), compared with the Genie cases whose names
+# end in _tf32 (gpu_benchmark runs those with TF32 on, local and node alike).
 #
 #   python3 benchmarks/rpc/rpc_vs_genie.py --pack=device_pack --out=$OUT
 import argparse
@@ -149,6 +152,12 @@ def load(model, path):
 DEVICE = os.environ.get("GENIE_RPC_DEVICE", "cuda:0")
 
 
+# The worker's matmul precision for the next call: "fp32" (TF32 off) or "tf32".
+def set_precision(precision):
+    torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    torch.backends.cudnn.allow_tf32 = precision == "tf32"
+
+
 def grad_off():
     # GENIE_RPC_INFERENCE=1: torch.inference_mode, as the Genie cases that run under
     # c10::InferenceMode; otherwise torch.no_grad, as the ones under NoGradGuard.
@@ -157,9 +166,11 @@ def grad_off():
 
 class BertServer:
     def __init__(self, path):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        set_precision("fp32")
         self.model = load(BertEncoder(), path).to(DEVICE)
+
+    def precision(self, precision):
+        set_precision(precision)
 
     @grad_off()
     def forward(self, ids):
@@ -170,8 +181,7 @@ class BertServer:
 
 class Gpt2Server:
     def __init__(self, path):
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        set_precision("fp32")
         self.model = load(Gpt2(), path).to(DEVICE)
         self.reset()
 
@@ -193,6 +203,49 @@ def median_ms(samples):
     return statistics.median(samples) * 1e3
 
 
+def precision_suffix(precision):
+    return "" if precision == "fp32" else "_" + precision
+
+
+# The RPC results a gpu_benchmark case compares with: its cases named *_tf32 ran with TF32 on.
+def case_suffix(case):
+    return precision_suffix("tf32" if case.endswith("_tf32") else "fp32")
+
+
+# One RPC variant at the worker's current precision: BERT batches and GPT-2 tokens, medians
+# into results under rpc_<variant><suffix>_*.
+def measure(bert, gpt, variant, suffix, args, results):
+    dev = "cuda:0" if variant == "cuda_device_map" else "cpu"
+    # BERT-base, batch 8 x 128 (as BM_BertBase).
+    ids = torch.randint(1, 30522, (8, 128)).to(dev)
+    for _ in range(5):
+        bert.rpc_sync().forward(ids).cpu()
+    t = []
+    for _ in range(args.bert_iters):
+        t0 = time.perf_counter()
+        bert.rpc_sync().forward(ids).cpu()
+        t.append(time.perf_counter() - t0)
+    results[f"rpc_{variant}{suffix}_bert_ms"] = median_ms(t)
+    # GPT-2 decode per token, static KV cache, 16-token prompt, token 0 (as BM_Gpt2SmallDecode).
+    gpt.rpc_sync().reset()
+    gpt.rpc_sync().step(torch.zeros(1, 16, dtype=torch.long).to(dev), 0).cpu()
+    token = torch.zeros(1, 1, dtype=torch.long).to(dev)
+    for _ in range(5):
+        gpt.rpc_sync().step(token).cpu()
+    t = []
+    length = 21
+    for _ in range(args.gpt_tokens):
+        if length + 1 >= 1024:
+            length = 16
+        t0 = time.perf_counter()
+        gpt.rpc_sync().step(token, length).cpu()
+        t.append(time.perf_counter() - t0)
+        length += 1
+    results[f"rpc_{variant}{suffix}_gpt2_token_ms"] = median_ms(t)
+    print(f"[rpc {variant}{suffix}] BERT {results[f'rpc_{variant}{suffix}_bert_ms']:.3f} ms/batch, "
+          f"GPT-2 {results[f'rpc_{variant}{suffix}_gpt2_token_ms']:.3f} ms/token", flush=True)
+
+
 def client(args):
     results = {}
     bert = rpc.remote("worker", BertServer, args=(os.path.join(args.weights, "bert_base.pt"),))
@@ -209,36 +262,10 @@ def client(args):
     results["gpt2_max_abs_diff_vs_cpp"] = max(diffs)
 
     variants = ("cpu_tensors", "cuda_device_map") if DEVICE.startswith("cuda") else ("cpu_tensors",)
-    for variant in variants:
-        dev = "cuda:0" if variant == "cuda_device_map" else "cpu"
-        # BERT-base, batch 8 x 128 (as BM_BertBase).
-        ids = torch.randint(1, 30522, (8, 128)).to(dev)
-        for _ in range(5):
-            bert.rpc_sync().forward(ids).cpu()
-        t = []
-        for _ in range(args.bert_iters):
-            t0 = time.perf_counter()
-            bert.rpc_sync().forward(ids).cpu()
-            t.append(time.perf_counter() - t0)
-        results[f"rpc_{variant}_bert_ms"] = median_ms(t)
-        # GPT-2 decode per token, static KV cache, 16-token prompt, token 0 (as BM_Gpt2SmallDecode).
-        gpt.rpc_sync().reset()
-        gpt.rpc_sync().step(torch.zeros(1, 16, dtype=torch.long).to(dev), 0).cpu()
-        token = torch.zeros(1, 1, dtype=torch.long).to(dev)
-        for _ in range(5):
-            gpt.rpc_sync().step(token).cpu()
-        t = []
-        length = 21
-        for _ in range(args.gpt_tokens):
-            if length + 1 >= 1024:
-                length = 16
-            t0 = time.perf_counter()
-            gpt.rpc_sync().step(token, length).cpu()
-            t.append(time.perf_counter() - t0)
-            length += 1
-        results[f"rpc_{variant}_gpt2_token_ms"] = median_ms(t)
-        print(f"[rpc {variant}] BERT {results[f'rpc_{variant}_bert_ms']:.3f} ms/batch, "
-              f"GPT-2 {results[f'rpc_{variant}_gpt2_token_ms']:.3f} ms/token", flush=True)
+    for precision in args.precisions:
+        bert.rpc_sync().precision(precision)  # process-wide on the worker: GPT-2 too
+        for variant in variants:
+            measure(bert, gpt, variant, precision_suffix(precision), args, results)
     return results
 
 
@@ -308,6 +335,9 @@ def main():
     p.add_argument("--genie_json", default="",
                    help="read Genie's medians from this gpu_benchmark JSON instead of running it")
     args = p.parse_args()
+    args.precisions = os.environ.get("GENIE_RPC_PRECISIONS", "fp32").split(",")
+    if any(x not in ("fp32", "tf32") for x in args.precisions):
+        p.error(f"GENIE_RPC_PRECISIONS: fp32 and/or tf32, comma-separated, not {args.precisions}")
     if args.try_on_cpu:
         os.environ["GENIE_RPC_DEVICE"] = "cpu"
         global DEVICE
@@ -332,24 +362,33 @@ def main():
         return 0
     results.update(run_genie(args))
 
-    best_bert = min(results["rpc_cpu_tensors_bert_ms"], results["rpc_cuda_device_map_bert_ms"])
-    best_gpt = min(results["rpc_cpu_tensors_gpt2_token_ms"], results["rpc_cuda_device_map_gpt2_token_ms"])
-    results["ratio_bert_genie_over_rpc"] = results["genie_bert_ms"] / best_bert
-    results["ratio_gpt2_genie_over_rpc"] = results["genie_gpt2_token_ms"] / best_gpt
+    # Each Genie case against the best RPC variant of its precision (cases named *_tf32 ran
+    # with TF32 on); the first case fills the ratio fields.
+    def best_rpc(case, model):
+        return min(results[f"rpc_{v}{case_suffix(case)}_{model}"] for v in ("cpu_tensors", "cuda_device_map"))
+
+    first = args.genie_case.split(",")[0]
+    if f"rpc_cpu_tensors{case_suffix(first)}_bert_ms" not in results:
+        print(f"{first} ran with TF32 on: add tf32 to GENIE_RPC_PRECISIONS to compare it with RPC")
+        return 1
+    results["ratio_bert_genie_over_rpc"] = results["genie_bert_ms"] / best_rpc(first, "bert_ms")
+    results["ratio_gpt2_genie_over_rpc"] = results["genie_gpt2_token_ms"] / best_rpc(first, "gpt2_token_ms")
     with open(os.path.join(args.out, "rpc_vs_genie.json"), "w") as f:
         json.dump(results, f, indent=2)
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}")
     print(f"parity of the RPC models with the C++ models: BERT {results['bert_max_abs_diff_vs_cpp']:.2e}, "
           f"GPT-2 {results['gpt2_max_abs_diff_vs_cpp']:.2e} (max abs, GPU vs CPU reference)")
-    print("| model | RPC, CPU tensors | RPC, CUDA device map | Genie remote | Genie / best RPC |")
-    print("| --- | --- | --- | --- | --- |")
+    print("| model | precision | RPC, CPU tensors | RPC, CUDA device map | Genie remote | Genie / best RPC |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for case, g in results["genie_cases"].items():
-        print(f"| BERT-base, batch 8 x 128 | {results['rpc_cpu_tensors_bert_ms']:.2f} ms | "
-              f"{results['rpc_cuda_device_map_bert_ms']:.2f} ms | {g['bert_ms']:.2f} ms ({case}) | "
-              f"{g['bert_ms'] / best_bert:.2f}x |")
-        print(f"| GPT-2-124M decode, per token | {results['rpc_cpu_tensors_gpt2_token_ms']:.2f} ms | "
-              f"{results['rpc_cuda_device_map_gpt2_token_ms']:.2f} ms | {g['gpt2_token_ms']:.2f} ms ({case}) | "
-              f"{g['gpt2_token_ms'] / best_gpt:.2f}x |")
+        suffix = case_suffix(case)
+        if f"rpc_cpu_tensors{suffix}_bert_ms" not in results:
+            print(f"({case}: RPC did not run at this precision; set GENIE_RPC_PRECISIONS)")
+            continue
+        for label, model in (("BERT-base, batch 8 x 128", "bert_ms"), ("GPT-2-124M decode, per token", "gpt2_token_ms")):
+            print(f"| {label} | {'tf32' if suffix else 'fp32'} | {results[f'rpc_cpu_tensors{suffix}_{model}']:.2f} ms | "
+                  f"{results[f'rpc_cuda_device_map{suffix}_{model}']:.2f} ms | {g[model]:.2f} ms ({case}) | "
+                  f"{g[model] / best_rpc(case, model):.2f}x |")
     return 0
 
 

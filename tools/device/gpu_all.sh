@@ -43,6 +43,7 @@ genie_json=()
 [[ -s "$out/gpu_benchmark.json" ]] && genie_json=(--genie_json="$out/gpu_benchmark.json")
 # GENIE_CASE: the gpu_benchmark case(s) compared with RPC (comma-separated); with
 # GENIE_RPC_INFERENCE=1 the RPC worker runs under torch.inference_mode (as the *_inference
-# cases run under c10::InferenceMode), otherwise under torch.no_grad.
+# cases run under c10::InferenceMode), otherwise under torch.no_grad. GENIE_RPC_PRECISIONS=
+# fp32,tf32 also runs RPC with TF32 on, for the gpu_benchmark cases named *_tf32.
 step rpc 300 env PYTHONUNBUFFERED=1 "$py" "$here/rpc_vs_genie.py" --pack="$here" --out="$out" \
   --genie_case="${GENIE_CASE:-genie_remote}" "${genie_json[@]}"
