@@ -100,6 +100,26 @@ core::ExecuteRequest LaterStep(const MmAdd& m, const std::string& x) {
   return req;
 }
 
+// A session's MmAdd steps with their data, and what runtime::Interpreter computes for them:
+// the reference a node's results must match. The first step uploads x with the weights and
+// keeps them; a later step uploads x2 and finds the weights resident (the same values as a
+// first step with x2).
+struct MmAddSession {
+  Data d;
+  MmAdd first{false};
+  MmAdd later{true};
+  Interpreter local;
+  core::ExecuteResult want_first;  // FirstStep(first, d, d.x)
+  core::ExecuteResult want_later;  // then LaterStep(later, d.x2)
+
+  // Runs the first step, then the later one, on `local`.
+  absl::Status RunLocally() {
+    GENIE_ASSIGN_OR_RETURN(want_first, local.Execute(FirstStep(first, d, d.x)));
+    GENIE_ASSIGN_OR_RETURN(want_later, local.Execute(LaterStep(later, d.x2)));
+    return absl::OkStatus();
+  }
+};
+
 std::vector<float> AsFloats(const core::HostBytes& h) {
   std::vector<float> v(h.nbytes / sizeof(float));
   if (h.nbytes) std::memcpy(v.data(), h.data, h.nbytes);
@@ -147,13 +167,9 @@ struct InProcessNode {
 };
 
 TEST(NodeServerTest, MmAddMatchesInterpreterAndKeepsWeightsResident) {
-  Data d;
-  MmAdd first(false), later(true);
-  Interpreter local;
-  auto want1 = local.Execute(FirstStep(first, d, d.x));
-  ASSERT_TRUE(want1.ok()) << want1.status();
-  auto want2 = local.Execute(LaterStep(later, d.x2));
-  ASSERT_TRUE(want2.ok()) << want2.status();
+  MmAddSession mm;
+  const absl::Status reference = mm.RunLocally();
+  ASSERT_TRUE(reference.ok()) << reference;
 
   InProcessNode node;
   auto remote = node.Attach();
@@ -162,9 +178,9 @@ TEST(NodeServerTest, MmAddMatchesInterpreterAndKeepsWeightsResident) {
   EXPECT_EQ(r.Describe(), "genie-node inprocess-node (cpu)");
   EXPECT_EQ(r.node_info().device, "cpu");
 
-  auto got1 = r.Execute(FirstStep(first, d, d.x));
+  auto got1 = r.Execute(FirstStep(mm.first, mm.d, mm.d.x));
   ASSERT_TRUE(got1.ok()) << got1.status();
-  ExpectSameOutputs(*got1, *want1);
+  ExpectSameOutputs(*got1, mm.want_first);
   EXPECT_FALSE(got1->stats.program_cache_hit);
   EXPECT_EQ(got1->stats.nodes_executed, 2);
   EXPECT_EQ(got1->stats.bytes_uploaded, 64 + 256 + 64);
@@ -178,9 +194,9 @@ TEST(NodeServerTest, MmAddMatchesInterpreterAndKeepsWeightsResident) {
             64u + transport::kFrameHeaderBytes);
 
   for (int step = 0; step < 3; ++step) {
-    auto got2 = r.Execute(LaterStep(later, d.x2));
+    auto got2 = r.Execute(LaterStep(mm.later, mm.d.x2));
     ASSERT_TRUE(got2.ok()) << got2.status();
-    ExpectSameOutputs(*got2, *want2);
+    ExpectSameOutputs(*got2, mm.want_later);
     EXPECT_EQ(got2->stats.program_cache_hit, step > 0);
   }
   const transport::TrafficSnapshot moved = r.traffic() - after1;
@@ -194,11 +210,9 @@ TEST(NodeServerTest, RunsOverLoopbackTcpNodeServer) {
   auto server = NodeServer::Create("127.0.0.1", 0, kKey, options);
   ASSERT_TRUE(server.ok()) << server.status();
   std::thread serving([&] { (*server)->Serve(); });
-  Data d;
-  MmAdd first(false);
-  Interpreter local;
-  auto want = local.Execute(FirstStep(first, d, d.x));
-  ASSERT_TRUE(want.ok());
+  MmAddSession mm;
+  const absl::Status reference = mm.RunLocally();
+  ASSERT_TRUE(reference.ok()) << reference;
   {
     auto a = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*server)->port(), kKey);
     ASSERT_TRUE(a.ok()) << a.status();
@@ -206,12 +220,12 @@ TEST(NodeServerTest, RunsOverLoopbackTcpNodeServer) {
     ASSERT_TRUE(b.ok()) << b.status();
     EXPECT_EQ((*a)->Describe(), absl::StrCat("genie-node 127.0.0.1:", (*server)->port(), " (cpu)"));
     for (int i = 0; i < 2; ++i) {
-      auto got_a = (*a)->Execute(FirstStep(first, d, d.x));
+      auto got_a = (*a)->Execute(FirstStep(mm.first, mm.d, mm.d.x));
       ASSERT_TRUE(got_a.ok()) << got_a.status();
-      ExpectSameOutputs(*got_a, *want);
-      auto got_b = (*b)->Execute(FirstStep(first, d, d.x));
+      ExpectSameOutputs(*got_a, mm.want_first);
+      auto got_b = (*b)->Execute(FirstStep(mm.first, mm.d, mm.d.x));
       ASSERT_TRUE(got_b.ok()) << got_b.status();
-      ExpectSameOutputs(*got_b, *want);
+      ExpectSameOutputs(*got_b, mm.want_first);
     }
     EXPECT_EQ((*server)->active_sessions(), 2);
     // A wrong key is refused; the node keeps serving.
@@ -221,7 +235,7 @@ TEST(NodeServerTest, RunsOverLoopbackTcpNodeServer) {
     EXPECT_TRUE(absl::IsUnauthenticated(wrong.status())) << wrong.status();
     EXPECT_NE(std::string(wrong.status().message()).find("same key"), std::string::npos)
         << wrong.status();
-    auto again = (*a)->Execute(FirstStep(first, d, d.x));
+    auto again = (*a)->Execute(FirstStep(mm.first, mm.d, mm.d.x));
     EXPECT_TRUE(again.ok()) << again.status();
   }
   (*server)->Shutdown();
@@ -243,30 +257,26 @@ TEST(NodeServerTest, ServesShmClientsOnItsUnixSocketBesideTcp) {
             std::string::npos)
       << clash.status();
   std::thread serving([&] { (*server)->Serve(); });
-  Data d;
-  MmAdd first(false), later(true);
-  Interpreter local;
-  auto want1 = local.Execute(FirstStep(first, d, d.x));
-  ASSERT_TRUE(want1.ok()) << want1.status();
-  auto want2 = local.Execute(LaterStep(later, d.x2));
-  ASSERT_TRUE(want2.ok()) << want2.status();
+  MmAddSession mm;
+  const absl::Status reference = mm.RunLocally();
+  ASSERT_TRUE(reference.ok()) << reference;
   {
     auto shm = client::RemoteExecutor<Shm>::Connect(options.shm_socket, kKey);
     ASSERT_TRUE(shm.ok()) << shm.status();
     auto tcp = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*server)->port(), kKey);
     ASSERT_TRUE(tcp.ok()) << tcp.status();
     EXPECT_EQ((*shm)->Describe(), absl::StrCat("genie-node shm:", options.shm_socket, " (cpu)"));
-    auto got1 = (*shm)->Execute(FirstStep(first, d, d.x));
+    auto got1 = (*shm)->Execute(FirstStep(mm.first, mm.d, mm.d.x));
     ASSERT_TRUE(got1.ok()) << got1.status();
-    ExpectSameOutputs(*got1, *want1);
+    ExpectSameOutputs(*got1, mm.want_first);
     for (int step = 0; step < 3; ++step) {  // weights stay resident in the shm session
-      auto got2 = (*shm)->Execute(LaterStep(later, d.x2));
+      auto got2 = (*shm)->Execute(LaterStep(mm.later, mm.d.x2));
       ASSERT_TRUE(got2.ok()) << got2.status();
-      ExpectSameOutputs(*got2, *want2);
+      ExpectSameOutputs(*got2, mm.want_later);
     }
-    auto got_tcp = (*tcp)->Execute(FirstStep(first, d, d.x));
+    auto got_tcp = (*tcp)->Execute(FirstStep(mm.first, mm.d, mm.d.x));
     ASSERT_TRUE(got_tcp.ok()) << got_tcp.status();
-    ExpectSameOutputs(*got_tcp, *want1);
+    ExpectSameOutputs(*got_tcp, mm.want_first);
     EXPECT_EQ((*server)->active_sessions(), 2);
     // The same key rules apply over shared memory.
     auto wrong = client::RemoteExecutor<Shm>::Connect(options.shm_socket,
@@ -353,16 +363,14 @@ TEST(NodeServerTest, NodesSendResidentBuffersStraightToEachOther) {
   std::thread serving_a([&] { (*node_a)->Serve(); });
   std::thread serving_b([&] { (*node_b)->Serve(); });
   std::thread serving_s([&] { (*stranger)->Serve(); });
-  Data d;
-  MmAdd first(false), later(true);
-  Interpreter local;
-  auto want = local.Execute(FirstStep(first, d, d.x2));
-  ASSERT_TRUE(want.ok());
+  MmAddSession mm;
+  const absl::Status reference = mm.RunLocally();
+  ASSERT_TRUE(reference.ok()) << reference;
   {
     auto a = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node_a)->port(), kKey);
     auto b = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node_b)->port(), kKey);
     ASSERT_TRUE(a.ok() && b.ok());
-    ASSERT_TRUE((*a)->Execute(FirstStep(first, d, d.x)).ok());  // weights 11, 12 kept on A
+    ASSERT_TRUE((*a)->Execute(FirstStep(mm.first, mm.d, mm.d.x)).ok());  // weights 11, 12 kept on A
     const transport::TrafficSnapshot client_before = (*a)->traffic() + (*b)->traffic();
     const std::string b_address = (*b)->peer_address();
     EXPECT_EQ(b_address, absl::StrCat("127.0.0.1:", (*node_b)->port()));
@@ -372,9 +380,9 @@ TEST(NodeServerTest, NodesSendResidentBuffersStraightToEachOther) {
     auto sent_b = (*a)->SendToPeer(core::PeerSend{12, DType::kFloat32, 16, b_address, 12, true});
     ASSERT_TRUE(sent_b.ok()) << sent_b.status();
     // B runs with the weights A sent, as if they had always been resident there.
-    auto got = (*b)->Execute(LaterStep(later, d.x2));
+    auto got = (*b)->Execute(LaterStep(mm.later, mm.d.x2));
     ASSERT_TRUE(got.ok()) << got.status();
-    ExpectSameOutputs(*got, *want);
+    ExpectSameOutputs(*got, mm.want_later);
     // The bytes went node to node: the client sent and received control messages only.
     const transport::TrafficSnapshot moved = (*a)->traffic() + (*b)->traffic() - client_before;
     EXPECT_EQ(moved.Bytes(transport::Direction::kSent, transport::TrafficClass::kWeights), 0u);
@@ -395,9 +403,9 @@ TEST(NodeServerTest, NodesSendResidentBuffersStraightToEachOther) {
     // A dtype or size that differs from what is resident is refused too.
     EXPECT_FALSE((*a)->SendToPeer(core::PeerSend{11, DType::kFloat32, 65, b_address, 14, false}).ok());
     // And A's session goes on (12 was released there: upload the weights again).
-    auto again = (*a)->Execute(FirstStep(first, d, d.x2));
+    auto again = (*a)->Execute(FirstStep(mm.first, mm.d, mm.d.x2));
     ASSERT_TRUE(again.ok()) << again.status();
-    ExpectSameOutputs(*again, *want);
+    ExpectSameOutputs(*again, mm.want_later);
   }
   (*node_a)->Shutdown();
   (*node_b)->Shutdown();
@@ -484,15 +492,13 @@ TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {
   std::unique_ptr<ServedNode> b = ServedNode::Start(0, small);
   ASSERT_TRUE(a && b);
   const std::string b_address = absl::StrCat("127.0.0.1:", b->server->port());
-  Data d;
-  MmAdd first(false), later(true);
-  Interpreter local;
-  auto want = local.Execute(FirstStep(first, d, d.x2));
-  ASSERT_TRUE(want.ok());
+  MmAddSession mm;
+  const absl::Status reference = mm.RunLocally();
+  ASSERT_TRUE(reference.ok()) << reference;
   auto ca = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", a->server->port(), kKey);
   auto cb = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", b->server->port(), kKey);
   ASSERT_TRUE(ca.ok() && cb.ok());
-  ASSERT_TRUE((*ca)->Execute(FirstStep(first, d, d.x)).ok());
+  ASSERT_TRUE((*ca)->Execute(FirstStep(mm.first, mm.d, mm.d.x)).ok());
   ASSERT_TRUE((*ca)->SendToPeer(core::PeerSend{12, DType::kFloat32, 16, b_address, 12, false}).ok());
   auto refused = (*ca)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 11, false});
   ASSERT_FALSE(refused.ok());
@@ -515,13 +521,14 @@ TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {
   r.keep = {bias};
   auto got = (*cb)->Execute(r);
   ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(std::string(static_cast<const char*>(got->outputs[0].data), got->outputs[0].nbytes), d.b);
+  EXPECT_EQ(std::string(static_cast<const char*>(got->outputs[0].data), got->outputs[0].nbytes),
+            mm.d.b);
   EXPECT_EQ(b->server->peer_stats().inbox_bytes, 0);
   auto sent = (*ca)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 11, false});
   ASSERT_TRUE(sent.ok()) << sent.status();
-  auto step = (*cb)->Execute(LaterStep(later, d.x2));
+  auto step = (*cb)->Execute(LaterStep(mm.later, mm.d.x2));
   ASSERT_TRUE(step.ok()) << step.status();
-  ExpectSameOutputs(*step, *want);
+  ExpectSameOutputs(*step, mm.want_later);
 }
 
 // Placement ends a part with aten::clone(x, memory_format=None) to keep a buffer's final

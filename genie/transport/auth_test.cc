@@ -12,10 +12,13 @@
 
 #include "absl/status/status.h"
 #include "genie/transport/internal/auth_crypto.h"
+#include "genie/transport/testing/transport_testing.h"
 #include "gtest/gtest.h"
 
 namespace genie::transport {
 namespace {
+
+using testing::Contains;
 
 std::string WriteFile(const std::string& name, const std::string& contents, mode_t mode) {
   const char* dir = std::getenv("TEST_TMPDIR");
@@ -26,10 +29,6 @@ std::string WriteFile(const std::string& name, const std::string& contents, mode
   }
   chmod(path.c_str(), mode);
   return path;
-}
-
-bool Contains(const absl::Status& s, absl::string_view what) {
-  return s.message().find(what) != absl::string_view::npos;
 }
 
 TEST(LoadKeyFile, ReadsKeyAndTrimsTrailingNewline) {

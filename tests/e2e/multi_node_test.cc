@@ -27,23 +27,21 @@
 namespace genie {
 namespace {
 
-using Placed = Pipeline<
+// Modules placed by modality across the nodes, the tensors that cross them sent node to node;
+// `Transport` is how the client reaches each node (the nodes reach each other over TCP). Like
+// examples::PlacedDeployment, but without the pattern annotation and recognizer.
+template <class Transport>
+using PlacedOver = Pipeline<
     Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality>,
     Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
               semantic::WorkloadClassifier>,
     scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
                                  scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>,
-    transport::Tcp>;
+    Transport>;
 
-// The same with the client reaching each node over shared memory (the nodes still reach
-// each other over TCP).
-using PlacedShm = Pipeline<
-    Annotations<semantic::ModulePath, semantic::Phase, semantic::Modality>,
-    Analyzers<semantic::ModulePathAnalyzer, semantic::PhaseDetector, semantic::ModalityDetector,
-              semantic::WorkloadClassifier>,
-    scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
-                                 scheduler::JustInTimeTransfers, scheduler::ModalityPlacement>,
-    transport::Shm>;
+using Placed = PlacedOver<transport::Tcp>;
+// The same with the client reaching each node over shared memory.
+using PlacedShm = PlacedOver<transport::Shm>;
 
 template <class Deployment>
 void VqaAcrossTwoNodesByModality() {

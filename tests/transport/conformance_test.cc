@@ -3,6 +3,8 @@
 // (TYPED_TEST_SUITE over the policies): frames, gather sends, receive into caller memory,
 // ordering, byte accounting, timeouts, peer close, refusal of bad frames, authentication.
 // A new backend joins by adding a PairMaker specialization and its policy to TransportPolicies.
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -15,8 +17,6 @@
 #include <utility>
 #include <vector>
 
-#include <unistd.h>
-
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/clock.h"
@@ -28,10 +28,14 @@
 #include "genie/transport/policies.h"
 #include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
+#include "genie/transport/testing/transport_testing.h"
 #include "gtest/gtest.h"
 
 namespace genie::transport {
 namespace {
+
+using testing::Contains;
+using testing::Pattern;
 
 template <class P>
 using ConnPair = std::pair<Connection<P>, Connection<P>>;
@@ -124,20 +128,6 @@ TYPED_TEST_SUITE(TransportConformance, TransportPolicies, PolicyNames);
 
 constexpr absl::Duration kWait = absl::Seconds(10);
 const std::string kKey = "0123456789abcdef0123456789abcdef";
-
-std::vector<unsigned char> Pattern(std::size_t n, unsigned seed) {
-  std::vector<unsigned char> v(n);
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (std::size_t i = 0; i < n; ++i) {
-    x = x * 1664525u + 1013904223u;
-    v[i] = static_cast<unsigned char>(x >> 24);
-  }
-  return v;
-}
-
-bool Contains(const absl::Status& s, absl::string_view what) {
-  return s.message().find(what) != absl::string_view::npos;
-}
 
 TYPED_TEST(TransportConformance, SmallFrameRoundTrip) {
   ASSERT_TRUE(this->a().SendBytes(MessageKind::kRun, 42, "hello node").ok());

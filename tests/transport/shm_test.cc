@@ -28,10 +28,14 @@
 #include "absl/time/time.h"
 #include "genie/transport/frame.h"
 #include "genie/transport/internal/shm_stream.h"
+#include "genie/transport/testing/transport_testing.h"
 #include "gtest/gtest.h"
 
 namespace genie::transport {
 namespace {
+
+using testing::Contains;
+using testing::Pattern;
 
 constexpr absl::Duration kWait = absl::Seconds(10);
 
@@ -40,23 +44,9 @@ struct SmallRingShm : Shm {
   static constexpr std::uint64_t kRingBytes = 64 << 10;
 };
 
-bool Contains(const absl::Status& s, absl::string_view what) {
-  return s.message().find(what) != absl::string_view::npos;
-}
-
 std::string SocketPath() {
   static std::atomic<int> counter{0};
   return absl::StrCat("/tmp/genie-shm-test-", getpid(), "-", counter++);
-}
-
-std::vector<unsigned char> Pattern(std::size_t n, unsigned seed) {
-  std::vector<unsigned char> v(n);
-  std::uint32_t x = seed * 2654435761u + 1;
-  for (std::size_t i = 0; i < n; ++i) {
-    x = x * 1664525u + 1013904223u;
-    v[i] = static_cast<unsigned char>(x >> 24);
-  }
-  return v;
 }
 
 template <class P>

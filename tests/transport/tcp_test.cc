@@ -12,14 +12,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "genie/transport/testing/transport_testing.h"
 #include "gtest/gtest.h"
 
 namespace genie::transport {
 namespace {
 
-bool Contains(const absl::Status& s, absl::string_view what) {
-  return s.message().find(what) != absl::string_view::npos;
-}
+using testing::Contains;
 
 TEST(Tcp, EphemeralPortsAreDistinctAndReported) {
   auto l1 = Listener<Tcp>::Create("127.0.0.1", 0);

@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "genie/transport/internal/fd_wait.h"
+#include "genie/transport/internal/frame_pieces.h"
 
 namespace genie::transport_internal {
 
@@ -261,21 +262,10 @@ absl::Status ShmStream::WriteFrame(const unsigned char* head, std::size_t head_s
                                    absl::Span<const transport::Piece> payload, absl::Time deadline,
                                    std::size_t* written) {
   *written = 0;
-  // Logical pieces: index 0 is `head`, index i >= 1 is payload[i - 1]; `offset` is how much of
-  // piece `index` is already in the ring.
-  std::size_t index = 0;
-  std::size_t offset = 0;
-  const std::size_t count = payload.size() + 1;
-  auto piece_at = [&](std::size_t i) -> transport::Piece {
-    return i == 0 ? transport::Piece{head, head_size} : payload[i - 1];
-  };
+  FramePieces pieces(head, head_size, payload);
   std::uint64_t pos = tx_->head.load(std::memory_order_relaxed);  // only we write it
   for (;;) {
-    while (index < count && piece_at(index).size == offset) {
-      ++index;
-      offset = 0;
-    }
-    if (index == count) return absl::OkStatus();
+    if (pieces.done()) return absl::OkStatus();
     if (PeerClosed() || SelfClosed()) return ClosedStatus();
     const std::uint64_t tail = tx_->tail.load(std::memory_order_acquire);
     const std::uint64_t used = pos - tail;
@@ -300,21 +290,17 @@ absl::Status ShmStream::WriteFrame(const unsigned char* head, std::size_t head_s
     // Copy up to one chunk of the gathered pieces, then publish it.
     std::uint64_t budget = std::min(ring_bytes_ - used, kChunkBytes);
     std::uint64_t copied = 0;
-    while (budget > 0 && index < count) {
-      const transport::Piece p = piece_at(index);
-      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(p.size - offset, budget));
-      const unsigned char* src = static_cast<const unsigned char*>(p.data) + offset;
+    while (budget > 0 && !pieces.done()) {
+      const transport::Piece p = pieces.rest();
+      const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(p.size, budget));
+      const unsigned char* src = static_cast<const unsigned char*>(p.data);
       const std::uint64_t at = (pos + copied) % ring_bytes_;
       const std::size_t first = static_cast<std::size_t>(std::min<std::uint64_t>(n, ring_bytes_ - at));
       std::memcpy(tx_data_ + at, src, first);
       if (first < n) std::memcpy(tx_data_, src + first, n - first);
       copied += n;
       budget -= n;
-      offset += n;
-      if (offset == p.size) {
-        ++index;
-        offset = 0;
-      }
+      pieces.Advance(n);
     }
     pos += copied;
     tx_->head.store(pos, std::memory_order_seq_cst);

@@ -20,6 +20,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "genie/transport/internal/fd_wait.h"
+#include "genie/transport/internal/frame_pieces.h"
 
 namespace genie::transport_internal {
 namespace {
@@ -140,49 +141,19 @@ absl::Status TcpStream::WriteFrame(const unsigned char* head, std::size_t head_s
                                    absl::Span<const transport::Piece> payload, absl::Time deadline,
                                    std::size_t* written) {
   *written = 0;
-  // Logical pieces: index 0 is `head`, index i >= 1 is payload[i - 1]. `offset` is how much of
-  // piece `index` already went out. No allocation: iovecs are built in windows on the stack.
-  std::size_t index = 0;
-  std::size_t offset = 0;
-  const std::size_t count = payload.size() + 1;
-  auto piece_at = [&](std::size_t i) -> transport::Piece {
-    return i == 0 ? transport::Piece{head, head_size} : payload[i - 1];
-  };
+  // No allocation: iovecs are built in windows on the stack.
+  FramePieces pieces(head, head_size, payload);
   for (;;) {
-    while (index < count && piece_at(index).size == offset) {
-      ++index;
-      offset = 0;
-    }
-    if (index == count) return absl::OkStatus();
+    if (pieces.done()) return absl::OkStatus();
     iovec iov[kMaxIov];
-    int n_iov = 0;
-    for (std::size_t i = index; i < count && n_iov < kMaxIov; ++i) {
-      const transport::Piece p = piece_at(i);
-      const std::size_t skip = (i == index) ? offset : 0;
-      if (p.size == skip) continue;
-      iov[n_iov].iov_base = const_cast<char*>(static_cast<const char*>(p.data) + skip);
-      iov[n_iov].iov_len = p.size - skip;
-      ++n_iov;
-    }
     msghdr msg{};
     msg.msg_iov = iov;
-    msg.msg_iovlen = static_cast<std::size_t>(n_iov);
+    msg.msg_iovlen = static_cast<std::size_t>(pieces.Gather(iov, kMaxIov));
     // sendmsg is writev plus MSG_NOSIGNAL: a dead peer gives EPIPE instead of SIGPIPE.
     const ssize_t n = sendmsg(fd_.get(), &msg, MSG_NOSIGNAL);
     if (n > 0) {
       *written += static_cast<std::size_t>(n);
-      std::size_t left = static_cast<std::size_t>(n);
-      while (left > 0) {
-        const std::size_t room = piece_at(index).size - offset;
-        if (left < room) {
-          offset += left;
-          left = 0;
-        } else {
-          left -= room;
-          ++index;
-          offset = 0;
-        }
-      }
+      pieces.Advance(static_cast<std::size_t>(n));
       continue;
     }
     if (n < 0 && errno == EINTR) continue;
