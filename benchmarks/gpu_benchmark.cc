@@ -9,25 +9,23 @@
 //
 //   tools/device/run_gpu.sh   (builds with --config=cuda, packs, runs on the GPU machine)
 #include <benchmark/benchmark.h>
-#include <torch/cuda.h>
-#include <torch/torch.h>
-
 #include <c10/core/InferenceMode.h>
 #include <signal.h>
 #include <sys/wait.h>
+#include <torch/cuda.h>
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cmath>
-#include <thread>
-
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
-#include "examples/models/models.h"
 #include "benchmarks/bench_session.h"
+#include "examples/models/models.h"
 #include "examples/report.h"
 #include "genie/client/remote_executor.h"
 #include "genie/frontend/remote_device.h"
@@ -63,8 +61,8 @@ std::unique_ptr<genie::Session<D>> StartGpuSession(benchmark::State& state, bool
 }
 
 void ReportBytes(benchmark::State& state, const genie::transport::TrafficSnapshot& moved) {
-  state.counters["wire_bytes"] = benchmark::Counter(static_cast<double>(genie::examples::WireBytes(moved)),
-                                                    benchmark::Counter::kAvgIterations);
+  state.counters["wire_bytes"] = benchmark::Counter(
+      static_cast<double>(genie::examples::WireBytes(moved)), benchmark::Counter::kAvgIterations);
 }
 
 // How a model benchmark runs. Local and remote take the same autograd mode: NoGradGuard,
@@ -101,7 +99,8 @@ class ModelRun {
     at::globalContext().setAllowTF32CuBLAS(mode.tf32);
     at::globalContext().setAllowTF32CuDNN(mode.tf32);
     if (mode.inference) inference_.emplace();
-    if (mode.remote && mode.dispatch >= 0) genie::frontend::SetAutoDispatch(mode.dispatch, mode.growth);
+    if (mode.remote && mode.dispatch >= 0)
+      genie::frontend::SetAutoDispatch(mode.dispatch, mode.growth);
   }
   void StartTiming(genie::Session<D>* session) {
     session_ = session;
@@ -117,13 +116,16 @@ class ModelRun {
     if (session_ == nullptr) return;
     ReportBytes(state_, session_->traffic() - traffic_);
     const genie::runtime::InterpreterCounters now = genie::runtime::GetInterpreterCounters();
-    state_.counters["graph_replays"] = benchmark::Counter(
-        static_cast<double>(now.graph_replays - counters_.graph_replays), benchmark::Counter::kAvgIterations);
+    state_.counters["graph_replays"] =
+        benchmark::Counter(static_cast<double>(now.graph_replays - counters_.graph_replays),
+                           benchmark::Counter::kAvgIterations);
     state_.counters["graph_drops"] = static_cast<double>(now.graph_drops - counters_.graph_drops);
     // The client's side: graphs sent per step (parts), ops replayed from the last step's
     // template, and steps whose replay stopped at an op that differed.
     const genie::frontend::CaptureStats capture = genie::frontend::GetCaptureStats();
-    const auto per_step = [](int64_t n) { return benchmark::Counter(static_cast<double>(n), benchmark::Counter::kAvgIterations); };
+    const auto per_step = [](int64_t n) {
+      return benchmark::Counter(static_cast<double>(n), benchmark::Counter::kAvgIterations);
+    };
     state_.counters["flushes"] = per_step(capture.flushes);
     state_.counters["ops_replayed"] = per_step(capture.ops_replayed);
     state_.counters["replay_divergences"] = static_cast<double>(capture.replay_divergences);
@@ -147,7 +149,8 @@ void RunVitB16(benchmark::State& state, const Mode& mode) {
   const m::ViTConfig c = m::ViTConfig::ViTBase16();
   auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
   if (mode.remote && !session) return;
-  const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  const torch::Device dev =
+      mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::ViT model(c);
   model->to(dev);
   if (mode.remote) genie::frontend::NameParameters(*model);
@@ -166,7 +169,8 @@ void RunBertBase(benchmark::State& state, const Mode& mode) {
   const m::BertConfig c = m::BertConfig::BertBase();
   auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
   if (mode.remote && !session) return;
-  const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  const torch::Device dev =
+      mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::BertEncoder model(c);
   model->to(dev);
   if (mode.remote) genie::frontend::NameParameters(*model);
@@ -185,7 +189,8 @@ void RunGpt2SmallDecode(benchmark::State& state, const Mode& mode) {
   const m::Gpt2Config c = m::Gpt2Config::Gpt2Small();
   auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
   if (mode.remote && !session) return;
-  const torch::Device dev = mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  const torch::Device dev =
+      mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   m::Gpt2 model(c);
   model->to(dev);
   if (mode.remote) genie::frontend::NameParameters(*model);
@@ -193,7 +198,8 @@ void RunGpt2SmallDecode(benchmark::State& state, const Mode& mode) {
   torch::Tensor token = torch::zeros({1, 1}, torch::kLong);
   ModelRun<D> run(state, mode);
   (void)model->forward(torch::zeros({1, 16}, torch::kLong).to(dev), &cache, 0).to(torch::kCPU);
-  for (int i = 0; i < 3; ++i) (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
+  for (int i = 0; i < 3; ++i)
+    (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
   run.StartTiming(session.get());
   for (auto _ : state) {
     if (cache.length + 1 >= c.max_positions) cache.length = 16;
@@ -210,10 +216,12 @@ void RunUpload(benchmark::State& state, bool remote) {
   torch::NoGradGuard no_grad;
   auto session = remote ? StartGpuSession<D>(state) : nullptr;
   if (remote && !session) return;
-  const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  const torch::Device dev =
+      remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   torch::Tensor images = torch::randn({8, 3, 224, 224});
   for (int i = 0; i < 3; ++i) (void)images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU);
-  for (auto _ : state) benchmark::DoNotOptimize(images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU));
 }
 
 template <class D>
@@ -222,7 +230,8 @@ void RunDownload(benchmark::State& state, bool remote) {
   torch::NoGradGuard no_grad;
   auto session = remote ? StartGpuSession<D>(state) : nullptr;
   if (remote && !session) return;
-  const torch::Device dev = remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
+  const torch::Device dev =
+      remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
   torch::Tensor hidden = torch::randn({8, 128, 768}).to(dev);
   for (int i = 0; i < 3; ++i) (void)(hidden * 2.0).to(torch::kCPU);
   for (auto _ : state) benchmark::DoNotOptimize((hidden * 2.0).to(torch::kCPU));
@@ -270,7 +279,8 @@ class NodeProcess {
     self[len] = '\0';
     std::string binary = self;
     binary = binary.substr(0, binary.rfind('/')) + "/genie-node";
-    if (access(binary.c_str(), X_OK) != 0) return binary + " is missing (tools/device/run_gpu.sh packs it)";
+    if (access(binary.c_str(), X_OK) != 0)
+      return binary + " is missing (tools/device/run_gpu.sh packs it)";
     int out[2];
     if (pipe(out) != 0) return "pipe failed";
     pid_ = fork();
@@ -336,24 +346,30 @@ void BM_PeerSend(benchmark::State& state, bool ipc) {
   }
   std::thread serve([&] { (*a)->Serve(); });
   {
-    auto to_a = genie::client::RemoteExecutor<genie::transport::Tcp>::Connect("127.0.0.1", (*a)->port(), key);
-    auto to_b = genie::client::RemoteExecutor<genie::transport::Tcp>::Connect("127.0.0.1", b.port(), key);
+    auto to_a = genie::client::RemoteExecutor<genie::transport::Tcp>::Connect("127.0.0.1",
+                                                                              (*a)->port(), key);
+    auto to_b =
+        genie::client::RemoteExecutor<genie::transport::Tcp>::Connect("127.0.0.1", b.port(), key);
     if (!to_a.ok() || !to_b.ok()) {
       state.SkipWithError("cannot connect to the nodes");
     } else {
       torch::Tensor x = torch::randn({n});
       genie::core::Graph put;
-      genie::core::BufferId px = put.AddBuffer(Buffer{DType::kFloat32, n, BufferKind::kHostInput, "", 11});
+      genie::core::BufferId px =
+          put.AddBuffer(Buffer{DType::kFloat32, n, BufferKind::kHostInput, "", 11});
       genie::core::ExecuteRequest upload;
       upload.graph = &put;
-      upload.uploads.push_back({px, genie::core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
+      upload.uploads.push_back(
+          {px, genie::core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
       upload.keep = {px};
       genie::core::Graph sum;
-      genie::core::BufferId r = sum.AddBuffer(Buffer{DType::kFloat32, n, BufferKind::kResident, "", 12});
+      genie::core::BufferId r =
+          sum.AddBuffer(Buffer{DType::kFloat32, n, BufferKind::kResident, "", 12});
       genie::core::BufferId z = sum.AddBuffer(Buffer{DType::kFloat32, 1});
       genie::core::Node op;
       op.op = sum.InternOp("aten::sum");
-      op.args = {genie::core::Arg::Tensor(TensorRef::Contiguous(r, DType::kFloat32, {n})), genie::core::Arg::None()};
+      op.args = {genie::core::Arg::Tensor(TensorRef::Contiguous(r, DType::kFloat32, {n})),
+                 genie::core::Arg::None()};
       op.outputs = {TensorRef::Contiguous(z, DType::kFloat32, {})};
       sum.AddNode(std::move(op));
       sum.outputs().push_back(TensorRef::Contiguous(z, DType::kFloat32, {}));
@@ -370,8 +386,9 @@ void BM_PeerSend(benchmark::State& state, bool ipc) {
       double got = 0;
       for (int i = 0; failed.ok() && i < 3; ++i) {
         absl::StatusOr<int64_t> sent = (*to_a)->SendToPeer(send);
-        absl::StatusOr<genie::core::ExecuteResult> res = sent.ok() ? (*to_b)->Execute(read)
-                                                                   : absl::StatusOr<genie::core::ExecuteResult>(sent.status());
+        absl::StatusOr<genie::core::ExecuteResult> res =
+            sent.ok() ? (*to_b)->Execute(read)
+                      : absl::StatusOr<genie::core::ExecuteResult>(sent.status());
         failed = res.status();
         if (res.ok()) got = *static_cast<const float*>(res->outputs.at(0).data);
       }
@@ -398,8 +415,18 @@ void BM_PeerSend(benchmark::State& state, bool ipc) {
   (*a)->Shutdown();
   serve.join();
 }
-BENCHMARK_CAPTURE(BM_PeerSend, cuda_ipc, true)->Arg(4 << 20)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_PeerSend, tcp, false)->Arg(4 << 20)->Arg(64 << 20)->Unit(benchmark::kMillisecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_PeerSend, cuda_ipc, true)
+    ->Arg(4 << 20)
+    ->Arg(64 << 20)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_PeerSend, tcp, false)
+    ->Arg(4 << 20)
+    ->Arg(64 << 20)
+    ->Unit(benchmark::kMillisecond)
+    ->MinTime(1)
+    ->UseRealTime();
 
 // ---- Two independent branches of small matmuls, the interpreter alone ------------------
 // 2 chains x 16 products of [256, 256] (each too small to fill the GPU), joined by add;
@@ -417,8 +444,10 @@ void BM_TwoBranches(benchmark::State& state, int streams, bool graphs) {
   genie::core::ExecuteRequest req;
   req.graph = &chains.graph;
   req.fingerprint = 7;
-  req.uploads.push_back({chains.x, genie::core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
-  req.uploads.push_back({chains.w, genie::core::HostBytes{w.data_ptr(), static_cast<size_t>(w.nbytes()), nullptr}});
+  req.uploads.push_back(
+      {chains.x, genie::core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
+  req.uploads.push_back(
+      {chains.w, genie::core::HostBytes{w.data_ptr(), static_cast<size_t>(w.nbytes()), nullptr}});
   for (int i = 0; i < 3; ++i) (void)interpreter.Execute(req);
   for (auto _ : state) {
     auto r = interpreter.Execute(req);
@@ -430,19 +459,51 @@ void BM_TwoBranches(benchmark::State& state, int streams, bool graphs) {
   }
 }
 
-BENCHMARK_CAPTURE(BM_TwoBranches, streams1_eager, 1, false)->Unit(benchmark::kMicrosecond)->MinTime(1);
-BENCHMARK_CAPTURE(BM_TwoBranches, streams4_eager, 4, false)->Unit(benchmark::kMicrosecond)->MinTime(1);
-BENCHMARK_CAPTURE(BM_TwoBranches, streams1_graph, 1, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
-BENCHMARK_CAPTURE(BM_TwoBranches, streams4_graph, 4, true)->Unit(benchmark::kMicrosecond)->MinTime(1);
+BENCHMARK_CAPTURE(BM_TwoBranches, streams1_eager, 1, false)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1);
+BENCHMARK_CAPTURE(BM_TwoBranches, streams4_eager, 4, false)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1);
+BENCHMARK_CAPTURE(BM_TwoBranches, streams1_graph, 1, true)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1);
+BENCHMARK_CAPTURE(BM_TwoBranches, streams4_graph, 4, true)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1);
 
-BENCHMARK_CAPTURE(BM_Upload, local_cuda, Where::kLocal)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Upload, genie_remote, Where::kRemote)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm, Where::kRemoteShm)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm_rings, Where::kRemoteShmRings)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Download, local_cuda, Where::kLocal)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Download, genie_remote, Where::kRemote)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Download, genie_remote_shm, Where::kRemoteShm)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
-BENCHMARK_CAPTURE(BM_Download, genie_remote_shm_rings, Where::kRemoteShmRings)->Unit(benchmark::kMicrosecond)->MinTime(1)->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, local_cuda, Where::kLocal)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote, Where::kRemote)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm, Where::kRemoteShm)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm_rings, Where::kRemoteShmRings)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, local_cuda, Where::kLocal)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote, Where::kRemote)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote_shm, Where::kRemoteShm)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote_shm_rings, Where::kRemoteShmRings)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
 
 // Every model in every mode, one name each: local_cuda / genie_remote (NoGradGuard, as
 // before), local_cuda_inference / genie_remote_inference (InferenceMode on both sides),
@@ -456,8 +517,9 @@ BENCHMARK_CAPTURE(BM_Download, genie_remote_shm_rings, Where::kRemoteShmRings)->
 // measure the rings alone).
 const bool kModelsRegistered = [] {
   using Fn = void (*)(benchmark::State&, Mode);
-  const std::pair<const char*, Fn> models[] = {
-      {"BM_VitB16", BM_VitB16}, {"BM_BertBase", BM_BertBase}, {"BM_Gpt2SmallDecode", BM_Gpt2SmallDecode}};
+  const std::pair<const char*, Fn> models[] = {{"BM_VitB16", BM_VitB16},
+                                               {"BM_BertBase", BM_BertBase},
+                                               {"BM_Gpt2SmallDecode", BM_Gpt2SmallDecode}};
   std::vector<std::pair<std::string, Mode>> modes = {
       {"local_cuda", Mode{false, false, 0}},
       {"genie_remote", Mode{true, false, -1}},
@@ -467,25 +529,32 @@ const bool kModelsRegistered = [] {
   };
   modes.push_back({"genie_remote_inference_dispatch128", Mode{true, true, 128}});
   modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, -1, true, 5000}});
-  modes.push_back({"genie_remote_inference_busypoll_dispatch128", Mode{true, true, 128, true, 5000}});
+  modes.push_back(
+      {"genie_remote_inference_busypoll_dispatch128", Mode{true, true, 128, true, 5000}});
   // Parts that grow: 32, 64, 128, ... nodes (x2) or 32, 128, ... (x4) per step.
   for (const auto& [first, growth] : {std::pair<int, int>{32, 2}, {64, 2}, {32, 4}, {16, 4}}) {
     const std::string cut = "dispatch" + std::to_string(first) + "x" + std::to_string(growth);
-    modes.push_back({"genie_remote_inference_" + cut, Mode{true, true, first, true, 0, false, growth}});
-    modes.push_back({"genie_remote_inference_busypoll_" + cut, Mode{true, true, first, true, 5000, false, growth}});
-    modes.push_back({"genie_remote_shm_inference_" + cut, Mode{true, true, first, true, 0, true, growth}});
+    modes.push_back(
+        {"genie_remote_inference_" + cut, Mode{true, true, first, true, 0, false, growth}});
+    modes.push_back({"genie_remote_inference_busypoll_" + cut,
+                     Mode{true, true, first, true, 5000, false, growth}});
+    modes.push_back(
+        {"genie_remote_shm_inference_" + cut, Mode{true, true, first, true, 0, true, growth}});
   }
   modes.push_back({"genie_remote_no_graphs", Mode{true, false, 0, false}});
   modes.push_back({"genie_remote_shm", Mode{true, false, -1, true, 0, /*shm=*/true}});
   modes.push_back({"genie_remote_shm_inference", Mode{true, true, -1, true, 0, /*shm=*/true}});
-  modes.push_back({"genie_remote_shm_inference_nodispatch", Mode{true, true, 0, true, 0, /*shm=*/true}});
-  modes.push_back({"genie_remote_shm_inference_busypoll", Mode{true, true, -1, true, 5000, /*shm=*/true}});
+  modes.push_back(
+      {"genie_remote_shm_inference_nodispatch", Mode{true, true, 0, true, 0, /*shm=*/true}});
+  modes.push_back(
+      {"genie_remote_shm_inference_busypoll", Mode{true, true, -1, true, 5000, /*shm=*/true}});
   // The same with TF32 on (Mode::tf32), for the comparison with PyTorch RPC at that precision.
   for (auto [name, mode] : std::vector<std::pair<std::string, Mode>>{
            {"local_cuda_inference", Mode{false, true, 0}},
            {"genie_remote_inference", Mode{true, true, -1}},
            {"genie_remote_shm_inference", Mode{true, true, -1, true, 0, /*shm=*/true}},
-           {"genie_remote_shm_inference_busypoll", Mode{true, true, -1, true, 5000, /*shm=*/true}}}) {
+           {"genie_remote_shm_inference_busypoll",
+            Mode{true, true, -1, true, 5000, /*shm=*/true}}}) {
     mode.tf32 = true;
     modes.push_back({name + "_tf32", mode});
   }

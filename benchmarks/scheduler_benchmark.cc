@@ -16,8 +16,8 @@
 #include <deque>
 #include <memory>
 #include <optional>
-#include <thread>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "benchmarks/bench_session.h"
@@ -67,14 +67,16 @@ struct VqaInputs {
   torch::Tensor images, questions;
   explicit VqaInputs(int64_t size) : config(VqaConfigOfSize(size)) {
     torch::manual_seed(3);
-    images = torch::randn({4, config.vision.channels, config.vision.image_size, config.vision.image_size});
+    images = torch::randn(
+        {4, config.vision.channels, config.vision.image_size, config.vision.image_size});
     questions = torch::randint(1, config.language.vocab_size, {4, 12}, torch::kLong);
   }
 };
 
 double WeightBytes(models::Vqa& model) {
   double bytes = 0;
-  for (const torch::Tensor& p : model->parameters()) bytes += static_cast<double>(p.numel() * p.element_size());
+  for (const torch::Tensor& p : model->parameters())
+    bytes += static_cast<double>(p.numel() * p.element_size());
   return bytes;
 }
 
@@ -112,8 +114,10 @@ struct VqaOnSession {
 
 template <class Deployment>
 std::optional<VqaOnSession<Deployment>> StartVqa(benchmark::State& state, const VqaInputs& in,
-                                                 const genie::SessionOptions& options, int warmups) {
-  std::unique_ptr<genie::Session<Deployment>> session = StartSessionOrSkip<Deployment>(state, options);
+                                                 const genie::SessionOptions& options,
+                                                 int warmups) {
+  std::unique_ptr<genie::Session<Deployment>> session =
+      StartSessionOrSkip<Deployment>(state, options);
   if (!session) return std::nullopt;
   VqaOnSession<Deployment> v{std::move(session), models::Vqa(in.config), torch::kCPU};
   v.dev = torch::Device(v.session->device());
@@ -146,19 +150,21 @@ void BM_VqaRemote(benchmark::State& state) {
   const auto before = session->traffic();
   double exec_ms = 0, node_ms = 0;
   for (auto _ : state) {
-    benchmark::DoNotOptimize(model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU));
+    benchmark::DoNotOptimize(
+        model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU));
     state.PauseTiming();
     for (const genie::PipelineRecord& r : session->TakeRecords()) exec_ms += r.milliseconds;
     node_ms += static_cast<double>(session->last_node_micros()) / 1000.0;
     state.ResumeTiming();
   }
   const auto moved = session->traffic() - before;
-  state.counters["wire_bytes"] = benchmark::Counter(static_cast<double>(genie::examples::WireBytes(moved)),
-                                                    benchmark::Counter::kAvgIterations);
+  state.counters["wire_bytes"] = benchmark::Counter(
+      static_cast<double>(genie::examples::WireBytes(moved)), benchmark::Counter::kAvgIterations);
   state.counters["exec_ms"] = benchmark::Counter(exec_ms, benchmark::Counter::kAvgIterations);
   state.counters["node_ms"] = benchmark::Counter(node_ms, benchmark::Counter::kAvgIterations);
-  state.counters["node_to_node_bytes"] = benchmark::Counter(
-      static_cast<double>(session->placement().node_to_node_bytes), benchmark::Counter::kAvgIterations);
+  state.counters["node_to_node_bytes"] =
+      benchmark::Counter(static_cast<double>(session->placement().node_to_node_bytes),
+                         benchmark::Counter::kAvgIterations);
 }
 
 // BM_VqaRemote with the frontend cutting each batch into parts of `kCut` captured nodes,
@@ -222,17 +228,18 @@ void BM_VqaScheduler(benchmark::State& state) {
   models::Vqa& model = v->model;
   const torch::Device dev = v->dev;
   auto captured = std::make_shared<CapturedRun>();
-  genie::frontend::SetGraphObserver([captured](const genie::core::Graph& g, const genie::core::ExecuteRequest& r) {
-    if (g.nodes().size() < captured->graph.nodes().size()) return;  // keep the forward graph
-    captured->graph = g;
-    captured->request = r;
-    captured->bytes.clear();
-    captured->bytes.reserve(r.uploads.size());
-    for (genie::core::Upload& u : captured->request.uploads) {
-      captured->bytes.emplace_back(static_cast<const char*>(u.bytes.data), u.bytes.nbytes);
-      u.bytes = genie::core::HostBytes{captured->bytes.back().data(), u.bytes.nbytes, nullptr};
-    }
-  });
+  genie::frontend::SetGraphObserver(
+      [captured](const genie::core::Graph& g, const genie::core::ExecuteRequest& r) {
+        if (g.nodes().size() < captured->graph.nodes().size()) return;  // keep the forward graph
+        captured->graph = g;
+        captured->request = r;
+        captured->bytes.clear();
+        captured->bytes.reserve(r.uploads.size());
+        for (genie::core::Upload& u : captured->request.uploads) {
+          captured->bytes.emplace_back(static_cast<const char*>(u.bytes.data), u.bytes.nbytes);
+          u.bytes = genie::core::HostBytes{captured->bytes.back().data(), u.bytes.nbytes, nullptr};
+        }
+      });
   (void)model->forward(in.images.to(dev), in.questions.to(dev)).to(torch::kCPU);
   genie::frontend::SetGraphObserver(nullptr);
   captured->request.graph = &captured->graph;
@@ -251,7 +258,8 @@ void BM_VqaScheduler(benchmark::State& state) {
       failed |= !scheduler.Execute(captured->request, semantics).ok();
       continue;
     }
-    absl::StatusOr<genie::scheduler::PlacementExecutor::Ticket> t = placer->Submit(captured->request, semantics);
+    absl::StatusOr<genie::scheduler::PlacementExecutor::Ticket> t =
+        placer->Submit(captured->request, semantics);
     if (!t.ok()) {
       failed = true;
       break;
@@ -305,33 +313,113 @@ void BM_Gpt2DecodeRemote(benchmark::State& state) {
   models::KvCache cache = model->NewCache(1, models::KvCacheMode::kStatic, dev);
   torch::Tensor token = torch::zeros({1, 1}, torch::kLong);
   (void)model->forward(torch::zeros({1, 8}, torch::kLong).to(dev), &cache, 0).to(torch::kCPU);
-  for (int i = 0; i < 3; ++i) (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
+  for (int i = 0; i < 3; ++i)
+    (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
   const auto before = session->traffic();
   for (auto _ : state) {
     if (cache.length + 1 >= config.max_positions) cache.length = 8;
     benchmark::DoNotOptimize(model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU));
   }
   const auto moved = session->traffic() - before;
-  state.counters["wire_bytes"] = benchmark::Counter(static_cast<double>(genie::examples::WireBytes(moved)),
-                                                    benchmark::Counter::kAvgIterations);
+  state.counters["wire_bytes"] = benchmark::Counter(
+      static_cast<double>(genie::examples::WireBytes(moved)), benchmark::Counter::kAvgIterations);
 }
 
-BENCHMARK(BM_VqaLocal)->ArgNames({"size", "threads"})->ArgsProduct({{0, 1}, {1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)->Name("BM_VqaRemote/semantic")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticShmDeployment, 1)->Name("BM_VqaRemote/semantic_shm")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)->Name("BM_VqaRemote/blind")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 64)->Name("BM_VqaRemote/semantic_cut64")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 16, 4)->Name("BM_VqaRemote/semantic_cut16x4")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 32)->Name("BM_VqaRemote/semantic_cut32")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemoteCut, BlindDeployment, 1, 16, 4)->Name("BM_VqaRemote/blind_cut16x4")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0}, {0}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)->Name("BM_VqaRemote/semantic_two_nodes")->ArgNames({"size", "threads", "lanes"})->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaDispatched, BlindDeployment, 1, false)->Name("BM_VqaDispatched/blind")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaDispatched, SemanticDeployment, 1, false)->Name("BM_VqaDispatched/one_node")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, false)->Name("BM_VqaDispatched/two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, true)->Name("BM_VqaDispatched/two_nodes_pipelined")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaScheduler, SemanticDeployment, 1, 1)->Name("BM_VqaScheduler/one_node")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaScheduler, PlacedDeployment, 2, 1)->Name("BM_VqaScheduler/two_nodes")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_VqaScheduler, PlacedDeployment, 2, 2)->Name("BM_VqaScheduler/two_nodes_pipelined")->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond)->UseRealTime();
+BENCHMARK(BM_VqaLocal)
+    ->ArgNames({"size", "threads"})
+    ->ArgsProduct({{0, 1}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticDeployment, 1)
+    ->Name("BM_VqaRemote/semantic")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, SemanticShmDeployment, 1)
+    ->Name("BM_VqaRemote/semantic_shm")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, BlindDeployment, 1)
+    ->Name("BM_VqaRemote/blind")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 64)
+    ->Name("BM_VqaRemote/semantic_cut64")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 16, 4)
+    ->Name("BM_VqaRemote/semantic_cut16x4")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0}, {0}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, SemanticDeployment, 1, 32)
+    ->Name("BM_VqaRemote/semantic_cut32")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0}, {0}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemoteCut, BlindDeployment, 1, 16, 4)
+    ->Name("BM_VqaRemote/blind_cut16x4")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0}, {0}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)
+    ->Name("BM_VqaRemote/semantic_two_nodes")
+    ->ArgNames({"size", "threads", "lanes"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaDispatched, BlindDeployment, 1, false)
+    ->Name("BM_VqaDispatched/blind")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaDispatched, SemanticDeployment, 1, false)
+    ->Name("BM_VqaDispatched/one_node")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, false)
+    ->Name("BM_VqaDispatched/two_nodes")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, true)
+    ->Name("BM_VqaDispatched/two_nodes_pipelined")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaScheduler, SemanticDeployment, 1, 1)
+    ->Name("BM_VqaScheduler/one_node")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaScheduler, PlacedDeployment, 2, 1)
+    ->Name("BM_VqaScheduler/two_nodes")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_VqaScheduler, PlacedDeployment, 2, 2)
+    ->Name("BM_VqaScheduler/two_nodes_pipelined")
+    ->Arg(0)
+    ->Arg(1)
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 // ---- Decode streams under a competing prefill, one node ------------------------------
 // kStreams GPT-2 decode clients (each its own connection, KV cache and loop of decode
 // steps) and one client running long prefills back to back, all on one genie-node. The
@@ -362,12 +450,16 @@ struct Captured {
 
 // Held by pointer: a Captured's request points into it.
 struct DecodeGraphs {
-  std::unique_ptr<Captured> first = std::make_unique<Captured>();    // prompt prefill, uploads the weights and keeps them and the cache
-  std::unique_ptr<Captured> decode = std::make_unique<Captured>();   // one decode step
-  std::unique_ptr<Captured> prefill = std::make_unique<Captured>();  // a long prompt on a fresh cache, weights resident
+  std::unique_ptr<Captured> first =
+      std::make_unique<Captured>();  // prompt prefill, uploads the weights and keeps them and the
+                                     // cache
+  std::unique_ptr<Captured> decode = std::make_unique<Captured>();  // one decode step
+  std::unique_ptr<Captured> prefill =
+      std::make_unique<Captured>();  // a long prompt on a fresh cache, weights resident
 };
 
-absl::StatusOr<DecodeGraphs> CaptureDecodeGraphs(const models::Gpt2Config& config, int64_t long_prompt) {
+absl::StatusOr<DecodeGraphs> CaptureDecodeGraphs(const models::Gpt2Config& config,
+                                                 int64_t long_prompt) {
   torch::NoGradGuard no_grad;
   auto session = genie::Session<SemanticDeployment>::Start(QuietSessionOptions());
   if (!session.ok()) return session.status();
@@ -378,22 +470,26 @@ absl::StatusOr<DecodeGraphs> CaptureDecodeGraphs(const models::Gpt2Config& confi
   genie::frontend::NameParameters(*model);
   DecodeGraphs out;
   Captured* target = out.first.get();
-  genie::frontend::SetGraphObserver([&target](const genie::core::Graph& g, const genie::core::ExecuteRequest& r) {
-    if (target != nullptr) target->Take(g, r);
-  });
+  genie::frontend::SetGraphObserver(
+      [&target](const genie::core::Graph& g, const genie::core::ExecuteRequest& r) {
+        if (target != nullptr) target->Take(g, r);
+      });
   models::KvCache cache = model->NewCache(1, models::KvCacheMode::kStatic, dev);
   (void)model->forward(torch::zeros({1, 8}, torch::kLong).to(dev), &cache, 0).to(torch::kCPU);
   torch::Tensor token = torch::zeros({1, 1}, torch::kLong);
   target = nullptr;
-  for (int i = 0; i < 3; ++i) (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
+  for (int i = 0; i < 3; ++i)
+    (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
   target = out.decode.get();
   (void)model->forward(token.to(dev), &cache, cache.length).to(torch::kCPU);
   models::KvCache other = model->NewCache(1, models::KvCacheMode::kStatic, dev);
   target = out.prefill.get();
-  (void)model->forward(torch::zeros({1, long_prompt}, torch::kLong).to(dev), &other, 0).to(torch::kCPU);
+  (void)model->forward(torch::zeros({1, long_prompt}, torch::kLong).to(dev), &other, 0)
+      .to(torch::kCPU);
   target = nullptr;
   genie::frontend::SetGraphObserver(nullptr);
-  if (out.first->graph.nodes().empty() || out.decode->graph.nodes().empty() || out.prefill->graph.nodes().empty()) {
+  if (out.first->graph.nodes().empty() || out.decode->graph.nodes().empty() ||
+      out.prefill->graph.nodes().empty()) {
     return absl::InternalError("did not capture the GPT-2 graphs");
   }
   return out;
@@ -408,7 +504,8 @@ void BM_DecodeStreamsUnderPrefill(benchmark::State& state) {
   config.depth = 4;
   config.max_positions = 256;
   static absl::StatusOr<DecodeGraphs>* graphs = nullptr;
-  if (graphs == nullptr) graphs = new absl::StatusOr<DecodeGraphs>(CaptureDecodeGraphs(config, 192));
+  if (graphs == nullptr)
+    graphs = new absl::StatusOr<DecodeGraphs>(CaptureDecodeGraphs(config, 192));
   if (!graphs->ok()) {
     state.SkipWithError(std::string(graphs->status().message()).c_str());
     return;
@@ -457,7 +554,8 @@ void BM_DecodeStreamsUnderPrefill(benchmark::State& state) {
         for (int i = 0; i < kSteps; ++i) {
           const auto t0 = std::chrono::steady_clock::now();
           if (!clients[k]->Execute(g.decode->request).ok()) failed = true;
-          per[k].push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+          per[k].push_back(
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         }
       });
     }
@@ -493,10 +591,26 @@ void BM_DecodeStreamsUnderPrefill(benchmark::State& state) {
 }
 
 BENCHMARK(BM_Gpt2DecodeLocal)->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, SemanticDeployment)->Name("BM_Gpt2DecodeRemote/semantic")->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, SemanticShmDeployment)->Name("BM_Gpt2DecodeRemote/semantic_shm")->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, BlindDeployment)->Name("BM_Gpt2DecodeRemote/blind")->Unit(benchmark::kMillisecond)->UseRealTime();
-BENCHMARK(BM_DecodeStreamsUnderPrefill)->ArgName("mode")->Arg(0)->Arg(1)->Arg(2)->Arg(3)->Iterations(3)->UseManualTime()->Unit(benchmark::kMillisecond);
+BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, SemanticDeployment)
+    ->Name("BM_Gpt2DecodeRemote/semantic")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, SemanticShmDeployment)
+    ->Name("BM_Gpt2DecodeRemote/semantic_shm")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Gpt2DecodeRemote, BlindDeployment)
+    ->Name("BM_Gpt2DecodeRemote/blind")
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
+BENCHMARK(BM_DecodeStreamsUnderPrefill)
+    ->ArgName("mode")
+    ->Arg(0)
+    ->Arg(1)
+    ->Arg(2)
+    ->Arg(3)
+    ->Iterations(3)
+    ->UseManualTime()
+    ->Unit(benchmark::kMillisecond);
 
 }  // namespace
-

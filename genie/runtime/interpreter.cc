@@ -24,8 +24,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <list>
-#include <optional>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -69,14 +69,30 @@ struct Program {
 // Ops that synchronize with the host or whose output sizes depend on data: never captured.
 bool SyncsOrDataDependent(const std::string& op) {
   static const char* const kDeny[] = {
-      "aten::_local_scalar_dense", "aten::item",          "aten::nonzero",
-      "aten::nonzero_numpy",       "aten::argwhere",      "aten::masked_select",
-      "aten::unique",              "aten::_unique",       "aten::_unique2",
-      "aten::unique_consecutive",  "aten::unique_dim",    "aten::repeat_interleave",
-      "aten::equal",               "aten::is_nonzero",    "aten::allclose",
-      "aten::bincount",            "aten::histc",         "aten::multinomial",
-      "aten::randperm",            "aten::_assert_async", "aten::cpu",
-      "aten::_copy_from_and_resize", "aten::resize_",     "aten::set_",
+      "aten::_local_scalar_dense",
+      "aten::item",
+      "aten::nonzero",
+      "aten::nonzero_numpy",
+      "aten::argwhere",
+      "aten::masked_select",
+      "aten::unique",
+      "aten::_unique",
+      "aten::_unique2",
+      "aten::unique_consecutive",
+      "aten::unique_dim",
+      "aten::repeat_interleave",
+      "aten::equal",
+      "aten::is_nonzero",
+      "aten::allclose",
+      "aten::bincount",
+      "aten::histc",
+      "aten::multinomial",
+      "aten::randperm",
+      "aten::_assert_async",
+      "aten::cpu",
+      "aten::_copy_from_and_resize",
+      "aten::resize_",
+      "aten::set_",
   };
   const std::string base = op.substr(0, op.find('.'));
   for (const char* d : kDeny) {
@@ -103,12 +119,14 @@ class CudaStream {
     cudaStream_t s = nullptr;
     const cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking);
     if (e != cudaSuccess) {
-      return absl::ResourceExhaustedError(absl::StrCat("cudaStreamCreate on cuda:", device,
-                                                       " failed: ", cudaGetErrorString(e)));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cudaStreamCreate on cuda:", device, " failed: ", cudaGetErrorString(e)));
     }
     return CudaStream(s, device);
   }
-  CudaStream(CudaStream&& o) noexcept : stream_(o.stream_), device_(o.device_) { o.stream_ = nullptr; }
+  CudaStream(CudaStream&& o) noexcept : stream_(o.stream_), device_(o.device_) {
+    o.stream_ = nullptr;
+  }
   CudaStream& operator=(CudaStream&& o) noexcept {
     std::swap(stream_, o.stream_);
     std::swap(device_, o.device_);
@@ -256,15 +274,18 @@ struct Interpreter::Impl {
     if (p->graph_blocker.empty()) {
       for (const core::Node& n : g.nodes()) {
         for (const Arg& a : n.args) {
-          if (a.kind == ArgKind::kDevice && !(a.ints.size() == 2 && a.ints[0] == core::kRemoteDeviceType)) {
-            p->graph_blocker = absl::StrCat("op %", n.id, " ", g.OpName(n.op), " names another device");
+          if (a.kind == ArgKind::kDevice &&
+              !(a.ints.size() == 2 && a.ints[0] == core::kRemoteDeviceType)) {
+            p->graph_blocker =
+                absl::StrCat("op %", n.id, " ", g.OpName(n.op), " names another device");
             break;
           }
         }
         if (!p->graph_blocker.empty()) break;
       }
     }
-    p->streams = device.is_cuda() ? PlanStreams(g, options.cuda_streams) : PlanBranches(g, options.cpu_lanes);
+    p->streams = device.is_cuda() ? PlanStreams(g, options.cuda_streams)
+                                  : PlanBranches(g, options.cpu_lanes);
     if (device.is_cuda()) {
       p->written.assign(g.buffers().size(), false);
       for (const core::Node& n : g.nodes()) {
@@ -301,8 +322,8 @@ struct Interpreter::Impl {
     }
     if (r.required_storage_numel() * static_cast<int64_t>(root.itemsize()) >
         static_cast<int64_t>(root.storage().nbytes())) {
-      return absl::InvalidArgumentError(absl::StrCat("a view of buffer b", r.buffer,
-                                                     " reaches past its storage"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("a view of buffer b", r.buffer, " reaches past its storage"));
     }
     return root.as_strided(at::IntArrayRef(r.sizes.data(), r.sizes.size()),
                            at::IntArrayRef(r.strides.data(), r.strides.size()), r.storage_offset);
@@ -445,7 +466,8 @@ struct Interpreter::Impl {
   }
 
   // The program's branches on the calling thread and cpu_lanes - 1 workers (cpu_lanes.h).
-  absl::Status RunCpuLanes(const core::Graph& g, const Program& program, std::vector<at::Tensor>& roots) {
+  absl::Status RunCpuLanes(const core::Graph& g, const Program& program,
+                           std::vector<at::Tensor>& roots) {
     const int lanes = program.streams.num_lanes;
     if (cpu_lanes == nullptr || cpu_lanes->workers() < lanes - 1) {
       cpu_lanes.reset();
@@ -537,29 +559,32 @@ struct Interpreter::Impl {
   // Host bytes -> pinned staging buffer -> `dst` with a non-blocking copy on the current
   // stream. The caching host allocator reuses staging buffers once their copy is done.
   static void StageUpload(const core::HostBytes& src, at::Tensor& dst) {
-    at::Tensor pinned = at::empty({dst.numel()}, at::TensorOptions().dtype(dst.scalar_type()).pinned_memory(true));
+    at::Tensor pinned =
+        at::empty({dst.numel()}, at::TensorOptions().dtype(dst.scalar_type()).pinned_memory(true));
     std::memcpy(pinned.data_ptr(), src.data, src.nbytes);
     dst.copy_(pinned, /*non_blocking=*/true);
   }
 
   // Same dtype and geometry (what a private copy of `b` can take from `a`).
   static bool SameLayout(const at::Tensor& a, const at::Tensor& b) {
-    return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() && a.strides() == b.strides() &&
-           a.storage_offset() == b.storage_offset();
+    return a.scalar_type() == b.scalar_type() && a.sizes() == b.sizes() &&
+           a.strides() == b.strides() && a.storage_offset() == b.storage_offset();
   }
 
   // A copy of `t` in memory of its own, with t's storage layout (views of it by storage
   // offset and strides read the same elements), on the current stream.
   static at::Tensor PrivateCopy(const at::Tensor& t) {
     const int64_t numel = static_cast<int64_t>(t.storage().nbytes() / t.itemsize());
-    at::Tensor p = at::empty({numel}, t.options()).as_strided(t.sizes(), t.strides(), t.storage_offset());
+    at::Tensor p =
+        at::empty({numel}, t.options()).as_strided(t.sizes(), t.strides(), t.storage_offset());
     p.copy_(t, /*non_blocking=*/true);
     return p;
   }
 
   static void AbortCapture(c10::cuda::CUDAStream s) {
     cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-    if (cudaStreamIsCapturing(s.stream(), &st) == cudaSuccess && st != cudaStreamCaptureStatusNone) {
+    if (cudaStreamIsCapturing(s.stream(), &st) == cudaSuccess &&
+        st != cudaStreamCaptureStatusNone) {
       cudaGraph_t graph = nullptr;
       (void)cudaStreamEndCapture(s.stream(), &graph);
       if (graph != nullptr) (void)cudaGraphDestroy(graph);
@@ -608,8 +633,8 @@ struct Interpreter::Impl {
       }
       const core::Buffer& b = g.buffer(u.buffer);
       if (static_cast<int64_t>(u.bytes.nbytes) != b.nbytes()) {
-        return absl::InvalidArgumentError(absl::StrCat("upload for buffer b", b.id, " has ",
-                                                       u.bytes.nbytes, " bytes, expected ", b.nbytes()));
+        return absl::InvalidArgumentError(absl::StrCat(
+            "upload for buffer b", b.id, " has ", u.bytes.nbytes, " bytes, expected ", b.nbytes()));
       }
     }
 
@@ -624,12 +649,14 @@ struct Interpreter::Impl {
       }
       GENIE_RETURN_IF_ERROR(ran);
 #else
-      return absl::UnimplementedError(absl::StrCat(Describe(), ": this build has no CUDA; rebuild with --config=cuda"));
+      return absl::UnimplementedError(
+          absl::StrCat(Describe(), ": this build has no CUDA; rebuild with --config=cuda"));
 #endif
     } else {
       for (const core::Upload& u : req.uploads) {
         const core::Buffer& b = g.buffer(u.buffer);
-        at::Tensor t = at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
+        at::Tensor t =
+            at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
         if (u.bytes.nbytes) std::memcpy(t.data_ptr(), u.bytes.data, u.bytes.nbytes);
         roots[b.id] = std::move(t);
       }
@@ -656,7 +683,8 @@ struct Interpreter::Impl {
         }
         at::Tensor host = t.contiguous();
         auto owner = std::make_shared<at::Tensor>(host);
-        result.outputs.push_back(core::HostBytes{host.data_ptr(), static_cast<size_t>(host.nbytes()),
+        result.outputs.push_back(core::HostBytes{host.data_ptr(),
+                                                 static_cast<size_t>(host.nbytes()),
                                                  std::shared_ptr<const void>(owner, owner.get())});
         result.stats.bytes_downloaded += static_cast<int64_t>(host.nbytes());
       }
@@ -674,8 +702,9 @@ struct Interpreter::Impl {
   }
 
 #if GENIE_WITH_CUDA
-  absl::Status ExecuteCuda(const core::Graph& g, const core::ExecuteRequest& req, const Program& program,
-                           std::vector<at::Tensor>& roots, core::ExecuteResult& result) {
+  absl::Status ExecuteCuda(const core::Graph& g, const core::ExecuteRequest& req,
+                           const Program& program, std::vector<at::Tensor>& roots,
+                           core::ExecuteResult& result) {
     const auto host_start = std::chrono::steady_clock::now();
     c10::cuda::CUDAGuard device_guard(device.index());
     GENIE_RETURN_IF_ERROR(EnsureStreams());
@@ -711,7 +740,8 @@ struct Interpreter::Impl {
         if (roots[b].data_ptr() != ptr) moved.push_back(b);
       }
       for (core::BufferId b : state->copied_in) {
-        same = same && b < roots.size() && roots[b].defined() && SameLayout(roots[b], state->roots[b]);
+        same =
+            same && b < roots.size() && roots[b].defined() && SameLayout(roots[b], state->roots[b]);
       }
       if (same && moved.empty()) {
         mode = Mode::kReplay;
@@ -724,12 +754,17 @@ struct Interpreter::Impl {
         // Inputs that moved but that no node writes are read from a private copy from now
         // on (refreshed before each replay), so the graph survives their moving again.
         bool rebind = same;
-        for (core::BufferId b : moved) rebind = rebind && b < program.written.size() && !program.written[b];
+        for (core::BufferId b : moved)
+          rebind = rebind && b < program.written.size() && !program.written[b];
         if (rebind) state->copied_in.insert(state->copied_in.end(), moved.begin(), moved.end());
         if (profile.on) {
-          std::fprintf(stderr, "genie interpreter: program %llu: CUDA graph dropped (%zu resident inputs moved, %s)\n",
+          std::fprintf(stderr,
+                       "genie interpreter: program %llu: CUDA graph dropped (%zu resident inputs "
+                       "moved, %s)\n",
                        static_cast<unsigned long long>(req.fingerprint), moved.size(),
-                       !same ? "another upload set or input layout" : rebind ? "copied in from now on" : "one is written in place");
+                       !same    ? "another upload set or input layout"
+                       : rebind ? "copied in from now on"
+                                : "one is written in place");
         }
         if (state->captures >= kMaxRecaptures) {
           state->blocker = "its resident inputs keep moving between runs";
@@ -740,14 +775,16 @@ struct Interpreter::Impl {
     } else if (graphable && state->eager_runs >= 1 && captured_graphs < options.max_cuda_graphs) {
       mode = Mode::kCapture;
     } else if (options.cuda_graphs && req.fingerprint != 0 && state->eager_runs >= 1 &&
-               !state->refusal_counted && (!program.graph_blocker.empty() || !state->blocker.empty())) {
+               !state->refusal_counted &&
+               (!program.graph_blocker.empty() || !state->blocker.empty())) {
       // Counted once per program, when it would otherwise have been captured.
       state->refusal_counted = true;
       g_graph_refusals.fetch_add(1, std::memory_order_relaxed);
       if (profile.on) {
-        std::fprintf(stderr, "genie interpreter: program %llu stays eager: %s\n",
-                     static_cast<unsigned long long>(req.fingerprint),
-                     (program.graph_blocker.empty() ? state->blocker : program.graph_blocker).c_str());
+        std::fprintf(
+            stderr, "genie interpreter: program %llu stays eager: %s\n",
+            static_cast<unsigned long long>(req.fingerprint),
+            (program.graph_blocker.empty() ? state->blocker : program.graph_blocker).c_str());
       }
     }
 
@@ -756,14 +793,16 @@ struct Interpreter::Impl {
     bool from_arena = false;
     for (const core::Upload& u : req.uploads) {
       const core::Buffer& b = g.buffer(u.buffer);
-      at::Tensor t = mode == Mode::kReplay
-                         ? state->roots[b.id]
-                         : at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
+      at::Tensor t =
+          mode == Mode::kReplay
+              ? state->roots[b.id]
+              : at::empty({b.numel},
+                          at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
       const bool registered_src = u.bytes.nbytes != 0 && InRegistered(u.bytes.data, u.bytes.nbytes);
       registered_in_flight |= registered_src;
       if (u.bytes.nbytes != 0 && (registered_src || InArena(u.bytes))) {
-        const cudaError_t e =
-            cudaMemcpyAsync(t.data_ptr(), u.bytes.data, u.bytes.nbytes, cudaMemcpyHostToDevice, main.stream());
+        const cudaError_t e = cudaMemcpyAsync(t.data_ptr(), u.bytes.data, u.bytes.nbytes,
+                                              cudaMemcpyHostToDevice, main.stream());
         if (e != cudaSuccess) {
           (void)cudaGetLastError();
           main.synchronize();  // earlier copies out of the arena finish before it is reused
@@ -777,7 +816,8 @@ struct Interpreter::Impl {
       roots[b.id] = std::move(t);
     }
     if (from_arena) {
-      if (!arena_copied) arena_copied = std::make_unique<at::cuda::CUDAEvent>(cudaEventDisableTiming);
+      if (!arena_copied)
+        arena_copied = std::make_unique<at::cuda::CUDAEvent>(cudaEventDisableTiming);
       arena_copied->record(main);
       arena_in_flight = true;
     }
@@ -812,7 +852,8 @@ struct Interpreter::Impl {
         state->resident_ptrs.clear();
         for (const core::Buffer& b : g.buffers()) {
           if (b.kind != BufferKind::kResident) continue;
-          if (std::find(state->copied_in.begin(), state->copied_in.end(), b.id) != state->copied_in.end()) {
+          if (std::find(state->copied_in.begin(), state->copied_in.end(), b.id) !=
+              state->copied_in.end()) {
             roots[b.id] = inputs[b.id];  // the run goes on with the resident itself
           } else {
             state->resident_ptrs.emplace_back(b.id, roots[b.id].data_ptr());
@@ -848,7 +889,8 @@ struct Interpreter::Impl {
           if (!roots[b].defined()) roots[b] = state->roots[b];
         }
       }
-      for (core::BufferId b : state->copied_in) state->roots[b].copy_(roots[b], /*non_blocking=*/true);
+      for (core::BufferId b : state->copied_in)
+        state->roots[b].copy_(roots[b], /*non_blocking=*/true);
       try {
         state->graph->replay();
       } catch (const c10::Error& e) {
@@ -888,12 +930,13 @@ struct Interpreter::Impl {
         at::Tensor c = t.contiguous();
         registered_in_flight = true;
         if (to->nbytes != 0) {
-          const cudaError_t e = cudaMemcpyAsync(to->data, c.data_ptr(), to->nbytes, cudaMemcpyDeviceToHost,
-                                                main.stream());
+          const cudaError_t e = cudaMemcpyAsync(to->data, c.data_ptr(), to->nbytes,
+                                                cudaMemcpyDeviceToHost, main.stream());
           if (e != cudaSuccess) {
             (void)cudaGetLastError();
-            return absl::InternalError(absl::StrCat("copying output ", i, " of ", Describe(),
-                                                    " to the host failed: ", cudaGetErrorString(e)));
+            return absl::InternalError(
+                absl::StrCat("copying output ", i, " of ", Describe(),
+                             " to the host failed: ", cudaGetErrorString(e)));
           }
         }
         placed[i] = true;
@@ -919,8 +962,8 @@ struct Interpreter::Impl {
                      "genie interpreter profile (%s): 200 runs, %lld replayed; per run: %.1f us in "
                      "Execute (host), %.1f us of it waiting for the GPU, %.1f us GPU from first "
                      "op to join\n",
-                     device.str().c_str(), static_cast<long long>(profile.replays), profile.host_us / 200,
-                     profile.sync_us / 200, profile.gpu_us / 200);
+                     device.str().c_str(), static_cast<long long>(profile.replays),
+                     profile.host_us / 200, profile.sync_us / 200, profile.gpu_us / 200);
         profile.runs = profile.replays = 0;
         profile.host_us = profile.sync_us = profile.gpu_us = 0;
       }
@@ -934,7 +977,8 @@ struct Interpreter::Impl {
       }
       at::Tensor& host = hosts[i];
       auto owner = std::make_shared<at::Tensor>(std::move(host));
-      result.outputs.push_back(core::HostBytes{owner->data_ptr(), static_cast<size_t>(owner->nbytes()),
+      result.outputs.push_back(core::HostBytes{owner->data_ptr(),
+                                               static_cast<size_t>(owner->nbytes()),
                                                std::shared_ptr<const void>(owner, owner.get()),
                                                /*exclusive=*/true});  // fresh pinned memory
       result.stats.bytes_downloaded += static_cast<int64_t>(owner->nbytes());
@@ -951,7 +995,9 @@ struct Interpreter::Impl {
   }
 #endif
 
-  std::string Describe() const { return absl::StrCat("local ATen interpreter (", device.str(), ")"); }
+  std::string Describe() const {
+    return absl::StrCat("local ATen interpreter (", device.str(), ")");
+  }
 };
 
 Interpreter::Interpreter(InterpreterOptions options) : impl_(std::make_unique<Impl>()) {
@@ -971,7 +1017,8 @@ absl::StatusOr<Interpreter::DeviceBuffer> Interpreter::ResidentDeviceBuffer(uint
   std::lock_guard<std::mutex> lock(impl_->mu);
 #if GENIE_WITH_CUDA
   if (!impl_->device.is_cuda()) {
-    return absl::FailedPreconditionError(absl::StrCat(Describe(), " holds no device memory to export"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(Describe(), " holds no device memory to export"));
   }
   auto it = impl_->resident.find(handle);
   if (it == impl_->resident.end()) {
@@ -1009,11 +1056,13 @@ absl::Status Interpreter::AdoptDeviceBuffer(
   GENIE_RETURN_IF_ERROR(impl_->EnsureStreams());
   const c10::cuda::CUDAStream main = impl_->streams[0].get();
   c10::cuda::CUDAStreamGuard stream_guard(main);
-  at::Tensor t = at::empty({numel}, at::TensorOptions().dtype(ToScalarType(dtype)).device(impl_->device));
+  at::Tensor t =
+      at::empty({numel}, at::TensorOptions().dtype(ToScalarType(dtype)).device(impl_->device));
   const int64_t budget = impl_->options.memory_budget_bytes;
   if (budget > 0 && impl_->ResidentBytes() + static_cast<int64_t>(t.nbytes()) > budget) {
     return absl::ResourceExhaustedError(absl::StrCat("adopting handle ", handle, " (", t.nbytes(),
-                                                     " bytes) exceeds the memory budget of ", Describe()));
+                                                     " bytes) exceeds the memory budget of ",
+                                                     Describe()));
   }
   GENIE_RETURN_IF_ERROR(fill(t.data_ptr(), static_cast<uint64_t>(t.nbytes()), main.stream()));
   impl_->resident[handle] = std::move(t);
@@ -1039,8 +1088,9 @@ absl::Status Interpreter::RegisterHostMemory(void* base, uint64_t bytes) {
   const cudaError_t e = cudaHostRegister(base, bytes, cudaHostRegisterDefault);
   if (e != cudaSuccess) {
     (void)cudaGetLastError();
-    return absl::ResourceExhaustedError(absl::StrCat("cannot page-lock ", bytes, " bytes of shared memory on ",
-                                                     Describe(), ": ", cudaGetErrorString(e)));
+    return absl::ResourceExhaustedError(absl::StrCat("cannot page-lock ", bytes,
+                                                     " bytes of shared memory on ", Describe(),
+                                                     ": ", cudaGetErrorString(e)));
   }
   m.registered.emplace_back(static_cast<const char*>(base), bytes);
   return absl::OkStatus();
@@ -1085,7 +1135,8 @@ absl::StatusOr<char*> Interpreter::PinnedUploadArena(uint64_t bytes) {
 #if GENIE_WITH_CUDA
   Impl& m = *impl_;
   if (!m.device.is_cuda()) {
-    return absl::FailedPreconditionError(absl::StrCat(Describe(), " takes uploads from ordinary memory"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(Describe(), " takes uploads from ordinary memory"));
   }
   c10::cuda::CUDAGuard guard(m.device.index());
   if (m.arena_in_flight) {
@@ -1094,23 +1145,27 @@ absl::StatusOr<char*> Interpreter::PinnedUploadArena(uint64_t bytes) {
     m.arena_in_flight = false;
   }
   constexpr uint64_t kKeepBytes = uint64_t{64} << 20;
-  const uint64_t have = m.upload_arena.defined() ? static_cast<uint64_t>(m.upload_arena.nbytes()) : 0;
+  const uint64_t have =
+      m.upload_arena.defined() ? static_cast<uint64_t>(m.upload_arena.nbytes()) : 0;
   if (have < bytes || (have > kKeepBytes && have > 2 * bytes)) {
     m.upload_arena = at::Tensor();
     if (bytes == 0) return nullptr;
     try {
       // Rounded up to 1 MiB so that slightly larger uploads reuse it.
-      const int64_t size = static_cast<int64_t>((bytes + (uint64_t{1} << 20) - 1) & ~((uint64_t{1} << 20) - 1));
+      const int64_t size =
+          static_cast<int64_t>((bytes + (uint64_t{1} << 20) - 1) & ~((uint64_t{1} << 20) - 1));
       m.upload_arena = at::empty({size}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
     } catch (const c10::Error& e) {
-      return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " bytes of page-locked memory for a run's uploads on ",
-                                                       Describe(), ": ", e.what_without_backtrace()));
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "cannot allocate ", bytes, " bytes of page-locked memory for a run's uploads on ",
+          Describe(), ": ", e.what_without_backtrace()));
     }
   }
   return m.upload_arena.defined() ? static_cast<char*>(m.upload_arena.data_ptr()) : nullptr;
 #else
   (void)bytes;
-  return absl::FailedPreconditionError(absl::StrCat(Describe(), " takes uploads from ordinary memory"));
+  return absl::FailedPreconditionError(
+      absl::StrCat(Describe(), " takes uploads from ordinary memory"));
 #endif
 }
 

@@ -81,8 +81,10 @@ bool SameScalars(const Arg& a, const Arg& b) {
 // Matches stream i's buffers to stream 0's, one to one.
 class BufferMatch {
  public:
-  explicit BufferMatch(const Graph& g) : g_(g), to_first_(g.buffers().size(), kNoBuffer),
-                                         from_first_(g.buffers().size(), kNoBuffer) {}
+  explicit BufferMatch(const Graph& g)
+      : g_(g),
+        to_first_(g.buffers().size(), kNoBuffer),
+        from_first_(g.buffers().size(), kNoBuffer) {}
   bool Pair(BufferId mine, BufferId first) {
     if (mine >= to_first_.size() || first >= to_first_.size()) return false;
     const core::Buffer& a = g_.buffer(mine);
@@ -145,7 +147,8 @@ bool AsWeightMatmul(const Graph& g, const Node& n, MatmulShape* out) {
   if (x == nullptr || w == nullptr || w->sizes.size() != 2 || n.outputs.size() != 1) return false;
   if (op == "aten::matmul" || op == "aten::mm") {
     // [.., K] @ [K, N]: each row of x gives its row of the result.
-    if (n.args.size() != 2 || x->sizes.size() < 2 || (op == "aten::mm" && x->sizes.size() != 2)) return false;
+    if (n.args.size() != 2 || x->sizes.size() < 2 || (op == "aten::mm" && x->sizes.size() != 2))
+      return false;
     *out = MatmulShape{0, {1}};
     return true;
   }
@@ -205,7 +208,8 @@ core::Dims Stacked(const core::Dims& sizes, int64_t n) {
 absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<const BufferId> keep,
                                                  const semantic::GraphSemantics& s) {
   if (s.phase_of_graph != semantic::PhaseKind::kDecode) {
-    return Refuse(absl::StrCat("not an LLM decode step (phase ", semantic::PhaseName(s.phase_of_graph),
+    return Refuse(absl::StrCat("not an LLM decode step (phase ",
+                               semantic::PhaseName(s.phase_of_graph),
                                "): only decode steps are batched"));
   }
   const size_t n_nodes = g.nodes().size(), n_buffers = g.buffers().size();
@@ -218,7 +222,8 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
     for (BufferId b : n.writes) read_only[b] = false;
   }
   // (Kept ones too: resident weights are kept run after run, unchanged.)
-  for (const core::Buffer& b : g.buffers()) read_only[b.id] = read_only[b.id] && b.kind != BufferKind::kIntermediate;
+  for (const core::Buffer& b : g.buffers())
+    read_only[b.id] = read_only[b.id] && b.kind != BufferKind::kIntermediate;
   Components parts(n_nodes);
   std::vector<NodeId> first_user(n_buffers, core::kNoNode);
   for (const Node& n : g.nodes()) {
@@ -246,8 +251,8 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
   const size_t steps = streams[0].size();
   for (int i = 1; i < n; ++i) {
     if (streams[i].size() != steps) {
-      return Refuse(absl::StrCat("the graph's ", n, " independent parts differ in length (", steps, " and ",
-                                 streams[i].size(), " ops): not the same decode step"));
+      return Refuse(absl::StrCat("the graph's ", n, " independent parts differ in length (", steps,
+                                 " and ", streams[i].size(), " ops): not the same decode step"));
     }
     BufferMatch match(g);
     for (size_t k = 0; k < steps; ++k) {
@@ -273,7 +278,8 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
       for (BufferId b : node.writes) {
         if (g.buffer(b).kind == BufferKind::kIntermediate) continue;
         if (s.pattern[id] != semantic::PatternKind::kKvCacheAppend) {
-          return Refuse(absl::StrCat("op ", g.DumpNode(id), " writes b", b, " (", BufferKindName(g.buffer(b).kind),
+          return Refuse(absl::StrCat("op ", g.DumpNode(id), " writes b", b, " (",
+                                     BufferKindName(g.buffer(b).kind),
                                      ") in place and is not a KV-cache append: not batched"));
         }
         const std::string why = NotRepeatable(g, node);
@@ -285,8 +291,10 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
       }
     }
     if (!attention || !append) {
-      return Refuse(absl::StrCat("stream ", i, " has no ", !attention ? "decode attention (query length 1)" : "KV-cache append",
-                                 ": not a decode stream"));
+      return Refuse(
+          absl::StrCat("stream ", i, " has no ",
+                       !attention ? "decode attention (query length 1)" : "KV-cache append",
+                       ": not a decode stream"));
     }
   }
 
@@ -352,8 +360,10 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
     const Node& first = g.node(streams[0][k]);
     const TensorRef& x = first.args[batched[k].activation].tensors[0];
     const TensorRef& o = first.outputs[0];
-    stacked_input[k] = ng.AddBuffer(core::Buffer{x.dtype, n * x.numel(), BufferKind::kIntermediate});
-    stacked_output[k] = ng.AddBuffer(core::Buffer{o.dtype, n * o.numel(), BufferKind::kIntermediate});
+    stacked_input[k] =
+        ng.AddBuffer(core::Buffer{x.dtype, n * x.numel(), BufferKind::kIntermediate});
+    stacked_output[k] =
+        ng.AddBuffer(core::Buffer{o.dtype, n * o.numel(), BufferKind::kIntermediate});
   }
   auto remap = [&](TensorRef t) {
     auto it = slices.find(t.buffer);
@@ -428,7 +438,8 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
   }
   absl::Status valid = ng.Validate();
   if (!valid.ok()) {
-    return absl::InternalError(absl::StrCat("decode batching built an invalid graph (a bug): ", valid.message()));
+    return absl::InternalError(
+        absl::StrCat("decode batching built an invalid graph (a bug): ", valid.message()));
   }
   out.semantics = semantic::Analyze(ng, out.keep);
   return out;
@@ -436,18 +447,21 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const Graph& g, absl::Span<cons
 
 std::string DecodeBatchingStats::ToString() const {
   std::vector<std::string> sizes;
-  for (const auto& [size, runs] : batch_sizes) sizes.push_back(absl::StrCat(size, " streams x", runs));
+  for (const auto& [size, runs] : batch_sizes)
+    sizes.push_back(absl::StrCat(size, " streams x", runs));
   std::string out = absl::StrCat(batched_runs, " of ", decode_graphs, " decode steps batched");
   if (!sizes.empty()) absl::StrAppend(&out, " (", absl::StrJoin(sizes, ", "), ")");
   absl::StrAppend(&out, ", ", ops_batched, " ops run once for all streams");
-  if (fallbacks > 0) absl::StrAppend(&out, ", ", fallbacks, " fell back to unbatched (", last_fallback, ")");
-  if (not_batched > 0) absl::StrAppend(&out, "; ", not_batched, " not batched (last: ", last_refusal, ")");
+  if (fallbacks > 0)
+    absl::StrAppend(&out, ", ", fallbacks, " fell back to unbatched (", last_fallback, ")");
+  if (not_batched > 0)
+    absl::StrAppend(&out, "; ", not_batched, " not batched (last: ", last_refusal, ")");
   if (other_graphs > 0) absl::StrAppend(&out, "; ", other_graphs, " other graphs");
   return out;
 }
 
-std::shared_ptr<const DecodeBatcher::Plan> DecodeBatcher::PlanFor(const core::ExecuteRequest& request,
-                                                                  const semantic::GraphSemantics& semantics) {
+std::shared_ptr<const DecodeBatcher::Plan> DecodeBatcher::PlanFor(
+    const core::ExecuteRequest& request, const semantic::GraphSemantics& semantics) {
   if (request.fingerprint != 0) {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = plans_.find(request.fingerprint);
@@ -464,9 +478,10 @@ std::shared_ptr<const DecodeBatcher::Plan> DecodeBatcher::PlanFor(const core::Ex
   return plan;
 }
 
-absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRequest& request,
-                                                           const semantic::GraphSemantics& semantics, RunFn run) {
-  if (request.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
+absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(
+    const core::ExecuteRequest& request, const semantic::GraphSemantics& semantics, RunFn run) {
+  if (request.graph == nullptr)
+    return absl::InvalidArgumentError("execute request without a graph");
   if (semantics.phase_of_graph != semantic::PhaseKind::kDecode) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -519,13 +534,16 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
   core::ExecuteRequest batched;
   batched.graph = &graph;
   batched.fingerprint =
-      request.fingerprint == 0 ? 0 : absl::Hash<std::pair<uint64_t, uint64_t>>{}({request.fingerprint, 0xBA7C4ED});
+      request.fingerprint == 0
+          ? 0
+          : absl::Hash<std::pair<uint64_t, uint64_t>>{}({request.fingerprint, 0xBA7C4ED});
   batched.keep = b.keep;
   batched.release = request.release;
   batched.uploads.reserve(request.uploads.size());
   for (const core::Upload& u : request.uploads) {
     if (u.buffer >= b.new_of_old.size() || b.new_of_old[u.buffer] == core::kNoBuffer) {
-      return absl::InvalidArgumentError(absl::StrCat("upload for buffer b", u.buffer, " that the graph does not read"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("upload for buffer b", u.buffer, " that the graph does not read"));
     }
     batched.uploads.push_back(core::Upload{b.new_of_old[u.buffer], u.bytes});
   }
@@ -561,10 +579,11 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(const core::ExecuteRe
     if (++plan->transient_failures < kMaxTransientFailures) return captured;
   }
   auto refusal = std::make_shared<Plan>();
-  refusal->batched = Refuse(absl::StrCat(
-      "a batched run of ", b.streams, " streams failed where the unbatched run of the same graph ran",
-      transient ? absl::StrCat(", ", kMaxTransientFailures, " times in a row") : "", ": ",
-      result.status().message()));
+  refusal->batched = Refuse(
+      absl::StrCat("a batched run of ", b.streams,
+                   " streams failed where the unbatched run of the same graph ran",
+                   transient ? absl::StrCat(", ", kMaxTransientFailures, " times in a row") : "",
+                   ": ", result.status().message()));
   refusal->keep = request.keep;
   replace_plan(std::move(refusal));
   return captured;

@@ -50,14 +50,17 @@ struct ToyDecode {
   explicit ToyDecode(int streams, bool shared_weight = true, int append_dim_of_stream_1 = 0,
                      Append how = Append::kIndexCopy) {
     w = b.Buffer(16, BufferKind::kResident, "fc.weight", 1);
-    const BufferId other_w = shared_weight ? w : b.Buffer(16, BufferKind::kResident, "fc2.weight", 2);
+    const BufferId other_w =
+        shared_weight ? w : b.Buffer(16, BufferKind::kResident, "fc2.weight", 2);
     for (int i = 0; i < streams; ++i) {
       const BufferId x = b.Buffer(4, BufferKind::kHostInput, "", 100 + i);
       const BufferId pos = b.Buffer(1, BufferKind::kHostInput, "", 200 + i, core::DType::kInt64);
       const BufferId cache = b.Buffer(32, BufferKind::kResident, "", 300 + i);
       const BufferId h = b.Buffer(4);
       const BufferId y = b.Buffer(4);
-      Op(b.Op("aten::matmul", {View3(x, 1, 1, 4), Mat(i == 1 ? other_w : w, 4, 4)}, View3(h, 1, 1, 4)), PatternKind::kNone);
+      Op(b.Op("aten::matmul", {View3(x, 1, 1, 4), Mat(i == 1 ? other_w : w, 4, 4)},
+              View3(h, 1, 1, 4)),
+         PatternKind::kNone);
       const TensorRef pos_ref = TensorRef::Contiguous(pos, core::DType::kInt64, {1});
       if (how == Append::kIndexCopy || how == Append::kIndexAdd) {
         std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)),
@@ -213,7 +216,8 @@ TEST(BatchDecodeStreamsTest, RefusesWhatItDoesNotUnderstand) {
   }
   {
     ToyDecode t(2);  // a resident write that is not a KV-cache append: a rerun would differ
-    for (PatternKind& p : t.s.pattern) p = p == PatternKind::kKvCacheAppend ? PatternKind::kNone : p;
+    for (PatternKind& p : t.s.pattern)
+      p = p == PatternKind::kKvCacheAppend ? PatternKind::kNone : p;
     EXPECT_NE(refusal(t).find("is not a KV-cache append"), std::string::npos);
   }
   {
@@ -257,12 +261,14 @@ TEST(BatchDecodeStreamsTest, OneDimensionalActivationIsNotStacked) {
     const BufferId h = b.Buffer(4), y = b.Buffer(4);
     b.Op("aten::matmul", {TensorRef::Contiguous(x, core::DType::kFloat32, {4}), Mat(w, 4, 4)},
          TensorRef::Contiguous(h, core::DType::kFloat32, {4}));
-    std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)), Arg::Int(0), Arg::Tensor(Mat(h, 1, 4))};
+    std::vector<Arg> append = {Arg::Tensor(Mat(cache, 8, 4)), Arg::Int(0),
+                               Arg::Tensor(Mat(h, 1, 4))};
     b.Op("aten::index_copy_", std::move(append), {Mat(cache, 8, 4)}, nullptr, {cache});
-    b.Op("aten::scaled_dot_product_attention", {View3(h, 1, 1, 4), View3(cache, 1, 8, 4), View3(cache, 1, 8, 4)},
-         View3(y, 1, 1, 4));
+    b.Op("aten::scaled_dot_product_attention",
+         {View3(h, 1, 1, 4), View3(cache, 1, 8, 4), View3(cache, 1, 8, 4)}, View3(y, 1, 1, 4));
     b.graph().outputs().push_back(View3(y, 1, 1, 4));
-    s.pattern.insert(s.pattern.end(), {PatternKind::kNone, PatternKind::kKvCacheAppend, PatternKind::kAttention});
+    s.pattern.insert(s.pattern.end(),
+                     {PatternKind::kNone, PatternKind::kKvCacheAppend, PatternKind::kAttention});
   }
   absl::StatusOr<BatchedDecode> out = BatchDecodeStreams(b.graph(), {}, s);
   ASSERT_FALSE(out.ok());
@@ -325,9 +331,9 @@ TEST(DecodeBatcherTest, PassesOtherGraphsAndFallsBackOnFailure) {
   stats = batcher.stats();
   EXPECT_EQ(stats.fallbacks, 1);
   EXPECT_EQ(stats.not_batched, 1);
-  EXPECT_EQ(
-      stats.last_refusal,
-      "a batched run of 2 streams failed where the unbatched run of the same graph ran: kernel failed");
+  EXPECT_EQ(stats.last_refusal,
+            "a batched run of 2 streams failed where the unbatched run of the same graph ran: "
+            "kernel failed");
 
   // Another program whose batched run succeeds.
   fake.batched_error = absl::OkStatus();

@@ -26,7 +26,10 @@ namespace m = genie::models;
 constexpr double kTolerance = 1e-5;
 
 double MaxAbsDiff(const torch::Tensor& a, const torch::Tensor& b) {
-  return (a.to(torch::kCPU).to(torch::kDouble) - b.to(torch::kCPU).to(torch::kDouble)).abs().max().item<double>();
+  return (a.to(torch::kCPU).to(torch::kDouble) - b.to(torch::kCPU).to(torch::kDouble))
+      .abs()
+      .max()
+      .item<double>();
 }
 
 class GpuTest : public ::testing::Test {
@@ -56,7 +59,8 @@ class GpuTest : public ::testing::Test {
 
 TEST_F(GpuTest, NodeRunsOnTheGpu) {
   ASSERT_FALSE(session_->node_descriptions().empty());
-  EXPECT_NE(session_->node_descriptions()[0].find("cuda"), std::string::npos) << session_->node_descriptions()[0];
+  EXPECT_NE(session_->node_descriptions()[0].find("cuda"), std::string::npos)
+      << session_->node_descriptions()[0];
 }
 
 TEST_F(GpuTest, VqaMatchesLocalCuda) {
@@ -73,13 +77,12 @@ TEST_F(GpuTest, VqaMatchesLocalCuda) {
     EXPECT_LE(MaxAbsDiff(got, want), kTolerance) << "batch " << i;
   }
   // Weights stay on the GPU node: the later batches uploaded images and questions only.
-  EXPECT_EQ(session_->data_traffic().up[static_cast<int>(scheduler::StorageClass::kWeight)],
-            [&] {
-              int64_t b = 0;
-              for (const auto& p : local->parameters()) b += p.numel() * p.element_size();
-              for (const auto& p : local->buffers()) b += p.numel() * p.element_size();
-              return b;
-            }());
+  EXPECT_EQ(session_->data_traffic().up[static_cast<int>(scheduler::StorageClass::kWeight)], [&] {
+    int64_t b = 0;
+    for (const auto& p : local->parameters()) b += p.numel() * p.element_size();
+    for (const auto& p : local->buffers()) b += p.numel() * p.element_size();
+    return b;
+  }());
 }
 
 TEST_F(GpuTest, VitAndBertMatchLocalCuda) {
@@ -87,12 +90,14 @@ TEST_F(GpuTest, VitAndBertMatchLocalCuda) {
   vit_local->to(cuda_);
   vit_remote->to(Remote());
   torch::Tensor img = torch::randn({8, 3, 32, 32});
-  EXPECT_LE(MaxAbsDiff(vit_remote->forward(img.to(Remote())), vit_local->forward(img.to(cuda_))), kTolerance);
+  EXPECT_LE(MaxAbsDiff(vit_remote->forward(img.to(Remote())), vit_local->forward(img.to(cuda_))),
+            kTolerance);
   m::BertEncoder bert_local(m::BertConfig{}), bert_remote(m::BertConfig{});
   bert_local->to(cuda_);
   bert_remote->to(Remote());
   torch::Tensor ids = torch::randint(1, 1000, {8, 32}, torch::kLong);
-  EXPECT_LE(MaxAbsDiff(bert_remote->forward(ids.to(Remote())), bert_local->forward(ids.to(cuda_))), kTolerance);
+  EXPECT_LE(MaxAbsDiff(bert_remote->forward(ids.to(Remote())), bert_local->forward(ids.to(cuda_))),
+            kTolerance);
 }
 
 TEST_F(GpuTest, Gpt2DecodeMatchesLocalCudaEveryToken) {
@@ -114,13 +119,15 @@ TEST_F(GpuTest, Gpt2DecodeMatchesLocalCudaEveryToken) {
     got = remote->forward(next.to(Remote()), &rc, rc.length);
     EXPECT_LE(MaxAbsDiff(got, want), kTolerance) << "token " << step;
   }
-  EXPECT_EQ(session_->data_traffic().of(scheduler::StorageClass::kKvCache), 0) << "the KV cache never travels";
+  EXPECT_EQ(session_->data_traffic().of(scheduler::StorageClass::kKvCache), 0)
+      << "the KV cache never travels";
   const runtime::InterpreterCounters after = runtime::GetInterpreterCounters();
-  std::printf("GPT-2 decode, 20 tokens: %lld graph captures, %lld replays, %lld refusals, %lld drops\n",
-              static_cast<long long>(after.graph_captures - before.graph_captures),
-              static_cast<long long>(after.graph_replays - before.graph_replays),
-              static_cast<long long>(after.graph_refusals - before.graph_refusals),
-              static_cast<long long>(after.graph_drops - before.graph_drops));
+  std::printf(
+      "GPT-2 decode, 20 tokens: %lld graph captures, %lld replays, %lld refusals, %lld drops\n",
+      static_cast<long long>(after.graph_captures - before.graph_captures),
+      static_cast<long long>(after.graph_replays - before.graph_replays),
+      static_cast<long long>(after.graph_refusals - before.graph_refusals),
+      static_cast<long long>(after.graph_drops - before.graph_drops));
   if (graphs()) {
     // The decode step is one program: captured once, replayed for (nearly) every token.
     EXPECT_GE(after.graph_replays - before.graph_replays, 15);
@@ -162,7 +169,8 @@ TEST_F(GpuTest, RandomOpsStayEager) {
   torch::Tensor x = torch::ones({64, 64}).to(Remote());
   std::vector<torch::Tensor> draws;
   for (int i = 0; i < 4; ++i) {
-    torch::Tensor r = (torch::randn({64, 64}, torch::TensorOptions().device(Remote())) + x).to(torch::kCPU);
+    torch::Tensor r =
+        (torch::randn({64, 64}, torch::TensorOptions().device(Remote())) + x).to(torch::kCPU);
     EXPECT_TRUE(torch::isfinite(r).all().item<bool>());
     draws.push_back(r);
   }
@@ -170,7 +178,8 @@ TEST_F(GpuTest, RandomOpsStayEager) {
   // Each draw carries its own seed (a new program) or, if a program repeats, the capture
   // rule refuses it: either way nothing random is replayed.
   EXPECT_EQ(after.graph_replays, before.graph_replays) << "a random program was replayed";
-  EXPECT_GT((draws[0] - draws[1]).abs().max().item<float>(), 0.0f) << "every run draws fresh numbers";
+  EXPECT_GT((draws[0] - draws[1]).abs().max().item<float>(), 0.0f)
+      << "every run draws fresh numbers";
 }
 
 // ---- The interpreter on its own: two independent branches of matmuls --------------------
@@ -201,12 +210,15 @@ TEST_F(GpuTest, IndependentBranchesRunOnTwoStreamsAndMatch) {
     core::ExecuteRequest req;
     req.graph = &chains.graph;
     req.fingerprint = 42;
-    req.uploads.push_back({chains.x, core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
-    req.uploads.push_back({chains.w, core::HostBytes{w.data_ptr(), static_cast<size_t>(w.nbytes()), nullptr}});
+    req.uploads.push_back(
+        {chains.x, core::HostBytes{x.data_ptr(), static_cast<size_t>(x.nbytes()), nullptr}});
+    req.uploads.push_back(
+        {chains.w, core::HostBytes{w.data_ptr(), static_cast<size_t>(w.nbytes()), nullptr}});
     absl::StatusOr<core::ExecuteResult> r = interpreter.Execute(req);
     ASSERT_TRUE(r.ok()) << r.status();
     ASSERT_EQ(r->outputs.size(), 1u);
-    torch::Tensor got = torch::from_blob(const_cast<void*>(r->outputs[0].data), {chains.n, chains.n});
+    torch::Tensor got =
+        torch::from_blob(const_cast<void*>(r->outputs[0].data), {chains.n, chains.n});
     EXPECT_LE(MaxAbsDiff(got, want), 1e-4) << "run " << run;
   }
   const runtime::InterpreterCounters after = runtime::GetInterpreterCounters();
@@ -236,18 +248,21 @@ class GraphRuleTest : public ::testing::Test {
   }
   // Runs `g` (input x uploaded from `x`) `times` times under fingerprint `fp`; checks every
   // output equals `want`, and returns the counters' change.
-  runtime::InterpreterCounters RunTimes(const core::Graph& g, core::BufferId x, const torch::Tensor& xs,
-                                        const torch::Tensor& want, uint64_t fp, int times = 4) {
+  runtime::InterpreterCounters RunTimes(const core::Graph& g, core::BufferId x,
+                                        const torch::Tensor& xs, const torch::Tensor& want,
+                                        uint64_t fp, int times = 4) {
     const runtime::InterpreterCounters before = runtime::GetInterpreterCounters();
     for (int i = 0; i < times; ++i) {
       core::ExecuteRequest req;
       req.graph = &g;
       req.fingerprint = fp;
-      req.uploads.push_back({x, core::HostBytes{xs.data_ptr(), static_cast<size_t>(xs.nbytes()), nullptr}});
+      req.uploads.push_back(
+          {x, core::HostBytes{xs.data_ptr(), static_cast<size_t>(xs.nbytes()), nullptr}});
       absl::StatusOr<core::ExecuteResult> r = interpreter_->Execute(req);
       EXPECT_TRUE(r.ok()) << r.status();
       if (!r.ok()) break;
-      torch::Tensor got = torch::from_blob(const_cast<void*>(r->outputs.at(0).data), want.sizes(), want.options());
+      torch::Tensor got =
+          torch::from_blob(const_cast<void*>(r->outputs.at(0).data), want.sizes(), want.options());
       EXPECT_TRUE(torch::equal(got, want)) << "run " << i;
     }
     const runtime::InterpreterCounters after = runtime::GetInterpreterCounters();
@@ -265,7 +280,8 @@ class GraphRuleTest : public ::testing::Test {
 TEST_F(GraphRuleTest, StaticProgramIsCapturedAndReplayed) {
   constexpr int64_t n = 256;
   core::Graph g;
-  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId x =
+      g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
   core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
   core::Node mul;
   mul.op = g.InternOp("aten::mul.Scalar");
@@ -284,7 +300,8 @@ TEST_F(GraphRuleTest, StaticProgramIsCapturedAndReplayed) {
 TEST_F(GraphRuleTest, SyncingOpKeepsTheProgramEager) {
   constexpr int64_t n = 256;
   core::Graph g;
-  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId x =
+      g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
   core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
   core::Node mul;
   mul.op = g.InternOp("aten::mul.Scalar");
@@ -307,13 +324,17 @@ TEST_F(GraphRuleTest, SyncingOpKeepsTheProgramEager) {
 TEST_F(GraphRuleTest, OpNamingTheCpuKeepsTheProgramEager) {
   constexpr int64_t n = 256;
   core::Graph g;
-  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId x =
+      g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
   core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
   core::Node to;
   to.op = g.InternOp("aten::to.device");
-  to.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Device(0 /* kCPU */, 0),
-             core::Arg::Int(static_cast<int64_t>(core::DType::kFloat32)), core::Arg::Bool(false),
-             core::Arg::Bool(true), core::Arg::None()};
+  to.args = {core::Arg::Tensor(Vec(x, n)),
+             core::Arg::Device(0 /* kCPU */, 0),
+             core::Arg::Int(static_cast<int64_t>(core::DType::kFloat32)),
+             core::Arg::Bool(false),
+             core::Arg::Bool(true),
+             core::Arg::None()};
   to.outputs = {Vec(y, n)};
   g.AddNode(std::move(to));
   g.outputs().push_back(Vec(y, n));
@@ -329,17 +350,20 @@ TEST_F(GraphRuleTest, OpNamingTheCpuKeepsTheProgramEager) {
 TEST_F(GraphRuleTest, CpuTensorInTheWarmUpKeepsTheProgramEager) {
   constexpr int64_t n = 256;
   core::Graph g;
-  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId x =
+      g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
   core::BufferId s = g.AddBuffer(core::Buffer{core::DType::kFloat32, 1});
   core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
   core::Node scalar;
   scalar.op = g.InternOp("aten::scalar_tensor");
-  scalar.args = {core::Arg::Double(3.0), core::Arg::None(), core::Arg::None(), core::Arg::None(), core::Arg::None()};
+  scalar.args = {core::Arg::Double(3.0), core::Arg::None(), core::Arg::None(), core::Arg::None(),
+                 core::Arg::None()};
   scalar.outputs = {core::TensorRef::Contiguous(s, core::DType::kFloat32, {})};
   g.AddNode(std::move(scalar));
   core::Node mul;
   mul.op = g.InternOp("aten::mul.Tensor");
-  mul.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Tensor(core::TensorRef::Contiguous(s, core::DType::kFloat32, {}))};
+  mul.args = {core::Arg::Tensor(Vec(x, n)),
+              core::Arg::Tensor(core::TensorRef::Contiguous(s, core::DType::kFloat32, {}))};
   mul.outputs = {Vec(y, n)};
   g.AddNode(std::move(mul));
   g.outputs().push_back(Vec(y, n));
@@ -359,9 +383,11 @@ TEST_F(GraphRuleTest, MovedResidentInputsAreCopiedInUnlessWritten) {
   for (bool written : {false, true}) {
     SCOPED_TRACE(written ? "written in place" : "read only");
     core::Graph keep;  // uploads x and keeps it under the graph's handle
-    core::BufferId kx = keep.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+    core::BufferId kx =
+        keep.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
     core::Graph g;  // y = r * 3 (or r += 1; y = r * 3), r resident
-    core::BufferId r = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident});
+    core::BufferId r =
+        g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident});
     core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
     if (written) {
       core::Node add;
@@ -385,7 +411,8 @@ TEST_F(GraphRuleTest, MovedResidentInputsAreCopiedInUnlessWritten) {
       keep.mutable_buffer(kx).handle = handle;
       core::ExecuteRequest put;
       put.graph = &keep;
-      put.uploads.push_back({kx, core::HostBytes{xs.data_ptr(), static_cast<size_t>(xs.nbytes()), nullptr}});
+      put.uploads.push_back(
+          {kx, core::HostBytes{xs.data_ptr(), static_cast<size_t>(xs.nbytes()), nullptr}});
       put.keep = {kx};
       if (step >= 2) put.release = {handle - 2};
       ASSERT_TRUE(interpreter_->Execute(put).ok());
@@ -407,7 +434,8 @@ TEST_F(GraphRuleTest, MovedResidentInputsAreCopiedInUnlessWritten) {
       EXPECT_EQ(after.graph_captures - before.graph_captures, 2);
       EXPECT_EQ(after.graph_replays - before.graph_replays, 7);
     } else {
-      EXPECT_LE(after.graph_replays - before.graph_replays, 3) << "a written input that moves is never copied in";
+      EXPECT_LE(after.graph_replays - before.graph_replays, 3)
+          << "a written input that moves is never copied in";
     }
   }
 }
@@ -419,7 +447,8 @@ TEST_F(GraphRuleTest, MovedResidentInputsAreCopiedInUnlessWritten) {
 TEST_F(GraphRuleTest, PinnedUploadArenaIsNotOverwrittenWhileCopying) {
   constexpr int64_t n = int64_t{1} << 20;  // 4 MiB per upload
   core::Graph g;
-  core::BufferId x = g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId x =
+      g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
   core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, n});
   core::Node mul;
   mul.op = g.InternOp("aten::mul.Scalar");
@@ -443,8 +472,8 @@ TEST_F(GraphRuleTest, PinnedUploadArenaIsNotOverwrittenWhileCopying) {
   }
   for (int k = 0; k < 10; ++k) {
     core::Graph read;
-    core::BufferId b = read.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident, "",
-                                                   static_cast<uint64_t>(500 + k)});
+    core::BufferId b = read.AddBuffer(core::Buffer{
+        core::DType::kFloat32, n, core::BufferKind::kResident, "", static_cast<uint64_t>(500 + k)});
     read.outputs().push_back(Vec(b, n));
     core::ExecuteRequest req;
     req.graph = &read;
