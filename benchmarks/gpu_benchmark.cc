@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -34,6 +35,10 @@
 #include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
 #include "tests/gpu/two_chains.h"
+
+#if GENIE_WITH_CUDA
+#include <c10/cuda/CUDACachingAllocator.h>
+#endif
 
 namespace {
 
@@ -86,8 +91,23 @@ struct Mode {
   bool tf32 = false;
 };
 
+// GPU memory of the process (client, embedded node and local alike), in MB: in live tensors
+// and reserved by the caching allocator. Zeros without CUDA.
+std::pair<double, double> GpuMemoryMb() {
+#if GENIE_WITH_CUDA
+  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+  const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+  return {static_cast<double>(stats.allocated_bytes[all].current) / 1e6,
+          static_cast<double>(stats.reserved_bytes[all].current) / 1e6};
+#else
+  return {0, 0};
+#endif
+}
+
 // Brackets a model benchmark's warm-up and timed loop: the autograd mode, auto-dispatch,
-// and the node's graph counters per iteration (a replayed part counts once).
+// the node's graph counters per iteration (a replayed part counts once), and the GPU memory
+// in live tensors and reserved before and after the timed loop (gpu_mb_*, gpu_reserved_mb_*:
+// what one benchmark leaves behind shows in the next one's start).
 template <class D>
 class ModelRun {
  public:
@@ -107,10 +127,13 @@ class ModelRun {
     if (session_) traffic_ = session_->traffic();
     counters_ = genie::runtime::GetInterpreterCounters();
     genie::frontend::ResetCaptureStats();
+    std::tie(state_.counters["gpu_mb_start"], state_.counters["gpu_reserved_mb_start"]) =
+        GpuMemoryMb();
   }
   ~ModelRun() {
     at::globalContext().setAllowTF32CuBLAS(tf32_cublas_);
     at::globalContext().setAllowTF32CuDNN(tf32_cudnn_);
+    std::tie(state_.counters["gpu_mb_end"], state_.counters["gpu_reserved_mb_end"]) = GpuMemoryMb();
     if (!mode_.remote) return;
     if (mode_.dispatch >= 0) genie::frontend::SetAutoDispatch(0);
     if (session_ == nullptr) return;
