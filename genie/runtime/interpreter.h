@@ -41,18 +41,17 @@
 
 #include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
-
 #include "absl/status/statusor.h"
 #include "genie/core/executor.h"
 
 namespace genie::runtime {
 
 struct InterpreterOptions {
-  std::string device = "cpu";      // "cpu" or "cuda:N"
+  std::string device = "cpu";       // "cpu" or "cuda:N"
   int64_t memory_budget_bytes = 0;  // resident + uploaded bytes allowed; 0 = unlimited
   size_t max_cached_programs = 256;
-  int cuda_streams = 4;       // streams per program on CUDA (1: everything on one stream)
-  bool cuda_graphs = true;    // capture repeated static programs into CUDA graphs
+  int cuda_streams = 4;         // streams per program on CUDA (1: everything on one stream)
+  bool cuda_graphs = true;      // capture repeated static programs into CUDA graphs
   size_t max_cuda_graphs = 32;  // captured graphs kept per interpreter (each holds memory)
   // On the CPU: lanes for a program's independent branches (runtime/cpu_lanes.h), each on a
   // thread of its own; 1 runs every op on the calling thread.
@@ -61,10 +60,10 @@ struct InterpreterOptions {
 
 // Process-wide counts, for tests and logs (all interpreters of the process together).
 struct InterpreterCounters {
-  int64_t graph_captures = 0;   // programs captured into a CUDA graph
-  int64_t graph_replays = 0;    // runs served by replaying a graph
-  int64_t graph_refusals = 0;   // programs the capture rule refused (static screen or capture)
-  int64_t graph_drops = 0;      // graphs dropped because resident inputs moved
+  int64_t graph_captures = 0;     // programs captured into a CUDA graph
+  int64_t graph_replays = 0;      // runs served by replaying a graph
+  int64_t graph_refusals = 0;     // programs the capture rule refused (static screen or capture)
+  int64_t graph_drops = 0;        // graphs dropped because resident inputs moved
   int64_t multi_stream_runs = 0;  // eager or captured runs that used more than one stream
   int64_t cross_stream_waits = 0;
   int64_t cpu_multi_lane_runs = 0;  // CPU runs whose branches ran on several threads
@@ -94,8 +93,9 @@ class Interpreter final : public core::Executor {
   // Makes `numel` elements of `dtype` resident under `handle`: allocates them on this
   // interpreter's device and calls fill(dst, nbytes, stream) on its main stream (for
   // example CudaIpcImporter::CopyIn), which must return once the bytes are there.
-  absl::Status AdoptDeviceBuffer(uint64_t handle, core::DType dtype, int64_t numel,
-                                 absl::FunctionRef<absl::Status(void* dst, uint64_t nbytes, void* stream)> fill);
+  absl::Status AdoptDeviceBuffer(
+      uint64_t handle, core::DType dtype, int64_t numel,
+      absl::FunctionRef<absl::Status(void* dst, uint64_t nbytes, void* stream)> fill);
 
   // CUDA only (FailedPrecondition elsewhere): page-locked host memory of at least `bytes`
   // for the next run's uploads, which then go to the device without a staging copy (a

@@ -6,8 +6,8 @@
 
 #include <algorithm>
 #include <cinttypes>
-#include <cstring>
 #include <cstdio>
+#include <cstring>
 #include <list>
 #include <mutex>
 #include <new>
@@ -197,12 +197,14 @@ absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
       if (!conn.ok()) {
         return absl::Status(conn.status().code(),
                             absl::StrCat("connecting (is the peer node up and reachable from "
-                                         "this node?): ", conn.status().message()));
+                                         "this node?): ",
+                                         conn.status().message()));
       }
       absl::Status auth = transport::AuthenticateClient(*conn, key_, options_.auth_timeout);
       if (!auth.ok()) {
         return absl::Status(auth.code(), absl::StrCat("authenticating (do both nodes use the same "
-                                                      "key?): ", auth.message()));
+                                                      "key?): ",
+                                                      auth.message()));
       }
       link->conn = std::make_unique<transport::Connection<transport::Tcp>>(std::move(*conn));
     }
@@ -235,7 +237,8 @@ absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
       if (reused && attempt == 0) continue;
       return s;
     }
-    if (header->payload_bytes > std::max(plan::MaxResultBytes(limits), plan::MaxErrorBytes(limits)) ||
+    if (header->payload_bytes >
+            std::max(plan::MaxResultBytes(limits), plan::MaxErrorBytes(limits)) ||
         header->request_id != id ||
         (header->kind != MessageKind::kResult && header->kind != MessageKind::kError)) {
       return lost("reading the peer's answer",
@@ -257,8 +260,8 @@ absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
     if (!s.ok()) return lost("reading the peer's answer", s);
     const uint64_t expected = m.cuda_ipc.empty() ? nbytes : m.nbytes();
     if (done.stats.bytes_uploaded != static_cast<int64_t>(expected)) {
-      return absl::DataLossError(absl::StrCat("the peer took ", done.stats.bytes_uploaded,
-                                              " bytes of ", expected));
+      return absl::DataLossError(
+          absl::StrCat("the peer took ", done.stats.bytes_uploaded, " bytes of ", expected));
     }
     return static_cast<int64_t>(expected);
   }
@@ -319,7 +322,8 @@ Session::Session(const NodeOptions& options, std::string peer)
   int index = 0;
   if (options_.device == "cuda") {
     cuda_device_ = 0;
-  } else if (absl::StartsWith(options_.device, "cuda:") && absl::SimpleAtoi(options_.device.substr(5), &index)) {
+  } else if (absl::StartsWith(options_.device, "cuda:") &&
+             absl::SimpleAtoi(options_.device.substr(5), &index)) {
     cuda_device_ = index;
   }
   // The session's ops run on the thread that constructs it (ServeConnection's).
@@ -332,8 +336,8 @@ Session::~Session() {
 }
 
 absl::Status Session::CheckPool(const plan::RunMessage& run) {
-  GENIE_RETURN_IF_ERROR(
-      plan::CheckPoolReferences(run, shared_pool_ != nullptr ? shared_pool_->bytes() : 0, &pool_scratch_));
+  GENIE_RETURN_IF_ERROR(plan::CheckPoolReferences(
+      run, shared_pool_ != nullptr ? shared_pool_->bytes() : 0, &pool_scratch_));
   if (shared_pool_ == nullptr || pool_registered_ || pool_register_failed_ || cuda_device_ < 0 ||
       pool_scratch_.empty()) {
     return absl::OkStatus();
@@ -346,8 +350,8 @@ absl::Status Session::CheckPool(const plan::RunMessage& run) {
     pool_register_failed_ = true;
     if (options_.log_connections) {
       LogLine(absl::StrCat(
-          "genie-node: session ", peer_, ": its tensor pool of ", FormatBytes(shared_pool_->bytes()),
-          " is above this node's limit of ", FormatBytes(limit),
+          "genie-node: session ", peer_, ": its tensor pool of ",
+          FormatBytes(shared_pool_->bytes()), " is above this node's limit of ", FormatBytes(limit),
           " for page-locked memory (--max_registered_pool_bytes, and --memory_budget when set), "
           "so it is used through staging copies; for direct GPU copies use a smaller pool "
           "(kPoolBytes in the client's Shm policy) or start genie-node with a larger "
@@ -382,8 +386,9 @@ absl::Status Session::Load(absl::string_view payload) {
   GENIE_ASSIGN_OR_RETURN(plan::LoadProgramMessage load, plan::DecodeLoadProgram(payload, limits()));
   absl::StatusOr<plan::Program> program = plan::DecodeProgram(load.program, limits());
   if (!program.ok()) {
-    return absl::Status(program.status().code(), absl::StrCat("program ", load.program_id,
-                                                              " refused: ", program.status().message()));
+    return absl::Status(
+        program.status().code(),
+        absl::StrCat("program ", load.program_id, " refused: ", program.status().message()));
   }
   auto loaded = std::make_unique<Loaded>();
   loaded->program = std::move(*program);
@@ -442,8 +447,8 @@ absl::StatusOr<char*> Session::UploadArena(uint64_t bytes) {
         "this node cannot allocate ", bytes, " bytes for a run's uploads; send less per run"));
   } catch (const std::length_error&) {
     std::string().swap(arena_);
-    return absl::ResourceExhaustedError(absl::StrCat("a run's uploads of ", bytes,
-                                                     " bytes cannot be held by this node"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("a run's uploads of ", bytes, " bytes cannot be held by this node"));
   }
   upload_base_ = arena_.data();
   return upload_base_;
@@ -461,9 +466,9 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   Loaded& loaded = *it->second;
   plan::Program& program = loaded.program;
   if (run.uploads.size() != program.uploads.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("run of program ", run.program_id, " uploads ",
-                                                   run.uploads.size(), " buffers, the program takes ",
-                                                   program.uploads.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("run of program ", run.program_id, " uploads ", run.uploads.size(),
+                     " buffers, the program takes ", program.uploads.size()));
   }
   for (size_t k = 0; k < run.uploads.size(); ++k) {
     const plan::UploadEntry& e = run.uploads[k];
@@ -497,21 +502,21 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
     const plan::UploadSlot& s = program.uploads[k];
     const plan::UploadEntry& e = run.uploads[k];
     if (e.pooled()) {  // CheckPool found it inside the pool
-      request_.uploads.push_back(core::Upload{
-          s.buffer, core::HostBytes{shared_pool_->base() + e.pool_offset, static_cast<size_t>(s.nbytes), nullptr}});
+      request_.uploads.push_back(
+          core::Upload{s.buffer, core::HostBytes{shared_pool_->base() + e.pool_offset,
+                                                 static_cast<size_t>(s.nbytes), nullptr}});
       continue;
     }
-    request_.uploads.push_back(
-        core::Upload{s.buffer, core::HostBytes{upload_base_ + offset, static_cast<size_t>(s.nbytes),
-                                               nullptr}});
+    request_.uploads.push_back(core::Upload{
+        s.buffer, core::HostBytes{upload_base_ + offset, static_cast<size_t>(s.nbytes), nullptr}});
     offset += s.nbytes;
   }
   request_.output_to.clear();
   if (!run.outputs_in_pool.empty()) {
     request_.output_to.resize(program.outputs.size());
     for (const plan::OutputPlacement& o : run.outputs_in_pool) {  // checked above
-      request_.output_to[o.output] =
-          core::HostDestination{shared_pool_->base() + o.pool_offset, static_cast<size_t>(o.nbytes)};
+      request_.output_to[o.output] = core::HostDestination{shared_pool_->base() + o.pool_offset,
+                                                           static_cast<size_t>(o.nbytes)};
     }
   }
   request_.keep.clear();
@@ -538,10 +543,10 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
           FormatBytes(static_cast<uint64_t>(result_->stats.resident_bytes)),
           last_run_micros_ / 1000.0, result_->stats.program_cache_hit ? " (cached)" : ""));
     } else {
-      LogLine(absl::StrFormat("genie-node: run %s program=%d nodes=%d in=%s failed after %.3f ms: %s",
-                              peer_, run.program_id, program.graph.nodes().size(),
-                              FormatBytes(offset), last_run_micros_ / 1000.0,
-                              result_.status().ToString()));
+      LogLine(
+          absl::StrFormat("genie-node: run %s program=%d nodes=%d in=%s failed after %.3f ms: %s",
+                          peer_, run.program_id, program.graph.nodes().size(), FormatBytes(offset),
+                          last_run_micros_ / 1000.0, result_.status().ToString()));
     }
   }
   if (!result_.ok()) return result_.status();
@@ -585,13 +590,14 @@ absl::Status Session::AdoptPeerBuffers(const plan::RunBinding& binding) {
         g.AddBuffer(core::Buffer{entry.dtype, entry.numel, core::BufferKind::kHostInput, "", h});
     core::ExecuteRequest r;
     r.graph = &g;
-    r.uploads.push_back(core::Upload{b, core::HostBytes{entry.bytes.data(), entry.bytes.size(), nullptr}});
+    r.uploads.push_back(
+        core::Upload{b, core::HostBytes{entry.bytes.data(), entry.bytes.size(), nullptr}});
     r.keep = {b};
     absl::StatusOr<core::ExecuteResult> kept = interpreter_.Execute(r);
     if (!kept.ok()) {
       return absl::Status(kept.status().code(),
-                          absl::StrCat("cannot keep handle ", h, " that another node sent: ",
-                                       kept.status().message()));
+                          absl::StrCat("cannot keep handle ", h,
+                                       " that another node sent: ", kept.status().message()));
     }
   }
   return absl::OkStatus();
@@ -608,7 +614,8 @@ void Session::AttachPeers(std::string key, PeerInbox* inbox, PeerPool* pool) {
 }
 
 absl::StatusOr<int64_t> Session::SendToPeerOverCudaIpc(const plan::PeerSendMessage& m) {
-  GENIE_ASSIGN_OR_RETURN(Interpreter::DeviceBuffer buf, interpreter_.ResidentDeviceBuffer(m.handle));
+  GENIE_ASSIGN_OR_RETURN(Interpreter::DeviceBuffer buf,
+                         interpreter_.ResidentDeviceBuffer(m.handle));
   if (buf.nbytes != m.nbytes()) {
     return absl::InvalidArgumentError(absl::StrCat("handle ", m.handle, " holds ", buf.nbytes,
                                                    " bytes, the send names ", m.nbytes()));
@@ -627,7 +634,8 @@ absl::StatusOr<int64_t> Session::SendToPeerOverCudaIpc(const plan::PeerSendMessa
   // The peer answers only after its copy (or without mapping anything, when it refuses),
   // so the memory may be reused. A transfer that broke leaves the export pending: the peer
   // might still be reading, so the memory stays held until this session ends.
-  if (sent.ok() || absl::IsFailedPrecondition(sent.status())) (void)exporter_->Release(d->export_id);
+  if (sent.ok() || absl::IsFailedPrecondition(sent.status()))
+    (void)exporter_->Release(d->export_id);
   return sent;
 }
 
@@ -635,9 +643,9 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
   const absl::Time start = absl::Now();
   const std::string peer = absl::StrCat(m.peer_host, ":", m.peer_port);
   auto failed = [&](absl::string_view doing, const absl::Status& why) {
-    return absl::Status(why.code(), absl::StrCat("sending handle ", m.handle, " (", m.nbytes(),
-                                                 " bytes) to node ", peer, " failed while ", doing,
-                                                 ": ", why.message()));
+    return absl::Status(
+        why.code(), absl::StrCat("sending handle ", m.handle, " (", m.nbytes(), " bytes) to node ",
+                                 peer, " failed while ", doing, ": ", why.message()));
   };
   auto finish = [&](int64_t nbytes, bool cuda_ipc) {
     if (m.release) {
@@ -649,8 +657,8 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
     }
     inbox_->CountSend(nbytes, cuda_ipc);
     if (options_.log_runs) {
-      LogLine(absl::StrFormat("genie-node: sent handle %d (%s) to node %s for %s in %.3f ms%s", m.handle,
-                              FormatBytes(static_cast<uint64_t>(nbytes)), peer, peer_,
+      LogLine(absl::StrFormat("genie-node: sent handle %d (%s) to node %s for %s in %.3f ms%s",
+                              m.handle, FormatBytes(static_cast<uint64_t>(nbytes)), peer, peer_,
                               absl::ToDoubleMilliseconds(absl::Now() - start),
                               cuda_ipc ? " (CUDA IPC)" : ""));
     }
@@ -661,11 +669,12 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
     absl::StatusOr<int64_t> sent = SendToPeerOverCudaIpc(m);
     if (sent.ok()) return finish(*sent, /*cuda_ipc=*/true);
     // The peer (or this node) cannot do it GPU to GPU: TCP from now on for that peer.
-    if (!absl::IsFailedPrecondition(sent.status())) return failed("pushing it over CUDA IPC", sent.status());
+    if (!absl::IsFailedPrecondition(sent.status()))
+      return failed("pushing it over CUDA IPC", sent.status());
     pool_->NoCudaIpc(m.peer_host, m.peer_port);
     if (options_.log_connections) {
-      LogLine(absl::StrCat("genie-node: node ", peer, " takes no CUDA IPC (", sent.status().message(),
-                           "); sending over TCP"));
+      LogLine(absl::StrCat("genie-node: node ", peer, " takes no CUDA IPC (",
+                           sent.status().message(), "); sending over TCP"));
     }
   }
   // Read the resident buffer as one contiguous output of a graph without ops.
@@ -700,14 +709,17 @@ absl::Status Session::AcceptPut(const plan::PeerPutMessage& m, std::string bytes
 
 absl::Status Session::AcceptCudaIpcPut(const plan::PeerPutMessage& m) {
   if (cuda_device_ < 0) {
-    return absl::FailedPreconditionError(absl::StrCat("this node runs on ", options_.device,
-                                                      ": it takes no buffers over CUDA IPC"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("this node runs on ", options_.device, ": it takes no buffers over CUDA IPC"));
   }
   absl::StatusOr<CudaIpcDescriptor> d = CudaIpcDescriptor::Decode(m.cuda_ipc);
-  if (!d.ok()) return absl::FailedPreconditionError(absl::StrCat("unusable CUDA IPC descriptor: ", d.status().message()));
+  if (!d.ok())
+    return absl::FailedPreconditionError(
+        absl::StrCat("unusable CUDA IPC descriptor: ", d.status().message()));
   if (d->nbytes != m.nbytes()) {
-    return absl::InvalidArgumentError(absl::StrCat("PeerPut of handle ", m.handle, " offers ", d->nbytes,
-                                                   " bytes over CUDA IPC, expected ", m.nbytes()));
+    return absl::InvalidArgumentError(absl::StrCat("PeerPut of handle ", m.handle, " offers ",
+                                                   d->nbytes, " bytes over CUDA IPC, expected ",
+                                                   m.nbytes()));
   }
   if (importer_ == nullptr) {
     absl::StatusOr<std::unique_ptr<CudaIpcImporter>> i = CudaIpcImporter::Create(cuda_device_);
@@ -717,9 +729,12 @@ absl::Status Session::AcceptCudaIpcPut(const plan::PeerPutMessage& m) {
   // Copied into this session's interpreter under the sender's handle (this node-to-node
   // session has no tensors of its own), then handed to the node's inbox as device memory.
   absl::Status s = interpreter_.AdoptDeviceBuffer(
-      m.handle, m.dtype, m.numel,
-      [&](void* dst, uint64_t nbytes, void* stream) { return importer_->CopyIn(*d, dst, nbytes, stream); });
-  if (!s.ok()) return absl::FailedPreconditionError(absl::StrCat("taking it over CUDA IPC failed: ", s.message()));
+      m.handle, m.dtype, m.numel, [&](void* dst, uint64_t nbytes, void* stream) {
+        return importer_->CopyIn(*d, dst, nbytes, stream);
+      });
+  if (!s.ok())
+    return absl::FailedPreconditionError(
+        absl::StrCat("taking it over CUDA IPC failed: ", s.message()));
   absl::StatusOr<Interpreter::DeviceBuffer> buf = interpreter_.ResidentDeviceBuffer(m.handle);
   core::Graph none;
   core::ExecuteRequest forget;
@@ -733,16 +748,16 @@ absl::Status Session::AcceptCudaIpcPut(const plan::PeerPutMessage& m) {
   e.device_data = static_cast<const char*>(buf->base) + buf->offset;
   e.device = std::move(buf->owner);
   if (options_.log_runs) {
-    LogLine(absl::StrFormat("genie-node: received handle %d (%s) from node %s over CUDA IPC", m.handle,
-                            FormatBytes(m.nbytes()), peer_));
+    LogLine(absl::StrFormat("genie-node: received handle %d (%s) from node %s over CUDA IPC",
+                            m.handle, FormatBytes(m.nbytes()), peer_));
   }
   return inbox_->Put(m.handle, std::move(e));
 }
 
 void Session::LogConnected() const {
   if (!options_.log_connections) return;
-  LogLine(absl::StrCat("genie-node: session ", peer_, " authenticated (device ", options_.device,
-                       ")"));
+  LogLine(
+      absl::StrCat("genie-node: session ", peer_, " authenticated (device ", options_.device, ")"));
 }
 
 void Session::LogClosed(const absl::Status& why) const {
@@ -776,9 +791,9 @@ struct NodeServer::Impl {
   std::atomic<int> active{0};
   std::list<Worker> workers;      // touched only by the Tcp accept loop
   std::list<Worker> shm_workers;  // touched only by the Shm accept loop
-  PeerInbox inbox;            // shared by every session of this node
-  PeerPool pool;              // this node's connections to other nodes
-  RunGate gate;               // admission of runs (no-op without options.run_slots)
+  PeerInbox inbox;                // shared by every session of this node
+  PeerPool pool;                  // this node's connections to other nodes
+  RunGate gate;                   // admission of runs (no-op without options.run_slots)
 
   Impl(transport::Listener<transport::Tcp> l, std::string h, std::string k, NodeOptions o)
       : listener(std::move(l)),
@@ -871,13 +886,13 @@ void AcceptLoop(Listener& listener, std::list<typename Impl::Worker>& workers, I
     }
     auto done = std::make_shared<std::atomic<bool>>(false);
     s.active.fetch_add(1);
-    workers.push_back(typename Impl::Worker{
-        std::thread([&s, done, c = std::move(*conn)]() mutable {
-          (void)ServeConnection(c, s.key, s.options, s.stop, &s.inbox, &s.pool, &s.gate);
-          s.active.fetch_sub(1);
-          done->store(true);
-        }),
-        done});
+    workers.push_back(typename Impl::Worker{std::thread([&s, done, c = std::move(*conn)]() mutable {
+                                              (void)ServeConnection(c, s.key, s.options, s.stop,
+                                                                    &s.inbox, &s.pool, &s.gate);
+                                              s.active.fetch_sub(1);
+                                              done->store(true);
+                                            }),
+                                            done});
   }
   s.stop = true;
   Impl::Reap(workers, /*all=*/true);
@@ -893,8 +908,8 @@ void NodeServer::Serve(const std::atomic<bool>* stop) {
   conn_options.busy_poll = s.options.busy_poll;
   std::thread shm_loop;
   if (s.shm_listener) {
-    shm_loop = std::thread(
-        [&] { AcceptLoop(*s.shm_listener, s.shm_workers, s, conn_options, stop); });
+    shm_loop =
+        std::thread([&] { AcceptLoop(*s.shm_listener, s.shm_workers, s, conn_options, stop); });
   }
   AcceptLoop(s.listener, s.workers, s, conn_options, stop);
   if (shm_loop.joinable()) shm_loop.join();

@@ -8,7 +8,8 @@
 //
 //   // One session over any transport (an InProcess pair in tests):
 //   std::atomic<bool> stop{false};
-//   std::thread node([&] { (void)runtime::ServeConnection(server_end, key, NodeOptions{}, stop); });
+//   std::thread node([&] { (void)runtime::ServeConnection(server_end, key, NodeOptions{}, stop);
+//   });
 //
 //   // The genie-node process: one thread per connection on a Tcp listener (plus a Shm one
 //   // for clients of the same host with NodeOptions::shm_socket).
@@ -63,12 +64,12 @@
 namespace genie::runtime {
 
 struct NodeOptions {
-  std::string device = "cpu";        // "cpu"; "cuda:N" where built with CUDA
-  int64_t memory_budget_bytes = 0;   // per session: resident + uploaded bytes; 0 = unlimited
+  std::string device = "cpu";          // "cpu"; "cuda:N" where built with CUDA
+  int64_t memory_budget_bytes = 0;     // per session: resident + uploaded bytes; 0 = unlimited
   uint32_t max_cached_programs = 256;  // per connection, oldest loaded evicted first
-  int cuda_streams = 4;              // on CUDA: streams per program (InterpreterOptions)
-  bool cuda_graphs = true;           // on CUDA: replay repeated static programs as CUDA graphs
-  plan::MessageLimits limits;        // limits.max_program_bytes is --max_program_bytes
+  int cuda_streams = 4;                // on CUDA: streams per program (InterpreterOptions)
+  bool cuda_graphs = true;             // on CUDA: replay repeated static programs as CUDA graphs
+  plan::MessageLimits limits;          // limits.max_program_bytes is --max_program_bytes
   absl::Duration auth_timeout = absl::Seconds(10);
   absl::Duration io_timeout = absl::Seconds(30);  // one send, or the rest of a frame
   // How often an idle session or the accept loop looks at the stop flag.
@@ -136,7 +137,8 @@ class RunGate {
     int64_t waited = 0;        // runs that found no free slot
   };
   static constexpr int kMaxOvertakes = 8;
-  RunGate(int slots, bool decode_first) : slots_(slots), free_(slots), decode_first_(decode_first) {}
+  RunGate(int slots, bool decode_first)
+      : slots_(slots), free_(slots), decode_first_(decode_first) {}
   void Enter(bool decode);
   void Leave();
   int waiting() const;
@@ -163,12 +165,12 @@ class RunGate {
 
 // What this node sent to and received from other nodes (never client traffic).
 struct PeerStats {
-  int64_t sends = 0;           // kPeerSend requests served
+  int64_t sends = 0;  // kPeerSend requests served
   int64_t bytes_sent = 0;
-  int64_t puts = 0;            // kPeerPut messages accepted
+  int64_t puts = 0;  // kPeerPut messages accepted
   int64_t bytes_received = 0;
-  int64_t puts_refused = 0;    // over the inbox bound
-  int64_t inbox_bytes = 0;     // received, not yet read by a run
+  int64_t puts_refused = 0;  // over the inbox bound
+  int64_t inbox_bytes = 0;   // received, not yet read by a run
   int64_t inbox_buffers = 0;
   int64_t connections_opened = 0;  // to other nodes (PeerPool), reconnects included
   int64_t connections_reused = 0;  // transfers that went over an open pooled connection
@@ -189,7 +191,8 @@ class PeerInbox {
     std::shared_ptr<const void> device;
     const void* device_data = nullptr;
     int64_t held_bytes() const {
-      return device ? numel * static_cast<int64_t>(core::DTypeSize(dtype)) : static_cast<int64_t>(bytes.size());
+      return device ? numel * static_cast<int64_t>(core::DTypeSize(dtype))
+                    : static_cast<int64_t>(bytes.size());
     }
   };
   // max_bytes: most bytes held at once (0 = unlimited).
@@ -228,8 +231,8 @@ class PeerPool {
   // error naming the peer and what failed (connecting, authenticating, sending, the
   // peer's refusal).
   // With m.cuda_ipc set, no bytes follow (the peer copies from this node's GPU).
-  absl::StatusOr<int64_t> Put(const std::string& host, uint16_t port,
-                              const plan::PeerPutMessage& m, const void* bytes, size_t nbytes);
+  absl::StatusOr<int64_t> Put(const std::string& host, uint16_t port, const plan::PeerPutMessage& m,
+                              const void* bytes, size_t nbytes);
   // Whether transfers to this peer may go over CUDA IPC: true until NoCudaIpc for it.
   bool MayUseCudaIpc(const std::string& host, uint16_t port);
   void NoCudaIpc(const std::string& host, uint16_t port);
@@ -328,7 +331,7 @@ class Session {
   std::unique_ptr<PeerPool> own_pool_;
   RunGate* gate_ = nullptr;
   Interpreter interpreter_;
-  int cuda_device_ = -1;  // N of "cuda:N"; -1 on the CPU
+  int cuda_device_ = -1;                       // N of "cuda:N"; -1 on the CPU
   std::unique_ptr<CudaIpcExporter> exporter_;  // made on first use
   std::unique_ptr<CudaIpcImporter> importer_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Loaded>> programs_;  // by client program id
@@ -383,9 +386,8 @@ absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
           h->payload_bytes == 0) {
         *protocol_error = true;
         return absl::InvalidArgumentError(absl::StrCat(
-            "expected a ", plan::UploadClassName(e.upload_class),
-            " transfer frame for request ", request_id, ", got ",
-            transport::MessageKindName(h->kind), " (",
+            "expected a ", plan::UploadClassName(e.upload_class), " transfer frame for request ",
+            request_id, ", got ", transport::MessageKindName(h->kind), " (",
             transport::TrafficClassName(h->traffic), ", request ", h->request_id, ", ",
             h->payload_bytes, " bytes)"));
       }
@@ -393,8 +395,8 @@ absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
     }
     if (e.nbytes > frame_left) {
       *protocol_error = true;
-      return absl::InvalidArgumentError(absl::StrCat(
-          "upload of buffer b", e.buffer, " (", e.nbytes, " bytes) spans transfer frames"));
+      return absl::InvalidArgumentError(absl::StrCat("upload of buffer b", e.buffer, " (", e.nbytes,
+                                                     " bytes) spans transfer frames"));
     }
     if (dst != nullptr) {
       absl::Status s = conn.ReceivePayload(dst + offset, static_cast<size_t>(e.nbytes));
@@ -506,9 +508,8 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         out.node_micros = session.last_run_micros();
         s = conn.SendBytes(MessageKind::kResult, id, plan::EncodeResult(out));
         if (!s.ok()) return s;
-        for (const plan::TransferFrame& f :
-             plan::GroupTransfers(entries, transport::transport_traits<
-                                               typename Conn::Policy>::max_frame_bytes)) {
+        for (const plan::TransferFrame& f : plan::GroupTransfers(
+                 entries, transport::transport_traits<typename Conn::Policy>::max_frame_bytes)) {
           std::vector<transport::Piece>& pieces = session.pieces();
           pieces.clear();
           for (uint32_t k = f.first; k < f.first + f.count; ++k) {
@@ -524,16 +525,17 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
       case MessageKind::kPeerSend: {
         absl::Status s = receive_message(plan::MaxPeerSendBytes(limits));
         if (!s.ok() && conn.broken()) return s;
-        absl::StatusOr<plan::PeerSendMessage> send =
-            s.ok() ? plan::DecodePeerSend(message, limits)
-                   : absl::StatusOr<plan::PeerSendMessage>(s);
+        absl::StatusOr<plan::PeerSendMessage> send = s.ok()
+                                                         ? plan::DecodePeerSend(message, limits)
+                                                         : absl::StatusOr<plan::PeerSendMessage>(s);
         if (!send.ok()) return RefuseAndClose(conn, session, id, "PeerSend", send.status());
         absl::StatusOr<int64_t> sent =
             session.has_peers() ? session.SendToPeer(*send)
                                 : absl::StatusOr<int64_t>(absl::FailedPreconditionError(
                                       "this node does not send to other nodes (no peer inbox)"));
         if (!sent.ok()) {
-          s = conn.SendBytes(MessageKind::kError, id, plan::EncodeError(sent.status(), false, limits));
+          s = conn.SendBytes(MessageKind::kError, id,
+                             plan::EncodeError(sent.status(), false, limits));
         } else {
           plan::ResultMessage done;
           done.stats.bytes_uploaded = *sent;
@@ -553,7 +555,8 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
                                 absl::FailedPreconditionError(
                                     "this node takes no buffers from other nodes (no peer inbox)"));
         }
-        const plan::UploadEntry entry{core::kNoBuffer, plan::UploadClass::kActivations, put->nbytes()};
+        const plan::UploadEntry entry{core::kNoBuffer, plan::UploadClass::kActivations,
+                                      put->nbytes()};
         if (!put->cuda_ipc.empty()) {
           s = session.AcceptCudaIpcPut(*put);  // no transfer frame: GPU to GPU
         } else {
@@ -563,7 +566,8 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
                              arena.ok() ? *arena : nullptr, io_timeout, &protocol_error);
           if (protocol_error) return RefuseAndClose(conn, session, id, "PeerPut bytes", s);
           if (!s.ok()) return s;
-          s = arena.ok() ? session.AcceptPut(*put, std::string(*arena, entry.nbytes)) : arena.status();
+          s = arena.ok() ? session.AcceptPut(*put, std::string(*arena, entry.nbytes))
+                         : arena.status();
         }
         if (!s.ok()) {
           s = conn.SendBytes(MessageKind::kError, id, plan::EncodeError(s, false, limits));
@@ -623,9 +627,8 @@ absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOption
 // thread (and one session) per connection: what genie-node runs.
 class NodeServer {
  public:
-  static absl::StatusOr<std::unique_ptr<NodeServer>> Create(absl::string_view host,
-                                                            uint16_t port, std::string key,
-                                                            NodeOptions options);
+  static absl::StatusOr<std::unique_ptr<NodeServer>> Create(absl::string_view host, uint16_t port,
+                                                            std::string key, NodeOptions options);
   ~NodeServer();
 
   const std::string& host() const;
