@@ -188,6 +188,7 @@ void BM_VqaDispatched(benchmark::State& state) {
   genie::SessionOptions options = QuietSessionOptions();
   options.embedded_nodes = kNodes;
   options.pipelined = kPipelined;
+  options.embedded.cpu_lanes = static_cast<int>(state.range(1));  // 0: automatic
   std::optional<VqaOnSession<Deployment>> v = StartVqa<Deployment>(state, in, options, 3);
   if (!v) return;
   auto& session = v->session;
@@ -380,26 +381,26 @@ BENCHMARK_TEMPLATE(BM_VqaRemote, PlacedDeployment, 2)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, BlindDeployment, 1, false)
     ->Name("BM_VqaDispatched/blind")
-    ->Arg(0)
-    ->Arg(1)
+    ->ArgNames({"size", "lanes"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, SemanticDeployment, 1, false)
     ->Name("BM_VqaDispatched/one_node")
-    ->Arg(0)
-    ->Arg(1)
+    ->ArgNames({"size", "lanes"})
+    ->ArgsProduct({{0, 1}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, false)
     ->Name("BM_VqaDispatched/two_nodes")
-    ->Arg(0)
-    ->Arg(1)
+    ->ArgNames({"size", "lanes"})
+    ->ArgsProduct({{0, 1}, {0}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaDispatched, PlacedDeployment, 2, true)
     ->Name("BM_VqaDispatched/two_nodes_pipelined")
-    ->Arg(0)
-    ->Arg(1)
+    ->ArgNames({"size", "lanes"})
+    ->ArgsProduct({{0, 1}, {0}})
     ->Unit(benchmark::kMillisecond)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_VqaScheduler, SemanticDeployment, 1, 1)

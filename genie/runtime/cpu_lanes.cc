@@ -13,8 +13,13 @@
 namespace genie::runtime {
 
 int AutomaticCpuLanes() {
-  static const int lanes = std::thread::hardware_concurrency() >= 4 ? 2 : 1;
+  static const int lanes = std::thread::hardware_concurrency() >= 2 ? 2 : 1;
   return lanes;
+}
+
+int LanesWithinCores(int lanes, int intra_op_threads) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::clamp(cores / std::max(1, intra_op_threads), 1, std::max(1, lanes));
 }
 namespace {
 
@@ -74,14 +79,16 @@ StreamPlan PlanBranches(const core::Graph& graph, int max_lanes, int min_branch_
   std::vector<std::pair<int64_t, int32_t>> sizes;  // (nodes, input)
   for (int32_t l : label) {
     if (l < 0) continue;
-    auto it = std::find_if(sizes.begin(), sizes.end(), [&](const auto& s) { return s.second == l; });
+    auto it =
+        std::find_if(sizes.begin(), sizes.end(), [&](const auto& s) { return s.second == l; });
     if (it == sizes.end()) {
       sizes.push_back({1, l});
     } else {
       ++it->first;
     }
   }
-  std::sort(sizes.begin(), sizes.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::sort(sizes.begin(), sizes.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
   while (!sizes.empty() && sizes.back().first < min_branch_nodes) sizes.pop_back();
   if (sizes.size() < 2) return one;
   if (sizes.size() > static_cast<size_t>(lanes)) sizes.resize(lanes);
@@ -108,7 +115,8 @@ StreamPlan PlanBranches(const core::Graph& graph, int max_lanes, int min_branch_
     const int l = plan.lane[node];
     std::vector<core::NodeId> from = preds[node];
     // Latest first, so one wait covers the earlier nodes of the same lane.
-    std::sort(from.begin(), from.end(), [&](core::NodeId a, core::NodeId b) { return position[a] > position[b]; });
+    std::sort(from.begin(), from.end(),
+              [&](core::NodeId a, core::NodeId b) { return position[a] > position[b]; });
     for (core::NodeId p : from) {
       const int pl = plan.lane[p];
       if (pl == l) continue;

@@ -15,6 +15,7 @@
 #include "genie/core/graph.h"
 #include "genie/core/testing/graph_builder.h"
 #include "genie/runtime/interpreter.h"
+#include "genie/runtime/intra_op_threads.h"
 
 namespace genie::runtime {
 namespace {
@@ -180,9 +181,63 @@ TEST(CpuLanesTest, InterpreterResultsMatchOneLane) {
     EXPECT_EQ(got->stats.nodes_executed, expected->stats.nodes_executed);
     ASSERT_EQ(got->outputs.size(), 1u);
     ASSERT_EQ(got->outputs[0].nbytes, expected->outputs[0].nbytes);
-    EXPECT_EQ(std::memcmp(got->outputs[0].data, expected->outputs[0].data, got->outputs[0].nbytes), 0);
+    EXPECT_EQ(std::memcmp(got->outputs[0].data, expected->outputs[0].data, got->outputs[0].nbytes),
+              0);
   }
   EXPECT_EQ(GetInterpreterCounters().cpu_multi_lane_runs - before, 3);
+}
+
+// Automatic lanes never ask for more threads than the machine has: lanes x intra-op threads
+// <= cores, within [1, lanes].
+TEST(CpuLanesTest, LanesWithinCoresFitTheMachine) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  EXPECT_EQ(LanesWithinCores(2, 1), std::min(2, cores));
+  EXPECT_EQ(LanesWithinCores(2, cores), 1);
+  EXPECT_EQ(LanesWithinCores(0, 1), 1);
+  for (int lanes = 1; lanes <= 4; ++lanes) {
+    for (int threads = 0; threads <= 2 * cores; ++threads) {
+      const int got = LanesWithinCores(lanes, threads);
+      EXPECT_GE(got, 1);
+      EXPECT_LE(got, lanes);
+      if (got > 1) {
+        EXPECT_LE(got * std::max(1, threads), cores)
+            << lanes << " lanes, " << threads << " threads";
+      }
+    }
+  }
+}
+
+// With lanes chosen within the cores, a program prepared on a thread that runs its ops on as
+// many intra-op threads as there are cores gets one lane; on one intra-op thread, two (where
+// the machine has two cores).
+TEST(CpuLanesTest, InterpreterCapsAutomaticLanesByIntraOpThreads) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  TwoBranches b(12, 12);
+  const std::string x = Floats(16, 1.0f), y = Floats(16, -0.5f), w = Floats(16, 0.75f);
+  InterpreterOptions options;
+  options.cpu_lanes = 2;
+  options.cpu_lanes_within_cores = true;
+  const int original = IntraOpThreadsOfThisThread();
+  for (const int threads : {cores, 1}) {
+    ASSERT_TRUE(SetIntraOpThreadsOfThisThread(threads).ok());
+    Interpreter interpreter(options);
+    core::ExecuteRequest r;
+    r.graph = &b.g;
+    r.fingerprint = 45;
+    r.uploads = {{b.x, core::HostBytes{x.data(), x.size(), nullptr}},
+                 {b.y, core::HostBytes{y.data(), y.size(), nullptr}},
+                 {b.w, core::HostBytes{w.data(), w.size(), nullptr}}};
+    const int64_t before = GetInterpreterCounters().cpu_multi_lane_runs;
+    ASSERT_TRUE(interpreter.Execute(r).ok());
+    const bool multi_lane = GetInterpreterCounters().cpu_multi_lane_runs > before;
+    EXPECT_EQ(multi_lane, LanesWithinCores(2, threads) > 1) << threads << " intra-op threads";
+    if (threads == 1) {
+      EXPECT_EQ(multi_lane, cores >= 2);
+    } else {
+      EXPECT_FALSE(multi_lane);
+    }
+  }
+  ASSERT_TRUE(SetIntraOpThreadsOfThisThread(original).ok());
 }
 
 // An op that fails on a worker lane: a clear error, and the interpreter runs on.

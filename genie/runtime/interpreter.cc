@@ -14,6 +14,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 
@@ -331,8 +332,12 @@ struct Interpreter::Impl {
         if (!p->graph_blocker.empty()) break;
       }
     }
-    p->streams = device.is_cuda() ? PlanStreams(g, options.cuda_streams)
-                                  : PlanBranches(g, options.cpu_lanes);
+    p->streams =
+        device.is_cuda()
+            ? PlanStreams(g, options.cuda_streams)
+            : PlanBranches(g, options.cpu_lanes_within_cores
+                                  ? LanesWithinCores(options.cpu_lanes, at::get_num_threads())
+                                  : options.cpu_lanes);
     if (device.is_cuda()) {
       p->written.assign(g.buffers().size(), false);
       for (const core::Node& n : g.nodes()) {

@@ -43,7 +43,8 @@ ABSL_FLAG(int32_t, threads, 0,
 ABSL_FLAG(int32_t, cpu_lanes, 0,
           "on cpu, threads per session for a program's independent branches (e.g. a VQA "
           "model's vision and language encoders), joined where a node reads both; 1: every op "
-          "on the session thread; 0: 2 on a machine of 4 or more cores, else 1");
+          "on the session thread; 0: 2 where the machine has 2 or more cores, per program no more "
+          "than fit its cores with the program's intra-op threads");
 ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
 ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
