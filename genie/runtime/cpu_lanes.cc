@@ -17,8 +17,9 @@ int AutomaticCpuLanes() {
   return lanes;
 }
 
-int LanesWithinCores(int lanes, int intra_op_threads) {
+int AutomaticLanesFor(int lanes, int intra_op_threads) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  if (cores >= 4) return std::max(1, lanes);
   return std::clamp(cores / std::max(1, intra_op_threads), 1, std::max(1, lanes));
 }
 namespace {

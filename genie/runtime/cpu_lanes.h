@@ -41,14 +41,18 @@ namespace genie::runtime {
 StreamPlan PlanBranches(const core::Graph& graph, int max_lanes, int min_branch_nodes = 8);
 
 // Lanes a node uses when not told: 2 on a machine of 2 or more hardware threads, each
-// program then capped by LanesWithinCores. Measured on the 2-vCPU VM: the toy VQA (one
-// intra-op thread per op) runs 1.2x faster on 2 lanes, one batch at a time or dispatched,
-// while the 37 MB VQA (2 intra-op threads per op) is no faster and at times 1.4x slower.
+// program's then chosen by AutomaticLanesFor.
 int AutomaticCpuLanes();
 
-// At most `lanes`, and no more than fit the machine's hardware threads when each lane runs
-// its ops on `intra_op_threads` threads (lanes x threads <= cores), at least 1.
-int LanesWithinCores(int lanes, int intra_op_threads);
+// A program's lanes when they are chosen automatically: all `lanes` on a machine of 4 or
+// more hardware threads; on fewer, no more than fit the cores with the threads each lane's
+// ops run on (lanes x intra_op_threads <= cores); at least 1. Measured:
+//   - 2-vCPU VM: the toy VQA (one intra-op thread) 1.1-1.3x faster on 2 lanes, one batch
+//     at a time or dispatched; the 37 MB VQA (2 intra-op threads) no faster, at times
+//     1.4x slower.
+//   - 16-core host: the 37 MB VQA 1.26x faster on 2 lanes (each with libtorch's default
+//     threads) than on 1.
+int AutomaticLanesFor(int lanes, int intra_op_threads);
 
 class CpuLanes {
  public:

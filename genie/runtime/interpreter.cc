@@ -27,6 +27,7 @@
 #include <list>
 #include <mutex>
 #include <optional>
+#include <shared_mutex>
 #include <utility>
 #include <vector>
 
@@ -111,6 +112,13 @@ std::atomic<int64_t> g_cross_stream_waits{0};
 std::atomic<int64_t> g_cpu_multi_lane_runs{0};
 
 #if GENIE_WITH_CUDA
+// CUDA interpreters alive in the process, and a lock that graph captures hold shared: the
+// caching allocator refuses (an internal assertion) to empty its cache while any capture is
+// under way on the device, so ~Interpreter empties it only when it was the last CUDA
+// interpreter and no capture holds the lock.
+std::atomic<int> g_live_cuda_interpreters{0};
+std::shared_mutex g_capture_mu;
+
 // The streams of interpreters that ended, for the next interpreters on their device. The
 // caching allocator keeps freed blocks per stream, and cuBLAS a workspace per stream: a
 // stream destroyed with its interpreter strands them for good (about 12 GB of reserved
@@ -335,8 +343,8 @@ struct Interpreter::Impl {
     p->streams =
         device.is_cuda()
             ? PlanStreams(g, options.cuda_streams)
-            : PlanBranches(g, options.cpu_lanes_within_cores
-                                  ? LanesWithinCores(options.cpu_lanes, at::get_num_threads())
+            : PlanBranches(g, options.automatic_cpu_lanes
+                                  ? AutomaticLanesFor(options.cpu_lanes, at::get_num_threads())
                                   : options.cpu_lanes);
     if (device.is_cuda()) {
       p->written.assign(g.buffers().size(), false);
@@ -884,6 +892,7 @@ struct Interpreter::Impl {
       auto graph = std::make_unique<at::cuda::CUDAGraph>();
       absl::Status status = absl::OkStatus();
       int64_t executed = 0;
+      std::shared_lock<std::shared_mutex> capturing(g_capture_mu);  // no emptyCache meanwhile
       try {
         graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
         status = RunNodesCuda(g, program, *state, roots, &executed);
@@ -1055,17 +1064,30 @@ struct Interpreter::Impl {
 Interpreter::Interpreter(InterpreterOptions options) : impl_(std::make_unique<Impl>()) {
   impl_->device = at::Device(options.device);
   impl_->options = std::move(options);
+#if GENIE_WITH_CUDA
+  if (impl_->device.is_cuda()) g_live_cuda_interpreters.fetch_add(1);
+#endif
 }
 
 Interpreter::~Interpreter() {
 #if GENIE_WITH_CUDA
   const bool cuda = impl_->device.is_cuda();
   impl_.reset();
-  // The memory of this interpreter's CUDA graphs (their private pools, which the caching
-  // allocator frees only when asked) and the blocks it cached go back to the device, for the
-  // node's later sessions and other processes: without this a node's reserved memory grew
-  // by about 6 GB with every ViT-B/16 session.
-  if (cuda) c10::cuda::CUDACachingAllocator::emptyCache();
+  if (!cuda || g_live_cuda_interpreters.fetch_sub(1) != 1) return;
+  // The last CUDA interpreter of the process ended: the memory of the CUDA graphs of ended
+  // sessions (private pools, which the caching allocator frees only when asked) and the
+  // blocks they cached go back to the device, for later sessions and other processes.
+  // Without it a node's reserved memory grew by about 6 GB with every ViT-B/16 session.
+  // Not while other interpreters run (freeing synchronizes the device, and a capture under
+  // way would make the allocator refuse), and never fatal: a refusal (for example a capture
+  // of the application's own) leaves the memory to the allocator's own release on demand.
+  std::unique_lock<std::shared_mutex> no_capture(g_capture_mu, std::try_to_lock);
+  if (!no_capture.owns_lock()) return;
+  try {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "genie: the CUDA caching allocator was not emptied: %s\n", e.what());
+  }
 #endif
 }
 

@@ -56,10 +56,9 @@ struct InterpreterOptions {
   // On the CPU: lanes for a program's independent branches (runtime/cpu_lanes.h), each on a
   // thread of its own; 1 runs every op on the calling thread.
   int cpu_lanes = 1;
-  // With cpu_lanes chosen automatically: a program gets no more lanes than fit the cores
-  // with the intra-op threads its ops run on (the calling thread's when it is prepared):
-  // runtime::LanesWithinCores.
-  bool cpu_lanes_within_cores = false;
+  // cpu_lanes was chosen automatically: a program gets runtime::AutomaticLanesFor(cpu_lanes,
+  // the intra-op threads of the thread it is prepared on) lanes.
+  bool automatic_cpu_lanes = false;
 };
 
 // Process-wide counts, for tests and logs (all interpreters of the process together).

@@ -8,9 +8,9 @@
 // The first line on stdout is "genie-node listening on HOST:PORT" (flushed), so a parent
 // process can read the port; with --shm_socket the second says "genie-node listening for
 // shared-memory clients on PATH". Logs go to stderr. SIGTERM / SIGINT stop it cleanly.
-#include <atomic>
 #include <signal.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -21,8 +21,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "genie/runtime/node_server.h"
@@ -43,8 +43,8 @@ ABSL_FLAG(int32_t, threads, 0,
 ABSL_FLAG(int32_t, cpu_lanes, 0,
           "on cpu, threads per session for a program's independent branches (e.g. a VQA "
           "model's vision and language encoders), joined where a node reads both; 1: every op "
-          "on the session thread; 0: 2 where the machine has 2 or more cores, per program no more "
-          "than fit its cores with the program's intra-op threads");
+          "on the session thread; 0: 2 where the machine has 2 or more cores (below 4 cores, only "
+          "for programs whose ops run on one intra-op thread)");
 ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
 ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
@@ -150,23 +150,27 @@ int main(int argc, char** argv) {
   options.peer_inbox_bytes = absl::GetFlag(FLAGS_peer_inbox_bytes);
   if (options.peer_inbox_bytes < 0) return Fail("--peer_inbox_bytes must be >= 0");
   options.max_registered_pool_bytes = absl::GetFlag(FLAGS_max_registered_pool_bytes);
-  if (options.max_registered_pool_bytes < 0) return Fail("--max_registered_pool_bytes must be >= 0");
+  if (options.max_registered_pool_bytes < 0)
+    return Fail("--max_registered_pool_bytes must be >= 0");
   options.run_slots = absl::GetFlag(FLAGS_run_slots);
   if (options.run_slots < 0) return Fail("--run_slots must be >= 0");
   options.decode_first = absl::GetFlag(FLAGS_decode_first);
   options.cuda_streams = absl::GetFlag(FLAGS_cuda_streams);
-  if (options.cuda_streams < 1 || options.cuda_streams > 16) return Fail("--cuda_streams must be in [1, 16]");
+  if (options.cuda_streams < 1 || options.cuda_streams > 16)
+    return Fail("--cuda_streams must be in [1, 16]");
   options.cuda_graphs = absl::GetFlag(FLAGS_cuda_graphs);
   options.peer_cuda_ipc = absl::GetFlag(FLAGS_peer_cuda_ipc);
   const int32_t busy_poll_us = absl::GetFlag(FLAGS_busy_poll_us);
-  if (busy_poll_us < 0 || busy_poll_us > 1000000) return Fail("--busy_poll_us must be in [0, 1000000]");
+  if (busy_poll_us < 0 || busy_poll_us > 1000000)
+    return Fail("--busy_poll_us must be in [0, 1000000]");
   options.busy_poll = absl::Microseconds(busy_poll_us);
   options.shm_socket = absl::GetFlag(FLAGS_shm_socket);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0) return Fail("--threads must be >= 0 (0: automatic)");
   options.intra_op_threads = threads;
   options.cpu_lanes = absl::GetFlag(FLAGS_cpu_lanes);
-  if (options.cpu_lanes < 0 || options.cpu_lanes > 16) return Fail("--cpu_lanes must be in [0, 16] (0: automatic)");
+  if (options.cpu_lanes < 0 || options.cpu_lanes > 16)
+    return Fail("--cpu_lanes must be in [0, 16] (0: automatic)");
 
   absl::StatusOr<std::unique_ptr<genie::runtime::NodeServer>> server =
       genie::runtime::NodeServer::Create(host, static_cast<uint16_t>(port), std::move(*key),

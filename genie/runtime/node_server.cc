@@ -309,7 +309,7 @@ InterpreterOptions InterpreterOptionsFor(const NodeOptions& options) {
   o.cuda_streams = options.cuda_streams;
   o.cuda_graphs = options.cuda_graphs;
   o.cpu_lanes = options.cpu_lanes > 0 ? options.cpu_lanes : AutomaticCpuLanes();
-  o.cpu_lanes_within_cores = options.cpu_lanes == 0;
+  o.automatic_cpu_lanes = options.cpu_lanes == 0;
   return o;
 }
 

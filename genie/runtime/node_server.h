@@ -108,8 +108,8 @@ struct NodeOptions {
   // On the CPU: threads per session for a program's independent branches (a VQA model's
   // vision and language encoders; runtime/cpu_lanes.h); 1 runs every op on the session
   // thread. 0 (the default): runtime::AutomaticCpuLanes(), 2 on a machine of 2 or more
-  // cores, capped per program so that lanes x its intra-op threads fit the cores
-  // (runtime::LanesWithinCores: on 2 cores, programs of small ops get 2 lanes, others 1).
+  // cores, per program runtime::AutomaticLanesFor (on fewer than 4 cores, only programs
+  // whose ops run on one intra-op thread get 2).
   int cpu_lanes = 0;
 };
 

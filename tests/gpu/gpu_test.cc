@@ -160,7 +160,8 @@ GpuMemory GpuMemoryNow() {
 // each one left its workspaces (tens of MB) and stranded its cached blocks, and the private
 // pools of its CUDA graphs stayed reserved (together about 12 GB per ViT-B/16 session): the
 // seventh such session on an 80 GB H100 ran out of memory. Streams now go back to a
-// recycler for the next interpreter, and an ended interpreter empties the allocator's cache.
+// recycler for the next interpreter, and the last CUDA interpreter to end empties the
+// allocator's cache.
 TEST(GpuSessionsTest, SessionAfterSessionLeavesNoGpuMemoryBehind) {
   if (!torch::cuda::is_available()) {
     GTEST_SKIP() << "no CUDA device on this machine: the GPU tests run on the GPU machines";
