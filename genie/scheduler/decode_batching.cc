@@ -591,10 +591,8 @@ absl::StatusOr<core::ExecuteResult> DecodeBatcher::Execute(
 
 bool DecodeBatcher::IsTransient(const absl::Status& status) {
   switch (status.code()) {
-    case absl::StatusCode::kUnavailable:
-    case absl::StatusCode::kDeadlineExceeded:
-    case absl::StatusCode::kAborted:
-    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kUnavailable:       // a lost connection or node
+    case absl::StatusCode::kDeadlineExceeded:  // a late one
       return true;
     default:
       return false;

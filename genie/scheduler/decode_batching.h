@@ -56,8 +56,8 @@ namespace genie::scheduler {
 
 // One decode graph rewritten to batch its streams.
 struct BatchedDecode {
-  core::Graph graph;                  // all streams, weight matmuls batched; Validate()d
-  std::vector<core::BufferId> keep;   // the request's keep, in this graph's ids
+  core::Graph graph;                 // all streams, weight matmuls batched; Validate()d
+  std::vector<core::BufferId> keep;  // the request's keep, in this graph's ids
   // Per buffer of the captured graph: its id here (kNoBuffer for a batched op's output
   // that only lives inside the batched buffer now).
   std::vector<core::BufferId> new_of_old;
@@ -75,17 +75,17 @@ absl::StatusOr<BatchedDecode> BatchDecodeStreams(const core::Graph& graph,
 
 // What decode batching did, since the start.
 struct DecodeBatchingStats {
-  int64_t decode_graphs = 0;    // decode graphs seen
-  int64_t batched_runs = 0;     // of those, run batched
-  int64_t streams_batched = 0;  // streams in those runs (sum of batch sizes)
-  int64_t ops_batched = 0;      // ops run once for all streams, summed over batched runs
-  int64_t not_batched = 0;      // decode graphs run as captured (refused)
-  int64_t fallbacks = 0;        // batched runs that failed and ran again unbatched
-  int64_t other_graphs = 0;     // prefill and other non-decode graphs (never batched)
+  int64_t decode_graphs = 0;           // decode graphs seen
+  int64_t batched_runs = 0;            // of those, run batched
+  int64_t streams_batched = 0;         // streams in those runs (sum of batch sizes)
+  int64_t ops_batched = 0;             // ops run once for all streams, summed over batched runs
+  int64_t not_batched = 0;             // decode graphs run as captured (refused)
+  int64_t fallbacks = 0;               // batched runs that failed and ran again unbatched
+  int64_t other_graphs = 0;            // prefill and other non-decode graphs (never batched)
   std::map<int, int64_t> batch_sizes;  // N -> batched runs
-  std::string last_refusal;     // why the last refused decode graph was not batched
-  std::string last_fallback;    // the error of the last batched run that failed
-  std::string ToString() const;  // "3 of 4 decode steps batched (sizes 4x3), ..."
+  std::string last_refusal;            // why the last refused decode graph was not batched
+  std::string last_fallback;           // the error of the last batched run that failed
+  std::string ToString() const;        // "3 of 4 decode steps batched (sizes 4x3), ..."
 };
 
 // The batching stage of a scheduler: rewrites decode graphs (cached per fingerprint) and
@@ -93,12 +93,12 @@ struct DecodeBatchingStats {
 // fails is run again as captured (its streams one after another in one graph, as without
 // batching), so batching never changes what a run returns. When that run succeeds, the
 // batched graph is to blame and the fingerprint is not batched again (its plan becomes a
-// refusal saying why), unless the batched run's error is one a retry can outlive (lost
-// connection, deadline, busy node: kUnavailable, kDeadlineExceeded, kAborted,
-// kResourceExhausted); the fingerprint is then tried batched again next time, and refused
-// after kMaxTransientFailures of those in a row (a success resets the count). A request
-// whose keep differs from its cached plan's, or whose graph is not the plan's, runs as
-// captured. Thread-safe.
+// refusal saying why), unless the batched run's error is one a retry can outlive (a lost
+// connection or a deadline: kUnavailable, kDeadlineExceeded; not kResourceExhausted, which
+// a larger batched graph can hit every time); the fingerprint is then tried batched again
+// next time, and refused after kMaxTransientFailures of those in a row (a success resets the
+// count). A request whose keep differs from its cached plan's, or whose graph is not the
+// plan's, runs as captured. Thread-safe.
 class DecodeBatcher {
  public:
   using RunFn = absl::FunctionRef<absl::StatusOr<core::ExecuteResult>(
@@ -111,7 +111,7 @@ class DecodeBatcher {
  private:
   struct Plan {
     absl::StatusOr<BatchedDecode> batched = absl::UnknownError("unset");
-    std::vector<core::BufferId> keep;  // the request's keep it was made for
+    std::vector<core::BufferId> keep;    // the request's keep it was made for
     mutable int transient_failures = 0;  // batched runs in a row that failed transiently (mu_)
   };
   std::shared_ptr<const Plan> PlanFor(const core::ExecuteRequest& request,
