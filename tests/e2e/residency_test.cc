@@ -9,6 +9,7 @@
 
 #include <memory>
 
+#include "absl/cleanup/cleanup.h"
 #include "examples/models/models.h"
 #include "examples/report.h"
 #include "genie/client/session.h"
@@ -40,13 +41,13 @@ void StepsStayWithinTheBudget(int64_t cut, int64_t growth) {
   model->to(remote);
   frontend::NameParameters(*model);
   frontend::SetAutoDispatch(cut, growth);
+  absl::Cleanup not_cut = [] { frontend::SetAutoDispatch(0); };  // also when an ASSERT returns
   for (int step = 0; step < kSteps; ++step) {
     const torch::Tensor images = torch::randn({8, 3, 32, 32});
     const torch::Tensor got = model->forward(images.to(remote)).to(torch::kCPU);
     ASSERT_TRUE(frontend::Join().ok()) << "step " << step;
     ASSERT_TRUE(torch::allclose(got, local->forward(images), 1e-5, 1e-5)) << "step " << step;
   }
-  frontend::SetAutoDispatch(0);
 }
 
 TEST(ResidencyTest, StepsStayWithinTheNodeBudgetOverTcp) {
