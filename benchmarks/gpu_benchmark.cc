@@ -34,11 +34,8 @@
 #include "genie/runtime/node_server.h"
 #include "genie/transport/shm.h"
 #include "genie/transport/tcp.h"
+#include "tests/gpu/gpu_memory.h"
 #include "tests/gpu/two_chains.h"
-
-#if GENIE_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
 
 namespace {
 
@@ -94,14 +91,8 @@ struct Mode {
 // GPU memory of the process (client, embedded node and local alike), in MB: in live tensors
 // and reserved by the caching allocator. Zeros without CUDA.
 std::pair<double, double> GpuMemoryMb() {
-#if GENIE_WITH_CUDA
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-  const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-  return {static_cast<double>(stats.allocated_bytes[all].current) / 1e6,
-          static_cast<double>(stats.reserved_bytes[all].current) / 1e6};
-#else
-  return {0, 0};
-#endif
+  const genie::testing::GpuMemory m = genie::testing::GpuMemoryNow();
+  return {static_cast<double>(m.allocated) / 1e6, static_cast<double>(m.reserved) / 1e6};
 }
 
 // Brackets a model benchmark's warm-up and timed loop: the autograd mode, auto-dispatch,

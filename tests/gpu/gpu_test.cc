@@ -17,11 +17,8 @@
 #include "genie/frontend/remote_device.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/runtime/stream_plan.h"
+#include "tests/gpu/gpu_memory.h"
 #include "tests/gpu/two_chains.h"
-
-#if GENIE_WITH_CUDA
-#include <c10/cuda/CUDACachingAllocator.h>
-#endif
 
 namespace genie {
 namespace {
@@ -140,19 +137,8 @@ TEST_F(GpuTest, Gpt2DecodeMatchesLocalCudaEveryToken) {
   }
 }
 
-// GPU memory on cuda:0 in live tensors and reserved by the caching allocator, in bytes.
-struct GpuMemory {
-  int64_t allocated = 0, reserved = 0;
-};
-GpuMemory GpuMemoryNow() {
-#if GENIE_WITH_CUDA
-  const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-  const auto all = static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE);
-  return {stats.allocated_bytes[all].current, stats.reserved_bytes[all].current};
-#else
-  return {};
-#endif
-}
+using testing::GpuMemory;
+using testing::GpuMemoryNow;
 
 // A node serves one session after another without keeping anything of the ended ones on the
 // GPU. Each session's interpreter runs on streams of its own; the caching allocator keeps
