@@ -3,6 +3,7 @@
 #include "genie/runtime/cpu_lanes.h"
 
 #include <c10/core/InferenceMode.h>
+#include <sched.h>
 
 #include <algorithm>
 #include <exception>
@@ -12,13 +13,20 @@
 
 namespace genie::runtime {
 
+int UsableCores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
 int AutomaticCpuLanes() {
-  static const int lanes = std::thread::hardware_concurrency() >= 2 ? 2 : 1;
+  static const int lanes = UsableCores() >= 2 ? 2 : 1;
   return lanes;
 }
 
 int AutomaticLanesFor(int lanes, int intra_op_threads) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  static const int cores = UsableCores();
   if (cores >= 4) return std::max(1, lanes);
   return std::clamp(cores / std::max(1, intra_op_threads), 1, std::max(1, lanes));
 }

@@ -40,12 +40,16 @@ namespace genie::runtime {
 
 StreamPlan PlanBranches(const core::Graph& graph, int max_lanes, int min_branch_nodes = 8);
 
-// Lanes a node uses when not told: 2 on a machine of 2 or more hardware threads, each
-// program's then chosen by AutomaticLanesFor.
+// Hardware threads this process may run on: its CPU affinity (a container or `taskset`
+// may allow fewer than the machine has), else std::thread::hardware_concurrency(); >= 1.
+int UsableCores();
+
+// Lanes a node uses when not told: 2 where 2 or more cores are usable, each program's then
+// chosen by AutomaticLanesFor.
 int AutomaticCpuLanes();
 
-// A program's lanes when they are chosen automatically: all `lanes` on a machine of 4 or
-// more hardware threads; on fewer, no more than fit the cores with the threads each lane's
+// A program's lanes when they are chosen automatically: all `lanes` where 4 or more cores
+// are usable; on fewer, no more than fit the cores with the threads each lane's
 // ops run on (lanes x intra_op_threads <= cores); at least 1. Measured:
 //   - 2-vCPU VM: the toy VQA (one intra-op thread) 1.1-1.3x faster on 2 lanes, one batch
 //     at a time or dispatched; the 37 MB VQA (2 intra-op threads) no faster, at times

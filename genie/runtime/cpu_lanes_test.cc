@@ -3,6 +3,7 @@
 #include "genie/runtime/cpu_lanes.h"
 
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <atomic>
 #include <cmath>
@@ -188,10 +189,20 @@ TEST(CpuLanesTest, InterpreterResultsMatchOneLane) {
   EXPECT_EQ(GetInterpreterCounters().cpu_multi_lane_runs - before, 3);
 }
 
-// Automatic lanes: all of them on a machine of 4 or more cores; on fewer, never more
-// threads than the machine has (lanes x intra-op threads <= cores); within [1, lanes].
+// The cores lanes are planned for are the process's CPU affinity.
+TEST(CpuLanesTest, UsableCoresAreTheAffinity) {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+  EXPECT_EQ(UsableCores(), CPU_COUNT(&set));
+  EXPECT_GE(UsableCores(), 1);
+  EXPECT_LE(UsableCores(), static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+}
+
+// Automatic lanes: all of them where 4 or more cores are usable; on fewer, never more
+// threads than the cores (lanes x intra-op threads <= cores); within [1, lanes].
 TEST(CpuLanesTest, AutomaticLanesFitSmallMachines) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = UsableCores();
   EXPECT_EQ(AutomaticLanesFor(2, 1), std::min(2, cores));
   EXPECT_EQ(AutomaticLanesFor(2, cores), cores >= 4 ? 2 : 1);
   EXPECT_EQ(AutomaticLanesFor(0, 1), 1);
@@ -214,7 +225,7 @@ TEST(CpuLanesTest, AutomaticLanesFitSmallMachines) {
 // thread gets two lanes (on a machine of 2 or more cores); on as many intra-op threads as
 // there are cores, two only on a machine of 4 or more.
 TEST(CpuLanesTest, InterpreterCapsAutomaticLanesByIntraOpThreads) {
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = UsableCores();
   TwoBranches b(12, 12);
   const std::string x = Floats(16, 1.0f), y = Floats(16, -0.5f), w = Floats(16, 0.75f);
   InterpreterOptions options;
