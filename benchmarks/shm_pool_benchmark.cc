@@ -44,7 +44,8 @@ void BM_ShmUpload(benchmark::State& state) {
   const torch::Device dev(session->device());
   torch::Tensor images = torch::randn({8, 3, 224, 224});
   for (int i = 0; i < 3; ++i) (void)images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU);
-  for (auto _ : state) benchmark::DoNotOptimize(images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU));
+  for (auto _ : state)
+    benchmark::DoNotOptimize(images.to(dev).view({-1}).slice(0, 0, 1).to(torch::kCPU));
   state.SetBytesProcessed(state.iterations() * images.nbytes());
 }
 
@@ -76,7 +77,8 @@ void BM_ShmExecutorUpload(benchmark::State& state) {
   if (!server.ok()) return state.SkipWithError(std::string(server.status().message()).c_str());
   std::thread serving([&] { (*server)->Serve(); });
   {
-    auto exec = genie::client::RemoteExecutor<genie::transport::Shm>::Connect(node_options.shm_socket, key);
+    auto exec =
+        genie::client::RemoteExecutor<genie::transport::Shm>::Connect(node_options.shm_socket, key);
     if (!exec.ok()) {
       state.SkipWithError(std::string(exec.status().message()).c_str());
     } else {
@@ -108,8 +110,9 @@ void BM_ShmExecutorUpload(benchmark::State& state) {
           break;
         }
       }
-      state.counters["pool_allocations_per_run"] = benchmark::Counter(
-          static_cast<double>((*exec)->pool()->stats().allocations - 1), benchmark::Counter::kAvgIterations);
+      state.counters["pool_allocations_per_run"] =
+          benchmark::Counter(static_cast<double>((*exec)->pool()->stats().allocations - 1),
+                             benchmark::Counter::kAvgIterations);
     }
   }
   (*server)->Shutdown();
@@ -118,19 +121,47 @@ void BM_ShmExecutorUpload(benchmark::State& state) {
 
 // The floor: one host copy of the bytes into fresh memory.
 void BM_LocalMemcpy(benchmark::State& state) {
-  torch::Tensor t = state.range(0) == 0 ? torch::randn({8, 3, 224, 224}) : torch::randn({8, 128, 768});
+  torch::Tensor t =
+      state.range(0) == 0 ? torch::randn({8, 3, 224, 224}) : torch::randn({8, 128, 768});
   for (auto _ : state) benchmark::DoNotOptimize(t.clone());
   state.SetBytesProcessed(state.iterations() * t.nbytes());
 }
 
-BENCHMARK_TEMPLATE(BM_ShmUpload, RingsDeployment)->Name("BM_ShmUpload/rings")->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK_TEMPLATE(BM_ShmUpload, PoolDeployment)->Name("BM_ShmUpload/pool")->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_LocalMemcpy)->Name("BM_ShmUpload/local_memcpy")->Arg(0)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_ShmExecutorUpload)->Name("BM_ShmExecutorUpload/copy_at_send")->Arg(0)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_ShmExecutorUpload)->Name("BM_ShmExecutorUpload/staged")->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK_TEMPLATE(BM_ShmDownload, RingsDeployment)->Name("BM_ShmDownload/rings")->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK_TEMPLATE(BM_ShmDownload, PoolDeployment)->Name("BM_ShmDownload/pool")->UseRealTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_LocalMemcpy)->Name("BM_ShmDownload/local_memcpy")->Arg(1)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_ShmUpload, RingsDeployment)
+    ->Name("BM_ShmUpload/rings")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_ShmUpload, PoolDeployment)
+    ->Name("BM_ShmUpload/pool")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_LocalMemcpy)
+    ->Name("BM_ShmUpload/local_memcpy")
+    ->Arg(0)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ShmExecutorUpload)
+    ->Name("BM_ShmExecutorUpload/copy_at_send")
+    ->Arg(0)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ShmExecutorUpload)
+    ->Name("BM_ShmExecutorUpload/staged")
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_ShmDownload, RingsDeployment)
+    ->Name("BM_ShmDownload/rings")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_ShmDownload, PoolDeployment)
+    ->Name("BM_ShmDownload/pool")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_LocalMemcpy)
+    ->Name("BM_ShmDownload/local_memcpy")
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 }  // namespace
-

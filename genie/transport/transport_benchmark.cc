@@ -1,8 +1,9 @@
 // File: genie/transport/transport_benchmark.cc
 // Transport throughput and latency: Tcp over loopback and Shm (shared-memory rings between
-// two endpoints of one host) against the InProcess baseline, in one binary, same sizes. Throughput counts payload bytes delivered to the receiver's buffer (each iteration
-// sends a 64 MiB batch of frames and waits for the receiver's acknowledgement), so a sender
-// running ahead of its peer is not counted. Latency is a 64-byte ping-pong round trip.
+// two endpoints of one host) against the InProcess baseline, in one binary, same sizes. Throughput
+// counts payload bytes delivered to the receiver's buffer (each iteration sends a 64 MiB batch of
+// frames and waits for the receiver's acknowledgement), so a sender running ahead of its peer is
+// not counted. Latency is a 64-byte ping-pong round trip.
 //
 //   bazel run -c opt //genie/transport:transport_benchmark -- --benchmark_repetitions=5
 #include <unistd.h>
@@ -142,7 +143,11 @@ void BM_PingPong(benchmark::State& state) {
 }
 
 // 8 KiB (control-sized), 1 MiB, 4 MiB (an upload of ViT's images is 4.8 MB).
-BENCHMARK_TEMPLATE(BM_Throughput, InProcess)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Throughput, InProcess)
+    ->Arg(8 << 10)
+    ->Arg(1 << 20)
+    ->Arg(4 << 20)
+    ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Throughput, Tcp)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Throughput, Shm)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, InProcess)->UseRealTime();
