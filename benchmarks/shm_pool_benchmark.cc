@@ -3,7 +3,8 @@
 // download of BERT's hidden states (8x128x768 fp32, 3.1 MB), through the frontend exactly as
 // gpu_benchmark's BM_Upload / BM_Download do, to a genie-node in this process (interpreter on
 // the CPU) over shared memory: through the tensor pool (transport::Shm) and through the
-// rings alone (transport::ShmRingsOnly), side by side in one run. local_memcpy is the floor:
+// rings alone (transport::ShmRingsOnly), side by side in one run with loopback TCP
+// (transport::Tcp, `/tcp`). local_memcpy is the floor:
 // one copy of the same bytes, what libtorch's own `.to()` costs on the host.
 //
 //   bazel run -c opt //benchmarks:shm_pool_benchmark --
@@ -29,6 +30,7 @@ namespace {
 
 using PoolDeployment = genie::examples::SemanticShmDeployment;
 using RingsDeployment = genie::examples::SemanticShmRingsDeployment;
+using TcpDeployment = genie::examples::SemanticDeployment;  // loopback TCP, for comparison
 
 template <class D>
 std::unique_ptr<genie::Session<D>> StartCpuSession(benchmark::State& state) {
@@ -135,6 +137,10 @@ BENCHMARK_TEMPLATE(BM_ShmUpload, PoolDeployment)
     ->Name("BM_ShmUpload/pool")
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_ShmUpload, TcpDeployment)
+    ->Name("BM_ShmUpload/tcp")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LocalMemcpy)
     ->Name("BM_ShmUpload/local_memcpy")
     ->Arg(0)
@@ -156,6 +162,10 @@ BENCHMARK_TEMPLATE(BM_ShmDownload, RingsDeployment)
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK_TEMPLATE(BM_ShmDownload, PoolDeployment)
     ->Name("BM_ShmDownload/pool")
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK_TEMPLATE(BM_ShmDownload, TcpDeployment)
+    ->Name("BM_ShmDownload/tcp")
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_LocalMemcpy)

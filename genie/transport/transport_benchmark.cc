@@ -3,7 +3,8 @@
 // two endpoints of one host) against the InProcess baseline, in one binary, same sizes. Throughput
 // counts payload bytes delivered to the receiver's buffer (each iteration sends a 64 MiB batch of
 // frames and waits for the receiver's acknowledgement), so a sender running ahead of its peer is
-// not counted. Latency is a 64-byte ping-pong round trip.
+// not counted. Latency is a 64-byte ping-pong round trip, and one large message with its answer
+// (BM_OneMessage: what a run's upload costs).
 //
 //   bazel run -c opt //genie/transport:transport_benchmark -- --benchmark_repetitions=5
 #include <unistd.h>
@@ -142,6 +143,38 @@ void BM_PingPong(benchmark::State& state) {
   node_thread.join();
 }
 
+// One message of `range(0)` bytes and the receiver's answer: the latency of a single upload
+// (a run's inputs), where BM_Throughput streams frames back to back.
+template <class P>
+void BM_OneMessage(benchmark::State& state) {
+  const auto bytes = static_cast<std::size_t>(state.range(0));
+  auto pair = MakePair<P>();
+  if (!pair.ok()) {
+    state.SkipWithError(pair.status().ToString().c_str());
+    return;
+  }
+  auto& [client, node] = *pair;
+  std::vector<unsigned char> sink(std::max<std::size_t>(bytes, 64));
+  std::thread node_thread([&] { Sink(node, sink); });
+  std::vector<unsigned char> source(bytes, 0x5a);
+  const Piece piece{source.data(), source.size()};
+  std::uint64_t request_id = 0;
+  for (auto _ : state) {
+    if (!client
+             .Send(MessageKind::kTransfer, ++request_id, absl::MakeConstSpan(&piece, 1),
+                   TrafficClass::kActivations)
+             .ok() ||
+        !client.SendBytes(MessageKind::kPing, ++request_id, "").ok() ||
+        !client.Receive(kWait).ok()) {
+      state.SkipWithError("send or answer failed");
+      break;
+    }
+  }
+  (void)client.SendBytes(MessageKind::kGoodbye, 0, "");
+  node_thread.join();
+  state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations() * bytes));
+}
+
 // 8 KiB (control-sized), 1 MiB, 4 MiB (an upload of ViT's images is 4.8 MB).
 BENCHMARK_TEMPLATE(BM_Throughput, InProcess)
     ->Arg(8 << 10)
@@ -150,6 +183,10 @@ BENCHMARK_TEMPLATE(BM_Throughput, InProcess)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Throughput, Tcp)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Throughput, Shm)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
+// ViT-B/16's batch of 8 images (8 x 3 x 224 x 224 fp32) and BERT's hidden states (8 x 128 x 768).
+BENCHMARK_TEMPLATE(BM_OneMessage, InProcess)->Arg(4816896)->Arg(3145728)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_OneMessage, Tcp)->Arg(4816896)->Arg(3145728)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_OneMessage, Shm)->Arg(4816896)->Arg(3145728)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, InProcess)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, Tcp)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, Shm)->UseRealTime();

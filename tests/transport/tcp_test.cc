@@ -1,7 +1,12 @@
 // File: tests/transport/tcp_test.cc
 // Tcp-only behaviour the conformance suite cannot express: ports, connect/accept errors,
-// send timeouts against a peer that stops reading.
+// send timeouts against a peer that stops reading, large payloads that trickle in.
 #include "genie/transport/tcp.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <string>
@@ -90,7 +95,8 @@ TEST(Tcp, BusyPollReceivesAndStillTimesOut) {
   ASSERT_TRUE(client.ok()) << client.status();
   auto server = l->Accept(absl::Seconds(2), options);
   ASSERT_TRUE(server.ok()) << server.status();
-  for (absl::Duration delay : {absl::ZeroDuration(), absl::Microseconds(500), absl::Milliseconds(20)}) {
+  for (absl::Duration delay :
+       {absl::ZeroDuration(), absl::Microseconds(500), absl::Milliseconds(20)}) {
     std::thread sender([&] {
       absl::SleepFor(delay);
       ASSERT_TRUE(client->SendBytes(MessageKind::kPing, 7, "hello").ok());
@@ -124,6 +130,70 @@ TEST(Tcp, SendTimesOutWhenPeerStopsReading) {
   EXPECT_TRUE(Contains(st, "send timed out")) << st;
   EXPECT_LT(absl::Now() - start, absl::Seconds(5));
   EXPECT_TRUE(c->broken());  // part of a frame went out: the stream is out of step
+}
+
+// A reader waiting for a large payload sleeps until a good part of it has arrived
+// (SO_RCVLOWAT), never more than it still needs: a payload whose last bytes trickle in a few
+// at a time is still received whole, and a small frame right after a large one is not held
+// back by the large one's mark.
+TEST(Tcp, TrickledPayloadArrivesWholeAndSmallFramesAfterItAreNotHeld) {
+  auto l = Listener<Tcp>::Create("127.0.0.1", 0);
+  ASSERT_TRUE(l.ok()) << l.status();
+  const int raw = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(raw, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(l->port());
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(raw, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  auto server = l->Accept(absl::Seconds(2));
+  ASSERT_TRUE(server.ok()) << server.status();
+
+  constexpr std::size_t kBig = std::size_t{2} << 20;  // far above the low-water cap
+  std::vector<unsigned char> payload(kBig);
+  for (std::size_t i = 0; i < kBig; ++i) payload[i] = static_cast<unsigned char>(i * 131 + 7);
+  auto write_all = [raw](const void* data, std::size_t n) {
+    const char* p = static_cast<const char*>(data);
+    while (n > 0) {
+      const ssize_t w = write(raw, p, n);
+      if (w <= 0) return false;
+      p += w;
+      n -= static_cast<std::size_t>(w);
+    }
+    return true;
+  };
+  std::thread sender([&] {
+    unsigned char head[kFrameHeaderBytes];
+    EncodeFrameHeader({MessageKind::kTransfer, TrafficClass::kActivations, kBig, 1}, head);
+    ASSERT_TRUE(write_all(head, sizeof(head)));
+    // Most of it at once, then the last 64 KiB in 1 KiB pieces a millisecond apart.
+    const std::size_t bulk = kBig - (std::size_t{64} << 10);
+    ASSERT_TRUE(write_all(payload.data(), bulk));
+    for (std::size_t at = bulk; at < kBig; at += 1024) {
+      absl::SleepFor(absl::Milliseconds(1));
+      ASSERT_TRUE(write_all(payload.data() + at, 1024));
+    }
+    absl::SleepFor(absl::Milliseconds(20));  // the reader is waiting on an empty socket
+    EncodeFrameHeader({MessageKind::kPing, TrafficClass::kControl, 5, 2}, head);
+    ASSERT_TRUE(write_all(head, sizeof(head)));
+    ASSERT_TRUE(write_all("hello", 5));
+  });
+  absl::StatusOr<FrameHeader> h = server->ReceiveHeader(absl::Seconds(10));
+  ASSERT_TRUE(h.ok()) << h.status();
+  ASSERT_EQ(h->payload_bytes, kBig);
+  std::vector<unsigned char> got(kBig);
+  ASSERT_TRUE(server->ReceivePayload(got.data(), got.size()).ok());
+  EXPECT_EQ(got, payload);
+  // A mark left at the large read's value would hold this 29-byte frame until the deadline.
+  const absl::Time start = absl::Now();
+  absl::StatusOr<FrameHeader> ping = server->ReceiveHeader(absl::Seconds(5));
+  ASSERT_TRUE(ping.ok()) << ping.status();
+  std::string hello(ping->payload_bytes, '\0');
+  ASSERT_TRUE(server->ReceivePayload(hello.data(), hello.size()).ok());
+  EXPECT_EQ(hello, "hello");
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  sender.join();
+  close(raw);
 }
 
 }  // namespace

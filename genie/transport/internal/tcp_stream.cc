@@ -27,7 +27,6 @@ namespace {
 
 constexpr int kMaxIov = 64;
 
-
 std::string HostPort(absl::string_view host, std::uint16_t port) {
   if (host.find(':') != absl::string_view::npos) return absl::StrCat("[", host, "]:", port);
   return absl::StrCat(host, ":", port);
@@ -202,12 +201,18 @@ absl::Status TcpStream::Read(void* dst, std::size_t n, absl::Time deadline, std:
           *got += static_cast<std::size_t>(spun);
           continue;
         }
-        if (spun == 0) return absl::UnavailableError(absl::StrCat(peer_, ": peer closed the connection"));
+        if (spun == 0)
+          return absl::UnavailableError(absl::StrCat(peer_, ": peer closed the connection"));
         if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
           const int err = errno;
           return absl::InternalError(absl::StrCat(peer_, ": receive failed: ", ErrnoText(err)));
         }
       }
+      // Sleep until a useful amount has arrived, not the first segment: without this a
+      // multi-megabyte payload wakes the reader once per segment the sender's kernel
+      // queues. The mark never exceeds what this read still needs, which the peer is
+      // sending, so it cannot stall the read.
+      SetReceiveLowWater(std::min<std::size_t>(n - *got, kReceiveLowWaterCap));
       absl::Status s = WaitFd(fd_.get(), POLLIN, deadline);
       if (absl::IsDeadlineExceeded(s)) {
         return absl::DeadlineExceededError(absl::StrCat(peer_, ": receive timed out"));
@@ -223,6 +228,15 @@ absl::Status TcpStream::Read(void* dst, std::size_t n, absl::Time deadline, std:
     return absl::InternalError(absl::StrCat(peer_, ": receive failed: ", ErrnoText(err)));
   }
   return absl::OkStatus();
+}
+
+void TcpStream::SetReceiveLowWater(std::size_t bytes) {
+  const int mark = static_cast<int>(std::max<std::size_t>(bytes, 1));
+  if (mark == receive_low_water_) return;
+  // Best effort: without it the read still completes, waking more often.
+  if (setsockopt(fd_.get(), SOL_SOCKET, SO_RCVLOWAT, &mark, sizeof(mark)) == 0) {
+    receive_low_water_ = mark;
+  }
 }
 
 void TcpStream::Shutdown() {

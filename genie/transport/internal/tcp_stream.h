@@ -47,9 +47,14 @@ class TcpStream {
   friend class TcpListenSocket;
   TcpStream(UniqueFd fd, std::string peer) : fd_(std::move(fd)), peer_(std::move(peer)) {}
 
+  // A reader waiting for a large payload sleeps until this much is queued (SO_RCVLOWAT).
+  static constexpr std::size_t kReceiveLowWaterCap = std::size_t{256} << 10;
+  void SetReceiveLowWater(std::size_t bytes);
+
   UniqueFd fd_;
   std::string peer_;  // "tcp 127.0.0.1:4242"
   absl::Duration busy_poll_ = absl::ZeroDuration();
+  int receive_low_water_ = 1;  // the socket's SO_RCVLOWAT (the kernel's default is 1)
 };
 
 class TcpListenSocket {
