@@ -641,7 +641,12 @@ struct Interpreter::Impl {
     return p;
   }
 
-  static void AbortCapture(c10::cuda::CUDAStream s) {
+  // Ends a capture that failed on stream `s`. With `pool`, also stops the caching allocator
+  // routing allocations to the capture's pool and releases that pool: without it the
+  // allocator keeps the capture as under way for the life of the process, so every later
+  // free with cross-stream uses is deferred (its memory never reused) and emptyCache refuses.
+  static void AbortCapture(c10::cuda::CUDAStream s,
+                           std::optional<at::cuda::MempoolId_t> pool = std::nullopt) {
     cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(s.stream(), &st) == cudaSuccess &&
         st != cudaStreamCaptureStatusNone) {
@@ -650,6 +655,17 @@ struct Interpreter::Impl {
       if (graph != nullptr) (void)cudaGraphDestroy(graph);
     }
     (void)cudaGetLastError();
+    if (!pool.has_value()) return;
+    // Each step may find nothing to undo (capture_begin failed before it registered the
+    // pool): the allocator says so by throwing, which is not an error here.
+    try {
+      c10::cuda::CUDACachingAllocator::endAllocateToPool(s.device_index(), *pool);
+    } catch (const std::exception&) {
+    }
+    try {
+      c10::cuda::CUDACachingAllocator::releasePool(s.device_index(), *pool);
+    } catch (const std::exception&) {
+    }
   }
 #endif
 
@@ -893,16 +909,27 @@ struct Interpreter::Impl {
       absl::Status status = absl::OkStatus();
       int64_t executed = 0;
       std::shared_lock<std::shared_mutex> capturing(g_capture_mu);  // no emptyCache meanwhile
+      // The capture's memory pool is named here so that a failed capture can hand it back
+      // (CUDAGraph releases it only after a capture that ended).
+      const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
+      bool ending = false;
       try {
-        graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+        graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
         status = RunNodesCuda(g, program, *state, roots, &executed);
         if (status.ok()) {
+          ending = true;
           graph->capture_end();
         } else {
-          AbortCapture(main);
+          AbortCapture(main, pool);
         }
       } catch (const std::exception& e) {
-        AbortCapture(main);
+        // capture_end stops the pool's allocations itself and may already own the pool;
+        // only a capture that failed before it gives its pool back here.
+        if (ending) {
+          AbortCapture(main);
+        } else {
+          AbortCapture(main, pool);
+        }
         status = absl::InternalError(e.what());
       }
       if (status.ok()) {

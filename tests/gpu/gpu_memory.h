@@ -1,6 +1,7 @@
 // File: tests/gpu/gpu_memory.h
 // GPU memory of the process on cuda:0, as the CUDA caching allocator counts it, for the GPU
-// tests and benchmarks: what is in live tensors and what the allocator holds reserved.
+// tests and benchmarks: what is in live tensors and what the allocator holds reserved, and
+// a way to ask it to empty its cache.
 //
 //   const genie::testing::GpuMemory before = genie::testing::GpuMemoryNow();
 //   ...                                   // sessions come and go
@@ -9,6 +10,8 @@
 #define GENIE_TESTS_GPU_GPU_MEMORY_H_
 
 #include <cstdint>
+#include <exception>
+#include <string>
 
 #if GENIE_WITH_CUDA
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -30,6 +33,20 @@ inline GpuMemory GpuMemoryNow() {
 #else
   return {};
 #endif
+}
+
+// Asks the caching allocator to return its cached blocks to the device: "" when it did,
+// else the allocator's refusal (it refuses while it counts a CUDA-graph capture as under
+// way). "" in a build without CUDA.
+inline std::string EmptyCudaCache() {
+#if GENIE_WITH_CUDA
+  try {
+    c10::cuda::CUDACachingAllocator::emptyCache();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+#endif
+  return "";
 }
 
 }  // namespace genie::testing

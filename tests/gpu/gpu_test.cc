@@ -378,6 +378,42 @@ TEST_F(GraphRuleTest, SyncingOpKeepsTheProgramEager) {
   EXPECT_EQ(d.graph_refusals, 1) << "refused once, when it would otherwise have been captured";
 }
 
+// A capture that fails part-way (here x[x > 0]: boolean indexing synchronizes to learn its
+// output size, which no op list can foresee for every op) leaves the program eager and gives
+// the capture's memory pool back. Before, the caching allocator kept such a capture as under
+// way for the rest of the process: frees with cross-stream uses were deferred for good and
+// emptyCache threw, so a node never returned the memory of ended sessions.
+TEST_F(GraphRuleTest, FailedCaptureStaysEagerAndGivesItsPoolBack) {
+  constexpr int64_t n = 256;
+  core::Graph g;
+  core::BufferId x =
+      g.AddBuffer(core::Buffer{core::DType::kFloat32, n, core::BufferKind::kHostInput});
+  core::BufferId mask = g.AddBuffer(core::Buffer{core::DType::kBool, n});
+  constexpr int64_t kPositive = n / 2 - 1;  // x = -128 ... 127
+  core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, kPositive});
+  core::Node gt;
+  gt.op = g.InternOp("aten::gt.Scalar");
+  gt.args = {core::Arg::Tensor(Vec(x, n)), core::Arg::Double(0.0)};
+  gt.outputs = {core::TensorRef::Contiguous(mask, core::DType::kBool, {n})};
+  g.AddNode(std::move(gt));
+  core::Node index;
+  index.op = g.InternOp("aten::index.Tensor");
+  index.args = {core::Arg::Tensor(Vec(x, n)),
+                core::Arg::OptionalTensorList(
+                    {core::TensorRef::Contiguous(mask, core::DType::kBool, {n})}, {1})};
+  index.outputs = {Vec(y, kPositive)};
+  g.AddNode(std::move(index));
+  g.outputs().push_back(Vec(y, kPositive));
+  torch::Tensor xs = torch::arange(-n / 2, n / 2, torch::kFloat32);
+  const runtime::InterpreterCounters d = RunTimes(g, x, xs, xs.index({xs > 0}), 107);
+  EXPECT_EQ(d.graph_captures, 0);
+  EXPECT_EQ(d.graph_replays, 0);
+  EXPECT_EQ(d.graph_refusals, 1) << "the capture was tried once and failed";
+  torch::cuda::synchronize();
+  EXPECT_EQ(testing::EmptyCudaCache(), "")
+      << "the caching allocator still counts the failed capture as under way";
+}
+
 // Clause 3: an op that names another device (a copy to the CPU inside the program).
 TEST_F(GraphRuleTest, OpNamingTheCpuKeepsTheProgramEager) {
   constexpr int64_t n = 256;

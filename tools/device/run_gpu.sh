@@ -16,7 +16,8 @@ tools/device/pack.sh --config=cuda --config=opt \
   //tests/gpu:gpu_test //tests/gpu:cuda_peer_test //tests/gpu:shm_pool_gpu_test //benchmarks:gpu_benchmark \
   //benchmarks/rpc:export_weights //genie/runtime:genie-node \
   //examples:vqa_remote //examples:gpt2_decode //benchmarks:capture_benchmark \
-  //benchmarks:scheduler_benchmark //benchmarks:decode_batching_benchmark
+  //benchmarks:scheduler_benchmark //benchmarks:decode_batching_benchmark \
+  //genie/transport:transport_benchmark //benchmarks:shm_pool_benchmark
 cp benchmarks/rpc/rpc_vs_genie.py tools/device/gpu_all.sh device_pack/
 chmod +x device_pack/gpu_all.sh
 cat <<'MSG'
