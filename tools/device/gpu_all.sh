@@ -10,7 +10,9 @@ set -u
 out="${1:-${OUT:-.}}"
 shift || true
 here="$(cd "$(dirname "$0")" && pwd)"
-export OMP_WAIT_POLICY=PASSIVE NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+# OpenMP keeps its default waiting policy, as a user's program has it: Genie's own host copies
+# avoid the OpenMP threads (an earlier OMP_WAIT_POLICY=PASSIVE here hid that they did not).
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 py=/opt/torch/.venv/bin/python
 [[ -x "$py" ]] || py=python3
 want=" $* "
