@@ -46,6 +46,35 @@ TEST_F(RemoteDeviceTest, DeviceParsesAndTensorsMove) {
   EXPECT_TRUE(torch::equal(r.to(torch::kCPU), x));
 }
 
+// `.to(remote)` takes a snapshot: the bytes upload at the next run, but what they are is
+// fixed when `.to()` returns. Dense sources are copied with memcpy, the others (strided,
+// another dtype, a broadcast) through ATen; both must keep the values of that moment.
+TEST_F(RemoteDeviceTest, UploadsAreSnapshotsOfTheirMoment) {
+  torch::Tensor dense = torch::randn({64, 33});
+  const torch::Tensor dense_then = dense.clone();
+  torch::Tensor strided = torch::randn({33, 64}).transpose(0, 1);
+  const torch::Tensor strided_then = strided.clone();
+  torch::Tensor doubles = torch::randn({64, 33}, torch::kDouble);
+  const torch::Tensor doubles_then = doubles.to(torch::kFloat);
+  torch::Tensor r_dense = dense.to(Remote());
+  torch::Tensor r_strided = strided.to(Remote());
+  torch::Tensor r_doubles = torch::empty({64, 33}, torch::TensorOptions().device(Remote()));
+  r_doubles.copy_(doubles);
+  torch::Tensor r_broadcast = torch::empty({64, 33}, torch::TensorOptions().device(Remote()));
+  torch::Tensor row = torch::randn({33});
+  const torch::Tensor row_then = row.clone();
+  r_broadcast.copy_(row);
+  // The sources change before anything has run on the node.
+  EXPECT_EQ(GetCaptureStats().flushes, 0);
+  dense.add_(100);
+  strided.mul_(-3);
+  doubles.zero_();
+  row.fill_(5);
+  torch::Tensor sum = r_dense + r_strided + r_doubles + r_broadcast;
+  EXPECT_LE(MaxAbsDiff(sum, dense_then + strided_then + doubles_then + row_then.expand({64, 33})),
+            1e-5);
+}
+
 TEST_F(RemoteDeviceTest, OpsAreCapturedNotComputedUntilRead) {
   torch::Tensor a = torch::randn({4, 8});
   torch::Tensor b = torch::randn({8, 5});
