@@ -38,6 +38,7 @@
 #include "genie/runtime/stream_plan.h"
 
 #if GENIE_WITH_CUDA
+#include <ATen/core/CachingHostAllocator.h>
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDACachingAllocator.h>
@@ -196,6 +197,12 @@ class CudaStream {
   c10::DeviceIndex device_ = 0;
 };
 
+// A CUDA graph that can say whether its capture ended. Once it has, the graph releases its
+// memory pools itself (CUDAGraph::reset); before, nothing does, which AbortCapture mends.
+struct CapturedGraph : at::cuda::CUDAGraph {
+  bool capture_ended() const { return capture_ended_; }
+};
+
 // Per-program CUDA state: the events of its StreamPlan and its captured graph.
 struct CudaProgramState {
   std::vector<at::cuda::CUDAEvent> events;
@@ -203,7 +210,7 @@ struct CudaProgramState {
   int captures = 0;
   bool refusal_counted = false;
   std::string blocker;  // set when capture failed or the warm-up left tensors off the GPU
-  std::unique_ptr<at::cuda::CUDAGraph> graph;
+  std::unique_ptr<CapturedGraph> graph;
   std::vector<at::Tensor> roots;  // every buffer as captured (static inputs and outputs)
   std::vector<std::pair<core::BufferId, const void*>> resident_ptrs;
   // Resident inputs the graph reads from a private copy, refreshed before each replay:
@@ -641,31 +648,38 @@ struct Interpreter::Impl {
     return p;
   }
 
-  // Ends a capture that failed on stream `s`. With `pool`, also stops the caching allocator
-  // routing allocations to the capture's pool and releases that pool: without it the
-  // allocator keeps the capture as under way for the life of the process, so every later
-  // free with cross-stream uses is deferred (its memory never reused) and emptyCache refuses.
-  static void AbortCapture(c10::cuda::CUDAStream s,
-                           std::optional<at::cuda::MempoolId_t> pool = std::nullopt) {
+  // Ends the capture of `graph`, which failed on stream `s`, and gives its memory pool
+  // back. CUDAGraph::capture_begin routes the device's and the pinned host allocator's
+  // allocations into the pool; capture_end stops that, and the graph releases the pool only
+  // once its capture ended. A capture that failed before either would otherwise stay under
+  // way for both allocators for the life of the process: every later free with cross-stream
+  // uses deferred for good, emptyCache refused, and the host allocator holding a filter
+  // over the destroyed graph.
+  static void AbortCapture(c10::cuda::CUDAStream s, const CapturedGraph& graph,
+                           at::cuda::MempoolId_t pool) {
     cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
     if (cudaStreamIsCapturing(s.stream(), &st) == cudaSuccess &&
         st != cudaStreamCaptureStatusNone) {
-      cudaGraph_t graph = nullptr;
-      (void)cudaStreamEndCapture(s.stream(), &graph);
-      if (graph != nullptr) (void)cudaGraphDestroy(graph);
+      cudaGraph_t g = nullptr;
+      (void)cudaStreamEndCapture(s.stream(), &g);
+      if (g != nullptr) (void)cudaGraphDestroy(g);
     }
     (void)cudaGetLastError();
-    if (!pool.has_value()) return;
-    // Each step may find nothing to undo (capture_begin failed before it registered the
-    // pool): the allocator says so by throwing, which is not an error here.
-    try {
-      c10::cuda::CUDACachingAllocator::endAllocateToPool(s.device_index(), *pool);
-    } catch (const std::exception&) {
-    }
-    try {
-      c10::cuda::CUDACachingAllocator::releasePool(s.device_index(), *pool);
-    } catch (const std::exception&) {
-    }
+    // Each step may have nothing to undo (capture_begin failed before registering the
+    // pool, or capture_end already stopped the routing): the allocators say so by
+    // throwing, which is not an error here.
+    auto quietly = [](auto&& step) {
+      try {
+        step();
+      } catch (const std::exception&) {
+      }
+    };
+    at::HostAllocator* host = at::getHostAllocator(at::kCUDA);
+    quietly([&] { c10::cuda::CUDACachingAllocator::endAllocateToPool(s.device_index(), pool); });
+    quietly([&] { host->end_allocate_to_pool(pool); });
+    if (graph.capture_ended()) return;  // the graph releases its pools when destroyed
+    quietly([&] { c10::cuda::CUDACachingAllocator::releasePool(s.device_index(), pool); });
+    quietly([&] { host->release_pool(pool); });
   }
 #endif
 
@@ -905,33 +919,20 @@ struct Interpreter::Impl {
       for (core::BufferId b : state->copied_in) {
         if (b < roots.size() && roots[b].defined()) roots[b] = PrivateCopy(roots[b]);
       }
-      auto graph = std::make_unique<at::cuda::CUDAGraph>();
+      auto graph = std::make_unique<CapturedGraph>();
       absl::Status status = absl::OkStatus();
       int64_t executed = 0;
       std::shared_lock<std::shared_mutex> capturing(g_capture_mu);  // no emptyCache meanwhile
-      // The capture's memory pool is named here so that a failed capture can hand it back
-      // (CUDAGraph releases it only after a capture that ended).
+      // The capture's memory pool is named here so that a failed capture can give it back.
       const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
-      bool ending = false;
       try {
         graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
         status = RunNodesCuda(g, program, *state, roots, &executed);
-        if (status.ok()) {
-          ending = true;
-          graph->capture_end();
-        } else {
-          AbortCapture(main, pool);
-        }
+        if (status.ok()) graph->capture_end();
       } catch (const std::exception& e) {
-        // capture_end stops the pool's allocations itself and may already own the pool;
-        // only a capture that failed before it gives its pool back here.
-        if (ending) {
-          AbortCapture(main);
-        } else {
-          AbortCapture(main, pool);
-        }
         status = absl::InternalError(e.what());
       }
+      if (!status.ok()) AbortCapture(main, *graph, pool);
       if (status.ok()) {
         state->graph = std::move(graph);
         state->roots = roots;
