@@ -178,6 +178,7 @@ absl::Status TcpStream::WriteFrame(const unsigned char* head, std::size_t head_s
 absl::Status TcpStream::Read(void* dst, std::size_t n, absl::Time deadline, std::size_t* got) {
   *got = 0;
   char* out = static_cast<char*>(dst);
+  bool low_water = true;  // waits may use a receive low-water mark (SetReceiveLowWater)
   while (*got < n) {
     const ssize_t r = recv(fd_.get(), out + *got, n - *got, 0);
     if (r > 0) {
@@ -210,10 +211,19 @@ absl::Status TcpStream::Read(void* dst, std::size_t n, absl::Time deadline, std:
       }
       // Sleep until a useful amount has arrived, not the first segment: without this a
       // multi-megabyte payload wakes the reader once per segment the sender's kernel
-      // queues. The mark never exceeds what this read still needs, which the peer is
-      // sending, so it cannot stall the read.
-      SetReceiveLowWater(std::min<std::size_t>(n - *got, kReceiveLowWaterCap));
-      absl::Status s = WaitFd(fd_.get(), POLLIN, deadline);
+      // queues. The mark never exceeds what this read still needs (which the peer is
+      // sending) nor a quarter of the receive buffer. Kernels before 5.8 could still hold
+      // back a mark the window cannot fill, so a wait under a mark is cut into slices; a
+      // slice that ends empty turns the mark off for the rest of this read.
+      SetReceiveLowWater(low_water ? ReceiveLowWaterFor(n - *got) : 1);
+      const absl::Time until = receive_low_water_ > 1
+                                   ? std::min(deadline, absl::Now() + kReceiveLowWaterSlice)
+                                   : deadline;
+      absl::Status s = WaitFd(fd_.get(), POLLIN, until);
+      if (absl::IsDeadlineExceeded(s) && until < deadline) {
+        low_water = false;
+        continue;
+      }
       if (absl::IsDeadlineExceeded(s)) {
         return absl::DeadlineExceededError(absl::StrCat(peer_, ": receive timed out"));
       }
@@ -228,6 +238,15 @@ absl::Status TcpStream::Read(void* dst, std::size_t n, absl::Time deadline, std:
     return absl::InternalError(absl::StrCat(peer_, ": receive failed: ", ErrnoText(err)));
   }
   return absl::OkStatus();
+}
+
+std::size_t TcpStream::ReceiveLowWaterFor(std::size_t needed) const {
+  std::size_t mark = std::min(needed, kReceiveLowWaterCap);
+  if (mark <= 1) return 1;
+  int rcvbuf = 0;
+  socklen_t len = sizeof(rcvbuf);
+  if (getsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, &len) != 0 || rcvbuf <= 0) return 1;
+  return std::max<std::size_t>(1, std::min(mark, static_cast<std::size_t>(rcvbuf) / 4));
 }
 
 void TcpStream::SetReceiveLowWater(std::size_t bytes) {

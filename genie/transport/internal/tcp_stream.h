@@ -47,8 +47,11 @@ class TcpStream {
   friend class TcpListenSocket;
   TcpStream(UniqueFd fd, std::string peer) : fd_(std::move(fd)), peer_(std::move(peer)) {}
 
-  // A reader waiting for a large payload sleeps until this much is queued (SO_RCVLOWAT).
+  // A reader waiting for a large payload sleeps until this much is queued (SO_RCVLOWAT),
+  // at most a quarter of the socket's receive buffer, in slices of kReceiveLowWaterSlice.
   static constexpr std::size_t kReceiveLowWaterCap = std::size_t{256} << 10;
+  static constexpr absl::Duration kReceiveLowWaterSlice = absl::Milliseconds(10);
+  std::size_t ReceiveLowWaterFor(std::size_t needed) const;
   void SetReceiveLowWater(std::size_t bytes);
 
   UniqueFd fd_;
