@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
-#include "absl/strings/string_view.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 #include "genie/runtime/intra_op_threads.h"
 
@@ -73,6 +73,10 @@ int SmallestUpFrom(const std::string& base, absl::string_view path, Read read) {
 }
 
 bool IsDirectory(const std::string& path) { return std::ifstream(path + "/cgroup.procs").good(); }
+// The root of a cgroup v2 hierarchy (only v2 has cgroup.controllers).
+bool IsV2Root(const std::string& path) {
+  return std::ifstream(path + "/cgroup.controllers").good();
+}
 
 }  // namespace
 
@@ -87,7 +91,9 @@ int CgroupCpuQuotaCores(std::string_view proc_self_cgroup, const std::string& ro
     std::vector<absl::string_view> f = absl::StrSplit(line, absl::MaxSplits(':', 2));
     if (f.size() != 3) continue;
     if (f[0] == "0" && f[1].empty()) {
-      const std::string base = IsDirectory(root + "/unified") ? root + "/unified" : root;
+      // v2 at the mount itself, or under "unified" beside v1's controllers (hybrid).
+      const std::string base =
+          !IsV2Root(root) && IsV2Root(root + "/unified") ? root + "/unified" : root;
       take(SmallestUpFrom(base, f[2], V2Cores));
       continue;
     }

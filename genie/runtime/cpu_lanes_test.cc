@@ -233,6 +233,10 @@ class CgroupTree {
 // up to whole cores.
 TEST(CpuLanesTest, CgroupV2QuotaIsTheTightestOnThePath) {
   CgroupTree t("v2");
+  t.Write("cgroup.controllers", "cpu io memory");
+  // A cgroup that happens to be named "unified" is not the hybrid layout's v2 mount.
+  t.Write("unified/cgroup.controllers", "cpu");
+  t.Write("unified/cpu.max", "100000 100000");
   t.Write("kubepods/pod1/ctr/cpu.max", "max 100000");  // no limit of its own
   t.Write("kubepods/pod1/cpu.max", "250000 100000");   // 2.5 CPUs
   t.Write("kubepods/cpu.max", "800000 100000");
@@ -250,7 +254,8 @@ TEST(CpuLanesTest, CgroupV1QuotaAndTheHybridLayout) {
   t.Write("cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000");
   t.Write("cpu,cpuacct/cpu.cfs_quota_us", "-1");
   t.Write("cpu,cpuacct/cpu.cfs_period_us", "100000");
-  t.Write("unified/docker/abc/cpu.pressure", "");
+  t.Write("unified/cgroup.controllers", "cpu io memory");
+  t.Write("unified/docker/abc/cpu.max", "max 100000");
   const std::string proc = "5:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/docker/abc\n";
   EXPECT_EQ(CgroupCpuQuotaCores(proc, t.root()), 2);
   EXPECT_EQ(CgroupCpuQuotaCores("2:cpu,cpuacct:/\n", t.root()), 0) << "-1 is no quota";
