@@ -843,12 +843,11 @@ at::Tensor CaptureContext::HostStaging(c10::IntArrayRef sizes, at::ScalarType dt
 
 // Copies `src` (a host tensor, or any non-remote one ATen can copy from) into `dst`, fresh
 // staging memory. A dense CPU source of the same dtype and sizes is one memcpy on the
-// calling thread. at::Tensor::copy_ would
-// spread a large copy over the intra-op (OpenMP) threads, whose workers then spin-wait for
-// the next parallel region and take the CPU from the threads that drive the node: measured
-// on the H100 host, ViT-B/16 over Shm took 12.8 ms a batch that way against 9.8 ms with
-// OMP_WAIT_POLICY=PASSIVE (local CUDA: 9.2 ms; libtorch's own host-to-device copy does not
-// use those threads either).
+// calling thread. at::Tensor::copy_ would spread a large copy over the intra-op (OpenMP)
+// threads, whose workers then spin-wait for the next parallel region and take the CPU from
+// the threads that drive the node: measured on the H100 host, ViT-B/16 over Shm took 12.8 ms
+// a batch that way against 9.8 ms with OMP_WAIT_POLICY=PASSIVE (local CUDA: 9.2 ms;
+// libtorch's own host-to-device copy does not use those threads either).
 void CopyToStaging(at::Tensor& dst, const at::Tensor& src) {
   if (src.device().is_cpu() && src.layout() == at::kStrided && src.has_storage() &&
       !src._is_zerotensor() && !src.is_quantized() && src.is_contiguous() &&
