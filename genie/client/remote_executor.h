@@ -48,6 +48,7 @@
 #include <cstring>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -62,6 +63,7 @@
 #include "absl/time/time.h"
 #include "genie/core/executor.h"
 #include "genie/core/status.h"
+#include "genie/core/timeline.h"
 #include "genie/plan/messages.h"
 #include "genie/plan/program.h"
 #include "genie/transport/auth.h"
@@ -421,6 +423,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     using transport::TrafficClass;
     const plan::MessageLimits& limits = session_.limits();
     const uint64_t id = ++request_id_;
+    std::optional<timeline::Span> step;
+    step.emplace("send run", "bytes", static_cast<int64_t>(prepared_.run_message.size()));
     if (!prepared_.load_message.empty()) {
       absl::Status s = conn_.SendBytes(MessageKind::kLoadProgram, id, prepared_.load_message);
       if (!s.ok()) return Fail("sending the program", s);
@@ -445,8 +449,10 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       if (!s.ok()) return Fail("sending the uploads", s);
     }
 
+    step.emplace("wait for the node");
     absl::StatusOr<transport::FrameHeader> header =
         conn_.ReceiveHeader(session_.options().run_timeout);
+    step.emplace("receive result");
     if (!header.ok()) return Fail("waiting for the result", header.status());
     if (header->kind == MessageKind::kGoodbye) {
       return Fail("waiting for the result",

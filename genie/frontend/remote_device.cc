@@ -53,6 +53,7 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "genie/core/timeline.h"
 #include "genie/runtime/interpreter.h"
 
 namespace genie::frontend {
@@ -287,8 +288,11 @@ class Worker {
       here = queue_.empty() && !running_;
       running_ = running_ || here;
     }
-    if (!here) return Submit(std::move(job)).get();
-    Result r = job->executor->Execute(job->request);
+    if (!here) {
+      timeline::Span wait("wait for the worker's runs");
+      return Submit(std::move(job)).get();
+    }
+    Result r = Execute(*job);
     {
       std::lock_guard<std::mutex> lock(mu_);
       running_ = false;
@@ -298,7 +302,13 @@ class Worker {
   }
 
  private:
+  static Result Execute(Job& job) {
+    timeline::Span span("run on node", "nodes", static_cast<int64_t>(job.graph->nodes().size()));
+    return job.executor->Execute(job.request);
+  }
+
   void Loop() {
+    timeline::NameThread("genie client worker");
     for (;;) {
       std::unique_ptr<Job> job;
       {
@@ -308,7 +318,7 @@ class Worker {
         queue_.pop_front();
         running_ = true;
       }
-      Result r = job->executor->Execute(job->request);
+      Result r = Execute(*job);
       {
         std::lock_guard<std::mutex> lock(mu_);
         running_ = false;
@@ -593,6 +603,8 @@ class CaptureContext {
   // Turns the captured graph into a job (dead code dropped, uploads gathered) and
   // books its effects (kept storages become resident); the graph is reset.
   std::unique_ptr<Worker::Job> PrepareJob(const std::vector<at::Tensor>& wanted);
+  // With the timeline on: when the last graph was handed on (its capture span starts there).
+  int64_t last_flush_ns_ = 0;
   // Folds finished dispatched jobs into the stats; keeps the first error.
   void Harvest(bool wait);
   void Account(const core::ExecuteResult& r);
@@ -854,9 +866,11 @@ void CopyToStaging(at::Tensor& dst, const at::Tensor& src) {
       src.scalar_type() == dst.scalar_type() && src.sizes() == dst.sizes() &&
       !src.is_conj() && !src.is_neg()) {
     const size_t nbytes = static_cast<size_t>(src.numel()) * src.element_size();
+    timeline::Span span("snapshot upload", "bytes", static_cast<int64_t>(nbytes));
     if (nbytes > 0) std::memcpy(dst.data_ptr(), src.const_data_ptr(), nbytes);
     return;
   }
+  timeline::Span span("snapshot upload (ATen copy)", "bytes", static_cast<int64_t>(dst.nbytes()));
   dst.copy_(src);
 }
 
@@ -1895,6 +1909,14 @@ void CaptureContext::ResetGraph() {
 }
 
 std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Tensor>& wanted) {
+  if (timeline::Enabled()) {
+    const int64_t now = timeline::NowNanos();
+    if (last_flush_ns_ != 0) {
+      timeline::Record(wanted.empty() ? "capture, then dispatch" : "capture, then read",
+                       last_flush_ns_, now, "nodes", static_cast<int64_t>(graph.nodes().size()));
+    }
+    last_flush_ns_ = now;
+  }
   if (replaying_) {
     if (std::unique_ptr<Worker::Job> job = PrepareReplayedJob(wanted)) return job;
     // A graph of no ops (reading back what an earlier part computed) replays nothing.
@@ -2082,6 +2104,7 @@ absl::Status CaptureContext::Join() {
 std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wanted) {
   next_part_nodes = 0;  // the step ends here: the next one starts with a first part
   std::unique_ptr<Worker::Job> job = PrepareJob(wanted);
+  timeline::Span read_span("read results", "outputs", static_cast<int64_t>(wanted.size()));
   const size_t nodes = job->graph->nodes().size();
   const std::string where = job->executor->Describe();
   Worker::Result result = worker_.RunNowOrWait(std::move(job));
@@ -2116,6 +2139,7 @@ std::vector<at::Tensor> CaptureContext::Run(const std::vector<at::Tensor>& wante
     if (hb.nbytes) std::memcpy(t.data_ptr(), hb.data, hb.nbytes);
     out.push_back(std::move(t));
   }
+  if (timeline::Enabled()) last_flush_ns_ = timeline::NowNanos();  // capture resumes
   return out;
 }
 

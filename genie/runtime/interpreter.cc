@@ -34,6 +34,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "genie/core/status.h"
+#include "genie/core/timeline.h"
 #include "genie/runtime/cpu_lanes.h"
 #include "genie/runtime/stream_plan.h"
 
@@ -275,6 +276,49 @@ struct Interpreter::Impl {
     double host_us = 0, sync_us = 0, gpu_us = 0;
     std::unique_ptr<at::cuda::CUDAEvent> start, stop;
   } profile;
+  // The timeline's GPU track (core/timeline.h): each run's work on the main stream, between
+  // two timing events. The events are placed in host time at the next sync: the last one
+  // completed just before the sync returned, and the others lie at their elapsed times
+  // before it.
+  struct GpuSpan {
+    std::unique_ptr<at::cuda::CUDAEvent> start, stop;
+    const char* name;
+    int64_t nodes;
+  };
+  struct GpuTimeline {
+    int track = -1;
+    std::vector<std::unique_ptr<at::cuda::CUDAEvent>> spare;
+    std::vector<GpuSpan> pending;
+  } gpu_timeline;
+
+  std::unique_ptr<at::cuda::CUDAEvent> TimingEvent(const c10::cuda::CUDAStream& stream) {
+    std::unique_ptr<at::cuda::CUDAEvent> e;
+    if (gpu_timeline.spare.empty()) {
+      e = std::make_unique<at::cuda::CUDAEvent>(cudaEventDefault);
+    } else {
+      e = std::move(gpu_timeline.spare.back());
+      gpu_timeline.spare.pop_back();
+    }
+    e->record(stream);
+    return e;
+  }
+
+  // After a sync of the main stream that `stop` was recorded on: puts the pending spans on
+  // the GPU track.
+  void PlaceGpuSpans(int64_t synced_ns) {
+    if (gpu_timeline.pending.empty()) return;
+    if (gpu_timeline.track < 0) gpu_timeline.track = timeline::Track(absl::StrCat("GPU ", device.str()));
+    const at::cuda::CUDAEvent& anchor = *gpu_timeline.pending.back().stop;
+    for (GpuSpan& s : gpu_timeline.pending) {
+      const auto at = [&](at::cuda::CUDAEvent& e) {
+        return synced_ns - static_cast<int64_t>(1e6 * e.elapsed_time(anchor));
+      };
+      timeline::RecordOn(gpu_timeline.track, s.name, at(*s.start), at(*s.stop), "nodes", s.nodes);
+      gpu_timeline.spare.push_back(std::move(s.start));
+      gpu_timeline.spare.push_back(std::move(s.stop));
+    }
+    gpu_timeline.pending.clear();
+  }
 #endif
 
   ~Impl() {
@@ -735,7 +779,11 @@ struct Interpreter::Impl {
         // Copies from or into registered memory are done before the caller hears back,
         // also when the run failed half way.
         registered_in_flight = false;
-        if (!streams.empty()) streams[0].get().synchronize();
+        if (!streams.empty()) {
+          timeline::Span wait_span("wait for GPU (shared pool)");
+          streams[0].get().synchronize();
+          if (timeline::Enabled()) PlaceGpuSpans(timeline::NowNanos());
+        }
       }
       GENIE_RETURN_IF_ERROR(ran);
 #else
@@ -750,6 +798,7 @@ struct Interpreter::Impl {
         if (u.bytes.nbytes) std::memcpy(t.data_ptr(), u.bytes.data, u.bytes.nbytes);
         roots[b.id] = std::move(t);
       }
+      timeline::Span ops_span("CPU ops", "nodes", static_cast<int64_t>(g.nodes().size()));
       if (program->streams.multi_lane()) {
         GENIE_RETURN_IF_ERROR(RunCpuLanes(g, *program, roots));
         result.stats.nodes_executed += static_cast<int64_t>(program->streams.order.size());
@@ -800,6 +849,9 @@ struct Interpreter::Impl {
     GENIE_RETURN_IF_ERROR(EnsureStreams());
     const c10::cuda::CUDAStream main = streams[0].get();
     c10::cuda::CUDAStreamGuard stream_guard(main);
+    // Bounded: spans of runs that never sync are dropped past a few thousand.
+    std::unique_ptr<at::cuda::CUDAEvent> gpu_start =
+        timeline::Enabled() && gpu_timeline.pending.size() < 4096 ? TimingEvent(main) : nullptr;
 
     std::unique_ptr<CudaProgramState> scratch;
     CudaProgramState* state = nullptr;
@@ -881,6 +933,7 @@ struct Interpreter::Impl {
     // Uploads: non-blocking on the main stream, straight from the pinned upload arena or
     // through pinned staging. A replay copies into the graph's static input tensors.
     bool from_arena = false;
+    const int64_t uploads_begin = timeline::Enabled() ? timeline::NowNanos() : 0;
     for (const core::Upload& u : req.uploads) {
       const core::Buffer& b = g.buffer(u.buffer);
       at::Tensor t =
@@ -905,6 +958,10 @@ struct Interpreter::Impl {
       }
       roots[b.id] = std::move(t);
     }
+    if (uploads_begin != 0) {
+      timeline::Record("uploads", uploads_begin, timeline::NowNanos(), "count",
+                       static_cast<int64_t>(req.uploads.size()));
+    }
     if (from_arena) {
       if (!arena_copied)
         arena_copied = std::make_unique<at::cuda::CUDAEvent>(cudaEventDisableTiming);
@@ -925,6 +982,7 @@ struct Interpreter::Impl {
       std::shared_lock<std::shared_mutex> capturing(g_capture_mu);  // no emptyCache meanwhile
       // The capture's memory pool is named here so that a failed capture can give it back.
       const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
+      timeline::Span capture_span("capture CUDA graph", "nodes", static_cast<int64_t>(g.nodes().size()));
       try {
         graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
         status = RunNodesCuda(g, program, *state, roots, &executed);
@@ -981,6 +1039,7 @@ struct Interpreter::Impl {
       for (core::BufferId b : state->copied_in)
         state->roots[b].copy_(roots[b], /*non_blocking=*/true);
       try {
+        timeline::Span replay_span("replay CUDA graph", "nodes", static_cast<int64_t>(g.nodes().size()));
         state->graph->replay();
       } catch (const c10::Error& e) {
         return absl::InternalError(absl::StrCat("CUDA graph replay failed on ", Describe(), ": ",
@@ -990,7 +1049,10 @@ struct Interpreter::Impl {
       result.stats.nodes_executed = static_cast<int64_t>(g.nodes().size());
     } else {
       int64_t executed = 0;
-      GENIE_RETURN_IF_ERROR(RunNodesCuda(g, program, *state, roots, &executed));
+      {
+        timeline::Span launch_span("launch ops", "nodes", static_cast<int64_t>(g.nodes().size()));
+        GENIE_RETURN_IF_ERROR(RunNodesCuda(g, program, *state, roots, &executed));
+      }
       result.stats.nodes_executed = executed;
       ++state->eager_runs;
       if (options.cuda_graphs && state->blocker.empty() && program.graph_blocker.empty()) {
@@ -1036,8 +1098,18 @@ struct Interpreter::Impl {
       host.copy_(t, /*non_blocking=*/true);
       hosts.push_back(std::move(host));
     }
+    if (gpu_start != nullptr) {
+      gpu_timeline.pending.push_back(
+          GpuSpan{std::move(gpu_start), TimingEvent(main),
+                  mode == Mode::kReplay ? "GPU run (graph)" : "GPU run (eager)",
+                  static_cast<int64_t>(g.nodes().size())});
+    }
     const auto sync_start = std::chrono::steady_clock::now();
-    if (!hosts.empty()) main.synchronize();
+    if (!hosts.empty()) {
+      timeline::Span wait_span("wait for GPU", "outputs", static_cast<int64_t>(hosts.size()));
+      main.synchronize();
+      if (timeline::Enabled()) PlaceGpuSpans(timeline::NowNanos());
+    }
     if (profile.on) {
       const auto end = std::chrono::steady_clock::now();
       profile.stop->synchronize();

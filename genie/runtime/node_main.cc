@@ -25,6 +25,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "genie/core/timeline.h"
 #include "genie/runtime/node_server.h"
 #include "genie/transport/auth.h"
 
@@ -55,6 +56,10 @@ ABSL_FLAG(int32_t, run_slots, 0,
 ABSL_FLAG(bool, decode_first, true,
           "with --run_slots: admit decode steps (recognised from the program) ahead of "
           "waiting prefills and other runs; false: in arrival order");
+ABSL_FLAG(std::string, timeline, "",
+          "record this node's timeline (runs, uploads, waits for the GPU, the GPU's work) and "
+          "write it to this file as a Chrome trace when the node stops (open it in "
+          "ui.perfetto.dev); the GENIE_TIMELINE environment variable does the same");
 ABSL_FLAG(int64_t, peer_inbox_bytes, int64_t{1} << 30,
           "bytes other nodes may push here that no run has read yet; a push above it is "
           "refused with an error naming the sizes; 0 = unlimited");
@@ -200,7 +205,15 @@ int main(int argc, char** argv) {
                    : absl::StrCat(options.memory_budget_bytes, " bytes").c_str(),
                static_cast<long long>(max_program), options.cuda_streams,
                options.cuda_graphs ? "on" : "off");
+  const std::string timeline_path = absl::GetFlag(FLAGS_timeline);
+  if (!timeline_path.empty()) genie::timeline::Start();
   (*server)->Serve(&g_stop);
+  if (!timeline_path.empty()) {
+    genie::timeline::Stop();
+    const absl::Status wrote = genie::timeline::Write(timeline_path);
+    if (!wrote.ok()) return Fail(std::string(wrote.message()));
+    std::fprintf(stderr, "genie-node: timeline written to %s\n", timeline_path.c_str());
+  }
   std::fprintf(stderr, "genie-node: stopped\n");
   return 0;
 }

@@ -40,6 +40,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -52,6 +53,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "genie/core/executor.h"
+#include "genie/core/timeline.h"
 #include "genie/plan/messages.h"
 #include "genie/plan/program.h"
 #include "genie/runtime/cuda_peer.h"
@@ -426,6 +428,7 @@ template <class Conn>
 absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>& stop) {
   using transport::MessageKind;
   session.AttachPool(transport::PoolOf(conn));
+  if (timeline::Enabled()) timeline::NameThread("genie-node session");
   const plan::MessageLimits& limits = session.limits();
   const absl::Duration io_timeout = session.options().io_timeout;
   while (!stop.load(std::memory_order_relaxed)) {
@@ -465,6 +468,8 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         break;
       }
       case MessageKind::kRun: {
+        std::optional<timeline::Span> step;
+        step.emplace("receive run", "bytes", static_cast<int64_t>(header->payload_bytes));
         absl::Status s = receive_message(plan::MaxRunBytes(limits));
         if (!s.ok() && conn.broken()) return s;
         plan::RunMessage& run = session.run_message();
@@ -482,6 +487,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         if (protocol_error) return RefuseAndClose(conn, session, id, "Run uploads", s);
         if (!s.ok()) return s;
         bool unknown_program = false;
+        step.emplace("run", "program", static_cast<int64_t>(run.program_id));
         absl::StatusOr<const core::ExecuteResult*> result =
             arena.ok() ? session.Run(run, &unknown_program)
                        : absl::StatusOr<const core::ExecuteResult*>(arena.status());
@@ -492,6 +498,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
           if (!s.ok()) return s;
           break;
         }
+        step.emplace("send result");
         plan::ResultMessage out;
         out.stats = (*result)->stats;
         std::vector<plan::UploadEntry>& entries = session.output_entries();
