@@ -307,7 +307,8 @@ struct Interpreter::Impl {
   // the GPU track.
   void PlaceGpuSpans(int64_t synced_ns) {
     if (gpu_timeline.pending.empty()) return;
-    if (gpu_timeline.track < 0) gpu_timeline.track = timeline::Track(absl::StrCat("GPU ", device.str()));
+    if (gpu_timeline.track < 0)
+      gpu_timeline.track = timeline::Track(absl::StrCat("GPU ", device.str()));
     const at::cuda::CUDAEvent& anchor = *gpu_timeline.pending.back().stop;
     for (GpuSpan& s : gpu_timeline.pending) {
       const auto at = [&](at::cuda::CUDAEvent& e) {
@@ -982,7 +983,8 @@ struct Interpreter::Impl {
       std::shared_lock<std::shared_mutex> capturing(g_capture_mu);  // no emptyCache meanwhile
       // The capture's memory pool is named here so that a failed capture can give it back.
       const at::cuda::MempoolId_t pool = at::cuda::graph_pool_handle();
-      timeline::Span capture_span("capture CUDA graph", "nodes", static_cast<int64_t>(g.nodes().size()));
+      timeline::Span capture_span("capture CUDA graph", "nodes",
+                                  static_cast<int64_t>(g.nodes().size()));
       try {
         graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
         status = RunNodesCuda(g, program, *state, roots, &executed);
@@ -1039,7 +1041,8 @@ struct Interpreter::Impl {
       for (core::BufferId b : state->copied_in)
         state->roots[b].copy_(roots[b], /*non_blocking=*/true);
       try {
-        timeline::Span replay_span("replay CUDA graph", "nodes", static_cast<int64_t>(g.nodes().size()));
+        timeline::Span replay_span("replay CUDA graph", "nodes",
+                                   static_cast<int64_t>(g.nodes().size()));
         state->graph->replay();
       } catch (const c10::Error& e) {
         return absl::InternalError(absl::StrCat("CUDA graph replay failed on ", Describe(), ": ",
