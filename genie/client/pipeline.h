@@ -130,11 +130,17 @@ class PipelineExecutor final : public core::Executor {
       : scheduled_(std::move(nodes)), record_dumps_(record_dumps), pipelined_(pipelined) {}
   ~PipelineExecutor() override { (void)Drain(); }
 
-  // Waits for every queued run; the first failure among them since the last call.
-  absl::Status Drain() {
-    std::lock_guard<std::mutex> lock(queue_mu_);
-    Reap(/*wait_for=*/0);
-    return TakeDeferred();
+  // Waits for every queued run, and for the nodes' runs accepted without waiting
+  // (core::Executor::Drain); the first failure among them since the last call.
+  absl::Status Drain() override {
+    absl::Status queued;
+    {
+      std::lock_guard<std::mutex> lock(queue_mu_);
+      Reap(/*wait_for=*/0);
+      queued = TakeDeferred();
+    }
+    absl::Status nodes = scheduled_.Drain();
+    return queued.ok() ? nodes : queued;
   }
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {

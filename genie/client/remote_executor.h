@@ -46,6 +46,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <list>
 #include <memory>
 #include <optional>
@@ -89,6 +90,13 @@ struct RemoteExecutorOptions {
   // Spin this long on the socket before sleeping while waiting for the node
   // (transport::ConnectionOptions::busy_poll); zero never spins.
   absl::Duration busy_poll = absl::ZeroDuration();
+  // A run whose graph has no outputs (a part of a step the frontend dispatched while it
+  // captures the rest) is sent and Execute returns without waiting for the node's answer;
+  // the answers are read, in order, before the next run that has outputs, a node-to-node
+  // transfer, or after max_deferred_runs such runs. So the node gets the next part as soon
+  // as it is captured, not one round trip later. An error in a deferred run fails the next
+  // Execute, which names it and is not started. 0: wait for every answer.
+  size_t max_deferred_runs = 64;
 };
 
 namespace client_internal {
@@ -255,6 +263,9 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
     absl::MutexLock lock(&mu_);
+    const bool defer = request.graph != nullptr && request.graph->outputs().empty() &&
+                       deferred_.size() < session_.options().max_deferred_runs;
+    if (!defer) GENIE_RETURN_IF_ERROR(AwaitDeferred());
     for (int attempt = 0;; ++attempt) {
       if (!lost_.ok()) return lost_;
       if (conn_.broken()) return session_.Lost("starting a run", conn_.status());
@@ -264,8 +275,10 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
         PlaceInPool(request);
         session_.Seal(transport::transport_traits<P>::max_frame_bytes, &prepared_);
       }
+      if (defer) return SendDeferred(request);
       bool unknown_program = false;
       absl::StatusOr<core::ExecuteResult> result = RunOnce(request, &unknown_program);
+      if (result.ok()) AddDeferredStats(&result->stats);
       // The node answered (or the connection is gone and the pool retired): the blocks of
       // this run's uploads may be reused.
       upload_blocks_.clear();
@@ -279,6 +292,10 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   }
 
   std::string Describe() const override { return session_.Describe(); }
+  absl::Status Drain() override {
+    absl::MutexLock lock(&mu_);
+    return AwaitDeferred();
+  }
 
   // Memory in this connection's tensor pool for a tensor the frontend snapshots for upload
   // (`.to(remote)`): the next run sends its offset instead of its bytes. Empty without a
@@ -308,6 +325,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   absl::StatusOr<int64_t> SendToPeer(const core::PeerSend& send) override {
     using transport::MessageKind;
     absl::MutexLock lock(&mu_);
+    GENIE_RETURN_IF_ERROR(AwaitDeferred());  // the transfer reads what they leave on the node
     if (!lost_.ok()) return lost_;
     if (conn_.broken()) return session_.Lost("asking for a node-to-node transfer", conn_.status());
     GENIE_ASSIGN_OR_RETURN(plan::PeerSendMessage m, client_internal::PeerSendFor(send));
@@ -419,12 +437,17 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   // connection (the stream can no longer be trusted to be in step).
   absl::StatusOr<core::ExecuteResult> RunOnce(const core::ExecuteRequest& request,
                                               bool* unknown_program) {
+    const uint64_t id = ++request_id_;
+    GENIE_RETURN_IF_ERROR(SendRun(request, id));
+    return ReceiveAnswer(id, unknown_program);
+  }
+
+  // Sends the prepared run as request `id`: its program the first time, the Run, and the
+  // uploads that do not lie in the pool.
+  absl::Status SendRun(const core::ExecuteRequest& request, uint64_t id) {
     using transport::MessageKind;
     using transport::TrafficClass;
-    const plan::MessageLimits& limits = session_.limits();
-    const uint64_t id = ++request_id_;
-    std::optional<timeline::Span> step;
-    step.emplace("send run", "bytes", static_cast<int64_t>(prepared_.run_message.size()));
+    timeline::Span span("send run", "bytes", static_cast<int64_t>(prepared_.run_message.size()));
     if (!prepared_.load_message.empty()) {
       absl::Status s = conn_.SendBytes(MessageKind::kLoadProgram, id, prepared_.load_message);
       if (!s.ok()) return Fail("sending the program", s);
@@ -448,7 +471,23 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
                      static_cast<TrafficClass>(static_cast<uint8_t>(f.upload_class)));
       if (!s.ok()) return Fail("sending the uploads", s);
     }
+    return absl::OkStatus();
+  }
 
+  // Receives the answer to request `id`: its Result and outputs, or the node's Error. The
+  // prepared run is the one answered, unless `deferred` (a run without outputs sent earlier).
+  absl::StatusOr<core::ExecuteResult> ReceiveAnswer(uint64_t id, bool* unknown_program,
+                                                    bool deferred = false) {
+    using transport::MessageKind;
+    using transport::TrafficClass;
+    const plan::MessageLimits& limits = session_.limits();
+    static const std::vector<uint64_t> kNoOutputs;
+    static const std::vector<plan::OutputPlacement> kNoneInPool;
+    const std::vector<uint64_t>& output_bytes = deferred ? kNoOutputs : prepared_.output_bytes;
+    const std::vector<plan::OutputPlacement>& in_pool =
+        deferred ? kNoneInPool : prepared_.run.outputs_in_pool;
+    absl::Status s;
+    std::optional<timeline::Span> step;
     step.emplace("wait for the node");
     absl::StatusOr<transport::FrameHeader> header =
         conn_.ReceiveHeader(session_.options().run_timeout);
@@ -484,22 +523,22 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     if (!s.ok()) return Fail("receiving the result", s);
     s = plan::DecodeResult(message_, limits, &result_message_);
     if (!s.ok()) return Violation(s.message());
-    if (result_message_.output_bytes != prepared_.output_bytes) {
+    if (result_message_.output_bytes != output_bytes) {
       return Violation("the result's output sizes differ from the program's");
     }
-    bool same_pooled = result_message_.pooled_outputs.size() == prepared_.run.outputs_in_pool.size();
+    bool same_pooled = result_message_.pooled_outputs.size() == in_pool.size();
     for (size_t k = 0; same_pooled && k < result_message_.pooled_outputs.size(); ++k) {
-      same_pooled = result_message_.pooled_outputs[k] == prepared_.run.outputs_in_pool[k].output;
+      same_pooled = result_message_.pooled_outputs[k] == in_pool[k].output;
     }
     if (!same_pooled) {
       return Violation("the result's outputs in the tensor pool differ from the blocks reserved");
     }
 
     core::ExecuteResult result;
-    result.outputs.reserve(prepared_.output_bytes.size());
+    result.outputs.reserve(output_bytes.size());
     uint64_t frame_left = 0;
-    for (size_t i = 0; i < prepared_.output_bytes.size(); ++i) {
-      const uint64_t n = prepared_.output_bytes[i];
+    for (size_t i = 0; i < output_bytes.size(); ++i) {
+      const uint64_t n = output_bytes[i];
       if (n == 0) {
         result.outputs.push_back(core::HostBytes{});
         continue;
@@ -540,6 +579,72 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     return result;
   }
 
+  // Sends the prepared run (it has no outputs) and returns without its answer, which
+  // AwaitDeferred reads later. The run's uploads stay alive until then: the node may read
+  // them from the pool while it runs.
+  absl::StatusOr<core::ExecuteResult> SendDeferred(const core::ExecuteRequest& request) {
+    const uint64_t id = ++request_id_;
+    Deferred d;
+    d.id = id;
+    d.nodes = request.graph->nodes().size();
+    absl::Status sent = SendRun(request, id);
+    d.blocks = std::move(upload_blocks_);
+    upload_blocks_.clear();
+    output_blocks_.clear();
+    if (!sent.ok()) return sent;
+    for (const core::Upload& u : request.uploads) {
+      if (u.bytes.owner != nullptr) d.owners.push_back(u.bytes.owner);
+    }
+    deferred_.push_back(std::move(d));
+    core::ExecuteResult result;
+    result.stats.program_cache_hit = prepared_.load_message.empty();
+    return result;
+  }
+
+  // Reads the answers of the runs sent without waiting, oldest first. The first that failed
+  // fails this call, naming that run; the caller's own run is then not started.
+  absl::Status AwaitDeferred() {
+    absl::Status first_error;
+    while (!deferred_.empty()) {
+      Deferred& d = deferred_.front();
+      if (!lost_.ok()) return lost_;
+      bool unknown_program = false;
+      absl::StatusOr<core::ExecuteResult> answer =
+          ReceiveAnswer(d.id, &unknown_program, /*deferred=*/true);
+      if (!lost_.ok()) return lost_;  // the connection is gone: nothing more will answer
+      if (answer.ok()) {
+        if (!answer->outputs.empty()) {
+          return Violation("the answer to a run without outputs carries outputs");
+        }
+        deferred_stats_.nodes_executed += answer->stats.nodes_executed;
+        deferred_stats_.bytes_uploaded += answer->stats.bytes_uploaded;
+        deferred_stats_.bytes_downloaded += answer->stats.bytes_downloaded;
+        deferred_stats_.resident_bytes = answer->stats.resident_bytes;
+      } else if (first_error.ok()) {
+        first_error = absl::Status(
+            answer.status().code(),
+            absl::StrCat("a run of ", d.nodes, " ops dispatched earlier to ", session_.Describe(),
+                         " failed: ", answer.status().message(),
+                         unknown_program ? " (the node no longer has its program: it restarted "
+                                           "or evicted it)"
+                                         : "",
+                         ". The run asked for now was not started, since it may read what "
+                         "that one should have left on the node; rerun from the inputs"));
+      }
+      deferred_.pop_front();  // its uploads may be reused now
+    }
+    return first_error;
+  }
+
+  // Adds what the node reported for deferred runs to the stats of the run that followed
+  // them, so totals over results stay whole.
+  void AddDeferredStats(core::ExecuteStats* stats) {
+    stats->nodes_executed += deferred_stats_.nodes_executed;
+    stats->bytes_uploaded += deferred_stats_.bytes_uploaded;
+    stats->bytes_downloaded += deferred_stats_.bytes_downloaded;
+    deferred_stats_ = core::ExecuteStats{};
+  }
+
   // The connection is unusable from here on; later Executes return the same error. The node
   // may still read or write pool blocks of this run: the pool hands out nothing more.
   absl::Status Fail(absl::string_view doing, const absl::Status& cause) {
@@ -573,6 +678,15 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   std::vector<std::shared_ptr<transport::PoolBlock>> output_blocks_;  // per output, or null
   std::vector<std::pair<uint64_t, uint64_t>> in_place_;  // uploads referenced where they lie
   transport::TrafficCounters pooled_;
+  // Runs sent whose answers are not read yet (RemoteExecutorOptions::max_deferred_runs).
+  struct Deferred {
+    uint64_t id = 0;
+    size_t nodes = 0;
+    std::vector<std::shared_ptr<transport::PoolBlock>> blocks;  // its uploads' pool blocks
+    std::vector<std::shared_ptr<const void>> owners;            // its uploads' memory
+  };
+  std::deque<Deferred> deferred_;
+  core::ExecuteStats deferred_stats_;  // what answered deferred runs reported, not yet added
 };
 
 }  // namespace genie::client

@@ -181,5 +181,143 @@ TEST(RemoteExecutorTest, AnswerOfTheWrongKindClosesTheConnection) {
   EXPECT_NE(std::string(got.status().message()).find("cannot accept"), std::string::npos);
 }
 
+// relu(x) kept on the node: a part of a step without outputs (what the frontend dispatches
+// while it captures the rest).
+struct ReluPart : Relu {
+  ReluPart() { g.outputs().clear(); }
+  core::ExecuteRequest Request() const {
+    core::ExecuteRequest req = Relu::Request();
+    req.fingerprint = 10;
+    req.keep = {1};
+    return req;
+  }
+};
+
+// A fake node that answers each Run with `answer(run_index, id, connection)` once its
+// uploads arrived, and counts the runs it was sent.
+template <class Answer>
+std::thread AnsweringNode(Connection<InProcess> server, std::atomic<int>* runs, Answer answer) {
+  return FakeNode(std::move(server), [runs, answer](Connection<InProcess>& c) mutable {
+    for (;;) {
+      auto f = c.Receive(absl::Seconds(5));
+      if (!f.ok() || f->header.kind == MessageKind::kGoodbye) return;
+      if (f->header.kind != MessageKind::kRun) continue;
+      auto upload = c.Receive(absl::Seconds(5));  // the one kTransfer frame of x
+      if (!upload.ok()) return;
+      answer(runs->fetch_add(1), f->header.request_id, c);
+    }
+  });
+}
+
+void SendResult(Connection<InProcess>& c, uint64_t id, int64_t nodes, bool with_output) {
+  plan::ResultMessage m;
+  m.stats.nodes_executed = nodes;
+  if (with_output) m.output_bytes = {64};
+  (void)c.SendBytes(MessageKind::kResult, id, plan::EncodeResult(m));
+  if (with_output) {
+    const std::string y(64, '\2');
+    (void)c.SendBytes(MessageKind::kTransfer, id, y, transport::TrafficClass::kActivations);
+  }
+}
+
+TEST(RemoteExecutorTest, ARunWithoutOutputsIsNotWaitedForAndItsAnswerIsReadBeforeTheNextRead) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::atomic<int> runs{0};
+  std::atomic<bool> may_answer{false};
+  std::thread node = AnsweringNode(
+      std::move(pair->second), &runs, [&](int k, uint64_t id, Connection<InProcess>& c) {
+        // The part is answered only after Execute returned.
+        while (k == 0 && !may_answer.load()) absl::SleepFor(absl::Milliseconds(1));
+        SendResult(c, id, /*nodes=*/k == 0 ? 5 : 1, /*with_output=*/k == 1);
+      });
+  auto r = AttachTo(std::move(pair->first));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ReluPart part;
+  auto sent = (*r)->Execute(part.Request());
+  ASSERT_TRUE(sent.ok()) << sent.status();
+  EXPECT_TRUE(sent->outputs.empty());
+  may_answer = true;
+  Relu relu;
+  auto read = (*r)->Execute(relu.Request());
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ(read->outputs.size(), 1u);
+  EXPECT_EQ(static_cast<const char*>(read->outputs[0].data)[0], '\2');
+  // The part's nodes count with the read that followed it.
+  EXPECT_EQ(read->stats.nodes_executed, 6);
+  EXPECT_TRUE((*r)->Drain().ok());
+  (*r)->Close();
+  node.join();
+  EXPECT_EQ(runs.load(), 2);
+}
+
+TEST(RemoteExecutorTest, AFailedDeferredRunFailsTheNextReadWhichIsNotStarted) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::atomic<int> runs{0};
+  std::thread node = AnsweringNode(
+      std::move(pair->second), &runs, [&](int k, uint64_t id, Connection<InProcess>& c) {
+        if (k == 0) {
+          (void)c.SendBytes(MessageKind::kError, id,
+                            plan::EncodeError(absl::InternalError("op %0 aten::relu failed")));
+        } else {
+          SendResult(c, id, 1, /*with_output=*/true);
+        }
+      });
+  auto r = AttachTo(std::move(pair->first));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ReluPart part;
+  ASSERT_TRUE((*r)->Execute(part.Request()).ok());
+  Relu relu;
+  auto read = (*r)->Execute(relu.Request());
+  ASSERT_FALSE(read.ok());
+  EXPECT_TRUE(absl::IsInternal(read.status())) << read.status();
+  const std::string message(read.status().message());
+  EXPECT_NE(message.find("dispatched earlier"), std::string::npos) << message;
+  EXPECT_NE(message.find("aten::relu failed"), std::string::npos) << message;
+  EXPECT_NE(message.find("not started"), std::string::npos) << message;
+  // The connection goes on: the read runs when asked again, and only then reaches the node.
+  auto again = (*r)->Execute(relu.Request());
+  ASSERT_TRUE(again.ok()) << again.status();
+  (*r)->Close();
+  node.join();
+  EXPECT_EQ(runs.load(), 2);
+}
+
+TEST(RemoteExecutorTest, DrainReturnsADeferredErrorAndZeroDeferralWaitsForEveryRun) {
+  for (size_t max_deferred : {size_t{64}, size_t{0}}) {
+    auto pair = Connection<InProcess>::CreatePair();
+    ASSERT_TRUE(pair.ok());
+    std::atomic<int> runs{0};
+    std::thread node = AnsweringNode(
+        std::move(pair->second), &runs, [&](int, uint64_t id, Connection<InProcess>& c) {
+          (void)c.SendBytes(MessageKind::kError, id,
+                            plan::EncodeError(absl::ResourceExhaustedError("over budget")));
+        });
+    RemoteExecutorOptions options;
+    options.max_deferred_runs = max_deferred;
+    auto r =
+        RemoteExecutor<InProcess>::Attach(std::move(pair->first), "10.9.8.7:7070", kKey, options);
+    ASSERT_TRUE(r.ok()) << r.status();
+    ReluPart part;
+    auto sent = (*r)->Execute(part.Request());
+    if (max_deferred == 0) {
+      // Waited for: the node's own error, at once.
+      ASSERT_FALSE(sent.ok());
+      EXPECT_TRUE(absl::IsResourceExhausted(sent.status())) << sent.status();
+      EXPECT_TRUE((*r)->Drain().ok());
+    } else {
+      ASSERT_TRUE(sent.ok()) << sent.status();
+      absl::Status drained = (*r)->Drain();
+      EXPECT_TRUE(absl::IsResourceExhausted(drained)) << drained;
+      EXPECT_NE(std::string(drained.message()).find("dispatched earlier"), std::string::npos);
+      EXPECT_TRUE((*r)->Drain().ok());  // reported once
+    }
+    (*r)->Close();
+    node.join();
+    EXPECT_EQ(runs.load(), 1);
+  }
+}
+
 }  // namespace
 }  // namespace genie::client

@@ -105,6 +105,10 @@ class Executor {
     (void)nbytes;
     return {};
   }
+  // Waits for the runs this executor accepted without waiting for them (a remote node's
+  // runs without outputs, client::RemoteExecutorOptions::max_deferred_runs); the first error
+  // among them since the last call. Executors that always wait have none.
+  virtual absl::Status Drain() { return absl::OkStatus(); }
 };
 
 // One node-to-node transfer: the sending node reads its resident buffer `handle` and sends

@@ -2650,7 +2650,11 @@ absl::Status Dispatch() {
 absl::Status Join() {
   CaptureContext& ctx = CaptureContext::Get();
   std::lock_guard<std::recursive_mutex> lock(ctx.mu);
-  return ctx.Join();
+  absl::Status s = ctx.Join();
+  // The executor may have accepted dispatched runs without waiting for them (a remote
+  // node's runs without outputs): wait for those too.
+  absl::Status accepted = ctx.executor()->Drain();
+  return s.ok() ? accepted : s;
 }
 
 absl::Status Flush() {

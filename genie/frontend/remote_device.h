@@ -68,8 +68,9 @@ class Scope {
 // Asynchronous dispatch and join. Dispatch hands everything captured so far to the
 // executor and returns at once (a worker runs graphs in order, so capture of the next
 // step overlaps execution of this one); results stay resident. Reading a tensor waits
-// only for the graphs it needs. Join waits for all of them and returns the first
-// error since the last Join. Flush is Dispatch then Join.
+// only for the graphs it needs. Join waits for all of them (also those the executor
+// accepted without waiting, core::Executor::Drain) and returns the first error since the
+// last Join. Flush is Dispatch then Join.
 absl::Status Dispatch();
 absl::Status Join();
 absl::Status Flush();

@@ -83,6 +83,15 @@ PlacementExecutor::~PlacementExecutor() {
   for (Lane& lane : lanes_) lane.thread.join();
 }
 
+absl::Status PlacementExecutor::Drain() {
+  absl::Status first;
+  for (const std::shared_ptr<core::Executor>& n : nodes_) {
+    absl::Status s = n->Drain();
+    if (first.ok()) first = s;
+  }
+  return first;
+}
+
 std::string PlacementExecutor::Describe() const {
   std::vector<std::string> names;
   for (const auto& n : nodes_) names.push_back(n->Describe());
@@ -421,6 +430,12 @@ absl::Status PlacementExecutor::RunTask(const Task& task, int node, int64_t* sen
   const size_t p = task.index;
   absl::StatusOr<core::ExecuteResult> r =
       residency_[node]->Execute(run.subs[p], run.sub_semantics[p]);
+  // A part counts as done when the node has run it: other lanes start on what it leaves
+  // there (a node may have accepted it without waiting, core::Executor::Drain).
+  if (r.ok()) {
+    absl::Status ran = nodes_[node]->Drain();
+    if (!ran.ok()) r = ran;
+  }
   if (!r.ok()) {
     return absl::Status(r.status().code(), absl::StrCat("part ", p, " of ", placement.parts.size(),
                                                         " on node ", node, ": ", r.status().message()));

@@ -117,6 +117,9 @@ class PlacementExecutor {
                                               const semantic::GraphSemantics& semantics);
 
   std::string Describe() const;
+  // Waits for the nodes' runs accepted without waiting (core::Executor::Drain); the first
+  // error.
+  absl::Status Drain();
   DataTraffic traffic() const;  // client <-> nodes, summed over nodes
   PlacementStats stats() const;
   int pipeline_depth() const { return depth_; }

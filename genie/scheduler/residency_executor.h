@@ -49,6 +49,8 @@ class ResidencyExecutor {
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request,
                                               const semantic::GraphSemantics& semantics);
   std::string Describe() const { return node_->Describe(); }
+  // Waits for the node's runs accepted without waiting (core::Executor::Drain).
+  absl::Status Drain() { return node_->Drain(); }
   // The node's staging memory (core::Executor::Staging: its shared tensor pool, if any).
   core::HostBuffer Staging(size_t nbytes) { return node_->Staging(nbytes); }
   const ShipPolicy& policy() const { return policy_; }

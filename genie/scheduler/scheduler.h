@@ -72,6 +72,7 @@ class ScheduledExecutor<BlindScheduler> {
     return residency_.Execute(request, semantics);
   }
   std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
+  absl::Status Drain() { return residency_.Drain(); }
   core::HostBuffer Staging(size_t nbytes) { return residency_.Staging(nbytes); }
   DataTraffic traffic() const { return residency_.traffic(); }
   PlacementStats placement() const { return PlacementStats{}; }  // one node: nothing placed
@@ -123,6 +124,8 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
   std::string Describe() const {
     return absl::StrCat("semantic on ", placed_ != nullptr ? placed_->Describe() : residency_.Describe());
   }
+  // Waits for the nodes' runs accepted without waiting (core::Executor::Drain).
+  absl::Status Drain() { return placed_ != nullptr ? placed_->Drain() : residency_.Drain(); }
   // What decode batching did (zeros without DecodeBatching).
   DecodeBatchingStats decode_batching() const {
     if constexpr (kHas<DecodeBatching>) return batcher_.stats();
