@@ -171,6 +171,8 @@ class PipelineExecutor final : public core::Executor {
     return result;
   }
 
+  bool AcceptsWithoutWaiting() const override { return scheduled_.AcceptsWithoutWaiting(); }
+
   // Runs pipelined dispatch queued and returned from at once, since the start.
   int64_t queued_runs() const {
     std::lock_guard<std::mutex> lock(queue_mu_);

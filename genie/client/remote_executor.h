@@ -296,6 +296,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     absl::MutexLock lock(&mu_);
     return AwaitDeferred();
   }
+  bool AcceptsWithoutWaiting() const override { return session_.options().max_deferred_runs > 0; }
 
   // Memory in this connection's tensor pool for a tensor the frontend snapshots for upload
   // (`.to(remote)`): the next run sends its offset instead of its bytes. Empty without a

@@ -109,6 +109,10 @@ class Executor {
   // runs without outputs, client::RemoteExecutorOptions::max_deferred_runs); the first error
   // among them since the last call. Executors that always wait have none.
   virtual absl::Status Drain() { return absl::OkStatus(); }
+  // Whether Execute of a graph without outputs returns once the run is handed on (to a
+  // node that runs it meanwhile), not when it is done: the frontend then dispatches on the
+  // capturing thread instead of handing the graph to its worker thread.
+  virtual bool AcceptsWithoutWaiting() const { return false; }
 };
 
 // One node-to-node transfer: the sending node reads its resident buffer `handle` and sends

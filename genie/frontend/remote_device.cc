@@ -279,6 +279,27 @@ class Worker {
   }
 
   // Runs `job` on the calling thread when no submitted job is queued or running (so order
+  // holds), sparing the hand-off to the worker thread; else submits it. For an executor
+  // that returns from a dispatched graph once it is handed on (AcceptsWithoutWaiting).
+  std::future<Result> RunHereOrSubmit(std::unique_ptr<Job> job) {
+    bool here = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      here = queue_.empty() && !running_;
+      running_ = running_ || here;
+    }
+    if (!here) return Submit(std::move(job));
+    std::future<Result> f = job->done.get_future();
+    job->done.set_value(Execute(*job));
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      running_ = false;
+    }
+    cv_.notify_one();
+    return f;
+  }
+
+  // Runs `job` on the calling thread when no submitted job is queued or running (so order
   // holds), sparing a caller that would only wait for it the two thread hand-offs; else
   // submits it and waits.
   Result RunNowOrWait(std::unique_ptr<Job> job) {
@@ -2090,7 +2111,10 @@ void CaptureContext::Dispatch() {
   std::unique_ptr<Worker::Job> job = PrepareJob({});
   std::string what = absl::StrCat("graph of ", job->graph->nodes().size(), " ops on ",
                                   job->executor->Describe());
-  in_flight_.push_back({worker_.Submit(std::move(job)), std::move(what)});
+  const bool here = job->executor->AcceptsWithoutWaiting();
+  in_flight_.push_back(
+      {here ? worker_.RunHereOrSubmit(std::move(job)) : worker_.Submit(std::move(job)),
+       std::move(what)});
   Harvest(/*wait=*/false);
 }
 

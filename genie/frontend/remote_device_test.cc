@@ -798,5 +798,49 @@ TEST_F(RemoteDeviceTest, DispatchedFailureSurfacesAtJoinAndAtTheNextRead) {
   SetExecutor(std::make_shared<runtime::Interpreter>());
 }
 
+// Wraps the interpreter like a remote node that accepts dispatched graphs without waiting
+// (core::Executor::AcceptsWithoutWaiting): records the threads it runs on and what Join
+// asks it to drain.
+class AcceptingExecutor final : public core::Executor {
+ public:
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
+    threads.push_back(std::this_thread::get_id());
+    return inner.Execute(request);
+  }
+  std::string Describe() const override { return "accepting test executor"; }
+  bool AcceptsWithoutWaiting() const override { return accepts; }
+  absl::Status Drain() override {
+    ++drains;
+    return drain_error;
+  }
+  runtime::Interpreter inner;
+  std::vector<std::thread::id> threads;
+  bool accepts = true;
+  int drains = 0;
+  absl::Status drain_error;
+};
+
+TEST_F(RemoteDeviceTest, DispatchRunsOnTheCallingThreadForAnExecutorThatDoesNotWait) {
+  for (bool accepts : {true, false}) {
+    auto exec = std::make_shared<AcceptingExecutor>();
+    exec->accepts = accepts;
+    SetExecutor(exec);
+    torch::Tensor x = torch::randn({8, 8});
+    torch::Tensor r = torch::matmul(x.to(Remote()), x.to(Remote()));
+    ASSERT_TRUE(Dispatch().ok());
+    ASSERT_TRUE(Join().ok());
+    ASSERT_EQ(exec->threads.size(), 1u);
+    // Dispatched here only when the executor returns without waiting for the node.
+    EXPECT_EQ(exec->threads[0] == std::this_thread::get_id(), accepts);
+    EXPECT_LE(MaxAbsDiff((r + 1).to(torch::kCPU), torch::matmul(x, x) + 1), 1e-5);
+    // Join also waits for what the executor accepted without waiting, and reports its error.
+    EXPECT_GE(exec->drains, 1);
+    exec->drain_error = absl::InternalError("a run dispatched earlier failed (test)");
+    absl::Status joined = Join();
+    EXPECT_TRUE(absl::IsInternal(joined)) << joined;
+    SetExecutor(std::make_shared<runtime::Interpreter>());
+  }
+}
+
 }  // namespace
 }  // namespace genie::frontend

@@ -51,6 +51,12 @@ class ResidencyExecutor {
   std::string Describe() const { return node_->Describe(); }
   // Waits for the node's runs accepted without waiting (core::Executor::Drain).
   absl::Status Drain() { return node_->Drain(); }
+  // Whether a run without outputs returns before the node ran it: only when nothing kept
+  // comes back to the client (no kept buffer of a shipped class turns into an output).
+  bool AcceptsWithoutWaiting() const {
+    return !policy_.weights && !policy_.kv_cache && !policy_.activations &&
+           node_->AcceptsWithoutWaiting();
+  }
   // The node's staging memory (core::Executor::Staging: its shared tensor pool, if any).
   core::HostBuffer Staging(size_t nbytes) { return node_->Staging(nbytes); }
   const ShipPolicy& policy() const { return policy_; }

@@ -73,6 +73,7 @@ class ScheduledExecutor<BlindScheduler> {
   }
   std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
   absl::Status Drain() { return residency_.Drain(); }
+  bool AcceptsWithoutWaiting() const { return residency_.AcceptsWithoutWaiting(); }
   core::HostBuffer Staging(size_t nbytes) { return residency_.Staging(nbytes); }
   DataTraffic traffic() const { return residency_.traffic(); }
   PlacementStats placement() const { return PlacementStats{}; }  // one node: nothing placed
@@ -126,6 +127,11 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
   }
   // Waits for the nodes' runs accepted without waiting (core::Executor::Drain).
   absl::Status Drain() { return placed_ != nullptr ? placed_->Drain() : residency_.Drain(); }
+  // Placement waits for each part, and decode batching may hold a step for others to join
+  // it; one node on its own may accept runs without waiting.
+  bool AcceptsWithoutWaiting() const {
+    return !kHas<DecodeBatching> && placed_ == nullptr && residency_.AcceptsWithoutWaiting();
+  }
   // What decode batching did (zeros without DecodeBatching).
   DecodeBatchingStats decode_batching() const {
     if constexpr (kHas<DecodeBatching>) return batcher_.stats();
