@@ -21,6 +21,7 @@
 #include <array>
 #include <chrono>
 #include <deque>
+#include <iterator>
 #include <cstdint>
 #include <list>
 #include <memory>
@@ -151,22 +152,25 @@ class PipelineExecutor final : public core::Executor {
       ReapFinished();
       GENIE_RETURN_IF_ERROR(TakeDeferred());
     }
-    const semantic::GraphSemantics& semantics = SemanticsFor(request);
+    const Analysis& analysis = AnalysisFor(request);
+    const semantic::GraphSemantics& semantics = analysis.semantics;
     scheduler::PlacementExecutor* placer = pipelined_ ? scheduled_.placer() : nullptr;
     if (placer != nullptr && request.graph->outputs().empty()) return Queue(*placer, request, semantics);
-    typename P::annotated_graph annotated(*request.graph);
-    P::Annotate(annotated, semantics);
     absl::StatusOr<core::ExecuteResult> result = scheduled_.Execute(request, semantics);
     PipelineRecord record;
     record.workload = semantics.workload;
     record.phase = semantics.phase_of_graph;
-    record.modules = ModulesOf(semantics);
-    record.summary = semantics.Summary(*request.graph);
-    if (record_dumps_) record.annotated = annotated.Dump();
+    record.modules = analysis.modules;
+    record.summary = analysis.summary;
+    record.annotated = analysis.annotated;
     record.milliseconds =
         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     if (result.ok()) record.stats = result->stats;
     std::lock_guard<std::mutex> lock(mu_);
+    if (records_.size() >= kMaxRecords) {
+      records_.pop_front();
+      ++records_dropped_;
+    }
     records_.push_back(std::move(record));
     return result;
   }
@@ -193,9 +197,20 @@ class PipelineExecutor final : public core::Executor {
   // several nodes keeps runs in flight (placer()->Submit / Wait).
   ::genie::scheduler::ScheduledExecutor<typename P::scheduler_policy>& scheduler() { return scheduled_; }
 
+  // Records are kept for the latest kMaxRecords runs: a long-running client that never takes
+  // them holds no more.
+  static constexpr size_t kMaxRecords = 4096;
+  // Records let go because nobody took them.
+  int64_t records_dropped() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return records_dropped_;
+  }
   std::vector<PipelineRecord> TakeRecords() {
     std::lock_guard<std::mutex> lock(mu_);
-    return std::exchange(records_, {});
+    std::vector<PipelineRecord> out(std::make_move_iterator(records_.begin()),
+                                    std::make_move_iterator(records_.end()));
+    records_.clear();
+    return out;
   }
 
  private:
@@ -222,16 +237,31 @@ class PipelineExecutor final : public core::Executor {
     return out;
   }
 
-  const semantic::GraphSemantics& SemanticsFor(const core::ExecuteRequest& request) {
+  // A graph's analysis and what its records say about it, made once per fingerprint.
+  struct Analysis {
+    semantic::GraphSemantics semantics;
+    std::vector<ModuleRecord> modules;
+    std::string summary;
+    std::string annotated;  // the deployment's annotations, with record_dumps only
+  };
+  const Analysis& AnalysisFor(const core::ExecuteRequest& request) {
     auto it = analyses_.find(request.fingerprint);
     if (request.fingerprint != 0 && it != analyses_.end()) return it->second;
     if (analyses_.size() >= kMaxAnalyses) analyses_.clear();
-    semantic::GraphSemantics s = semantic::Analyze(*request.graph, request.keep);
+    Analysis a;
+    a.semantics = semantic::Analyze(*request.graph, request.keep);
+    a.modules = ModulesOf(a.semantics);
+    a.summary = a.semantics.Summary(*request.graph);
+    if (record_dumps_) {
+      typename P::annotated_graph annotated(*request.graph);
+      P::Annotate(annotated, a.semantics);
+      a.annotated = annotated.Dump();
+    }
     if (request.fingerprint == 0) {
-      uncached_ = std::move(s);
+      uncached_ = std::move(a);
       return uncached_;
     }
-    return analyses_.emplace(request.fingerprint, std::move(s)).first->second;
+    return analyses_.emplace(request.fingerprint, std::move(a)).first->second;
   }
 
   // A run queued by pipelined dispatch, with copies of what it reads until it is done.
@@ -304,10 +334,12 @@ class PipelineExecutor final : public core::Executor {
   std::deque<std::unique_ptr<Queued>> queue_;  // oldest first
   absl::Status deferred_;                      // first failure of a reaped queued run
   int64_t queued_runs_ = 0;
-  absl::flat_hash_map<uint64_t, semantic::GraphSemantics> analyses_;
-  semantic::GraphSemantics uncached_;
-  std::mutex mu_;
-  std::vector<PipelineRecord> records_;
+  absl::flat_hash_map<uint64_t, Analysis> analyses_;
+  Analysis uncached_;
+  mutable std::mutex mu_;
+  // The latest kMaxRecords runs' records; records_dropped_ counts the older ones let go.
+  std::deque<PipelineRecord> records_;
+  int64_t records_dropped_ = 0;
 };
 
 }  // namespace genie

@@ -75,6 +75,18 @@ TEST_F(RemoteDeviceTest, UploadsAreSnapshotsOfTheirMoment) {
             1e-5);
 }
 
+// A snapshot of a megabyte or more is copied by several threads: every byte arrives, at the
+// edges of their pieces too (an odd size, not a multiple of their alignment).
+TEST_F(RemoteDeviceTest, LargeUploadsAreWholeSnapshots) {
+  for (int64_t n : {int64_t{(1 << 18) - 1}, int64_t{1 << 18}, int64_t{1200001}}) {
+    torch::Tensor big = torch::arange(n, torch::kFloat) * 0.5 - 7;
+    const torch::Tensor then = big.clone();
+    torch::Tensor remote = big.to(Remote());
+    big.fill_(1);
+    EXPECT_TRUE(torch::equal(remote.to(torch::kCPU), then)) << n << " floats";
+  }
+}
+
 TEST_F(RemoteDeviceTest, OpsAreCapturedNotComputedUntilRead) {
   torch::Tensor a = torch::randn({4, 8});
   torch::Tensor b = torch::randn({8, 5});

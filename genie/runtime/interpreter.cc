@@ -1113,6 +1113,7 @@ struct Interpreter::Impl {
       main.synchronize();
       if (timeline::Enabled()) PlaceGpuSpans(timeline::NowNanos());
     }
+    timeline::Span collect_span("collect outputs", "outputs", static_cast<int64_t>(hosts.size()));
     if (profile.on) {
       const auto end = std::chrono::steady_clock::now();
       profile.stop->synchronize();

@@ -531,7 +531,10 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   }
   if (gate_ != nullptr) gate_->Enter(loaded.decode);
   const absl::Time start = absl::Now();
-  result_ = interpreter_.Execute(request_);
+  {
+    timeline::Span span("execute");
+    result_ = interpreter_.Execute(request_);
+  }
   last_run_micros_ = absl::ToInt64Microseconds(absl::Now() - start);
   if (gate_ != nullptr) gate_->Leave();
   ++runs_;

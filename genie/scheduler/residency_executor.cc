@@ -63,6 +63,25 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
     return h != 0 && it != class_.end() && Ships(it->second);
   };
 
+  if (!policy_.weights && !policy_.kv_cache && !policy_.activations) {
+    // Nothing ships: the request goes to the node as it is (no copy of its graph).
+    GENIE_ASSIGN_OR_RETURN(core::ExecuteResult result, node_->Execute(request));
+    for (const core::Upload& u : request.uploads) {
+      const uint64_t h = in.buffer(u.buffer).handle;
+      auto it = class_.find(h);
+      const StorageClass c = h != 0 && it != class_.end() ? it->second
+                             : in.buffer(u.buffer).kind == core::BufferKind::kParameter
+                                 ? StorageClass::kWeight
+                                 : StorageClass::kActivation;
+      up_[static_cast<int>(c)] += static_cast<int64_t>(u.bytes.nbytes);
+    }
+    for (const core::HostBytes& o : result.outputs) {
+      down_[static_cast<int>(StorageClass::kActivation)] += static_cast<int64_t>(o.nbytes);
+    }
+    for (uint64_t h : request.release) class_.erase(h);
+    return result;
+  }
+
   core::ExecuteRequest out;
   for (uint64_t h : request.release) {
     if (!held_.contains(h)) out.release.push_back(h);  // the node forgets it after the run

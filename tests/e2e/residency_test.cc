@@ -60,5 +60,26 @@ TEST(ResidencyTest, CutStepsStayWithinTheNodeBudgetOverShm) {
   StepsStayWithinTheBudget<examples::SemanticShmDeployment>(16, 4);
 }
 
+// The client keeps what each run's record says for the latest runs only: a client that runs
+// step after step and never takes the records stays bounded too.
+TEST(ResidencyTest, TheClientKeepsRecordsOfTheLatestRunsOnly) {
+  using D = examples::SemanticDeployment;
+  torch::NoGradGuard no_grad;
+  SessionOptions options;
+  options.embedded.log_connections = false;
+  options.embedded.log_runs = false;
+  auto session = Session<D>::Start(options);
+  ASSERT_TRUE(session.ok()) << session.status();
+  const torch::Device remote((*session)->device());
+  constexpr size_t kMax = PipelineExecutor<D>::kMaxRecords;
+  const torch::Tensor x = torch::randn({4});
+  for (size_t i = 0; i < kMax + 10; ++i) {
+    ASSERT_TRUE(torch::equal((x.to(remote) + 1).to(torch::kCPU), x + 1)) << "run " << i;
+  }
+  const std::vector<PipelineRecord> records = (*session)->TakeRecords();
+  EXPECT_EQ(records.size(), kMax);
+  EXPECT_TRUE((*session)->TakeRecords().empty());
+}
+
 }  // namespace
 }  // namespace genie::e2e
