@@ -269,6 +269,12 @@ struct Interpreter::Impl {
   // it returns, whatever its outcome: the client reuses the memory once the node answered.
   std::vector<std::pair<const char*, uint64_t>> registered;
   bool registered_in_flight = false;
+  // This run wrote outputs into registered memory (their copies need the whole run), or
+  // only read uploads from it: then the node waits for `registered_copied`, recorded after
+  // the uploads' copies, and not for the run's compute.
+  bool registered_outputs = false;
+  bool registered_uploads_recorded = false;
+  std::unique_ptr<at::cuda::CUDAEvent> registered_copied;
   // GENIE_INTERPRETER_PROFILE=1: per-phase times, printed to stderr every 200 runs.
   struct Profile {
     bool on = std::getenv("GENIE_INTERPRETER_PROFILE") != nullptr;
@@ -778,9 +784,14 @@ struct Interpreter::Impl {
       absl::Status ran = ExecuteCuda(g, req, *program, roots, result);
       if (registered_in_flight) {
         // Copies from or into registered memory are done before the caller hears back,
-        // also when the run failed half way.
-        registered_in_flight = false;
-        if (!streams.empty()) {
+        // also when the run failed half way. A run that only read uploads from it waits for
+        // those copies alone, not for its compute.
+        const bool uploads_only = ran.ok() && !registered_outputs && registered_uploads_recorded;
+        registered_in_flight = registered_outputs = registered_uploads_recorded = false;
+        if (uploads_only) {
+          timeline::Span wait_span("wait for uploads (shared pool)");
+          registered_copied->synchronize();
+        } else if (!streams.empty()) {
           timeline::Span wait_span("wait for GPU (shared pool)");
           streams[0].get().synchronize();
           if (timeline::Enabled()) PlaceGpuSpans(timeline::NowNanos());
@@ -963,6 +974,12 @@ struct Interpreter::Impl {
       timeline::Record("uploads", uploads_begin, timeline::NowNanos(), "count",
                        static_cast<int64_t>(req.uploads.size()));
     }
+    if (registered_in_flight) {
+      if (!registered_copied)
+        registered_copied = std::make_unique<at::cuda::CUDAEvent>(cudaEventDisableTiming);
+      registered_copied->record(main);
+      registered_uploads_recorded = true;
+    }
     if (from_arena) {
       if (!arena_copied)
         arena_copied = std::make_unique<at::cuda::CUDAEvent>(cudaEventDisableTiming);
@@ -1082,7 +1099,7 @@ struct Interpreter::Impl {
       if (to != nullptr && to->data != nullptr && to->nbytes == static_cast<size_t>(t.nbytes()) &&
           t.is_cuda()) {
         at::Tensor c = t.contiguous();
-        registered_in_flight = true;
+        registered_in_flight = registered_outputs = true;
         if (to->nbytes != 0) {
           const cudaError_t e = cudaMemcpyAsync(to->data, c.data_ptr(), to->nbytes,
                                                 cudaMemcpyDeviceToHost, main.stream());
@@ -1100,6 +1117,16 @@ struct Interpreter::Impl {
       at::Tensor host = at::empty(t.sizes(), t.options().device(at::kCPU).pinned_memory(true));
       host.copy_(t, /*non_blocking=*/true);
       hosts.push_back(std::move(host));
+    }
+    // What stays: stream-ordered after the run, so kept before the host waits for it (a
+    // replay's copies of its graph's memory are enqueued while the GPU still works).
+    for (core::BufferId b : req.keep) {
+      if (b >= roots.size() || !roots[b].defined()) continue;
+      const uint64_t h = g.buffer(b).handle;
+      if (h == 0) continue;
+      // The graph's own memory is overwritten by the next replay: keep a copy.
+      const bool graph_memory = mode == Mode::kReplay && g.buffer(b).kind != BufferKind::kResident;
+      resident[h] = graph_memory ? roots[b].clone() : roots[b];
     }
     if (gpu_start != nullptr) {
       gpu_timeline.pending.push_back(
@@ -1147,14 +1174,6 @@ struct Interpreter::Impl {
                                                std::shared_ptr<const void>(owner, owner.get()),
                                                /*exclusive=*/true});  // fresh pinned memory
       result.stats.bytes_downloaded += static_cast<int64_t>(owner->nbytes());
-    }
-    for (core::BufferId b : req.keep) {
-      if (b >= roots.size() || !roots[b].defined()) continue;
-      const uint64_t h = g.buffer(b).handle;
-      if (h == 0) continue;
-      // The graph's own memory is overwritten by the next replay: keep a copy.
-      const bool graph_memory = mode == Mode::kReplay && g.buffer(b).kind != BufferKind::kResident;
-      resident[h] = graph_memory ? roots[b].clone() : roots[b];
     }
     return absl::OkStatus();
   }
