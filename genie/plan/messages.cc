@@ -229,8 +229,8 @@ absl::StatusOr<NodeStatusMessage> DecodeNodeStatus(absl::string_view bytes,
       m.gpu_total_bytes < 0) {
     return Invalid("NodeStatus message has a negative time or size");
   }
-  if (!m.gpu && (m.gpu_allocated_bytes != 0 || m.gpu_reserved_bytes != 0 ||
-                 m.gpu_free_bytes != 0 || m.gpu_total_bytes != 0 || m.graph_replays != 0)) {
+  if (!m.gpu && (m.gpu_allocated_bytes != 0 || m.gpu_reserved_bytes != 0 || m.gpu_free_bytes != 0 ||
+                 m.gpu_total_bytes != 0 || m.graph_replays != 0)) {
     return Invalid("NodeStatus message has GPU figures but says the node has no GPU");
   }
   if (m.gpu_free_bytes > m.gpu_total_bytes) {

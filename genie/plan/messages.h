@@ -107,8 +107,8 @@ struct NodeStatusMessage {
   uint64_t run_errors = 0;       // runs that failed (an op, the memory budget, a bad binding)
   uint64_t bytes_received = 0;   // on all client connections, frame headers included
   uint64_t bytes_sent = 0;
-  uint64_t programs_cached = 0;  // programs loaded, over every session's cache
-  int64_t resident_bytes = 0;    // tensors kept on the node, over every session
+  uint64_t programs_cached = 0;     // programs loaded, over every session's cache
+  int64_t resident_bytes = 0;       // tensors kept on the node, over every session
   int64_t memory_budget_bytes = 0;  // per session; 0 = unlimited
   bool gpu = false;
   int64_t gpu_allocated_bytes = 0;  // held by tensors (the caching allocator's count)
