@@ -17,6 +17,9 @@ constexpr size_t kPrefixBytes = 2 + 1;
 constexpr size_t kUploadEntryBytes = 4 + 1 + 8 + 8;
 constexpr size_t kOutputPlacementBytes = 4 + 8 + 8;
 constexpr size_t kStatsBytes = 1 + 8 * 5;
+// NodeStatus after its device string: uptime, sessions (4 + 8), runs, errors, bytes in and
+// out, programs, resident, budget; the gpu flag, four GPU sizes, graph replays.
+constexpr size_t kNodeStatusFixedBytes = 8 + 4 + 8 + 8 * 7 + 1 + 8 * 4 + 8;
 
 std::string_view StdView(absl::string_view s) { return std::string_view(s.data(), s.size()); }
 
@@ -38,7 +41,7 @@ absl::StatusOr<MessageType> ReadPrefix(core::ByteReader& r) {
   }
   GENIE_ASSIGN_OR_RETURN(uint8_t type, r.ReadU8("message type"));
   if (type < static_cast<uint8_t>(MessageType::kNodeInfo) ||
-      type > static_cast<uint8_t>(MessageType::kPeerPut)) {
+      type > static_cast<uint8_t>(MessageType::kNodeStatus)) {
     return Invalid(absl::StrCat("unknown message type ", static_cast<int>(type)));
   }
   return static_cast<MessageType>(type);
@@ -107,6 +110,10 @@ const char* MessageTypeName(MessageType type) {
       return "PeerSend";
     case MessageType::kPeerPut:
       return "PeerPut";
+    case MessageType::kStatusQuery:
+      return "StatusQuery";
+    case MessageType::kNodeStatus:
+      return "NodeStatus";
   }
   return "unknown";
 }
@@ -142,6 +149,94 @@ absl::StatusOr<NodeInfoMessage> DecodeNodeInfo(absl::string_view bytes,
   GENIE_ASSIGN_OR_RETURN(m.memory_budget_bytes, r.ReadI64("node memory budget"));
   if (m.memory_budget_bytes < 0) return Invalid("node memory budget is negative");
   GENIE_RETURN_IF_ERROR(r.ExpectEnd("NodeInfo message"));
+  return m;
+}
+
+// ---- StatusQuery / NodeStatus -------------------------------------------------------
+
+std::string EncodeStatusQuery() {
+  core::ByteWriter w;
+  WritePrefix(w, MessageType::kStatusQuery);
+  return w.Release();
+}
+
+absl::Status DecodeStatusQuery(absl::string_view bytes) {
+  if (bytes.size() > MaxStatusQueryBytes()) {
+    return Invalid(absl::StrCat("StatusQuery message of ", bytes.size(),
+                                " bytes is too large (it has no fields)"));
+  }
+  core::ByteReader r(StdView(bytes));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kStatusQuery));
+  return r.ExpectEnd("StatusQuery message");
+}
+
+std::string EncodeNodeStatus(const NodeStatusMessage& m) {
+  core::ByteWriter w;
+  WritePrefix(w, MessageType::kNodeStatus);
+  w.WriteString(m.device);
+  w.WriteI64(m.uptime_micros);
+  w.WriteU32(m.open_sessions);
+  w.WriteU64(m.sessions_served);
+  w.WriteU64(m.runs);
+  w.WriteU64(m.run_errors);
+  w.WriteU64(m.bytes_received);
+  w.WriteU64(m.bytes_sent);
+  w.WriteU64(m.programs_cached);
+  w.WriteI64(m.resident_bytes);
+  w.WriteI64(m.memory_budget_bytes);
+  w.WriteU8(m.gpu ? 1 : 0);
+  w.WriteI64(m.gpu_allocated_bytes);
+  w.WriteI64(m.gpu_reserved_bytes);
+  w.WriteI64(m.gpu_free_bytes);
+  w.WriteI64(m.gpu_total_bytes);
+  w.WriteU64(m.graph_replays);
+  return w.Release();
+}
+
+absl::StatusOr<NodeStatusMessage> DecodeNodeStatus(absl::string_view bytes,
+                                                   const MessageLimits& limits) {
+  if (bytes.size() > MaxNodeStatusBytes(limits)) {
+    return Invalid(absl::StrCat("NodeStatus message of ", bytes.size(),
+                                " bytes is above the limit of ", MaxNodeStatusBytes(limits)));
+  }
+  core::ByteReader r(StdView(bytes), WireFor(limits.max_string_bytes));
+  GENIE_RETURN_IF_ERROR(ExpectType(r, MessageType::kNodeStatus));
+  NodeStatusMessage m;
+  GENIE_ASSIGN_OR_RETURN(m.device, r.ReadString("node device"));
+  GENIE_ASSIGN_OR_RETURN(m.uptime_micros, r.ReadI64("node uptime"));
+  GENIE_ASSIGN_OR_RETURN(m.open_sessions, r.ReadU32("open sessions"));
+  GENIE_ASSIGN_OR_RETURN(m.sessions_served, r.ReadU64("sessions served"));
+  GENIE_ASSIGN_OR_RETURN(m.runs, r.ReadU64("runs"));
+  GENIE_ASSIGN_OR_RETURN(m.run_errors, r.ReadU64("run errors"));
+  GENIE_ASSIGN_OR_RETURN(m.bytes_received, r.ReadU64("bytes received"));
+  GENIE_ASSIGN_OR_RETURN(m.bytes_sent, r.ReadU64("bytes sent"));
+  GENIE_ASSIGN_OR_RETURN(m.programs_cached, r.ReadU64("programs cached"));
+  GENIE_ASSIGN_OR_RETURN(m.resident_bytes, r.ReadI64("resident bytes"));
+  GENIE_ASSIGN_OR_RETURN(m.memory_budget_bytes, r.ReadI64("memory budget"));
+  GENIE_ASSIGN_OR_RETURN(uint8_t gpu, r.ReadU8("gpu flag"));
+  if (gpu > 1) {
+    return Invalid(absl::StrCat("NodeStatus gpu flag ", static_cast<int>(gpu), " is not 0 or 1"));
+  }
+  m.gpu = gpu == 1;
+  GENIE_ASSIGN_OR_RETURN(m.gpu_allocated_bytes, r.ReadI64("GPU allocated bytes"));
+  GENIE_ASSIGN_OR_RETURN(m.gpu_reserved_bytes, r.ReadI64("GPU reserved bytes"));
+  GENIE_ASSIGN_OR_RETURN(m.gpu_free_bytes, r.ReadI64("GPU free bytes"));
+  GENIE_ASSIGN_OR_RETURN(m.gpu_total_bytes, r.ReadI64("GPU total bytes"));
+  GENIE_ASSIGN_OR_RETURN(m.graph_replays, r.ReadU64("graph replays"));
+  GENIE_RETURN_IF_ERROR(r.ExpectEnd("NodeStatus message"));
+  if (m.uptime_micros < 0 || m.resident_bytes < 0 || m.memory_budget_bytes < 0 ||
+      m.gpu_allocated_bytes < 0 || m.gpu_reserved_bytes < 0 || m.gpu_free_bytes < 0 ||
+      m.gpu_total_bytes < 0) {
+    return Invalid("NodeStatus message has a negative time or size");
+  }
+  if (!m.gpu && (m.gpu_allocated_bytes != 0 || m.gpu_reserved_bytes != 0 || m.gpu_free_bytes != 0 ||
+                 m.gpu_total_bytes != 0 || m.graph_replays != 0)) {
+    return Invalid("NodeStatus message has GPU figures but says the node has no GPU");
+  }
+  if (m.gpu_free_bytes > m.gpu_total_bytes) {
+    return Invalid(absl::StrCat("NodeStatus message says ", m.gpu_free_bytes,
+                                " GPU bytes are free of ", m.gpu_total_bytes));
+  }
   return m;
 }
 
@@ -431,6 +526,12 @@ absl::StatusOr<ErrorMessage> DecodeError(absl::string_view bytes, const MessageL
 
 uint64_t MaxNodeInfoBytes(const MessageLimits& limits) {
   return kPrefixBytes + 4 + limits.max_string_bytes + 8 + 4 + 8;
+}
+
+uint64_t MaxStatusQueryBytes() { return kPrefixBytes; }
+
+uint64_t MaxNodeStatusBytes(const MessageLimits& limits) {
+  return kPrefixBytes + 4 + limits.max_string_bytes + kNodeStatusFixedBytes;
 }
 
 uint64_t MaxLoadProgramBytes(const MessageLimits& limits) {

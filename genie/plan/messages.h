@@ -15,6 +15,15 @@
 //                                      <-    kTransfer output bytes, raw (kActivations)
 //                                  or  <-    kError   Error{status code, message}
 //
+// Telemetry (genie-smi), on any authenticated connection, between runs; it does not touch
+// the connection's session (its programs, resident tensors, pool):
+//   kStats    StatusQuery (empty)      ->
+//                                      <-    kStats   NodeStatus{device, uptime, sessions,
+//                                                     runs, bytes, programs, resident, GPU}
+// Both travel in transport kStats frames. A node older than this pair answers the query
+// with kError ("unexpected kStats frame") and closes the connection; the pair needed no new
+// kMessageVersion (old clients never send it, and every older message is unchanged).
+//
 // Over a connection with a tensor pool (transport::Shm, genie/transport/pool.h) the client
 // may place an upload in the pool and send its offset instead of its bytes (the entry's
 // pool_offset; such entries travel in no kTransfer frame), and may reserve pool blocks for
@@ -73,6 +82,8 @@ enum class MessageType : uint8_t {
   kError = 5,
   kPeerSend = 6,
   kPeerPut = 7,
+  kStatusQuery = 8,
+  kNodeStatus = 9,
 };
 const char* MessageTypeName(MessageType type);
 
@@ -82,6 +93,29 @@ struct NodeInfoMessage {
   uint64_t max_program_bytes = 0;    // LoadProgram payloads above this are refused
   uint32_t max_cached_programs = 0;  // programs kept per connection (oldest evicted first)
   int64_t memory_budget_bytes = 0;   // 0 = unlimited
+};
+
+// What a node says about itself to genie-smi (the answer to a StatusQuery). Node-wide:
+// every session of the node together. The GPU fields are set only on a CUDA node (`gpu`);
+// elsewhere they are zero, and a decoder refuses a message where they are not.
+struct NodeStatusMessage {
+  std::string device;            // "cpu", "cuda:0"
+  int64_t uptime_micros = 0;     // since the node started
+  uint32_t open_sessions = 0;    // authenticated connections open, not counting the asker
+  uint64_t sessions_served = 0;  // authenticated connections since the start (asker included)
+  uint64_t runs = 0;             // runs executed (successful)
+  uint64_t run_errors = 0;       // runs that failed (an op, the memory budget, a bad binding)
+  uint64_t bytes_received = 0;   // on all client connections, frame headers included
+  uint64_t bytes_sent = 0;
+  uint64_t programs_cached = 0;     // programs loaded, over every session's cache
+  int64_t resident_bytes = 0;       // tensors kept on the node, over every session
+  int64_t memory_budget_bytes = 0;  // per session; 0 = unlimited
+  bool gpu = false;
+  int64_t gpu_allocated_bytes = 0;  // held by tensors (the caching allocator's count)
+  int64_t gpu_reserved_bytes = 0;   // reserved from the driver by the caching allocator
+  int64_t gpu_free_bytes = 0;       // the driver's view of the whole device (cudaMemGetInfo)
+  int64_t gpu_total_bytes = 0;
+  uint64_t graph_replays = 0;  // runs served by replaying a CUDA graph
 };
 
 // LoadProgram: the program's encoded bytes (EncodeProgram) under a client-chosen id. On
@@ -176,6 +210,16 @@ std::string EncodeNodeInfo(const NodeInfoMessage& m);
 absl::StatusOr<NodeInfoMessage> DecodeNodeInfo(absl::string_view bytes,
                                                const MessageLimits& limits = {});
 
+// StatusQuery has no fields: the prefix alone (its version is checked by the node).
+std::string EncodeStatusQuery();
+absl::Status DecodeStatusQuery(absl::string_view bytes);
+
+// Decoders refuse negative sizes, a gpu flag other than 0 or 1, GPU fields on a non-GPU
+// status, and more free than total GPU memory.
+std::string EncodeNodeStatus(const NodeStatusMessage& m);
+absl::StatusOr<NodeStatusMessage> DecodeNodeStatus(absl::string_view bytes,
+                                                   const MessageLimits& limits = {});
+
 std::string EncodeLoadProgram(uint64_t program_id, absl::string_view program_bytes);
 absl::StatusOr<LoadProgramMessage> DecodeLoadProgram(absl::string_view bytes,
                                                      const MessageLimits& limits = {});
@@ -212,6 +256,8 @@ uint64_t MaxResultBytes(const MessageLimits& limits);
 uint64_t MaxErrorBytes(const MessageLimits& limits);
 uint64_t MaxPeerSendBytes(const MessageLimits& limits);
 uint64_t MaxPeerPutBytes(const MessageLimits& limits);
+uint64_t MaxStatusQueryBytes();
+uint64_t MaxNodeStatusBytes(const MessageLimits& limits);
 
 // Consecutive entries of one class grouped into frames of at most `max_frame_bytes`
 // payload; an entry never spans frames and empty or pooled entries travel in no frame (a

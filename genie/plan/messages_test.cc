@@ -41,6 +41,28 @@ ResultMessage SampleResult() {
   return m;
 }
 
+NodeStatusMessage SampleNodeStatus() {
+  NodeStatusMessage m;
+  m.device = "cuda:1";
+  m.uptime_micros = 90'000'000;
+  m.open_sessions = 3;
+  m.sessions_served = 17;
+  m.runs = 1234;
+  m.run_errors = 2;
+  m.bytes_received = 5 << 20;
+  m.bytes_sent = 3 << 20;
+  m.programs_cached = 9;
+  m.resident_bytes = 1 << 30;
+  m.memory_budget_bytes = int64_t{8} << 30;
+  m.gpu = true;
+  m.gpu_allocated_bytes = 600 << 20;
+  m.gpu_reserved_bytes = 800 << 20;
+  m.gpu_free_bytes = int64_t{70} << 30;
+  m.gpu_total_bytes = int64_t{80} << 30;
+  m.graph_replays = 1000;
+  return m;
+}
+
 // Every message kind, encoded, with a decoder that reports only success or failure.
 struct Sample {
   std::string name;
@@ -67,6 +89,12 @@ std::vector<Sample> Samples() {
                }});
   s.push_back({"Error", EncodeError(absl::ResourceExhaustedError("budget"), false),
                [](absl::string_view b, const MessageLimits& l) { return DecodeError(b, l).status(); }});
+  s.push_back({"StatusQuery", EncodeStatusQuery(),
+               [](absl::string_view b, const MessageLimits&) { return DecodeStatusQuery(b); }});
+  s.push_back({"NodeStatus", EncodeNodeStatus(SampleNodeStatus()),
+               [](absl::string_view b, const MessageLimits& l) {
+                 return DecodeNodeStatus(b, l).status();
+               }});
   return s;
 }
 
@@ -130,6 +158,78 @@ TEST(MessagesTest, OtherRoundTrips) {
   auto cut = DecodeError(EncodeError(absl::InternalError("a long message"), false, small), small);
   ASSERT_TRUE(cut.ok()) << cut.status();
   EXPECT_EQ(cut->message, "a lo");
+}
+
+TEST(MessagesTest, StatusRoundTrips) {
+  const std::string query = EncodeStatusQuery();
+  EXPECT_EQ(query.size(), MaxStatusQueryBytes());
+  EXPECT_EQ(*PeekMessageType(query), MessageType::kStatusQuery);
+  EXPECT_TRUE(DecodeStatusQuery(query).ok());
+
+  const std::string bytes = EncodeNodeStatus(SampleNodeStatus());
+  EXPECT_EQ(*PeekMessageType(bytes), MessageType::kNodeStatus);
+  EXPECT_EQ(MessageTypeName(MessageType::kNodeStatus), std::string("NodeStatus"));
+  auto m = DecodeNodeStatus(bytes);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_EQ(m->device, "cuda:1");
+  EXPECT_EQ(m->uptime_micros, 90'000'000);
+  EXPECT_EQ(m->open_sessions, 3u);
+  EXPECT_EQ(m->sessions_served, 17u);
+  EXPECT_EQ(m->runs, 1234u);
+  EXPECT_EQ(m->run_errors, 2u);
+  EXPECT_EQ(m->bytes_received, 5u << 20);
+  EXPECT_EQ(m->bytes_sent, 3u << 20);
+  EXPECT_EQ(m->programs_cached, 9u);
+  EXPECT_EQ(m->resident_bytes, 1 << 30);
+  EXPECT_EQ(m->memory_budget_bytes, int64_t{8} << 30);
+  EXPECT_TRUE(m->gpu);
+  EXPECT_EQ(m->gpu_allocated_bytes, 600 << 20);
+  EXPECT_EQ(m->gpu_reserved_bytes, 800 << 20);
+  EXPECT_EQ(m->gpu_free_bytes, int64_t{70} << 30);
+  EXPECT_EQ(m->gpu_total_bytes, int64_t{80} << 30);
+  EXPECT_EQ(m->graph_replays, 1000u);
+  EXPECT_EQ(EncodeNodeStatus(*m), bytes);
+  EXPECT_LE(bytes.size(), MaxNodeStatusBytes(MessageLimits()));
+
+  NodeStatusMessage cpu;  // a CPU node: no GPU figures
+  cpu.device = "cpu";
+  auto c = DecodeNodeStatus(EncodeNodeStatus(cpu));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->gpu);
+  EXPECT_EQ(c->gpu_total_bytes, 0);
+}
+
+TEST(MessagesTest, BadNodeStatusFieldsAreRefused) {
+  // GPU figures on a node without a GPU.
+  NodeStatusMessage m = SampleNodeStatus();
+  m.gpu = false;
+  absl::Status s = DecodeNodeStatus(EncodeNodeStatus(m)).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(std::string(s.message()).find("no GPU"), std::string::npos) << s;
+  // More free than total, a negative size, a gpu flag of 2, an over-long device name.
+  m = SampleNodeStatus();
+  m.gpu_free_bytes = m.gpu_total_bytes + 1;
+  EXPECT_FALSE(DecodeNodeStatus(EncodeNodeStatus(m)).ok());
+  m = SampleNodeStatus();
+  m.resident_bytes = -1;
+  EXPECT_FALSE(DecodeNodeStatus(EncodeNodeStatus(m)).ok());
+  m = SampleNodeStatus();
+  m.uptime_micros = -5;
+  EXPECT_FALSE(DecodeNodeStatus(EncodeNodeStatus(m)).ok());
+  std::string flag = EncodeNodeStatus(SampleNodeStatus());
+  // prefix(3) + device(4 + 6) + uptime(8) + sessions(4 + 8) + seven u64/i64 (56): the flag.
+  const size_t flag_at = 3 + 4 + 6 + 8 + 4 + 8 + 7 * 8;
+  ASSERT_EQ(flag[flag_at], 1);
+  flag[flag_at] = 2;
+  s = DecodeNodeStatus(flag).status();
+  EXPECT_TRUE(absl::IsInvalidArgument(s)) << s;
+  EXPECT_NE(std::string(s.message()).find("gpu flag"), std::string::npos) << s;
+  MessageLimits small;
+  small.max_string_bytes = 3;
+  EXPECT_FALSE(DecodeNodeStatus(EncodeNodeStatus(SampleNodeStatus()), small).ok());
+  // A query with anything after its prefix, and a NodeStatus with a trailing byte.
+  EXPECT_FALSE(DecodeStatusQuery(EncodeStatusQuery() + "x").ok());
+  EXPECT_FALSE(DecodeNodeStatus(EncodeNodeStatus(SampleNodeStatus()) + '\0').ok());
 }
 
 TEST(MessagesTest, EveryTruncationIsRefused) {
@@ -223,7 +323,9 @@ TEST(MessagesTest, RandomBytesAreRefused) {
     if (i % 2 == 0 && bytes.size() >= 3) {
       bytes[0] = static_cast<char>(kMessageVersion);
       bytes[1] = 0;
-      bytes[2] = static_cast<char>(1 + rng() % 5);
+      // (Not StatusQuery: its prefix alone is the whole message.)
+      bytes[2] = static_cast<char>(i % 4 == 0 ? static_cast<int>(MessageType::kNodeStatus)
+                                              : 1 + static_cast<int>(rng() % 5));
     }
     for (const Sample& s : samples) accepted += s.decode(bytes, MessageLimits()).ok();
   }

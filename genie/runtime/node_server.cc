@@ -20,6 +20,7 @@
 #include "absl/strings/str_format.h"
 #include "genie/core/status.h"
 #include "genie/runtime/cpu_lanes.h"
+#include "genie/runtime/device_memory.h"
 #include "genie/runtime/intra_op_threads.h"
 #include "genie/semantic/semantics.h"
 #include "genie/transport/shm.h"
@@ -277,6 +278,44 @@ void PeerPool::NoCudaIpc(const std::string& host, uint16_t port) {
   no_cuda_ipc_[absl::StrCat(host, ":", port)] = true;
 }
 
+// ---- NodeTelemetry ------------------------------------------------------------------
+
+void NodeTelemetry::Open(const transport::TrafficCounters* traffic) {
+  std::lock_guard<std::mutex> lock(mu_);
+  open_.push_back(traffic);
+  ++sessions_served_;
+}
+
+void NodeTelemetry::Close(const transport::TrafficCounters* traffic) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = std::find(open_.begin(), open_.end(), traffic);
+  if (it == open_.end()) return;
+  closed_ = closed_ + traffic->Snapshot();
+  open_.erase(it);
+}
+
+plan::NodeStatusMessage NodeTelemetry::Snapshot(const transport::TrafficCounters* asker) const {
+  plan::NodeStatusMessage m;
+  m.uptime_micros = absl::ToInt64Microseconds(absl::Now() - start_);
+  m.runs = runs_.load(std::memory_order_relaxed);
+  m.run_errors = run_errors_.load(std::memory_order_relaxed);
+  m.programs_cached =
+      static_cast<uint64_t>(std::max<int64_t>(0, programs_.load(std::memory_order_relaxed)));
+  m.resident_bytes = std::max<int64_t>(0, resident_.load(std::memory_order_relaxed));
+  std::lock_guard<std::mutex> lock(mu_);
+  transport::TrafficSnapshot traffic = closed_;
+  uint32_t open = 0;
+  for (const transport::TrafficCounters* c : open_) {
+    traffic = traffic + c->Snapshot();
+    if (c != asker) ++open;
+  }
+  m.open_sessions = open;
+  m.sessions_served = sessions_served_;
+  m.bytes_received = traffic.TotalBytes(transport::Direction::kReceived);
+  m.bytes_sent = traffic.TotalBytes(transport::Direction::kSent);
+  return m;
+}
+
 uint64_t MaxRegisteredPoolBytes(const NodeOptions& options) {
   uint64_t limit = static_cast<uint64_t>(std::max<int64_t>(0, options.max_registered_pool_bytes));
   if (options.memory_budget_bytes > 0) {
@@ -334,6 +373,42 @@ Session::Session(const NodeOptions& options, std::string peer)
 Session::~Session() {
   // Before the pool can be unmapped (this session may hold its last reference).
   if (pool_registered_) interpreter_.UnregisterHostMemory(shared_pool_->base());
+  // What this session held leaves the node's figures with it.
+  telemetry_->AddPrograms(-static_cast<int64_t>(programs_.size()));
+  telemetry_->AddResident(-published_resident_);
+  if (traffic_ != nullptr) telemetry_->Close(traffic_);
+}
+
+void Session::Opened(const transport::TrafficCounters* traffic) {
+  traffic_ = traffic;
+  telemetry_->Open(traffic);
+}
+
+void Session::PublishResident(int64_t bytes) {
+  telemetry_->AddResident(bytes - published_resident_);
+  published_resident_ = bytes;
+}
+
+plan::NodeStatusMessage Session::Status() const {
+  plan::NodeStatusMessage m = telemetry_->Snapshot(traffic_);
+  m.device = options_.device;
+  m.memory_budget_bytes = options_.memory_budget_bytes;
+  absl::StatusOr<DeviceMemory> memory = QueryDeviceMemory(options_.device);
+  if (!memory.ok()) {
+    // Said in the node's log; the answer goes out without GPU figures.
+    if (options_.log_connections) {
+      LogLine(absl::StrCat("genie-node: status for ", peer_,
+                           " without GPU figures: ", memory.status().ToString()));
+    }
+  } else if (memory->gpu) {
+    m.gpu = true;
+    m.gpu_allocated_bytes = memory->allocated_bytes;
+    m.gpu_reserved_bytes = memory->reserved_bytes;
+    m.gpu_free_bytes = memory->free_bytes;
+    m.gpu_total_bytes = std::max(memory->total_bytes, memory->free_bytes);
+    m.graph_replays = static_cast<uint64_t>(GetInterpreterCounters().graph_replays);
+  }
+  return m;
 }
 
 absl::Status Session::CheckPool(const plan::RunMessage& run) {
@@ -412,6 +487,7 @@ absl::Status Session::Load(absl::string_view payload) {
     it->second = std::move(loaded);
     return absl::OkStatus();
   }
+  const size_t before = programs_.size();
   while (programs_.size() >= std::max<uint32_t>(1, options_.max_cached_programs) &&
          !load_order_.empty()) {
     programs_.erase(load_order_.front());
@@ -419,6 +495,7 @@ absl::Status Session::Load(absl::string_view payload) {
   }
   programs_.emplace(load.program_id, std::move(loaded));
   load_order_.push_back(load.program_id);
+  telemetry_->AddPrograms(static_cast<int64_t>(programs_.size()) - static_cast<int64_t>(before));
   return absl::OkStatus();
 }
 
@@ -538,6 +615,7 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   last_run_micros_ = absl::ToInt64Microseconds(absl::Now() - start);
   if (gate_ != nullptr) gate_->Leave();
   ++runs_;
+  PublishResident(result_.ok() ? result_->stats.resident_bytes : interpreter_.resident_bytes());
   if (options_.log_runs) {
     if (result_.ok()) {
       LogLine(absl::StrFormat(
@@ -658,6 +736,7 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
       forget.graph = &none;
       forget.release = {m.handle};
       (void)interpreter_.Execute(forget);
+      PublishResident(interpreter_.resident_bytes());
     }
     inbox_->CountSend(nbytes, cuda_ipc);
     if (options_.log_runs) {
@@ -798,6 +877,7 @@ struct NodeServer::Impl {
   PeerInbox inbox;                // shared by every session of this node
   PeerPool pool;                  // this node's connections to other nodes
   RunGate gate;                   // admission of runs (no-op without options.run_slots)
+  NodeTelemetry telemetry;        // genie-smi's figures, over every session
 
   Impl(transport::Listener<transport::Tcp> l, std::string h, std::string k, NodeOptions o)
       : listener(std::move(l)),
@@ -892,7 +972,8 @@ void AcceptLoop(Listener& listener, std::list<typename Impl::Worker>& workers, I
     s.active.fetch_add(1);
     workers.push_back(typename Impl::Worker{std::thread([&s, done, c = std::move(*conn)]() mutable {
                                               (void)ServeConnection(c, s.key, s.options, s.stop,
-                                                                    &s.inbox, &s.pool, &s.gate);
+                                                                    &s.inbox, &s.pool, &s.gate,
+                                                                    &s.telemetry);
                                               s.active.fetch_sub(1);
                                               done->store(true);
                                             }),

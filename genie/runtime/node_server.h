@@ -28,6 +28,11 @@
 // that with ResourceExhausted naming the sizes (the sender's client sees the error; nothing
 // the inbox accepted is ever dropped).
 //
+// genie-smi: any authenticated connection may ask for the node's status (a kStats frame
+// holding plan::StatusQuery) between its messages; the node answers with node-wide figures
+// (plan::NodeStatusMessage, from its NodeTelemetry and, on CUDA, runtime::QueryDeviceMemory)
+// and the connection's session goes on untouched.
+//
 // Logs one line per connection and per run to stderr (peer, program id, nodes, bytes in and
 // out, milliseconds). This header does not include libtorch.
 #ifndef GENIE_RUNTIME_NODE_SERVER_H_
@@ -59,6 +64,7 @@
 #include "genie/runtime/cuda_peer.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
+#include "genie/transport/counters.h"
 #include "genie/transport/frame.h"
 #include "genie/transport/pool.h"
 #include "genie/transport/traits.h"
@@ -250,6 +256,41 @@ class PeerPool {
   absl::flat_hash_map<std::string, bool> no_cuda_ipc_;  // peers that refused CUDA IPC
 };
 
+// A node's figures for genie-smi (plan::NodeStatusMessage), shared by every session of the
+// node; thread-safe. Runs, programs and resident bytes are relaxed atomics changed once per
+// run or load, never per op. Bytes in and out are each connection's own transport counters
+// (relaxed atomics too), summed only when someone asks: a mutex guards the list of open
+// connections, taken when a session opens, when it closes, and by each query.
+class NodeTelemetry {
+ public:
+  NodeTelemetry() : start_(absl::Now()) {}
+  NodeTelemetry(const NodeTelemetry&) = delete;
+  NodeTelemetry& operator=(const NodeTelemetry&) = delete;
+
+  // A session authenticated on a connection that counts its traffic in `traffic` (valid
+  // until the matching Close).
+  void Open(const transport::TrafficCounters* traffic);
+  // That session ended: its bytes join the totals of closed sessions.
+  void Close(const transport::TrafficCounters* traffic);
+  void CountRun(bool ok) { (ok ? runs_ : run_errors_).fetch_add(1, std::memory_order_relaxed); }
+  void AddPrograms(int64_t delta) { programs_.fetch_add(delta, std::memory_order_relaxed); }
+  void AddResident(int64_t delta) { resident_.fetch_add(delta, std::memory_order_relaxed); }
+  // The node-wide figures (device, budget and GPU fields left unset); the open connection
+  // counting into `asker` is not counted among the open sessions.
+  plan::NodeStatusMessage Snapshot(const transport::TrafficCounters* asker) const;
+
+ private:
+  const absl::Time start_;
+  std::atomic<uint64_t> runs_{0};
+  std::atomic<uint64_t> run_errors_{0};
+  std::atomic<int64_t> programs_{0};
+  std::atomic<int64_t> resident_{0};
+  mutable std::mutex mu_;
+  std::vector<const transport::TrafficCounters*> open_;
+  transport::TrafficSnapshot closed_;
+  uint64_t sessions_served_ = 0;
+};
+
 namespace node_internal {
 
 // One client session's state and the node's cold paths (node_server.cc): program cache,
@@ -292,6 +333,17 @@ class Session {
   void AttachPeers(std::string key, PeerInbox* inbox, PeerPool* pool);
   // Runs of this session are admitted by the node-wide `gate` (null: none).
   void AttachGate(RunGate* gate) { gate_ = gate; }
+  // This session counts into the node's `telemetry` (null: into one of its own).
+  void AttachTelemetry(NodeTelemetry* telemetry) {
+    telemetry_ = telemetry != nullptr ? telemetry : &own_telemetry_;
+  }
+  // The session authenticated on a connection counting its traffic in `traffic` (valid for
+  // the session's life): it is one of the node's open sessions until it is destroyed.
+  void Opened(const transport::TrafficCounters* traffic);
+  // One run ended (ok: it executed; else it failed or was refused and the session goes on).
+  void CountRun(bool ok) { telemetry_->CountRun(ok); }
+  // The node's status for genie-smi: node-wide figures, this session not counted as open.
+  plan::NodeStatusMessage Status() const;
   bool has_peers() const { return inbox_ != nullptr; }
   // Sends resident `m.handle` to the peer node; the bytes sent.
   absl::StatusOr<int64_t> SendToPeer(const plan::PeerSendMessage& m);
@@ -325,6 +377,8 @@ class Session {
   absl::Status AdoptPeerBuffers(const plan::RunBinding& binding);
   // SendToPeer over CUDA IPC; FailedPrecondition when the peer cannot take it that way.
   absl::StatusOr<int64_t> SendToPeerOverCudaIpc(const plan::PeerSendMessage& m);
+  // Tells the node's telemetry that this session now keeps `bytes` resident.
+  void PublishResident(int64_t bytes);
 
   NodeOptions options_;
   std::string peer_;
@@ -333,6 +387,10 @@ class Session {
   PeerPool* pool_ = nullptr;
   std::unique_ptr<PeerPool> own_pool_;
   RunGate* gate_ = nullptr;
+  NodeTelemetry own_telemetry_;
+  NodeTelemetry* telemetry_ = &own_telemetry_;
+  const transport::TrafficCounters* traffic_ = nullptr;  // set by Opened
+  int64_t published_resident_ = 0;
   Interpreter interpreter_;
   int cuda_device_ = -1;                       // N of "cuda:N"; -1 on the CPU
   std::unique_ptr<CudaIpcExporter> exporter_;  // made on first use
@@ -460,6 +518,15 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         if (!s.ok()) return s;
         break;
       }
+      case MessageKind::kStats: {  // genie-smi: node-wide figures; the session is untouched
+        absl::Status s = receive_message(plan::MaxStatusQueryBytes());
+        if (!s.ok() && conn.broken()) return s;
+        if (s.ok()) s = plan::DecodeStatusQuery(message);
+        if (!s.ok()) return RefuseAndClose(conn, session, id, "StatusQuery", s);
+        s = conn.SendBytes(MessageKind::kStats, id, plan::EncodeNodeStatus(session.Status()));
+        if (!s.ok()) return s;
+        break;
+      }
       case MessageKind::kLoadProgram: {
         absl::Status s = receive_message(plan::MaxLoadProgramBytes(limits));
         if (!s.ok() && conn.broken()) return s;
@@ -492,6 +559,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
             arena.ok() ? session.Run(run, &unknown_program)
                        : absl::StatusOr<const core::ExecuteResult*>(arena.status());
         if (!arena.ok()) session.LogRefused("run", arena.status());
+        session.CountRun(result.ok());
         if (!result.ok()) {
           s = conn.SendBytes(MessageKind::kError, id,
                              plan::EncodeError(result.status(), unknown_program, limits));
@@ -596,8 +664,8 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
             conn, session, id, "frame",
             absl::InvalidArgumentError(absl::StrCat(
                 "unexpected ", transport::MessageKindName(header->kind),
-                " frame (this node takes kPing, kLoadProgram, kRun, kPeerSend, kPeerPut, "
-                "kGoodbye)")));
+                " frame (this node takes kPing, kStats, kLoadProgram, kRun, kPeerSend, "
+                "kPeerPut, kGoodbye)")));
     }
   }
   (void)conn.SendBytes(MessageKind::kGoodbye, 0, "node shutting down");
@@ -611,14 +679,17 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
 // protocol, or `stop` becomes true. Returns why the session ended (OK: the client said
 // goodbye or closed). With `inbox`, the session also sends to and takes from other nodes
 // (over `pool`'s connections; null: a pool of the session's own). With `gate`, its runs
-// are admitted by that node-wide RunGate.
+// are admitted by that node-wide RunGate. With `telemetry`, it counts into the node's
+// figures for genie-smi (null: a status query on it sees this session alone).
 template <class Conn>
 absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOptions& options,
                              const std::atomic<bool>& stop, PeerInbox* inbox = nullptr,
-                             PeerPool* pool = nullptr, RunGate* gate = nullptr) {
+                             PeerPool* pool = nullptr, RunGate* gate = nullptr,
+                             NodeTelemetry* telemetry = nullptr) {
   node_internal::Session session(options, conn.peer());
   if (inbox != nullptr) session.AttachPeers(std::string(key), inbox, pool);
   session.AttachGate(gate);
+  session.AttachTelemetry(telemetry);
   absl::Status s = transport::AuthenticateServer(conn, key, options.auth_timeout);
   if (!s.ok()) {
     session.LogRefused("authentication", s);
@@ -626,6 +697,7 @@ absl::Status ServeConnection(Conn& conn, absl::string_view key, const NodeOption
     return s;
   }
   session.LogConnected();
+  session.Opened(&conn.counters());
   s = node_internal::ServeSession(conn, session, stop);
   session.LogClosed(s);
   return s;

@@ -243,6 +243,75 @@ TEST(NodeServerTest, RunsOverLoopbackTcpNodeServer) {
   EXPECT_EQ((*server)->active_sessions(), 0);
 }
 
+// A status query over a fresh authenticated Tcp connection, as genie-smi sends it.
+absl::StatusOr<plan::NodeStatusMessage> QueryStatus(uint16_t port) {
+  GENIE_ASSIGN_OR_RETURN(Connection<Tcp> conn,
+                         Connection<Tcp>::Connect("127.0.0.1", port, absl::Seconds(5)));
+  GENIE_RETURN_IF_ERROR(transport::AuthenticateClient(conn, kKey, absl::Seconds(5)));
+  GENIE_RETURN_IF_ERROR(conn.SendBytes(MessageKind::kStats, 1, plan::EncodeStatusQuery()));
+  GENIE_ASSIGN_OR_RETURN(transport::Frame f, conn.Receive(absl::Seconds(5)));
+  (void)conn.SendBytes(MessageKind::kGoodbye, 0, "");
+  if (f.header.kind != MessageKind::kStats) {
+    return absl::InternalError(
+        absl::StrCat("answer is ", transport::MessageKindName(f.header.kind)));
+  }
+  return plan::DecodeNodeStatus(f.payload);
+}
+
+TEST(NodeServerTest, StatusFromAFreshConnectionCountsEverySession) {
+  NodeOptions options;
+  options.log_runs = false;
+  options.log_connections = false;
+  auto server = NodeServer::Create("127.0.0.1", 0, kKey, options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  std::thread serving([&] { (*server)->Serve(); });
+  MmAddSession mm;
+  ASSERT_TRUE(mm.RunLocally().ok());
+  auto idle = QueryStatus((*server)->port());
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  EXPECT_EQ(idle->device, "cpu");
+  EXPECT_EQ(idle->open_sessions, 0u);
+  EXPECT_EQ(idle->runs, 0u);
+  EXPECT_EQ(idle->programs_cached, 0u);
+  EXPECT_EQ(idle->resident_bytes, 0);
+  EXPECT_FALSE(idle->gpu);
+  {
+    auto a = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", (*server)->port(), kKey);
+    ASSERT_TRUE(a.ok()) << a.status();
+    ASSERT_TRUE((*a)->Execute(FirstStep(mm.first, mm.d, mm.d.x)).ok());  // keeps w, b
+    auto busy = QueryStatus((*server)->port());  // while a's session is open
+    ASSERT_TRUE(busy.ok()) << busy.status();
+    EXPECT_EQ(busy->open_sessions, 1u);
+    EXPECT_EQ(busy->sessions_served, 3u);  // idle's query, a, this query
+    EXPECT_EQ(busy->runs, 1u);
+    EXPECT_EQ(busy->run_errors, 0u);
+    EXPECT_EQ(busy->programs_cached, 1u);
+    EXPECT_EQ(busy->resident_bytes, 256 + 64);
+    // a's uploads (384 bytes) and output (64), on top of what the first query moved.
+    EXPECT_GE(busy->bytes_received, idle->bytes_received + 384);
+    EXPECT_GE(busy->bytes_sent, idle->bytes_sent + 64);
+    EXPECT_GT(busy->uptime_micros, idle->uptime_micros);
+    // a's session was not disturbed: its weights are still resident.
+    auto later = (*a)->Execute(LaterStep(mm.later, mm.d.x2));
+    ASSERT_TRUE(later.ok()) << later.status();
+    ExpectSameOutputs(*later, mm.want_later);
+  }
+  // a has gone: what it held left with it, what it did stays counted.
+  absl::StatusOr<plan::NodeStatusMessage> after;
+  for (int i = 0; i < 100; ++i) {  // its session ends on the node's thread
+    after = QueryStatus((*server)->port());
+    if (!after.ok() || after->open_sessions == 0) break;
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_TRUE(after.ok()) << after.status();
+  EXPECT_EQ(after->open_sessions, 0u);
+  EXPECT_EQ(after->runs, 2u);
+  EXPECT_EQ(after->programs_cached, 0u);
+  EXPECT_EQ(after->resident_bytes, 0);
+  (*server)->Shutdown();
+  serving.join();
+}
+
 TEST(NodeServerTest, ServesShmClientsOnItsUnixSocketBesideTcp) {
   NodeOptions options;
   options.log_runs = false;
@@ -733,8 +802,52 @@ TEST_F(RawClientTest, RandomPayloadIsRefused) {
 }
 
 TEST_F(RawClientTest, UnexpectedKindIsRefused) {
-  ASSERT_TRUE(conn_->SendBytes(MessageKind::kStats, 1, "x").ok());
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kRelease, 1, "x").ok());
   ExpectErrorThenClose(absl::StatusCode::kInvalidArgument, "unexpected");
+}
+
+TEST_F(RawClientTest, StatusQueryIsAnsweredAndTheSessionGoesOn) {
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kStats, 4, plan::EncodeStatusQuery()).ok());
+  auto f = conn_->Receive(absl::Seconds(5));
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->header.kind, MessageKind::kStats);
+  EXPECT_EQ(f->header.request_id, 4u);
+  auto status = plan::DecodeNodeStatus(f->payload);
+  ASSERT_TRUE(status.ok()) << status.status();
+  EXPECT_EQ(status->device, "cpu");
+  EXPECT_EQ(status->open_sessions, 0u);  // the asker is not counted
+  EXPECT_EQ(status->sessions_served, 1u);
+  EXPECT_EQ(status->runs, 0u);
+  EXPECT_GT(status->bytes_received, 0u);  // the handshake
+  // A CPU node has no GPU figures.
+  EXPECT_FALSE(status->gpu);
+  EXPECT_EQ(status->gpu_allocated_bytes, 0);
+  EXPECT_EQ(status->gpu_reserved_bytes, 0);
+  EXPECT_EQ(status->gpu_free_bytes, 0);
+  EXPECT_EQ(status->gpu_total_bytes, 0);
+  EXPECT_EQ(status->graph_replays, 0u);
+  // Still in step.
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kPing, 5, "").ok());
+  auto pong = conn_->Receive(absl::Seconds(5));
+  ASSERT_TRUE(pong.ok()) << pong.status();
+  EXPECT_EQ(pong->header.kind, MessageKind::kPong);
+}
+
+TEST_F(RawClientTest, TruncatedStatusQueryIsRefused) {
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kStats, 1, "x").ok());
+  ExpectErrorThenClose(absl::StatusCode::kOutOfRange, "truncated");
+}
+
+TEST_F(RawClientTest, OversizedStatusQueryIsRefused) {
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kStats, 1, plan::EncodeStatusQuery() + "x").ok());
+  ExpectErrorThenClose(absl::StatusCode::kInvalidArgument, "limit");
+}
+
+TEST_F(RawClientTest, WrongVersionStatusQueryIsRefused) {
+  std::string query = plan::EncodeStatusQuery();
+  query[0] = 1;
+  ASSERT_TRUE(conn_->SendBytes(MessageKind::kStats, 1, query).ok());
+  ExpectErrorThenClose(absl::StatusCode::kInvalidArgument, "version");
 }
 
 TEST_F(RawClientTest, UnknownProgramIsAnErrorButTheSessionGoesOn) {
