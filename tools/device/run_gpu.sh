@@ -17,7 +17,7 @@ tools/device/pack.sh --config=cuda --config=opt \
   //benchmarks/rpc:export_weights //genie/runtime:genie-node \
   //examples:vqa_remote //examples:gpt2_decode //benchmarks:capture_benchmark \
   //benchmarks:scheduler_benchmark //benchmarks:decode_batching_benchmark \
-  //genie/transport:transport_benchmark //benchmarks:shm_pool_benchmark
+  //genie/transport:transport_benchmark //benchmarks:shm_pool_benchmark //tools/smi:genie-smi
 cp benchmarks/rpc/rpc_vs_genie.py tools/device/gpu_all.sh device_pack/
 chmod +x device_pack/gpu_all.sh
 cat <<'MSG'
