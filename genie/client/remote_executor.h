@@ -45,6 +45,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <deque>
 #include <list>
@@ -90,12 +91,15 @@ struct RemoteExecutorOptions {
   // Spin this long on the socket before sleeping while waiting for the node
   // (transport::ConnectionOptions::busy_poll); zero never spins.
   absl::Duration busy_poll = absl::ZeroDuration();
-  // A run whose graph has no outputs (a part of a step the frontend dispatched while it
-  // captures the rest) is sent and Execute returns without waiting for the node's answer;
-  // the answers are read, in order, before the next run that has outputs, a node-to-node
-  // transfer, or after max_deferred_runs such runs. So the node gets the next part as soon
-  // as it is captured, not one round trip later. An error in a deferred run fails the next
-  // Execute, which names it and is not started. 0: wait for every answer.
+  // A run whose graph has no outputs, asked with ExecuteRequest::may_defer (a part of a
+  // step the frontend dispatched while it captures the rest), is sent and Execute returns
+  // without waiting for the node's answer, when at most kMaxDeferredSendBytes go through
+  // the connection (a larger send could block on a node still busy with the last run). The
+  // answers are read, in order, before the next run that waits, a node-to-node transfer,
+  // Drain or Close, or once max_deferred_runs are outstanding. So the node gets the next
+  // part as soon as it is captured, not one round trip later. An error in a deferred run
+  // fails the next of those calls, which names it; a run that call asked for is not
+  // started. 0: wait for every answer.
   size_t max_deferred_runs = 64;
 };
 
@@ -263,8 +267,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
     absl::MutexLock lock(&mu_);
-    const bool defer = request.graph != nullptr && request.graph->outputs().empty() &&
-                       deferred_.size() < session_.options().max_deferred_runs;
+    bool defer = request.may_defer && request.graph != nullptr && request.graph->outputs().empty() &&
+                 deferred_.size() < session_.options().max_deferred_runs;
     if (!defer) GENIE_RETURN_IF_ERROR(AwaitDeferred());
     for (int attempt = 0;; ++attempt) {
       if (!lost_.ok()) return lost_;
@@ -274,6 +278,10 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       if (pool_ != nullptr) {
         PlaceInPool(request);
         session_.Seal(transport::transport_traits<P>::max_frame_bytes, &prepared_);
+      }
+      if (defer && RingBytes() > kMaxDeferredSendBytes) {
+        defer = false;  // wait for this one, and first for those before it
+        GENIE_RETURN_IF_ERROR(AwaitDeferred());
       }
       if (defer) return SendDeferred(request);
       bool unknown_program = false;
@@ -377,8 +385,16 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   // The node's execution time of the last successful run, in microseconds.
   int64_t last_node_micros() const { return last_node_micros_.load(std::memory_order_relaxed); }
 
-  // Says goodbye (best effort) and closes; later Executes fail with Unavailable.
+  // Reads the answers of runs sent without waiting (a failure among them is logged: nobody
+  // is left to hear it), says goodbye (best effort) and closes; later Executes fail with
+  // Unavailable.
   void Close() {
+    absl::MutexLock lock(&mu_);
+    if (!deferred_.empty() && lost_.ok() && !conn_.broken()) {
+      const absl::Status s = AwaitDeferred();
+      if (!s.ok()) std::fprintf(stderr, "genie: closing %s: %s\n", session_.Describe().c_str(),
+                                std::string(s.message()).c_str());
+    }
     if (!conn_.broken()) {
       (void)conn_.SendBytes(transport::MessageKind::kGoodbye, 0, "");
       conn_.Close();
@@ -580,6 +596,16 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     return result;
   }
 
+  // A deferred run sends at most this much through the connection itself (its pooled
+  // uploads do not count): socket and ring buffers take it without the node reading.
+  static constexpr uint64_t kMaxDeferredSendBytes = uint64_t{256} << 10;
+  // Bytes the prepared run sends through the connection.
+  uint64_t RingBytes() const {
+    uint64_t n = prepared_.run_message.size() + prepared_.load_message.size();
+    for (const plan::UploadEntry& e : prepared_.run.uploads) n += e.pooled() ? 0 : e.nbytes;
+    return n;
+  }
+
   // Sends the prepared run (it has no outputs) and returns without its answer, which
   // AwaitDeferred reads later. The run's uploads stay alive until then: the node may read
   // them from the pool while it runs.
@@ -587,14 +613,17 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     const uint64_t id = ++request_id_;
     Deferred d;
     d.id = id;
+    d.fingerprint = prepared_.fingerprint;
     d.nodes = request.graph->nodes().size();
     absl::Status sent = SendRun(request, id);
     d.blocks = std::move(upload_blocks_);
     upload_blocks_.clear();
     output_blocks_.clear();
     if (!sent.ok()) return sent;
-    for (const core::Upload& u : request.uploads) {
-      if (u.bytes.owner != nullptr) d.owners.push_back(u.bytes.owner);
+    for (size_t k = 0; k < prepared_.run.uploads.size(); ++k) {
+      // What the node reads where it lies (the frontend's snapshots in the pool).
+      const core::HostBytes& b = request.uploads[prepared_.upload_order[k]].bytes;
+      if (prepared_.run.uploads[k].pooled() && b.owner != nullptr) d.owners.push_back(b.owner);
     }
     deferred_.push_back(std::move(d));
     core::ExecuteResult result;
@@ -621,16 +650,20 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
         deferred_stats_.bytes_uploaded += answer->stats.bytes_uploaded;
         deferred_stats_.bytes_downloaded += answer->stats.bytes_downloaded;
         deferred_stats_.resident_bytes = answer->stats.resident_bytes;
-      } else if (first_error.ok()) {
-        first_error = absl::Status(
-            answer.status().code(),
-            absl::StrCat("a run of ", d.nodes, " ops dispatched earlier to ", session_.Describe(),
-                         " failed: ", answer.status().message(),
-                         unknown_program ? " (the node no longer has its program: it restarted "
-                                           "or evicted it)"
-                                         : "",
-                         ". The run asked for now was not started, since it may read what "
-                         "that one should have left on the node; rerun from the inputs"));
+      } else {
+        // The node evicted the program: the next run of it loads it again.
+        if (unknown_program) session_.Forget(d.fingerprint);
+        if (first_error.ok()) {
+          first_error = absl::Status(
+              answer.status().code(),
+              absl::StrCat("a run of ", d.nodes, " ops dispatched earlier to ", session_.Describe(),
+                           " failed: ", answer.status().message(),
+                           unknown_program ? " (the node had evicted its program; it is loaded "
+                                             "again next time)"
+                                           : "",
+                           ". A run asked for now was not started, since it may read what "
+                           "that one should have left on the node; rerun from the inputs"));
+        }
       }
       deferred_.pop_front();  // its uploads may be reused now
     }
@@ -682,9 +715,10 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   // Runs sent whose answers are not read yet (RemoteExecutorOptions::max_deferred_runs).
   struct Deferred {
     uint64_t id = 0;
+    uint64_t fingerprint = 0;
     size_t nodes = 0;
     std::vector<std::shared_ptr<transport::PoolBlock>> blocks;  // its uploads' pool blocks
-    std::vector<std::shared_ptr<const void>> owners;            // its uploads' memory
+    std::vector<std::shared_ptr<const void>> owners;            // its in-place uploads' memory
   };
   std::deque<Deferred> deferred_;
   core::ExecuteStats deferred_stats_;  // what answered deferred runs reported, not yet added

@@ -189,6 +189,7 @@ struct ReluPart : Relu {
     core::ExecuteRequest req = Relu::Request();
     req.fingerprint = 10;
     req.keep = {1};
+    req.may_defer = true;
     return req;
   }
 };
@@ -282,6 +283,43 @@ TEST(RemoteExecutorTest, AFailedDeferredRunFailsTheNextReadWhichIsNotStarted) {
   (*r)->Close();
   node.join();
   EXPECT_EQ(runs.load(), 2);
+}
+
+TEST(RemoteExecutorTest, ADeferredRunWhoseProgramTheNodeEvictedLoadsItAgainNextTime) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::atomic<int> loads{0}, runs{0};
+  std::thread node = FakeNode(std::move(pair->second), [&](Connection<InProcess>& c) {
+    for (;;) {
+      auto f = c.Receive(absl::Seconds(5));
+      if (!f.ok() || f->header.kind == MessageKind::kGoodbye) return;
+      if (f->header.kind == MessageKind::kLoadProgram) ++loads;
+      if (f->header.kind != MessageKind::kRun) continue;
+      if (!c.Receive(absl::Seconds(5)).ok()) return;  // the upload of x
+      if (runs.fetch_add(1) == 1) {                   // the second run of the part: "evicted"
+        (void)c.SendBytes(MessageKind::kError, f->header.request_id,
+                          plan::EncodeError(absl::NotFoundError("unknown program"),
+                                            /*unknown_program=*/true));
+      } else {
+        SendResult(c, f->header.request_id, 1, /*with_output=*/false);
+      }
+    }
+  });
+  auto r = AttachTo(std::move(pair->first));
+  ASSERT_TRUE(r.ok()) << r.status();
+  ReluPart part;
+  ASSERT_TRUE((*r)->Execute(part.Request()).ok());
+  ASSERT_TRUE((*r)->Execute(part.Request()).ok());  // the node will say it lost the program
+  absl::Status drained = (*r)->Drain();
+  EXPECT_TRUE(absl::IsNotFound(drained)) << drained;
+  EXPECT_NE(std::string(drained.message()).find("evicted"), std::string::npos) << drained;
+  EXPECT_EQ(loads.load(), 1);
+  ASSERT_TRUE((*r)->Execute(part.Request()).ok());
+  EXPECT_TRUE((*r)->Drain().ok());
+  (*r)->Close();
+  node.join();
+  EXPECT_EQ(loads.load(), 2) << "the program is loaded again after the node evicted it";
+  EXPECT_EQ(runs.load(), 3);
 }
 
 TEST(RemoteExecutorTest, DrainReturnsADeferredErrorAndZeroDeferralWaitsForEveryRun) {

@@ -76,6 +76,10 @@ struct ExecuteRequest {
   // output's size receives that output's bytes, and ExecuteResult::outputs[i] then points
   // there (a node writes outputs straight into a client's shared pool this way).
   std::vector<HostDestination> output_to;
+  // The caller lets the executor return before the run is done when the graph has no
+  // outputs (core::Executor::AcceptsWithoutWaiting): the frontend's Dispatch does, and
+  // learns of a failure at the next read, Join or Drain. Others wait for every run.
+  bool may_defer = false;
 };
 
 struct ExecuteStats {
@@ -109,9 +113,10 @@ class Executor {
   // runs without outputs, client::RemoteExecutorOptions::max_deferred_runs); the first error
   // among them since the last call. Executors that always wait have none.
   virtual absl::Status Drain() { return absl::OkStatus(); }
-  // Whether Execute of a graph without outputs returns once the run is handed on (to a
-  // node that runs it meanwhile), not when it is done: the frontend then dispatches on the
-  // capturing thread instead of handing the graph to its worker thread.
+  // Whether Execute of a graph without outputs, asked with ExecuteRequest::may_defer,
+  // returns once the run is handed on (to a node that runs it meanwhile), not when it is
+  // done: the frontend then dispatches on the capturing thread instead of handing the graph
+  // to its worker thread.
   virtual bool AcceptsWithoutWaiting() const { return false; }
 };
 

@@ -28,6 +28,7 @@ struct Event {
   int64_t end_ns;  // < 0: an instant
   int64_t arg;
   int32_t tid;
+  uint32_t window;  // the Start it was recorded after
 };
 
 // One thread's events: chunks allocated as they fill, published through `size` (the reader
@@ -43,14 +44,14 @@ struct ThreadLog {
   std::atomic<size_t> size{0};
 };
 
-// Starts at 1,000,000 so a track's id is never a thread's.
-constexpr int kFirstTrack = 1000000;
+// Above any thread id (Linux's pid_max is at most 2^22), so a track's id is never a thread's.
+constexpr int kFirstTrack = 1 << 30;
 
 struct Registry {
   std::mutex mu;
   std::vector<std::unique_ptr<ThreadLog>> logs;  // never freed: threads that ended keep theirs
   std::vector<std::string> tracks;               // id kFirstTrack + index
-  std::atomic<int64_t> floor_ns{0};              // the latest Start
+  std::atomic<uint32_t> window{0};               // counts Starts
   std::atomic<int64_t> dropped{0};
 };
 
@@ -138,10 +139,17 @@ void WriteAtExit() {
                  g_exit_path);
   }
 }
+std::string* g_exit_path_storage = nullptr;
 [[maybe_unused]] const bool g_from_env = [] {
   const char* path = std::getenv("GENIE_TIMELINE");
   if (path == nullptr || *path == '\0') return false;
-  g_exit_path = path;
+  // "%p" becomes the process id: processes that inherit the variable write files of their own.
+  g_exit_path_storage = new std::string(path);  // lives until exit
+  for (size_t at = g_exit_path_storage->find("%p"); at != std::string::npos;
+       at = g_exit_path_storage->find("%p", at)) {
+    g_exit_path_storage->replace(at, 2, std::to_string(::getpid()));
+  }
+  g_exit_path = g_exit_path_storage->c_str();
   Start();
   std::atexit(WriteAtExit);
   return true;
@@ -150,7 +158,7 @@ void WriteAtExit() {
 }  // namespace
 
 void Start() {
-  Reg().floor_ns.store(NowNanos(), std::memory_order_relaxed);
+  Reg().window.fetch_add(1, std::memory_order_relaxed);
   timeline_internal::g_on.store(true, std::memory_order_relaxed);
 }
 
@@ -174,30 +182,33 @@ int Track(const std::string& name) {
 
 void Record(const char* name, int64_t begin_ns, int64_t end_ns, const char* arg_name, int64_t arg) {
   if (!Enabled()) return;
-  Append(Event{name, arg_name, begin_ns, end_ns < begin_ns ? begin_ns : end_ns, arg, Mine().tid});
+  Append(Event{name, arg_name, begin_ns, end_ns < begin_ns ? begin_ns : end_ns, arg, Mine().tid,
+               Reg().window.load(std::memory_order_relaxed)});
 }
 
 void RecordOn(int track, const char* name, int64_t begin_ns, int64_t end_ns, const char* arg_name,
               int64_t arg) {
   if (!Enabled()) return;
-  Append(Event{name, arg_name, begin_ns, end_ns < begin_ns ? begin_ns : end_ns, arg, track});
+  Append(Event{name, arg_name, begin_ns, end_ns < begin_ns ? begin_ns : end_ns, arg, track,
+               Reg().window.load(std::memory_order_relaxed)});
 }
 
 void Instant(const char* name, const char* arg_name, int64_t arg) {
   if (!Enabled()) return;
-  Append(Event{name, arg_name, NowNanos(), -1, arg, Mine().tid});
+  Append(Event{name, arg_name, NowNanos(), -1, arg, Mine().tid,
+               Reg().window.load(std::memory_order_relaxed)});
 }
 
 Stats GetStats() {
   Registry& r = Reg();
-  const int64_t floor = r.floor_ns.load(std::memory_order_relaxed);
+  const uint32_t window = r.window.load(std::memory_order_relaxed);
   Stats s;
   s.dropped = r.dropped.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(r.mu);
   for (const auto& log : r.logs) {
     const size_t n = log->size.load(std::memory_order_acquire);
     for (size_t i = 0; i < n; ++i) {
-      s.recorded += log->chunks[i / kChunkEvents][i % kChunkEvents].begin_ns >= floor;
+      s.recorded += log->chunks[i / kChunkEvents][i % kChunkEvents].window == window;
     }
   }
   return s;
@@ -205,7 +216,7 @@ Stats GetStats() {
 
 absl::Status Write(const std::string& path) {
   Registry& r = Reg();
-  const int64_t floor = r.floor_ns.load(std::memory_order_relaxed);
+  const uint32_t window = r.window.load(std::memory_order_relaxed);
   const int pid = static_cast<int>(::getpid());
   std::string out = "{\"traceEvents\":[\n";
   bool first = true;
@@ -238,7 +249,7 @@ absl::Status Write(const std::string& path) {
       const size_t n = log->size.load(std::memory_order_acquire);
       for (size_t i = 0; i < n; ++i) {
         const Event& e = log->chunks[i / kChunkEvents][i % kChunkEvents];
-        if (e.begin_ns < floor) continue;
+        if (e.window != window) continue;
         begin_event();
         out.append("{\"name\":");
         AppendJsonString(&out, e.name);

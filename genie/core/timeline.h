@@ -6,6 +6,7 @@
 //
 //   GENIE_TIMELINE=/tmp/client.json ./my_program      # written when the process exits
 //   GENIE_TIMELINE=/tmp/node.json genie-node ...      # a node's side, same clock
+//   GENIE_TIMELINE=/tmp/t-%p.json ...                 # %p: the process id
 //
 //   // Or from code:
 //   genie::timeline::Start();
@@ -16,8 +17,9 @@
 // Timestamps are CLOCK_MONOTONIC (std::chrono::steady_clock), shared by every process of a
 // host, so a client's file and its node's merge into one timeline (their "traceEvents"
 // arrays concatenated; each event carries its pid). Each thread records into a log of its
-// own (no lock per event); a log holds kEventsPerThread events and drops the rest, counting
-// them (Write puts the count in the file's metadata). Names and argument names must be
+// own (no lock per event); a log holds kEventsPerThread events over the thread's life (a
+// new Start does not free room) and drops the rest, counting them (Write puts the count in
+// the file's metadata). Logs of threads that ended stay until the process exits. Names and argument names must be
 // string literals (or otherwise outlive the process's last Write): only pointers are kept.
 // This header does not include libtorch.
 #ifndef GENIE_CORE_TIMELINE_H_

@@ -258,7 +258,9 @@ class KeyBuilder {
 };
 
 // Runs graphs on their executors in submission order, off the capturing thread, so a
-// dispatch returns at once and capture of the next step overlaps execution.
+// dispatch returns at once and capture of the next step overlaps execution; a graph for an
+// executor that does not wait for its node (core::Executor::AcceptsWithoutWaiting) runs on
+// the capturing thread when nothing is queued (RunHereOrSubmit).
 class Worker {
  public:
   using Result = absl::StatusOr<core::ExecuteResult>;
@@ -325,9 +327,15 @@ class Worker {
   }
 
  private:
+  // Never throws: a job that did (an executor's c10::Error) fails with its message, and the
+  // worker's state stays consistent.
   static Result Execute(Job& job) {
     timeline::Span span("run on node", "nodes", static_cast<int64_t>(job.graph->nodes().size()));
-    return job.executor->Execute(job.request);
+    try {
+      return job.executor->Execute(job.request);
+    } catch (const std::exception& e) {
+      return absl::InternalError(e.what());
+    }
   }
 
   void Loop() {
@@ -416,7 +424,16 @@ class CaptureContext {
     if (!executor_) executor_ = std::make_shared<runtime::Interpreter>();
     return executor_;
   }
-  void set_executor(std::shared_ptr<core::Executor> e) { executor_ = std::move(e); }
+  // The old executor's dispatched runs finish first; a failure among them is reported by
+  // the next Join.
+  void set_executor(std::shared_ptr<core::Executor> e) {
+    if (executor_ != nullptr) {
+      Harvest(/*wait=*/true);
+      absl::Status accepted = executor_->Drain();
+      if (!accepted.ok() && first_error_.ok()) first_error_ = accepted;
+    }
+    executor_ = std::move(e);
+  }
 
   CaptureStats stats;
   // View kernels (as_strided, view, _reshape_alias) count here without the mutex;
@@ -903,12 +920,25 @@ void SplitMemcpy(void* dst, const void* src, size_t nbytes) {
   const size_t chunk = (nbytes / parts + 63) & ~size_t{63};
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
+  // This copy's own count of pieces left (the pool may serve several callers at once).
+  struct Latch {
+    std::mutex mu;
+    std::condition_variable cv;
+    size_t left = 0;
+  };
+  auto latch = std::make_shared<Latch>();
+  latch->left = (nbytes - 1) / chunk;  // pieces after the first
   for (size_t off = chunk; off < nbytes; off += chunk) {
     const size_t len = std::min(chunk, nbytes - off);
-    helpers->run([d, s, off, len] { std::memcpy(d + off, s + off, len); });
+    helpers->run([d, s, off, len, latch] {
+      std::memcpy(d + off, s + off, len);
+      std::lock_guard<std::mutex> lock(latch->mu);
+      if (--latch->left == 0) latch->cv.notify_one();
+    });
   }
   std::memcpy(d, s, std::min(chunk, nbytes));
-  helpers->waitWorkComplete();
+  std::unique_lock<std::mutex> lock(latch->mu);
+  latch->cv.wait(lock, [&] { return latch->left == 0; });
 }
 
 void CopyToStaging(at::Tensor& dst, const at::Tensor& src) {
@@ -2139,6 +2169,7 @@ void CaptureContext::Harvest(bool wait) {
 
 void CaptureContext::Dispatch() {
   std::unique_ptr<Worker::Job> job = PrepareJob({});
+  job->request.may_defer = true;  // its failure is learnt at the next read or Join
   std::string what = absl::StrCat("graph of ", job->graph->nodes().size(), " ops on ",
                                   job->executor->Describe());
   const bool here = job->executor->AcceptsWithoutWaiting();

@@ -313,8 +313,12 @@ struct Interpreter::Impl {
   // the GPU track.
   void PlaceGpuSpans(int64_t synced_ns) {
     if (gpu_timeline.pending.empty()) return;
-    if (gpu_timeline.track < 0)
-      gpu_timeline.track = timeline::Track(absl::StrCat("GPU ", device.str()));
+    if (gpu_timeline.track < 0) {
+      // One track per interpreter (a node's session): sessions' streams overlap in time.
+      static std::atomic<int> interpreters{0};
+      gpu_timeline.track = timeline::Track(
+          absl::StrCat("GPU ", device.str(), ", session ", interpreters.fetch_add(1) + 1));
+    }
     const at::cuda::CUDAEvent& anchor = *gpu_timeline.pending.back().stop;
     for (GpuSpan& s : gpu_timeline.pending) {
       const auto at = [&](at::cuda::CUDAEvent& e) {

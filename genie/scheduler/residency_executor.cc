@@ -83,6 +83,7 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
   }
 
   core::ExecuteRequest out;
+  out.may_defer = request.may_defer;
   for (uint64_t h : request.release) {
     if (!held_.contains(h)) out.release.push_back(h);  // the node forgets it after the run
   }

@@ -87,7 +87,7 @@ TEST(TimelineE2E, ClientAndNodeRecordTheirSidesOnOneClock) {
   timeline::Start();
   for (int i = 0; i < 3; ++i) {
     torch::Tensor y = net->forward(x.to(remote));
-    ASSERT_TRUE(frontend::Dispatch().ok());  // through the frontend's worker
+    ASSERT_TRUE(frontend::Dispatch().ok());  // sent without waiting for the node
     (void)(y * 2).to(torch::kCPU);           // read on this thread
   }
   timeline::Stop();
