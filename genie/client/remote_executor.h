@@ -281,7 +281,15 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       }
       if (defer && RingBytes() > kMaxDeferredSendBytes) {
         defer = false;  // wait for this one, and first for those before it
-        GENIE_RETURN_IF_ERROR(AwaitDeferred());
+        absl::Status earlier = AwaitDeferred();
+        if (!earlier.ok()) {
+          // This run is not sent: its blocks go back, and a program it would have loaded is
+          // not on the node.
+          upload_blocks_.clear();
+          output_blocks_.clear();
+          if (!prepared_.load_message.empty()) session_.Forget(prepared_.fingerprint);
+          return earlier;
+        }
       }
       if (defer) return SendDeferred(request);
       bool unknown_program = false;

@@ -904,7 +904,7 @@ at::Tensor CaptureContext::HostStaging(c10::IntArrayRef sizes, at::ScalarType dt
 // A copy of at least kSplitCopyBytes is split between the calling thread and up to three
 // helper threads that sleep while idle (c10::ThreadPool waits on a condition variable): one
 // thread's memcpy does not reach the memory's bandwidth. Measured on the H100 host, ViT-B/16's
-// 4.8 MB of images took 0.34 ms on one thread.
+// 4.8 MB of images took 0.34 ms on one thread and 0.22 ms split (BENCHMARKS.md).
 constexpr size_t kSplitCopyBytes = size_t{1} << 20;
 
 void SplitMemcpy(void* dst, const void* src, size_t nbytes) {
@@ -1993,8 +1993,9 @@ std::unique_ptr<Worker::Job> CaptureContext::PrepareJob(const std::vector<at::Te
   if (timeline::Enabled()) {
     const int64_t now = timeline::NowNanos();
     if (last_flush_ns_ != 0) {
+      // (No node count: a replayed step's graph is only materialized when it diverges.)
       timeline::Record(wanted.empty() ? "capture, then dispatch" : "capture, then read",
-                       last_flush_ns_, now, "nodes", static_cast<int64_t>(graph.nodes().size()));
+                       last_flush_ns_, now);
     }
     last_flush_ns_ = now;
   }
