@@ -93,8 +93,9 @@ struct RemoteExecutorOptions {
   absl::Duration busy_poll = absl::ZeroDuration();
   // A run whose graph has no outputs, asked with ExecuteRequest::may_defer (a part of a
   // step the frontend dispatched while it captures the rest), is sent and Execute returns
-  // without waiting for the node's answer, when at most kMaxDeferredSendBytes go through
-  // the connection (a larger send could block on a node still busy with the last run). The
+  // without waiting for the node's answer, when every earlier run was answered or at most
+  // kMaxDeferredSendBytes go through the connection (a larger send could block on a node
+  // still busy with an earlier run; an idle session reads its uploads at once). The
   // answers are read, in order, before the next run that waits, a node-to-node transfer,
   // Drain or Close, or once max_deferred_runs are outstanding. So the node gets the next
   // part as soon as it is captured, not one round trip later. An error in a deferred run
@@ -279,7 +280,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
         PlaceInPool(request);
         session_.Seal(transport::transport_traits<P>::max_frame_bytes, &prepared_);
       }
-      if (defer && RingBytes() > kMaxDeferredSendBytes) {
+      if (defer && !deferred_.empty() && RingBytes() > kMaxDeferredSendBytes) {
         defer = false;  // wait for this one, and first for those before it
         absl::Status earlier = AwaitDeferred();
         if (!earlier.ok()) {
@@ -604,8 +605,9 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     return result;
   }
 
-  // A deferred run sends at most this much through the connection itself (its pooled
-  // uploads do not count): socket and ring buffers take it without the node reading.
+  // Behind unanswered runs, a deferred run sends at most this much through the connection
+  // itself (its pooled uploads do not count): socket and ring buffers take it without the
+  // node reading.
   static constexpr uint64_t kMaxDeferredSendBytes = uint64_t{256} << 10;
   // Bytes the prepared run sends through the connection.
   uint64_t RingBytes() const {

@@ -322,6 +322,66 @@ TEST(RemoteExecutorTest, ADeferredRunWhoseProgramTheNodeEvictedLoadsItAgainNextT
   EXPECT_EQ(runs.load(), 3);
 }
 
+// relu(x) kept on the node over 100,000 floats: its upload (400 KB) is above what a run may
+// send behind unanswered runs.
+struct BigReluPart {
+  static constexpr int64_t kN = 100000;
+  core::Graph g;
+  core::BufferId x;
+  std::string data = std::string(4 * kN, '\1');
+  BigReluPart() {
+    x = g.AddBuffer(core::Buffer{core::DType::kFloat32, kN, core::BufferKind::kHostInput});
+    core::BufferId y = g.AddBuffer(core::Buffer{core::DType::kFloat32, kN});
+    core::Node n;
+    n.op = g.InternOp("aten::relu");
+    n.args = {core::Arg::Tensor(core::TensorRef::Contiguous(x, core::DType::kFloat32, {kN}))};
+    n.outputs = {core::TensorRef::Contiguous(y, core::DType::kFloat32, {kN})};
+    g.AddNode(n);
+  }
+  core::ExecuteRequest Request() const {
+    core::ExecuteRequest req;
+    req.graph = &g;
+    req.fingerprint = 11;
+    req.uploads = {{x, core::HostBytes{data.data(), data.size(), nullptr}}};
+    req.keep = {1};
+    req.may_defer = true;
+    return req;
+  }
+};
+
+TEST(RemoteExecutorTest, ALargeRunGoesUnwaitedOnlyWhenEveryEarlierRunWasAnswered) {
+  auto pair = Connection<InProcess>::CreatePair();
+  ASSERT_TRUE(pair.ok());
+  std::atomic<int> runs{0};
+  std::atomic<bool> may_answer{false};
+  std::thread node = AnsweringNode(std::move(pair->second), &runs,
+                                   [&](int, uint64_t id, Connection<InProcess>& c) {
+                                     while (!may_answer.load())
+                                       absl::SleepFor(absl::Milliseconds(1));
+                                     SendResult(c, id, 1, /*with_output=*/false);
+                                   });
+  auto r = AttachTo(std::move(pair->first));
+  ASSERT_TRUE(r.ok()) << r.status();
+  BigReluPart big;
+  // Nothing outstanding: the large run is sent and not waited for.
+  ASSERT_TRUE((*r)->Execute(big.Request()).ok());
+  // Behind it, a second large one waits for both answers.
+  std::atomic<bool> returned{false};
+  std::thread second([&] {
+    EXPECT_TRUE((*r)->Execute(big.Request()).ok());
+    returned = true;
+  });
+  absl::SleepFor(absl::Milliseconds(100));
+  EXPECT_FALSE(returned.load()) << "a large run behind an unanswered one must wait";
+  may_answer = true;
+  second.join();
+  EXPECT_TRUE(returned.load());
+  EXPECT_TRUE((*r)->Drain().ok());
+  (*r)->Close();
+  node.join();
+  EXPECT_EQ(runs.load(), 2);
+}
+
 TEST(RemoteExecutorTest, DrainReturnsADeferredErrorAndZeroDeferralWaitsForEveryRun) {
   for (size_t max_deferred : {size_t{64}, size_t{0}}) {
     auto pair = Connection<InProcess>::CreatePair();
