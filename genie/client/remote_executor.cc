@@ -1,6 +1,7 @@
 // File: genie/client/remote_executor.cc
 // The cold half of RemoteExecutor: the per-connection program cache (lowering, binding,
 // encoding of LoadProgram and Run) and every error message a client shows about a node.
+#include "genie/transport/address.h"
 #include "genie/client/remote_executor.h"
 
 #include <algorithm>
@@ -23,21 +24,12 @@ absl::StatusOr<plan::PeerSendMessage> PeerSendFor(const core::PeerSend& send) {
     return absl::InvalidArgumentError(absl::StrCat("peer address \"", send.peer,
                                                    "\" is not host:port"));
   }
-  std::string host = send.peer.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
-  int port = 0;
-  for (size_t k = colon + 1; k < send.peer.size(); ++k) {
-    const char c = send.peer[k];
-    if (c < '0' || c > '9' || port > 65535) {
-      return absl::InvalidArgumentError(absl::StrCat("peer address \"", send.peer, "\" has a bad port"));
-    }
-    port = port * 10 + (c - '0');
-  }
-  if (port == 0 || port > 65535 || host.empty()) {
+  absl::StatusOr<transport::HostPort> peer = transport::ParseHostPort(send.peer);
+  if (!peer.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("peer address \"", send.peer, "\" has a bad port"));
   }
-  m.peer_host = std::move(host);
-  m.peer_port = static_cast<uint16_t>(port);
+  m.peer_host = std::move(peer->host);
+  m.peer_port = peer->port;
   return m;
 }
 

@@ -5,11 +5,11 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <charconv>
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "genie/transport/address.h"
 #include "genie/transport/internal/auth_crypto.h"
 
 namespace genie::session_internal {
@@ -40,19 +40,12 @@ runtime::PeerStats EmbeddedNode::peer_stats() const { return server_->peer_stats
 runtime::RunGate::Stats EmbeddedNode::gate_stats() const { return server_->gate_stats(); }
 
 absl::StatusOr<std::pair<std::string, uint16_t>> ParseHostPort(const std::string& address) {
-  const size_t colon = address.rfind(':');
-  int port = -1;
-  if (colon != std::string::npos && colon > 0) {
-    const char* begin = address.data() + colon + 1;
-    const char* end = address.data() + address.size();
-    auto [ptr, ec] = std::from_chars(begin, end, port);
-    if (ec != std::errc() || ptr != end) port = -1;
-  }
-  if (port <= 0 || port > 65535) {
+  absl::StatusOr<transport::HostPort> node = transport::ParseHostPort(address);
+  if (!node.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("node address '", address, "' is not HOST:PORT (e.g. 10.0.0.7:7070)"));
   }
-  return std::make_pair(address.substr(0, colon), static_cast<uint16_t>(port));
+  return std::make_pair(std::move(node->host), node->port);
 }
 
 absl::StatusOr<std::string> ParseShmAddress(const std::string& address) {

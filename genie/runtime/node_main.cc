@@ -22,11 +22,11 @@
 #include "absl/flags/usage.h"
 #include "absl/flags/usage_config.h"
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "genie/core/timeline.h"
 #include "genie/runtime/node_server.h"
+#include "genie/transport/address.h"
 #include "genie/transport/auth.h"
 
 ABSL_FLAG(std::string, listen, "127.0.0.1:7070",
@@ -111,16 +111,13 @@ int main(int argc, char** argv) {
   absl::ParseCommandLine(argc, argv);
 
   const std::string listen = absl::GetFlag(FLAGS_listen);
-  const size_t colon = listen.rfind(':');
-  uint32_t port = 0;
-  if (colon == std::string::npos ||
-      !absl::SimpleAtoi(absl::string_view(listen).substr(colon + 1), &port) || port > 65535) {
+  absl::StatusOr<genie::transport::HostPort> address =
+      genie::transport::ParseHostPort(listen, /*allow_port_zero=*/true);
+  if (!address.ok()) {
     return Fail(absl::StrCat("--listen=", listen, " is not host:port (e.g. 127.0.0.1:7070)"));
   }
-  std::string host = listen.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
+  const std::string host = address->host;
+  const uint32_t port = address->port;
 
   const std::string key_file = absl::GetFlag(FLAGS_key_file);
   absl::StatusOr<std::string> key = key_file.empty() ? genie::transport::LoadKeyFromEnv()

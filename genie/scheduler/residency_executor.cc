@@ -47,6 +47,14 @@ bool ResidencyExecutor::Ships(StorageClass c) const {
   return true;
 }
 
+StorageClass ResidencyExecutor::ClassOf(const core::Graph& g, core::BufferId b) const {
+  const uint64_t h = g.buffer(b).handle;
+  auto it = class_.find(h);
+  if (h != 0 && it != class_.end()) return it->second;
+  return g.buffer(b).kind == core::BufferKind::kParameter ? StorageClass::kWeight
+                                                         : StorageClass::kActivation;
+}
+
 absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
     const core::ExecuteRequest& request, const semantic::GraphSemantics& semantics) {
   if (request.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
@@ -67,13 +75,7 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
     // Nothing ships: the request goes to the node as it is (no copy of its graph).
     GENIE_ASSIGN_OR_RETURN(core::ExecuteResult result, node_->Execute(request));
     for (const core::Upload& u : request.uploads) {
-      const uint64_t h = in.buffer(u.buffer).handle;
-      auto it = class_.find(h);
-      const StorageClass c = h != 0 && it != class_.end() ? it->second
-                             : in.buffer(u.buffer).kind == core::BufferKind::kParameter
-                                 ? StorageClass::kWeight
-                                 : StorageClass::kActivation;
-      up_[static_cast<int>(c)] += static_cast<int64_t>(u.bytes.nbytes);
+      up_[static_cast<int>(ClassOf(in, u.buffer))] += static_cast<int64_t>(u.bytes.nbytes);
     }
     for (const core::HostBytes& o : result.outputs) {
       down_[static_cast<int>(StorageClass::kActivation)] += static_cast<int64_t>(o.nbytes);
@@ -125,13 +127,7 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
                             : request.fingerprint;
 
   GENIE_ASSIGN_OR_RETURN(core::ExecuteResult result, node_->Execute(out));
-  auto class_of = [&](core::BufferId b) {
-    const uint64_t h = graph.buffer(b).handle;
-    auto it = class_.find(h);
-    if (h != 0 && it != class_.end()) return it->second;
-    return graph.buffer(b).kind == core::BufferKind::kParameter ? StorageClass::kWeight
-                                                               : StorageClass::kActivation;
-  };
+  auto class_of = [&](core::BufferId b) { return ClassOf(graph, b); };
   for (const core::Upload& u : out.uploads) {
     up_[static_cast<int>(class_of(u.buffer))] += static_cast<int64_t>(u.bytes.nbytes);
   }

@@ -66,6 +66,8 @@ class ResidencyExecutor {
 
  private:
   bool Ships(StorageClass c) const;
+  // The class of buffer `b` of `g`: as first seen by handle, else by its kind.
+  StorageClass ClassOf(const core::Graph& g, core::BufferId b) const;
 
   std::shared_ptr<core::Executor> node_;
   ShipPolicy policy_;

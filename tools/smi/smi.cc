@@ -4,7 +4,6 @@
 #include "tools/smi/smi.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cstdio>
 #include <utility>
 
@@ -15,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
+#include "genie/transport/address.h"
 #include "genie/transport/auth.h"
 #include "genie/transport/frame.h"
 #include "genie/transport/tcp.h"
@@ -184,22 +184,12 @@ absl::StatusOr<std::vector<NodeAddress>> ParseNodes(absl::string_view list) {
   std::vector<NodeAddress> nodes;
   for (absl::string_view entry : absl::StrSplit(list, ',')) {
     entry = absl::StripAsciiWhitespace(entry);
-    const size_t colon = entry.rfind(':');
-    int port = -1;
-    if (colon != absl::string_view::npos && colon > 0) {
-      const char* end = entry.data() + entry.size();
-      auto [ptr, ec] = std::from_chars(entry.data() + colon + 1, end, port);
-      if (ec != std::errc() || ptr != end) port = -1;
-    }
-    if (port <= 0 || port > 65535) {
+    absl::StatusOr<transport::HostPort> node = transport::ParseHostPort(entry);
+    if (!node.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("node '", entry, "' is not HOST:PORT (e.g. 10.0.0.7:7070 or [::1]:7070)"));
     }
-    absl::string_view host = entry.substr(0, colon);
-    if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-      host = host.substr(1, host.size() - 2);
-    }
-    nodes.push_back(NodeAddress{std::string(host), static_cast<uint16_t>(port)});
+    nodes.push_back(NodeAddress{std::move(node->host), node->port});
   }
   return nodes;
 }
