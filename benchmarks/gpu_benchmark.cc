@@ -2,8 +2,8 @@
 // Remote vs local on a GPU machine, side by side in one run: ViT-B/16-size and
 // BERT-base-size inference at batch 8 and a GPT-2-124M-size decode step (static KV
 // cache), each run by local libtorch on CUDA and by Genie with the client and a
-// genie-node (interpreter on cuda:0) on the same host over loopback TCP (the *_shm cases:
-// over shared memory, transport::Shm). Every
+// genie-node (interpreter on cuda:0) on the same host over loopback TCP with its lanes (the
+// *_one_socket cases: one socket; the *_shm cases: over shared memory, transport::Shm). Every
 // iteration reads its result on the host, local and remote alike. Skips without CUDA.
 // Matmuls are fp32 with TF32 off, as in the parity tests, except in the cases named *_tf32.
 //
@@ -43,6 +43,7 @@ namespace m = genie::models;
 using Deployment = genie::examples::SemanticDeployment;        // client <-> node over Tcp
 using ShmDeployment = genie::examples::SemanticShmDeployment;  // ... over Shm (tensor pool)
 using ShmRingsDeployment = genie::examples::SemanticShmRingsDeployment;  // ... Shm rings only
+using OneSocketDeployment = genie::examples::SemanticOneSocketDeployment;  // ... Tcp, no lanes
 
 bool NoCuda(benchmark::State& state) {
   if (torch::cuda::is_available()) return false;
@@ -86,6 +87,8 @@ struct Mode {
   // TF32 matmuls and convolutions (process-wide: the embedded node's kernels and local
   // ones alike). Off everywhere else, as in the parity tests: fp32 with TF32 off.
   bool tf32 = false;
+  // Remote over TCP: one socket (transport::TcpOneSocket) instead of Tcp's lanes.
+  bool one_socket = false;
 };
 
 // GPU memory of the process (client, embedded node and local alike), in MB: in live tensors
@@ -251,29 +254,37 @@ void RunDownload(benchmark::State& state, bool remote) {
   for (auto _ : state) benchmark::DoNotOptimize((hidden * 2.0).to(torch::kCPU));
 }
 
-// Where a data-path case runs: local CUDA, or remote over loopback TCP or shared memory.
-// kRemoteShm goes through the Shm tensor pool (the default), kRemoteShmRings through the
-// Shm rings alone (transport::ShmRingsOnly), the path before the pool.
-enum class Where { kLocal, kRemote, kRemoteShm, kRemoteShmRings };
+// Where a data-path case runs: local CUDA, or remote over loopback TCP (with lanes, or on
+// one socket: kRemoteOneSocket) or shared memory. kRemoteShm goes through the Shm tensor
+// pool (the default), kRemoteShmRings through the Shm rings alone (transport::ShmRingsOnly),
+// the path before the pool.
+enum class Where { kLocal, kRemote, kRemoteOneSocket, kRemoteShm, kRemoteShmRings };
 void BM_Upload(benchmark::State& state, Where where) {
   if (where == Where::kRemoteShm) return RunUpload<ShmDeployment>(state, true);
   if (where == Where::kRemoteShmRings) return RunUpload<ShmRingsDeployment>(state, true);
+  if (where == Where::kRemoteOneSocket) return RunUpload<OneSocketDeployment>(state, true);
   RunUpload<Deployment>(state, where == Where::kRemote);
 }
 void BM_Download(benchmark::State& state, Where where) {
   if (where == Where::kRemoteShm) return RunDownload<ShmDeployment>(state, true);
   if (where == Where::kRemoteShmRings) return RunDownload<ShmRingsDeployment>(state, true);
+  if (where == Where::kRemoteOneSocket) return RunDownload<OneSocketDeployment>(state, true);
   RunDownload<Deployment>(state, where == Where::kRemote);
 }
 void BM_VitB16(benchmark::State& state, Mode mode) {
-  mode.shm ? RunVitB16<ShmDeployment>(state, mode) : RunVitB16<Deployment>(state, mode);
+  if (mode.shm) return RunVitB16<ShmDeployment>(state, mode);
+  if (mode.one_socket) return RunVitB16<OneSocketDeployment>(state, mode);
+  RunVitB16<Deployment>(state, mode);
 }
 void BM_BertBase(benchmark::State& state, Mode mode) {
-  mode.shm ? RunBertBase<ShmDeployment>(state, mode) : RunBertBase<Deployment>(state, mode);
+  if (mode.shm) return RunBertBase<ShmDeployment>(state, mode);
+  if (mode.one_socket) return RunBertBase<OneSocketDeployment>(state, mode);
+  RunBertBase<Deployment>(state, mode);
 }
 void BM_Gpt2SmallDecode(benchmark::State& state, Mode mode) {
-  mode.shm ? RunGpt2SmallDecode<ShmDeployment>(state, mode)
-           : RunGpt2SmallDecode<Deployment>(state, mode);
+  if (mode.shm) return RunGpt2SmallDecode<ShmDeployment>(state, mode);
+  if (mode.one_socket) return RunGpt2SmallDecode<OneSocketDeployment>(state, mode);
+  RunGpt2SmallDecode<Deployment>(state, mode);
 }
 
 // ---- Node to node: CUDA IPC against TCP -----------------------------------------------------
@@ -494,6 +505,10 @@ BENCHMARK_CAPTURE(BM_Upload, genie_remote, Where::kRemote)
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(1)
     ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Upload, genie_remote_one_socket, Where::kRemoteOneSocket)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Upload, genie_remote_shm, Where::kRemoteShm)
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(1)
@@ -510,6 +525,10 @@ BENCHMARK_CAPTURE(BM_Download, genie_remote, Where::kRemote)
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(1)
     ->UseRealTime();
+BENCHMARK_CAPTURE(BM_Download, genie_remote_one_socket, Where::kRemoteOneSocket)
+    ->Unit(benchmark::kMicrosecond)
+    ->MinTime(1)
+    ->UseRealTime();
 BENCHMARK_CAPTURE(BM_Download, genie_remote_shm, Where::kRemoteShm)
     ->Unit(benchmark::kMicrosecond)
     ->MinTime(1)
@@ -522,6 +541,8 @@ BENCHMARK_CAPTURE(BM_Download, genie_remote_shm_rings, Where::kRemoteShmRings)
 // Every model in every mode, one name each: local_cuda / genie_remote (NoGradGuard, as
 // before), local_cuda_inference / genie_remote_inference (InferenceMode on both sides),
 // genie_remote_inference_dispatch128 (plus SetAutoDispatch(128)),
+// genie_remote_inference_one_socket (Tcp on one socket, transport::TcpOneSocket, against the
+// lanes every other Tcp case has),
 // genie_remote_inference_busypoll[_dispatch128] (node and client spin up to 5 ms on their
 // sockets before sleeping), *_dispatchNxG (SetAutoDispatch(N, G): parts of N, N*G, ...
 // nodes), *_nodispatch (steps not cut; the other remote cases take the session's default,
@@ -541,6 +562,9 @@ const bool kModelsRegistered = [] {
       {"genie_remote_inference", Mode{true, true, -1}},
       {"genie_remote_inference_nodispatch", Mode{true, true, 0}},
   };
+  Mode one_socket{true, true, -1};
+  one_socket.one_socket = true;
+  modes.push_back({"genie_remote_inference_one_socket", one_socket});
   modes.push_back({"genie_remote_inference_dispatch128", Mode{true, true, 128}});
   modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, -1, true, 5000}});
   modes.push_back(

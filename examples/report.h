@@ -40,6 +40,13 @@ using SemanticDeployment = AnalyzedPipeline<
                                  scheduler::JustInTimeTransfers>,
     transport::Tcp>;
 
+// The same over one TCP socket per connection (transport::TcpOneSocket, no lanes): the
+// baseline lanes are measured against.
+using SemanticOneSocketDeployment = AnalyzedPipeline<
+    scheduler::SemanticScheduler<scheduler::ResidentWeights, scheduler::KvCacheColocation,
+                                 scheduler::JustInTimeTransfers>,
+    transport::TcpOneSocket>;
+
 // The same with the decode steps of several streams in one graph batched on the node
 // (scheduler::DecodeBatching: the streams' weight matmuls run once per step).
 using SemanticBatchedDeployment = AnalyzedPipeline<

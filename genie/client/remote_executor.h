@@ -260,6 +260,15 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       conn.Close();
       return client_internal::ConnectFailed(node, info.status());
     }
+    if constexpr (transport::transport_traits<P>::lanes > 1) {
+      static_assert(
+          std::is_same_v<typename transport::transport_traits<P>::backend, transport::Tcp>,
+          "RemoteExecutor<P>: kLanes > 1 is for Tcp policies (include "
+          "genie/transport/tcp.h)");
+      // Lanes the node does not grant leave one socket; only a failed connection is an error.
+      auto lanes = conn.OpenLanes(options.connect_timeout);
+      if (!lanes.ok()) return client_internal::ConnectFailed(node, lanes.status());
+    }
     return std::unique_ptr<RemoteExecutor>(
         new RemoteExecutor(std::move(conn), client_internal::Session(node, *info, options)));
   }
@@ -391,6 +400,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   }
   // What the node said about itself at connect.
   const plan::NodeInfoMessage& node_info() const { return session_.info(); }
+  // Sockets to the node (Tcp lanes the node granted; 1 for every other transport).
+  int lanes() const { return conn_.lane_count(); }
   // The node's execution time of the last successful run, in microseconds.
   int64_t last_node_micros() const { return last_node_micros_.load(std::memory_order_relaxed); }
 

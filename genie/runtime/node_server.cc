@@ -843,6 +843,13 @@ void Session::LogConnected() const {
       absl::StrCat("genie-node: session ", peer_, " authenticated (device ", options_.device, ")"));
 }
 
+void Session::LogLanes(int lanes, absl::string_view note) const {
+  if (!options_.log_connections) return;
+  LogLine(absl::StrCat("genie-node: session ", peer_, ": ", lanes,
+                       lanes == 1 ? " socket" : " lanes", note.empty() ? "" : " (", note,
+                       note.empty() ? "" : ")"));
+}
+
 void Session::LogClosed(const absl::Status& why) const {
   if (!options_.log_connections) return;
   LogLine(absl::StrFormat("genie-node: session %s closed after %d runs, %.1f s: %s", peer_, runs_,

@@ -47,6 +47,8 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -119,6 +121,9 @@ struct NodeOptions {
   // cores, per program runtime::AutomaticLanesFor (on fewer than 4 cores, only programs
   // whose ops run on one intra-op thread get 2).
   int cpu_lanes = 0;
+  // Tcp: sockets a client may open in all (transport::Connection<Tcp>::AcceptLanes): large
+  // frames are striped over them, each copied by a thread of its own on both sides. 1: none.
+  int max_lanes = 8;
 };
 
 // The largest client tensor pool a session page-locks under `options`: the smaller of
@@ -364,6 +369,7 @@ class Session {
   void LogConnected() const;
   void LogClosed(const absl::Status& why) const;
   void LogRefused(absl::string_view what, const absl::Status& why) const;
+  void LogLanes(int lanes, absl::string_view note) const;
 
  private:
   struct Loaded {
@@ -480,6 +486,14 @@ absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
   }
   return absl::OkStatus();
 }
+
+// Whether a connection can open lanes (transport::Connection<Tcp>).
+template <class C, class = void>
+struct AcceptsLanes : std::false_type {};
+template <class C>
+struct AcceptsLanes<C, std::void_t<decltype(std::declval<C&>().AcceptLanes(
+                           std::declval<const transport::FrameHeader&>(), 1, absl::Duration()))>>
+    : std::true_type {};
 
 // Serves an authenticated session until the peer leaves, a protocol error, or `stop`.
 template <class Conn>
@@ -653,6 +667,20 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
           s = conn.SendBytes(MessageKind::kResult, id, plan::EncodeResult(done));
         }
         if (!s.ok()) return s;
+        break;
+      }
+      case MessageKind::kLanes: {
+        if constexpr (AcceptsLanes<Conn>::value) {
+          auto lanes = conn.AcceptLanes(*header, session.options().max_lanes,
+                                        session.options().auth_timeout);
+          if (!lanes.ok()) return RefuseAndClose(conn, session, id, "Lanes", lanes.status());
+          session.LogLanes(lanes->lanes, lanes->note);
+        } else {
+          return RefuseAndClose(
+              conn, session, id, "Lanes",
+              absl::InvalidArgumentError(absl::StrCat(
+                  "kLanes: this connection's transport has no lanes (only Tcp has them)")));
+        }
         break;
       }
       case MessageKind::kGoodbye:

@@ -57,6 +57,8 @@ absl::string_view MessageKindName(MessageKind kind) {
       return "kPeerSend";
     case MessageKind::kPeerPut:
       return "kPeerPut";
+    case MessageKind::kLanes:
+      return "kLanes";
   }
   return "kind(unknown)";
 }
@@ -80,7 +82,8 @@ void EncodeFrameHeader(const FrameHeader& header, unsigned char out[kFrameHeader
   PutLe(out + 4, kFrameVersion, 2);
   out[6] = static_cast<unsigned char>(header.kind);
   out[7] =
-      static_cast<unsigned char>(static_cast<std::uint8_t>(header.traffic) & kTrafficClassMask);
+      static_cast<unsigned char>((static_cast<std::uint8_t>(header.traffic) & kTrafficClassMask) |
+                                 (header.striped ? kStripedFlag : 0));
   PutLe(out + 8, header.payload_bytes, 8);
   PutLe(out + 16, header.request_id, 8);
 }
@@ -109,7 +112,7 @@ absl::StatusOr<FrameHeader> DecodeFrameHeader(const unsigned char in[kFrameHeade
   }
   const std::uint8_t flags = in[7];
   const std::uint8_t traffic = flags & kTrafficClassMask;
-  if ((flags & ~kTrafficClassMask) != 0 || traffic >= kNumTrafficClasses) {
+  if ((flags & ~(kTrafficClassMask | kStripedFlag)) != 0 || traffic >= kNumTrafficClasses) {
     return absl::DataLossError(absl::StrFormat(
         "%s: refused frame with invalid flags 0x%02x; connection closed", transport_name, flags));
   }
@@ -118,6 +121,7 @@ absl::StatusOr<FrameHeader> DecodeFrameHeader(const unsigned char in[kFrameHeade
   header.traffic = static_cast<TrafficClass>(traffic);
   header.payload_bytes = GetLe(in + 8, 8);
   header.request_id = GetLe(in + 16, 8);
+  header.striped = (flags & kStripedFlag) != 0;
   if (header.payload_bytes > max_frame_bytes) {
     return absl::ResourceExhaustedError(absl::StrFormat(
         "%s: refused %s frame of %d payload bytes: above this transport's max frame size of "

@@ -5,7 +5,10 @@
 //   wire header (little-endian):  u32 magic | u16 version | u8 kind | u8 flags |
 //                                 u64 payload_bytes | u64 request_id
 //   flags bits 0..2: TrafficClass of the frame (the receiver counts the same class);
-//   flags bits 3..7: reserved, must be zero.
+//   flags bit 3: the payload is striped across the connection's lanes (Tcp lanes, tcp.h):
+//                lane k carries bytes [k*c, (k+1)*c) for c = StripeChunkBytes(payload, lanes),
+//                the header and lane 0's bytes travel on the connection itself;
+//   flags bits 4..7: reserved, must be zero.
 //
 // Sending is a gather of Pieces (tensor memory goes out without a staging copy):
 //
@@ -39,11 +42,12 @@ enum class MessageKind : std::uint8_t {
   kPong = 11,
   kTransfer = 12,
   kStats = 13,
-  kGoodbye = 14,  // orderly shutdown notice
+  kGoodbye = 14,   // orderly shutdown notice
   kPeerSend = 15,  // client -> node: send a resident buffer to another node
   kPeerPut = 16,   // node -> node: keep these bytes for the client's next run
+  kLanes = 17,     // client <-> node: open a Tcp connection's extra lanes (tcp.h)
 };
-inline constexpr std::uint8_t kMaxMessageKind = 16;
+inline constexpr std::uint8_t kMaxMessageKind = 17;
 
 // What the bytes of a frame are for; counted separately per direction.
 enum class TrafficClass : std::uint8_t {
@@ -63,6 +67,7 @@ inline constexpr std::uint32_t kFrameMagic = 0x454E4547;  // "GENE" on the wire
 inline constexpr std::uint16_t kFrameVersion = 1;
 inline constexpr std::size_t kFrameHeaderBytes = 24;
 inline constexpr std::uint8_t kTrafficClassMask = 0x07;
+inline constexpr std::uint8_t kStripedFlag = 0x08;
 
 // One contiguous piece of a gathered send: `size` bytes at `data`, borrowed for the call.
 struct Piece {
@@ -76,7 +81,18 @@ struct FrameHeader {
   TrafficClass traffic = TrafficClass::kControl;
   std::uint64_t payload_bytes = 0;
   std::uint64_t request_id = 0;
+  bool striped = false;  // the payload is spread over the connection's lanes (bit 3)
 };
+
+// Bytes of payload each lane of a striped frame carries (the last one may carry less):
+// the payload split evenly over `lanes`, rounded up to 4 KiB so lanes start page-aligned in
+// page-aligned memory. Sender and receiver compute the same.
+inline std::uint64_t StripeChunkBytes(std::uint64_t payload_bytes, int lanes) {
+  constexpr std::uint64_t kAlign = 4096;
+  const std::uint64_t n = static_cast<std::uint64_t>(lanes < 1 ? 1 : lanes);
+  const std::uint64_t even = (payload_bytes + n - 1) / n;
+  return (even + kAlign - 1) / kAlign * kAlign;
+}
 
 // A whole frame with its payload copied out (Connection::Receive).
 struct Frame {

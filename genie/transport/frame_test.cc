@@ -27,6 +27,28 @@ TEST(Frame, HeaderRoundTrip) {
   EXPECT_EQ(back->traffic, TrafficClass::kKvCache);
   EXPECT_EQ(back->payload_bytes, h.payload_bytes);
   EXPECT_EQ(back->request_id, h.request_id);
+  EXPECT_FALSE(back->striped);
+
+  h.striped = true;
+  EncodeFrameHeader(h, wire);
+  back = DecodeFrameHeader(wire, std::uint64_t{1} << 40, "test");
+  ASSERT_TRUE(back.ok()) << back.status();
+  EXPECT_TRUE(back->striped);
+  EXPECT_EQ(back->traffic, TrafficClass::kKvCache);  // the flag leaves the class alone
+}
+
+TEST(Frame, StripeChunksCoverThePayloadPageAligned) {
+  for (std::uint64_t n : {std::uint64_t{1}, std::uint64_t{4096}, std::uint64_t{4816896},
+                          std::uint64_t{3145728} + 7}) {
+    for (int lanes : {1, 2, 3, 4, 8}) {
+      const std::uint64_t c = StripeChunkBytes(n, lanes);
+      EXPECT_EQ(c % 4096, 0u) << n << " " << lanes;
+      EXPECT_GE(c * static_cast<std::uint64_t>(lanes), n) << n << " " << lanes;
+      // Even: no lane carries a page more than an exact split would give it.
+      const std::uint64_t exact = (n + lanes - 1) / static_cast<std::uint64_t>(lanes);
+      EXPECT_LT(c, exact + 4096) << n << " " << lanes;
+    }
+  }
 }
 
 TEST(Frame, RefusesBadHeaders) {
@@ -53,6 +75,11 @@ TEST(Frame, RefusesBadHeaders) {
 
   EncodeFrameHeader(h, wire);
   wire[7] = 0x80;
+  s = DecodeFrameHeader(wire, 1024, "test").status();
+  EXPECT_TRUE(absl::IsDataLoss(s)) << s;
+
+  EncodeFrameHeader(h, wire);
+  wire[7] = 0x10;  // the first reserved bit after the striped flag
   s = DecodeFrameHeader(wire, 1024, "test").status();
   EXPECT_TRUE(absl::IsDataLoss(s)) << s;
 

@@ -36,6 +36,17 @@ struct Tcp {
   static constexpr bool kNoDelay = true;       // TCP_NODELAY
   // SO_SNDBUF / SO_RCVBUF; 0 keeps the kernel's autotuning.
   static constexpr int kSocketBufferBytes = 4 << 20;
+  // Sockets a client opens to a node in all (tcp.h's lanes; the node may grant fewer), and the
+  // frames striped over them: one stream is copied through the kernel by one core a side,
+  // about 4-5 GB/s, so a 4.8 MB upload over loopback took 1.1 ms on one socket and 0.35 ms on
+  // four (BENCHMARKS.md).
+  static constexpr int kLanes = 4;
+  static constexpr std::uint64_t kStripeMinBytes = std::uint64_t{1} << 20;
+};
+
+// Tcp on one socket per connection: no lanes, nothing striped.
+struct TcpOneSocket : Tcp {
+  static constexpr int kLanes = 1;
 };
 
 // Same host: two single-producer/single-consumer byte rings in a shared memfd per

@@ -94,6 +94,20 @@ struct PoolMinBytesOf<P, std::void_t<decltype(P::kPoolMinBytes)>> {
   static constexpr std::uint64_t value = P::kPoolMinBytes;
 };
 
+template <class P, class = void>
+struct LanesOf : std::integral_constant<int, 1> {};
+template <class P>
+struct LanesOf<P, std::void_t<decltype(P::kLanes)>> : std::integral_constant<int, P::kLanes> {};
+
+template <class P, class = void>
+struct StripeMinBytesOf {
+  static constexpr std::uint64_t value = std::uint64_t{1} << 20;
+};
+template <class P>
+struct StripeMinBytesOf<P, std::void_t<decltype(P::kStripeMinBytes)>> {
+  static constexpr std::uint64_t value = P::kStripeMinBytes;
+};
+
 template <class T, class = void>
 struct IsPolicy : std::false_type {};
 template <class T>
@@ -123,6 +137,12 @@ struct transport_traits {
   static constexpr bool no_delay = traits_internal::NoDelayOf<P>::value;
   // Socket transports: SO_SNDBUF/SO_RCVBUF bytes; 0 keeps kernel autotuning. Default 0.
   static constexpr int socket_buffer_bytes = traits_internal::SocketBufferBytesOf<P>::value;
+  // Tcp: sockets a client asks the node for, the connection's own included (OpenLanes in
+  // tcp.h); large frames are striped over them, each lane copied by its own thread. The node
+  // may grant fewer. Default 1 (one socket).
+  static constexpr int lanes = traits_internal::LanesOf<P>::value;
+  // Tcp with lanes: frames with at least this many payload bytes are striped. Default 1 MiB.
+  static constexpr std::uint64_t stripe_min_bytes = traits_internal::StripeMinBytesOf<P>::value;
   // Shared-memory transports: bytes of each direction's ring. Default 16 MiB.
   static constexpr std::uint64_t ring_bytes = traits_internal::RingBytesOf<P>::value;
   // Shared-memory transports: bytes of the connection's tensor pool (pool.h); 0 = none.

@@ -64,6 +64,8 @@ TEST(TransportTraits, DefaultsWhenPolicyDeclaresNothing) {
   EXPECT_TRUE(T::no_delay);
   EXPECT_EQ(T::socket_buffer_bytes, 0);
   EXPECT_EQ(T::ring_bytes, std::uint64_t{16} << 20);
+  EXPECT_EQ(T::lanes, 1);
+  EXPECT_EQ(T::stripe_min_bytes, std::uint64_t{1} << 20);
 }
 
 TEST(TransportTraits, ReadsDeclaredSettings) {
@@ -96,6 +98,10 @@ TEST(TransportTraits, RealPolicies) {
   EXPECT_EQ(transport_traits<ShmRingsOnly>::pool_bytes, 0u);
   EXPECT_EQ(transport_traits<Tcp>::pool_bytes, 0u);  // undeclared: no pool
   EXPECT_EQ(transport_traits<Tcp>::pool_min_bytes, std::uint64_t{64} << 10);
+  EXPECT_EQ(transport_traits<Tcp>::lanes, 4);
+  EXPECT_EQ(transport_traits<TcpOneSocket>::lanes, 1);
+  EXPECT_EQ(transport_traits<Shm>::lanes, 1);
+  static_assert(std::is_same_v<transport_traits<TcpOneSocket>::backend, Tcp>);
 }
 static_assert(std::is_same_v<transport_traits<ShmRingsOnly>::backend, Shm>);
 

@@ -1,5 +1,6 @@
 // File: genie/transport/transport_benchmark.cc
-// Transport throughput and latency: Tcp over loopback and Shm (shared-memory rings between
+// Transport throughput and latency: Tcp over loopback (with its lanes, and on one socket:
+// TcpOneSocket) and Shm (shared-memory rings between
 // two endpoints of one host) against the InProcess baseline, in one binary, same sizes. Throughput
 // counts payload bytes delivered to the receiver's buffer (each iteration sends a 64 MiB batch of
 // frames and waits for the receiver's acknowledgement), so a sender running ahead of its peer is
@@ -38,15 +39,39 @@ absl::StatusOr<std::pair<Connection<InProcess>, Connection<InProcess>>> MakePair
   return Connection<InProcess>::CreatePair();
 }
 
-template <>
-absl::StatusOr<std::pair<Connection<Tcp>, Connection<Tcp>>> MakePair<Tcp>() {
-  auto listener = Listener<Tcp>::Create("127.0.0.1", 0);
+// A Tcp pair; with lanes in the policy (Tcp has 4), the client opens them as a node's
+// client does.
+template <class P>
+absl::StatusOr<std::pair<Connection<P>, Connection<P>>> MakeTcpPair() {
+  auto listener = Listener<P>::Create("127.0.0.1", 0);
   if (!listener.ok()) return listener.status();
-  auto client = Connection<Tcp>::Connect("127.0.0.1", listener->port(), kWait);
+  auto client = Connection<P>::Connect("127.0.0.1", listener->port(), kWait);
   if (!client.ok()) return client.status();
   auto server = listener->Accept(kWait);
   if (!server.ok()) return server.status();
-  return std::pair<Connection<Tcp>, Connection<Tcp>>(std::move(*client), std::move(*server));
+  if constexpr (transport_traits<P>::lanes > 1) {
+    absl::StatusOr<LaneResult> opened = absl::UnknownError("not run");
+    std::thread client_side([&] { opened = client->OpenLanes(kWait); });
+    absl::StatusOr<FrameHeader> request = server->ReceiveHeader(kWait);
+    absl::StatusOr<LaneResult> accepted =
+        request.ok() ? server->AcceptLanes(*request, transport_traits<P>::lanes, kWait)
+                     : request.status();
+    client_side.join();
+    if (!opened.ok()) return opened.status();
+    if (!accepted.ok()) return accepted.status();
+  }
+  return std::pair<Connection<P>, Connection<P>>(std::move(*client), std::move(*server));
+}
+
+template <>
+absl::StatusOr<std::pair<Connection<Tcp>, Connection<Tcp>>> MakePair<Tcp>() {
+  return MakeTcpPair<Tcp>();
+}
+
+template <>
+absl::StatusOr<std::pair<Connection<TcpOneSocket>, Connection<TcpOneSocket>>>
+MakePair<TcpOneSocket>() {
+  return MakeTcpPair<TcpOneSocket>();
 }
 
 template <>
@@ -182,10 +207,16 @@ BENCHMARK_TEMPLATE(BM_Throughput, InProcess)
     ->Arg(4 << 20)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Throughput, Tcp)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_Throughput, TcpOneSocket)
+    ->Arg(8 << 10)
+    ->Arg(1 << 20)
+    ->Arg(4 << 20)
+    ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Throughput, Shm)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
 // ViT-B/16's batch of 8 images (8 x 3 x 224 x 224 fp32) and BERT's hidden states (8 x 128 x 768).
 BENCHMARK_TEMPLATE(BM_OneMessage, InProcess)->Arg(4816896)->Arg(3145728)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_OneMessage, Tcp)->Arg(4816896)->Arg(3145728)->UseRealTime();
+BENCHMARK_TEMPLATE(BM_OneMessage, TcpOneSocket)->Arg(4816896)->Arg(3145728)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_OneMessage, Shm)->Arg(4816896)->Arg(3145728)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, InProcess)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, Tcp)->UseRealTime();

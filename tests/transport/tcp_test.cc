@@ -9,14 +9,18 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "genie/transport/internal/tcp_stream.h"
 #include "genie/transport/testing/transport_testing.h"
 #include "gtest/gtest.h"
 
@@ -194,6 +198,206 @@ TEST(Tcp, TrickledPayloadArrivesWholeAndSmallFramesAfterItAreNotHeld) {
   EXPECT_LT(absl::Now() - start, absl::Seconds(1));
   sender.join();
   close(raw);
+}
+
+// ---- Lanes --------------------------------------------------------------------------------
+
+// Asks for 3 sockets in all and stripes every non-empty frame.
+struct TcpLanes3 : Tcp {
+  static constexpr int kLanes = 3;
+  static constexpr std::uint64_t kStripeMinBytes = 1;
+};
+
+struct LanePair {
+  std::optional<Connection<TcpLanes3>> client, server;
+  absl::StatusOr<LaneResult> opened = absl::UnknownError("not run");
+  absl::StatusOr<LaneResult> accepted = absl::UnknownError("not run");
+};
+
+// A connected pair whose client opened lanes with a server granting at most `max_lanes`.
+LanePair MakeLanePair(int max_lanes) {
+  LanePair p;
+  auto listener = Listener<TcpLanes3>::Create("127.0.0.1", 0);
+  if (!listener.ok()) return p;
+  auto client = Connection<TcpLanes3>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
+  if (!client.ok()) return p;
+  auto server = listener->Accept(absl::Seconds(5));
+  if (!server.ok()) return p;
+  p.client.emplace(std::move(*client));
+  p.server.emplace(std::move(*server));
+  std::thread client_side([&] { p.opened = p.client->OpenLanes(absl::Seconds(5)); });
+  absl::StatusOr<FrameHeader> request = p.server->ReceiveHeader(absl::Seconds(5));
+  p.accepted = request.ok() ? p.server->AcceptLanes(*request, max_lanes, absl::Seconds(5))
+                            : request.status();
+  client_side.join();
+  return p;
+}
+
+// `bytes` from a to b and back, intact.
+void RoundTrip(Connection<TcpLanes3>& a, Connection<TcpLanes3>& b, std::size_t bytes) {
+  const std::vector<unsigned char> data = testing::Pattern(bytes, 5);
+  for (auto [from, to] : {std::pair{&a, &b}, std::pair{&b, &a}}) {
+    absl::Status sent;
+    std::thread sender([&, from = from] {
+      const Piece piece{data.data(), data.size()};
+      sent = from->Send(MessageKind::kTransfer, 1, absl::MakeConstSpan(&piece, 1));
+    });
+    auto frame = to->Receive(absl::Seconds(10));
+    sender.join();
+    ASSERT_TRUE(sent.ok()) << sent;
+    ASSERT_TRUE(frame.ok()) << frame.status();
+    ASSERT_EQ(frame->payload.size(), data.size());
+    EXPECT_EQ(std::memcmp(frame->payload.data(), data.data(), data.size()), 0);
+  }
+}
+
+TEST(TcpLanes, OpenedAndUsedInBothDirections) {
+  LanePair p = MakeLanePair(8);
+  ASSERT_TRUE(p.opened.ok()) << p.opened.status();
+  ASSERT_TRUE(p.accepted.ok()) << p.accepted.status();
+  EXPECT_EQ(p.opened->lanes, 3) << p.opened->note;
+  EXPECT_EQ(p.client->lane_count(), 3);
+  EXPECT_EQ(p.server->lane_count(), 3);
+  RoundTrip(*p.client, *p.server, (std::size_t{3} << 20) + 17);
+  RoundTrip(*p.client, *p.server, 5);  // a share smaller than a page: one lane carries it all
+}
+
+TEST(TcpLanes, ServerGrantsFewerOrNone) {
+  LanePair two = MakeLanePair(2);
+  ASSERT_TRUE(two.opened.ok()) << two.opened.status();
+  EXPECT_EQ(two.opened->lanes, 2);
+  EXPECT_EQ(two.server->lane_count(), 2);
+  RoundTrip(*two.client, *two.server, std::size_t{1} << 20);
+
+  LanePair one = MakeLanePair(1);
+  ASSERT_TRUE(one.opened.ok()) << one.opened.status();
+  EXPECT_EQ(one.opened->lanes, 1);
+  EXPECT_TRUE(Contains(absl::Status(absl::StatusCode::kUnknown, one.opened->note), "limit is 1"))
+      << one.opened->note;
+  EXPECT_EQ(one.client->lane_count(), 1);
+  RoundTrip(*one.client, *one.server, std::size_t{1} << 20);
+}
+
+// The client side of a lane handshake by hand: request, offer, then `connect` does what the
+// client does with the offer, then the server's answer.
+struct ByHand {
+  std::optional<Connection<Tcp>> client;
+  std::optional<Connection<TcpLanes3>> server;
+  absl::StatusOr<LaneResult> accepted = absl::UnknownError("not run");
+  absl::StatusOr<transport_internal::LaneMessage> answer = absl::UnknownError("not run");
+};
+
+template <class F>
+ByHand LanesByHand(F connect) {
+  ByHand h;
+  auto listener = Listener<TcpLanes3>::Create("127.0.0.1", 0);
+  if (!listener.ok()) return h;
+  auto client = Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
+  if (!client.ok()) return h;
+  auto server = listener->Accept(absl::Seconds(5));
+  if (!server.ok()) return h;
+  h.client.emplace(std::move(*client));
+  h.server.emplace(std::move(*server));
+  std::thread server_side([&] {
+    absl::StatusOr<FrameHeader> request = h.server->ReceiveHeader(absl::Seconds(5));
+    h.accepted = request.ok() ? h.server->AcceptLanes(*request, 8, absl::Milliseconds(500))
+                              : request.status();
+  });
+  transport_internal::LaneMessage request;
+  request.lanes = 3;
+  if (h.client->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(request))
+          .ok()) {
+    auto offer = h.client->Receive(absl::Seconds(5));
+    if (offer.ok()) {
+      auto m = transport_internal::DecodeLaneMessage(offer->payload);
+      if (m.ok()) {
+        connect(*m);
+        auto answer = h.client->Receive(absl::Seconds(5));
+        h.answer =
+            answer.ok() ? transport_internal::DecodeLaneMessage(answer->payload) : answer.status();
+      }
+    }
+  }
+  server_side.join();
+  return h;
+}
+
+TEST(TcpLanes, LanesThatNeverComeLeaveOneSocket) {
+  ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer) {
+    EXPECT_EQ(offer.lanes, 3);
+    EXPECT_EQ(offer.token.size(), transport_internal::kLaneTokenBytes);
+  });
+  ASSERT_TRUE(h.accepted.ok()) << h.accepted.status();
+  ASSERT_TRUE(h.answer.ok()) << h.answer.status();
+  EXPECT_EQ(h.accepted->lanes, 1);
+  EXPECT_EQ(h.answer->lanes, 1);
+  EXPECT_TRUE(Contains(absl::UnknownError(h.answer->note), "0 of 2 lanes came")) << h.answer->note;
+  EXPECT_EQ(h.server->lane_count(), 1);
+  // The connection goes on, unstriped.
+  ASSERT_TRUE(h.client->SendBytes(MessageKind::kPing, 3, std::string(2 << 20, 'x')).ok());
+  auto frame = h.server->Receive(absl::Seconds(5));
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->payload.size(), std::size_t{2} << 20);
+}
+
+TEST(TcpLanes, LanesWithTheWrongTokenAreRefused) {
+  ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer) {
+    std::string wrong = offer.token;
+    wrong[0] = static_cast<char>(wrong[0] ^ 1);
+    auto lanes = transport_internal::ConnectLanes("127.0.0.1", offer.port, 2, wrong,
+                                                  absl::Now() + absl::Seconds(2), {});
+    EXPECT_TRUE(lanes.ok()) << lanes.status();  // connected; the server refuses them
+  });
+  ASSERT_TRUE(h.accepted.ok()) << h.accepted.status();
+  ASSERT_TRUE(h.answer.ok()) << h.answer.status();
+  EXPECT_EQ(h.answer->lanes, 1);
+  EXPECT_TRUE(Contains(absl::UnknownError(h.answer->note), "2 refused: wrong hello"))
+      << h.answer->note;
+  EXPECT_EQ(h.server->lane_count(), 1);
+}
+
+TEST(TcpLanes, StripedFrameWithoutLanesIsRefused) {
+  auto listener = Listener<Tcp>::Create("127.0.0.1", 0);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  auto a = Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
+  ASSERT_TRUE(a.ok()) << a.status();
+  auto b = listener->Accept(absl::Seconds(5));
+  ASSERT_TRUE(b.ok()) << b.status();
+  FrameHeader h;
+  h.kind = MessageKind::kTransfer;
+  h.payload_bytes = 8192;
+  h.striped = true;
+  unsigned char wire[kFrameHeaderBytes];
+  EncodeFrameHeader(h, wire);
+  ASSERT_TRUE(
+      a->WriteRawForTesting(absl::string_view(reinterpret_cast<char*>(wire), sizeof(wire))).ok());
+  auto header = b->ReceiveHeader(absl::Seconds(5));
+  EXPECT_TRUE(absl::IsDataLoss(header.status())) << header.status();
+  EXPECT_TRUE(Contains(header.status(), "lanes this connection does not have")) << header.status();
+  EXPECT_TRUE(b->broken());
+}
+
+TEST(TcpLanes, ReceiverGoneMidStripedFrameFailsTheSender) {
+  LanePair p = MakeLanePair(8);
+  ASSERT_TRUE(p.opened.ok()) << p.opened.status();
+  ASSERT_EQ(p.client->lane_count(), 3);
+  const std::vector<unsigned char> data = testing::Pattern(std::size_t{64} << 20, 9);
+  absl::Status sent;
+  std::thread sender([&] {
+    const Piece piece{data.data(), data.size()};
+    sent = p.client->Send(MessageKind::kTransfer, 1, absl::MakeConstSpan(&piece, 1));
+  });
+  auto header = p.server->ReceiveHeader(absl::Seconds(5));
+  ASSERT_TRUE(header.ok()) << header.status();
+  EXPECT_TRUE(header->striped);
+  std::vector<unsigned char> some(1 << 20);
+  ASSERT_TRUE(p.server->ReceivePayload(some.data(), some.size()).ok());
+  const absl::Time start = absl::Now();
+  p.server.reset();  // every socket of the receiving side closes
+  sender.join();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_FALSE(sent.ok());
+  EXPECT_TRUE(p.client->broken());
 }
 
 }  // namespace

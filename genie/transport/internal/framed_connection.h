@@ -13,6 +13,8 @@
 //                                               // DeadlineExceeded on time, Unavailable on close
 //   void Shutdown();                            // both directions; safe from another thread
 //   const std::string& peer() const;            // "tcp 127.0.0.1:4242", for messages
+// and may provide lanes (TcpStream does): int lane_count() const, WriteStriped, ReadStriped.
+// With more than one lane, frames of at least FramedParams::stripe_min_bytes are striped.
 #ifndef GENIE_TRANSPORT_INTERNAL_FRAMED_CONNECTION_H_
 #define GENIE_TRANSPORT_INTERNAL_FRAMED_CONNECTION_H_
 
@@ -21,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "absl/status/status.h"
@@ -49,7 +52,15 @@ struct FramedParams {
   absl::string_view transport_name;
   absl::Duration send_timeout;
   absl::Duration payload_timeout;
+  std::uint64_t stripe_min_bytes = 0;  // with lanes: stripe frames at least this large
 };
+
+// Whether a Stream has lanes (lane_count, WriteStriped, ReadStriped).
+template <class S, class = void>
+struct StreamHasLanes : std::false_type {};
+template <class S>
+struct StreamHasLanes<S, std::void_t<decltype(std::declval<const S&>().lane_count())>>
+    : std::true_type {};
 
 // Thread model: at most one thread sending and one thread receiving at a time (full duplex);
 // Close() and counters() from any thread.
@@ -77,9 +88,32 @@ class FramedConnection {
     header.traffic = traffic;
     header.payload_bytes = payload_bytes;
     header.request_id = request_id;
+    if constexpr (StreamHasLanes<Stream>::value) {
+      header.striped = payload_bytes >= params_.stripe_min_bytes && stream_.lane_count() > 1;
+    }
     unsigned char head[transport::kFrameHeaderBytes];
     transport::EncodeFrameHeader(header, head);
+    if constexpr (StreamHasLanes<Stream>::value) {
+      if (header.striped) {
+        size_t written = 0;
+        absl::Status s = stream_.WriteStriped(head, sizeof(head), payload,
+                                              absl::Now() + params_.send_timeout, &written);
+        counters_.AddBytes(Direction::kSent, traffic, written);
+        if (!s.ok()) return Break(s);  // a torn striped frame: the lanes are out of step
+        counters_.AddFrame(Direction::kSent, traffic);
+        return absl::OkStatus();
+      }
+    }
     return SendEncoded(head, sizeof(head), payload, traffic, /*count_frame=*/true);
+  }
+
+  // Sockets this connection stripes large frames over (1: none).
+  int lane_count() const {
+    if constexpr (StreamHasLanes<Stream>::value) {
+      return stream_.lane_count();
+    } else {
+      return 1;
+    }
   }
 
   // Writes bytes that are not a valid frame: for tests of the receiver's validation.
@@ -118,10 +152,17 @@ class FramedConnection {
       return Break(absl::Status(header.status().code(),
                                 absl::StrCat(stream_.peer(), ": ", header.status().message())));
     }
+    if (header->striped && lane_count() <= 1) {
+      return Break(absl::DataLossError(absl::StrCat(
+          stream_.peer(), ": refused a ", transport::MessageKindName(header->kind),
+          " frame striped over lanes this connection does not have (the peer attached lanes "
+          "this side did not); connection closed")));
+    }
     counters_.AddFrame(Direction::kReceived, header->traffic);
     counters_.AddBytes(Direction::kReceived, header->traffic, transport::kFrameHeaderBytes);
     payload_left_ = header->payload_bytes;
     payload_traffic_ = header->traffic;
+    frame_bytes_ = header->striped ? header->payload_bytes : 0;
     return header;
   }
 
@@ -133,7 +174,15 @@ class FramedConnection {
                                                      " payload bytes are left in this frame"));
     }
     size_t got = 0;
-    absl::Status s = stream_.Read(dst, size, absl::Now() + params_.payload_timeout, &got);
+    const absl::Time deadline = absl::Now() + params_.payload_timeout;
+    absl::Status s;
+    if constexpr (StreamHasLanes<Stream>::value) {
+      s = frame_bytes_ != 0 ? stream_.ReadStriped(dst, size, frame_bytes_,
+                                                  frame_bytes_ - payload_left_, deadline, &got)
+                            : stream_.Read(dst, size, deadline, &got);
+    } else {
+      s = stream_.Read(dst, size, deadline, &got);
+    }
     counters_.AddBytes(Direction::kReceived, payload_traffic_, got);
     payload_left_ -= got;
     if (!s.ok()) {
@@ -233,6 +282,7 @@ class FramedConnection {
   unsigned char head_[transport::kFrameHeaderBytes];
   std::size_t head_got_ = 0;
   std::uint64_t payload_left_ = 0;
+  std::uint64_t frame_bytes_ = 0;  // the current frame's payload bytes when striped, else 0
   TrafficClass payload_traffic_ = TrafficClass::kControl;
 };
 

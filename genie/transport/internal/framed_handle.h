@@ -64,6 +64,8 @@ class FramedHandle {
   absl::Status status() const { return impl_->status(); }
   const transport::TrafficCounters& counters() const { return impl_->counters(); }
   const std::string& peer() const { return impl_->peer(); }
+  // Sockets large frames are striped over (Tcp lanes, tcp.h); 1 for every other backend.
+  int lane_count() const { return impl_->lane_count(); }
   absl::Status WriteRawForTesting(absl::string_view bytes) { return impl_->WriteRawForTesting(bytes); }
 
  protected:
@@ -72,10 +74,12 @@ class FramedHandle {
             std::move(stream),
             FramedParams{transport::transport_traits<P>::max_frame_bytes,
                          absl::string_view(kTransportName.data(), kTransportName.size()),
-                         options.send_timeout, options.payload_timeout})) {}
+                         options.send_timeout, options.payload_timeout,
+                         transport::transport_traits<P>::stripe_min_bytes})) {}
 
-  // The backend's stream, for what only that backend has (Shm's tensor pool).
+  // The backend's stream, for what only that backend has (Shm's tensor pool, Tcp's lanes).
   const Stream& stream() const { return impl_->stream(); }
+  Stream& mutable_stream() { return impl_->stream(); }
 
  private:
   std::unique_ptr<Impl> impl_;

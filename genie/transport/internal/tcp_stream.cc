@@ -15,10 +15,18 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
+#include <optional>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
+#include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
+#include "genie/transport/internal/auth_crypto.h"
 #include "genie/transport/internal/fd_wait.h"
 #include "genie/transport/internal/frame_pieces.h"
 
@@ -65,7 +73,147 @@ absl::Status Configure(int fd, const SocketSettings& settings) {
 
 bool IsPeerGone(int err) { return err == EPIPE || err == ECONNRESET || err == ENOTCONN; }
 
+std::string NumericHost(const sockaddr_storage& ss) {
+  char buf[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET) {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&ss)->sin_addr, buf, sizeof(buf));
+  } else if (ss.ss_family == AF_INET6) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof(buf));
+  }
+  return buf;
+}
+
+void PutLe(unsigned char* out, std::uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
+}
+
+std::uint64_t GetLe(const unsigned char* in, int bytes) {
+  std::uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= std::uint64_t{in[i]} << (8 * i);
+  return v;
+}
+
+// A lane's hello: "GLNE" | u32 lane index | token.
+constexpr std::uint32_t kLaneMagic = 0x454E4C47;
+constexpr std::size_t kLaneHelloBytes = 8 + kLaneTokenBytes;
+
+// The bytes [begin, end) of the concatenation of `payload`, as pieces.
+using Pieces = absl::InlinedVector<transport::Piece, 8>;
+Pieces Slice(absl::Span<const transport::Piece> payload, std::uint64_t begin, std::uint64_t end) {
+  Pieces out;
+  std::uint64_t at = 0;
+  for (const transport::Piece& p : payload) {
+    const std::uint64_t lo = std::max(at, begin);
+    const std::uint64_t hi = std::min(at + p.size, end);
+    if (lo < hi) {
+      out.push_back(
+          {static_cast<const char*>(p.data) + (lo - at), static_cast<std::size_t>(hi - lo)});
+    }
+    at += p.size;
+    if (at >= end) break;
+  }
+  return out;
+}
+
 }  // namespace
+
+// One thread that runs one job at a time for a lane: started on the first job, stopped and
+// joined when the lane set goes.
+class LaneWorker {
+ public:
+  LaneWorker() = default;
+  LaneWorker(const LaneWorker&) = delete;
+  LaneWorker& operator=(const LaneWorker&) = delete;
+  ~LaneWorker() {
+    {
+      absl::MutexLock lock(&mu_);
+      stop_ = true;
+    }
+    if (thread_.joinable()) thread_.join();
+  }
+
+  void Post(std::function<absl::Status()> job) {
+    absl::MutexLock lock(&mu_);
+    if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
+    job_ = std::move(job);
+    has_job_ = true;
+    done_ = false;
+  }
+
+  // The posted job's result, once it has run.
+  absl::Status Wait() {
+    absl::MutexLock lock(&mu_);
+    mu_.Await(absl::Condition(&done_));
+    return result_;
+  }
+
+ private:
+  void Loop() {
+    for (;;) {
+      std::function<absl::Status()> job;
+      {
+        absl::MutexLock lock(&mu_);
+        mu_.Await(absl::Condition(
+            +[](LaneWorker* w) { return w->has_job_ || w->stop_; }, this));
+        if (!has_job_) return;  // stopping with nothing to do
+        job = std::move(job_);
+        has_job_ = false;
+      }
+      absl::Status result = job();
+      absl::MutexLock lock(&mu_);
+      result_ = std::move(result);
+      done_ = true;
+    }
+  }
+
+  absl::Mutex mu_;
+  std::function<absl::Status()> job_;
+  bool has_job_ = false;
+  bool done_ = false;
+  bool stop_ = false;
+  absl::Status result_;
+  std::thread thread_;
+};
+
+// A stream's lanes and their threads. The mutex guards the lane list against Shutdown from
+// another thread while lanes are attached.
+class LaneSet {
+ public:
+  void Attach(std::vector<TcpStream> lanes) {
+    absl::MutexLock lock(&mu_);
+    lanes_ = std::move(lanes);
+    senders_.clear();
+    receivers_.clear();
+    for (std::size_t k = 0; k < lanes_.size(); ++k) {
+      senders_.push_back(std::make_unique<LaneWorker>());
+      receivers_.push_back(std::make_unique<LaneWorker>());
+    }
+  }
+  void Shutdown() {
+    absl::MutexLock lock(&mu_);
+    for (TcpStream& lane : lanes_) lane.Shutdown();
+  }
+  int size() const { return static_cast<int>(lanes_.size()); }
+  // Lane k (1-based, as on the wire) and its threads; only between attach and destruction.
+  TcpStream& lane(int k) { return lanes_[static_cast<std::size_t>(k - 1)]; }
+  LaneWorker& sender(int k) { return *senders_[static_cast<std::size_t>(k - 1)]; }
+  LaneWorker& receiver(int k) { return *receivers_[static_cast<std::size_t>(k - 1)]; }
+
+ private:
+  absl::Mutex mu_;
+  std::vector<TcpStream> lanes_;
+  std::vector<std::unique_ptr<LaneWorker>> senders_;
+  std::vector<std::unique_ptr<LaneWorker>> receivers_;
+};
+
+TcpStream::TcpStream(UniqueFd fd, std::string peer)
+    : fd_(std::move(fd)), peer_(std::move(peer)), lanes_(std::make_unique<LaneSet>()) {}
+TcpStream::TcpStream(TcpStream&&) noexcept = default;
+TcpStream& TcpStream::operator=(TcpStream&&) noexcept = default;
+TcpStream::~TcpStream() {
+  // Lane threads stop before the sockets they use close.
+  lanes_.reset();
+}
 
 absl::StatusOr<TcpStream> TcpStream::Connect(absl::string_view host, std::uint16_t port,
                                              absl::Duration timeout,
@@ -260,6 +408,109 @@ void TcpStream::SetReceiveLowWater(std::size_t bytes) {
 
 void TcpStream::Shutdown() {
   if (fd_.valid()) (void)shutdown(fd_.get(), SHUT_RDWR);
+  if (lanes_ != nullptr) lanes_->Shutdown();
+}
+
+std::string TcpStream::LocalHost() const {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "";
+  return NumericHost(ss);
+}
+
+std::string TcpStream::PeerHost() const {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  if (getpeername(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "";
+  return NumericHost(ss);
+}
+
+int TcpStream::lane_count() const { return lanes_ == nullptr ? 1 : 1 + lanes_->size(); }
+
+void TcpStream::AttachLanes(std::vector<TcpStream> lanes) {
+  for (TcpStream& lane : lanes) lane.set_busy_poll(busy_poll_);
+  lanes_->Attach(std::move(lanes));
+}
+
+absl::Status TcpStream::WriteStriped(const unsigned char* head, std::size_t head_size,
+                                     absl::Span<const transport::Piece> payload,
+                                     absl::Time deadline, std::size_t* written) {
+  *written = 0;
+  std::uint64_t frame_bytes = 0;
+  for (const transport::Piece& p : payload) frame_bytes += p.size;
+  const int lanes = lane_count();
+  const std::uint64_t chunk = transport::StripeChunkBytes(frame_bytes, lanes);
+  std::vector<std::size_t> lane_written(static_cast<std::size_t>(lanes), 0);
+  std::vector<Pieces> shares(static_cast<std::size_t>(lanes));
+  int posted = 0;
+  for (int k = 1; k < lanes; ++k) {
+    const std::uint64_t begin = chunk * static_cast<std::uint64_t>(k);
+    if (begin >= frame_bytes) break;
+    shares[k] = Slice(payload, begin, std::min(frame_bytes, begin + chunk));
+    lanes_->sender(k).Post([this, k, &shares, &lane_written, deadline] {
+      return lanes_->lane(k).WriteFrame(nullptr, 0, shares[k], deadline, &lane_written[k]);
+    });
+    posted = k;
+  }
+  const Pieces first = Slice(payload, 0, std::min(frame_bytes, chunk));
+  absl::Status status = WriteFrame(head, head_size, first, deadline, &lane_written[0]);
+  if (!status.ok()) Shutdown();  // the lanes' writes end at once
+  for (int k = 1; k <= posted; ++k) {
+    absl::Status s = lanes_->sender(k).Wait();
+    if (!s.ok() && status.ok()) {
+      status = s;
+      Shutdown();
+    }
+  }
+  for (std::size_t n : lane_written) *written += n;
+  return status;
+}
+
+absl::Status TcpStream::ReadStriped(void* dst, std::size_t n, std::uint64_t frame_bytes,
+                                    std::uint64_t offset, absl::Time deadline, std::size_t* got) {
+  *got = 0;
+  const int lanes = lane_count();
+  const std::uint64_t chunk = transport::StripeChunkBytes(frame_bytes, lanes);
+  const std::uint64_t end = offset + n;
+  char* out = static_cast<char*>(dst);
+  std::vector<std::size_t> lane_got(static_cast<std::size_t>(lanes), 0);
+  // The first lane the range touches is read here; the others by their threads.
+  int mine = -1;
+  std::uint64_t mine_lo = 0, mine_hi = 0;
+  absl::InlinedVector<int, kMaxLanes> posted;
+  for (int k = 0; k < lanes; ++k) {
+    const std::uint64_t lo = std::max(offset, chunk * static_cast<std::uint64_t>(k));
+    const std::uint64_t hi =
+        std::min({end, chunk * static_cast<std::uint64_t>(k + 1), frame_bytes});
+    if (lo >= hi) continue;
+    if (mine < 0) {
+      mine = k;
+      mine_lo = lo;
+      mine_hi = hi;
+      continue;
+    }
+    lanes_->receiver(k).Post(
+        [this, k, dst = out + (lo - offset), size = hi - lo, deadline, &lane_got] {
+          return lanes_->lane(k).Read(dst, static_cast<std::size_t>(size), deadline, &lane_got[k]);
+        });
+    posted.push_back(k);
+  }
+  absl::Status status;
+  if (mine >= 0) {
+    TcpStream& own = mine == 0 ? *this : lanes_->lane(mine);
+    status = own.Read(out + (mine_lo - offset), static_cast<std::size_t>(mine_hi - mine_lo),
+                      deadline, &lane_got[static_cast<std::size_t>(mine)]);
+    if (!status.ok()) Shutdown();
+  }
+  for (int k : posted) {
+    absl::Status s = lanes_->receiver(k).Wait();
+    if (!s.ok() && status.ok()) {
+      status = s;
+      Shutdown();
+    }
+  }
+  for (std::size_t g : lane_got) *got += g;
+  return status;
 }
 
 absl::StatusOr<TcpListenSocket> TcpListenSocket::Create(absl::string_view host, std::uint16_t port,
@@ -337,6 +588,117 @@ absl::StatusOr<TcpStream> TcpListenSocket::Accept(absl::Duration timeout) {
   absl::Status s = Configure(fd->get(), settings_);
   if (!s.ok()) return s;
   return TcpStream(std::move(*fd), absl::StrCat("tcp ", SockaddrText(ss)));
+}
+
+absl::StatusOr<std::vector<TcpStream>> TcpListenSocket::AcceptLanes(int count,
+                                                                    absl::string_view token,
+                                                                    absl::Time deadline) {
+  std::vector<std::optional<TcpStream>> slots(static_cast<std::size_t>(count));
+  int have = 0;
+  int refused = 0;
+  while (have < count) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    absl::StatusOr<UniqueFd> fd =
+        AcceptBefore(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, deadline);
+    if (!fd.ok()) {
+      return absl::Status(
+          fd.status().code(),
+          absl::StrCat(have, " of ", count, " lanes came to ", address_,
+                       absl::IsDeadlineExceeded(fd.status()) ? " in time" : "",
+                       refused > 0 ? absl::StrCat(" (", refused, " refused: wrong hello)") : "",
+                       fd.status().message().empty() ? "" : ": ", fd.status().message()));
+    }
+    if (!Configure(fd->get(), settings_).ok()) {
+      ++refused;
+      continue;
+    }
+    TcpStream lane(std::move(*fd), absl::StrCat("tcp ", SockaddrText(ss)));
+    unsigned char hello[kLaneHelloBytes];
+    std::size_t got = 0;
+    if (!lane.Read(hello, sizeof(hello), deadline, &got).ok()) {
+      ++refused;
+      continue;
+    }
+    const auto magic = static_cast<std::uint32_t>(GetLe(hello, 4));
+    const auto index = static_cast<std::int64_t>(GetLe(hello + 4, 4));
+    const absl::string_view presented(reinterpret_cast<const char*>(hello + 8), kLaneTokenBytes);
+    if (magic != kLaneMagic || index < 1 || index > count ||
+        slots[static_cast<std::size_t>(index - 1)].has_value() || !ProofEquals(presented, token)) {
+      ++refused;  // closed as `lane` goes
+      continue;
+    }
+    lane.peer_ = absl::StrCat(lane.peer_, " (lane ", index, ")");
+    slots[static_cast<std::size_t>(index - 1)].emplace(std::move(lane));
+    ++have;
+  }
+  std::vector<TcpStream> lanes;
+  lanes.reserve(slots.size());
+  for (std::optional<TcpStream>& slot : slots) lanes.push_back(std::move(*slot));
+  return lanes;
+}
+
+absl::StatusOr<std::vector<TcpStream>> ConnectLanes(const std::string& host, std::uint16_t port,
+                                                    int count, absl::string_view token,
+                                                    absl::Time deadline,
+                                                    const SocketSettings& settings) {
+  if (token.size() != kLaneTokenBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a lane token has ", kLaneTokenBytes, " bytes, not ", token.size()));
+  }
+  std::vector<TcpStream> lanes;
+  for (int k = 1; k <= count; ++k) {
+    absl::StatusOr<TcpStream> lane = TcpStream::Connect(
+        host, port, std::max(deadline - absl::Now(), absl::ZeroDuration()), settings);
+    if (!lane.ok()) {
+      return absl::Status(lane.status().code(),
+                          absl::StrCat("lane ", k, " of ", count, ": ", lane.status().message()));
+    }
+    unsigned char hello[kLaneHelloBytes];
+    PutLe(hello, kLaneMagic, 4);
+    PutLe(hello + 4, static_cast<std::uint64_t>(k), 4);
+    std::memcpy(hello + 8, token.data(), kLaneTokenBytes);
+    std::size_t written = 0;
+    absl::Status s = lane->WriteFrame(hello, sizeof(hello), {}, deadline, &written);
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("lane ", k, " of ", count, ": ", s.message()));
+    }
+    lanes.push_back(std::move(*lane));
+  }
+  return lanes;
+}
+
+std::string EncodeLaneMessage(const LaneMessage& m) {
+  // u32 lanes | u16 port | u8 token bytes | token | note
+  std::string out(7, '\0');
+  PutLe(reinterpret_cast<unsigned char*>(out.data()), static_cast<std::uint64_t>(m.lanes), 4);
+  PutLe(reinterpret_cast<unsigned char*>(out.data()) + 4, m.port, 2);
+  out[6] = static_cast<char>(m.token.size());
+  out += m.token;
+  out += m.note.substr(0, kMaxLaneMessageBytes - out.size());
+  return out;
+}
+
+absl::StatusOr<LaneMessage> DecodeLaneMessage(absl::string_view bytes) {
+  const auto* in = reinterpret_cast<const unsigned char*>(bytes.data());
+  if (bytes.size() < 7 || bytes.size() > kMaxLaneMessageBytes) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a kLanes message of ", bytes.size(), " bytes (7 to ", kMaxLaneMessageBytes, " expected)"));
+  }
+  LaneMessage m;
+  const std::uint64_t lanes = GetLe(in, 4);
+  const std::size_t token_bytes = in[6];
+  if (lanes < 1 || lanes > static_cast<std::uint64_t>(kMaxLanes) ||
+      (token_bytes != 0 && token_bytes != kLaneTokenBytes) || 7 + token_bytes > bytes.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("a malformed kLanes message (", lanes,
+                                                   " lanes, a token of ", token_bytes,
+                                                   " bytes); lanes are 1 to ", kMaxLanes));
+  }
+  m.lanes = static_cast<int>(lanes);
+  m.port = static_cast<std::uint16_t>(GetLe(in + 4, 2));
+  m.token = std::string(bytes.substr(7, token_bytes));
+  m.note = std::string(bytes.substr(7 + token_bytes));
+  return m;
 }
 
 }  // namespace genie::transport_internal
