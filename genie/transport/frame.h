@@ -64,7 +64,7 @@ absl::string_view MessageKindName(MessageKind kind);
 absl::string_view TrafficClassName(TrafficClass traffic);
 
 inline constexpr std::uint32_t kFrameMagic = 0x454E4547;  // "GENE" on the wire
-inline constexpr std::uint16_t kFrameVersion = 1;
+inline constexpr std::uint16_t kFrameVersion = 2;         // 2: kLanes and striped frames
 inline constexpr std::size_t kFrameHeaderBytes = 24;
 inline constexpr std::uint8_t kTrafficClassMask = 0x07;
 inline constexpr std::uint8_t kStripedFlag = 0x08;

@@ -94,8 +94,9 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
   }
 
   // Client side: asks the peer for transport_traits<P>::lanes sockets in all and attaches
-  // those it grants (see the top of this file). Errors only when this connection itself
-  // failed or the peer broke the handshake; lanes that could not be made leave it at one.
+  // those it grants (see the top of this file). Lanes that cannot be made leave the connection
+  // on one socket (LaneResult says why); an error means the connection itself failed or the
+  // peer broke the handshake, and the connection is closed.
   absl::StatusOr<LaneResult> OpenLanes(absl::Duration timeout) {
     constexpr int kWant = transport_traits<P>::lanes;
     static_assert(kWant >= 1 && kWant <= transport_internal::kMaxLanes,
@@ -104,97 +105,139 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
     const absl::Time deadline = absl::Now() + timeout;
     transport_internal::LaneMessage request;
     request.lanes = kWant;
-    GENIE_RETURN_IF_ERROR(
-        this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(request)));
+    GENIE_RETURN_IF_ERROR(ClosingOnError(
+        this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(request))));
     absl::StatusOr<transport_internal::LaneMessage> offer = ReceiveLaneMessage(deadline);
-    if (!offer.ok()) return offer.status();
-    if (offer->lanes <= 1)
-      return LaneResult{1, offer->note.empty() ? "the peer grants one" : offer->note};
+    if (!offer.ok()) return ClosingOnError(offer.status());
+    if (offer->lanes <= 1) return LaneResult{1, offer->note};
     if (offer->lanes > kWant || offer->token.size() != transport_internal::kLaneTokenBytes) {
-      this->Close();
-      return absl::DataLossError(absl::StrCat(this->peer(), ": offered ", offer->lanes,
-                                              " lanes for ", kWant, " asked; connection closed"));
+      return ClosingOnError(absl::DataLossError(
+          absl::StrCat(this->peer(), ": offered ", offer->lanes, " lanes for ", kWant, " asked")));
     }
+    const absl::Time lanes_by = absl::Now() + absl::Milliseconds(offer->wait_ms);
+    const absl::Status prepared = this->mutable_stream().PrepareLanes(offer->lanes - 1);
     absl::StatusOr<std::vector<transport_internal::TcpStream>> lanes =
-        transport_internal::ConnectLanes(this->stream().PeerHost(), offer->port, offer->lanes - 1,
-                                         offer->token, deadline, Settings());
-    // The peer answers either way: with every lane attached, or with one after its wait.
+        prepared.ok()
+            ? transport_internal::ConnectLanes(this->stream().PeerHost(), offer->port,
+                                               offer->lanes - 1, offer->token, lanes_by, Settings())
+            : prepared;
+    if (!lanes.ok()) {
+      // The node stops waiting for lanes when this arrives.
+      transport_internal::LaneMessage give_up;
+      give_up.note = std::string(lanes.status().message());
+      GENIE_RETURN_IF_ERROR(ClosingOnError(
+          this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up))));
+    }
+    // The node answers once every lane came, once it read the give-up, or after its wait.
     absl::StatusOr<transport_internal::LaneMessage> answer =
-        ReceiveLaneMessage(lanes.ok() ? deadline : absl::Now() + timeout);
-    if (!answer.ok()) return answer.status();
+        ReceiveLaneMessage(std::max(deadline, lanes_by + absl::Seconds(2)));
+    if (!answer.ok()) return ClosingOnError(answer.status());
     if (!lanes.ok() || answer->lanes != offer->lanes) {
+      this->mutable_stream().DropPreparedLanes();
       return LaneResult{1, !lanes.ok() ? std::string(lanes.status().message()) : answer->note};
     }
-    this->mutable_stream().AttachLanes(std::move(*lanes));
+    AttachUnlessClosed(std::move(*lanes));
     return LaneResult{this->lane_count(), ""};
   }
 
   // Server side: answers the kLanes request whose header `request` was just received,
-  // granting at most `max_lanes` sockets in all (1: none).
+  // granting at most `max_lanes` sockets in all (1: none) and waiting for them at most
+  // `timeout` (and 3 s). Errors as for OpenLanes.
   absl::StatusOr<LaneResult> AcceptLanes(const FrameHeader& request, int max_lanes,
                                          absl::Duration timeout) {
-    const absl::Time deadline = absl::Now() + timeout;
     if (request.kind != MessageKind::kLanes ||
         request.payload_bytes > transport_internal::kMaxLaneMessageBytes) {
-      this->Close();
-      return absl::InvalidArgumentError(
+      return ClosingOnError(absl::InvalidArgumentError(
           absl::StrCat(this->peer(), ": a lane request must be a kLanes frame of at most ",
-                       transport_internal::kMaxLaneMessageBytes, " bytes; connection closed"));
+                       transport_internal::kMaxLaneMessageBytes, " bytes")));
     }
     std::string payload(static_cast<std::size_t>(request.payload_bytes), '\0');
-    GENIE_RETURN_IF_ERROR(this->ReceivePayload(payload.data(), payload.size()));
+    GENIE_RETURN_IF_ERROR(ClosingOnError(this->ReceivePayload(payload.data(), payload.size())));
     absl::StatusOr<transport_internal::LaneMessage> wanted =
         transport_internal::DecodeLaneMessage(payload);
     if (!wanted.ok()) {
-      this->Close();
-      return absl::InvalidArgumentError(
-          absl::StrCat(this->peer(), ": ", wanted.status().message(), "; connection closed"));
+      return ClosingOnError(
+          absl::InvalidArgumentError(absl::StrCat(this->peer(), ": ", wanted.status().message())));
     }
     if (this->lane_count() > 1) {
-      this->Close();
-      return absl::FailedPreconditionError(
-          absl::StrCat(this->peer(), ": asked for lanes twice; connection closed"));
+      return ClosingOnError(
+          absl::FailedPreconditionError(absl::StrCat(this->peer(), ": asked for lanes twice")));
     }
     transport_internal::LaneMessage offer;
     offer.lanes = std::max(1, std::min({wanted->lanes, max_lanes, transport_internal::kMaxLanes}));
-    absl::StatusOr<transport_internal::TcpListenSocket> listener =
-        absl::FailedPreconditionError("not needed");
-    absl::StatusOr<std::string> token = std::string();
-    if (offer.lanes > 1) {
-      listener =
-          transport_internal::TcpListenSocket::Create(this->stream().LocalHost(), 0, Settings());
-      token = transport_internal::RandomBytes(transport_internal::kLaneTokenBytes);
-      if (!listener.ok() || !token.ok()) {
-        offer.note = absl::StrCat("the peer could not listen for lanes: ",
-                                  (!listener.ok() ? listener.status() : token.status()).message());
-        offer.lanes = 1;
-      }
-    } else {
+    if (offer.lanes <= 1 && wanted->lanes > 1) {
       offer.note = absl::StrCat("the peer grants one socket (its limit is ", max_lanes, ")");
     }
+    const std::string local = this->stream().LocalHost();
+    const std::string peer = this->stream().PeerHost();
+    absl::StatusOr<transport_internal::TcpListenSocket> listener =
+        absl::UnavailableError("no lanes");
+    absl::StatusOr<std::string> token = std::string();
+    if (offer.lanes > 1) {
+      absl::Status why;
+      if (local.empty() || peer.empty()) {
+        why = absl::InternalError("the connection's addresses are unknown");
+      } else {
+        listener = transport_internal::TcpListenSocket::Create(local, 0, Settings());
+        token = transport_internal::RandomBytes(transport_internal::kLaneTokenBytes);
+        why = !listener.ok() ? listener.status()
+              : !token.ok()  ? token.status()
+                             : this->mutable_stream().PrepareLanes(offer.lanes - 1);
+      }
+      if (!why.ok()) {
+        offer.note = absl::StrCat("the peer could not take lanes: ", why.message());
+        offer.lanes = 1;
+      }
+    }
+    const absl::Duration wait = std::min(timeout, absl::Seconds(3));
     if (offer.lanes > 1) {
       offer.port = listener->port();
       offer.token = *token;
+      offer.wait_ms = static_cast<std::uint32_t>(absl::ToInt64Milliseconds(wait));
     }
-    GENIE_RETURN_IF_ERROR(
-        this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(offer)));
+    GENIE_RETURN_IF_ERROR(ClosingOnError(
+        this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(offer))));
     if (offer.lanes <= 1) return LaneResult{1, offer.note};
-    absl::StatusOr<std::vector<transport_internal::TcpStream>> lanes =
-        listener->AcceptLanes(offer.lanes - 1, *token, deadline);
+    absl::StatusOr<std::vector<transport_internal::TcpStream>> lanes = listener->AcceptLanes(
+        offer.lanes - 1, *token, peer, this->stream().fd(), absl::Now() + wait);
     transport_internal::LaneMessage answer;
     if (lanes.ok()) {
       answer.lanes = offer.lanes;
+    } else if (absl::IsCancelled(lanes.status())) {
+      // The client gave up (its give-up is the next frame) or left (reading fails).
+      absl::StatusOr<transport_internal::LaneMessage> give_up =
+          ReceiveLaneMessage(absl::Now() + timeout);
+      if (!give_up.ok()) return ClosingOnError(give_up.status());
+      answer.note = absl::StrCat("the client could not connect its lanes: ", give_up->note);
     } else {
       answer.note = std::string(lanes.status().message());
     }
     // Sent before the lanes are attached: the client reads it before it attaches its own.
-    GENIE_RETURN_IF_ERROR(
-        this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(answer)));
-    if (lanes.ok()) this->mutable_stream().AttachLanes(std::move(*lanes));
+    GENIE_RETURN_IF_ERROR(ClosingOnError(
+        this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(answer))));
+    if (lanes.ok()) {
+      AttachUnlessClosed(std::move(*lanes));
+    } else {
+      this->mutable_stream().DropPreparedLanes();
+    }
     return LaneResult{this->lane_count(), answer.note};
   }
 
  private:
+  // `s`, closing the connection first when it is an error: a lane handshake cut short
+  // leaves the two ends unsure whether they stripe.
+  absl::Status ClosingOnError(absl::Status s) {
+    if (!s.ok()) this->Close();
+    return s;
+  }
+
+  // Attaches `lanes`; a connection closed meanwhile (Close from another thread) shuts them
+  // down at once.
+  void AttachUnlessClosed(std::vector<transport_internal::TcpStream> lanes) {
+    this->mutable_stream().AttachLanes(std::move(lanes));
+    if (this->broken()) this->mutable_stream().Shutdown();
+  }
+
   // The next frame, which must be a small kLanes frame.
   absl::StatusOr<transport_internal::LaneMessage> ReceiveLaneMessage(absl::Time deadline) {
     absl::StatusOr<FrameHeader> header =
@@ -205,7 +248,6 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
     }
     if (header->kind != MessageKind::kLanes ||
         header->payload_bytes > transport_internal::kMaxLaneMessageBytes) {
-      this->Close();
       return absl::DataLossError(absl::StrCat(
           this->peer(), ": expected a kLanes answer, got ", MessageKindName(header->kind), " of ",
           header->payload_bytes, " bytes (does the peer speak Genie lanes?); connection closed"));
@@ -215,7 +257,6 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
     absl::StatusOr<transport_internal::LaneMessage> m =
         transport_internal::DecodeLaneMessage(payload);
     if (!m.ok()) {
-      this->Close();
       return absl::DataLossError(
           absl::StrCat(this->peer(), ": ", m.status().message(), "; connection closed"));
     }

@@ -278,8 +278,8 @@ TEST(TcpLanes, ServerGrantsFewerOrNone) {
   RoundTrip(*one.client, *one.server, std::size_t{1} << 20);
 }
 
-// The client side of a lane handshake by hand: request, offer, then `connect` does what the
-// client does with the offer, then the server's answer.
+// The client side of a lane handshake by hand: request, offer, then `connect(offer, client)`
+// does what the client does with the offer, then the server's answer.
 struct ByHand {
   std::optional<Connection<Tcp>> client;
   std::optional<Connection<TcpLanes3>> server;
@@ -311,7 +311,7 @@ ByHand LanesByHand(F connect) {
     if (offer.ok()) {
       auto m = transport_internal::DecodeLaneMessage(offer->payload);
       if (m.ok()) {
-        connect(*m);
+        connect(*m, *h.client);
         auto answer = h.client->Receive(absl::Seconds(5));
         h.answer =
             answer.ok() ? transport_internal::DecodeLaneMessage(answer->payload) : answer.status();
@@ -323,7 +323,7 @@ ByHand LanesByHand(F connect) {
 }
 
 TEST(TcpLanes, LanesThatNeverComeLeaveOneSocket) {
-  ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer) {
+  ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer, Connection<Tcp>&) {
     EXPECT_EQ(offer.lanes, 3);
     EXPECT_EQ(offer.token.size(), transport_internal::kLaneTokenBytes);
   });
@@ -341,7 +341,7 @@ TEST(TcpLanes, LanesThatNeverComeLeaveOneSocket) {
 }
 
 TEST(TcpLanes, LanesWithTheWrongTokenAreRefused) {
-  ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer) {
+  ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer, Connection<Tcp>&) {
     std::string wrong = offer.token;
     wrong[0] = static_cast<char>(wrong[0] ^ 1);
     auto lanes = transport_internal::ConnectLanes("127.0.0.1", offer.port, 2, wrong,
@@ -353,6 +353,55 @@ TEST(TcpLanes, LanesWithTheWrongTokenAreRefused) {
   EXPECT_EQ(h.answer->lanes, 1);
   EXPECT_TRUE(Contains(absl::UnknownError(h.answer->note), "2 refused: wrong hello"))
       << h.answer->note;
+  EXPECT_EQ(h.server->lane_count(), 1);
+}
+
+TEST(TcpLanes, AClientThatGivesUpIsAnsweredAtOnce) {
+  const absl::Time start = absl::Now();
+  ByHand h = LanesByHand([](const transport_internal::LaneMessage&, Connection<Tcp>& client) {
+    transport_internal::LaneMessage give_up;
+    give_up.note = "lane port unreachable";
+    ASSERT_TRUE(
+        client.SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up))
+            .ok());
+  });
+  ASSERT_TRUE(h.accepted.ok()) << h.accepted.status();
+  ASSERT_TRUE(h.answer.ok()) << h.answer.status();
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(400));  // not the server's 500 ms wait
+  EXPECT_EQ(h.answer->lanes, 1);
+  EXPECT_TRUE(Contains(absl::UnknownError(h.answer->note),
+                       "the client could not connect its lanes: lane port unreachable"))
+      << h.answer->note;
+  // The give-up was consumed: the next frame is the client's next message.
+  ASSERT_TRUE(h.client->SendBytes(MessageKind::kPing, 4, "next").ok());
+  auto frame = h.server->Receive(absl::Seconds(5));
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->payload, "next");
+}
+
+TEST(TcpLanes, ALaneFromAnotherAddressIsRefused) {
+  ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer, Connection<Tcp>&) {
+    // The right token and index, from 127.0.0.2 instead of the connection's 127.0.0.1.
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in from{};
+    from.sin_family = AF_INET;
+    from.sin_addr.s_addr = htonl(0x7f000002);
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&from), sizeof(from)), 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(offer.port);
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof(to)), 0);
+    unsigned char hello[24] = {0x47, 0x4c, 0x4e, 0x45, 1, 0, 0, 0};  // "GLNE", lane 1
+    std::memcpy(hello + 8, offer.token.data(), offer.token.size());
+    ASSERT_EQ(write(fd, hello, sizeof(hello)), static_cast<ssize_t>(sizeof(hello)));
+    absl::SleepFor(absl::Milliseconds(700));  // past the server's wait, the socket still open
+    close(fd);
+  });
+  ASSERT_TRUE(h.answer.ok()) << h.answer.status();
+  EXPECT_EQ(h.answer->lanes, 1);
+  EXPECT_TRUE(Contains(absl::UnknownError(h.answer->note), "1 refused")) << h.answer->note;
   EXPECT_EQ(h.server->lane_count(), 1);
 }
 

@@ -18,6 +18,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -62,6 +63,14 @@ absl::Status Configure(int fd, const SocketSettings& settings) {
       return absl::InternalError(absl::StrCat("setsockopt(TCP_NODELAY): ", ErrnoText(errno)));
     }
   }
+  {
+    // Lanes idle between large frames: keepalives stop a middlebox from forgetting them.
+    const int on = 1, idle_s = 60, interval_s = 10, probes = 6;
+    (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof(probes));
+  }
   if (settings.buffer_bytes > 0) {
     const int n = settings.buffer_bytes;
     // Best effort: the kernel caps these at net.core.{w,r}mem_max.
@@ -96,6 +105,7 @@ std::uint64_t GetLe(const unsigned char* in, int bytes) {
 // A lane's hello: "GLNE" | u32 lane index | token.
 constexpr std::uint32_t kLaneMagic = 0x454E4C47;
 constexpr std::size_t kLaneHelloBytes = 8 + kLaneTokenBytes;
+constexpr std::size_t kLaneMessageHeadBytes = 11;
 
 // The bytes [begin, end) of the concatenation of `payload`, as pieces.
 using Pieces = absl::InlinedVector<transport::Piece, 8>;
@@ -117,8 +127,8 @@ Pieces Slice(absl::Span<const transport::Piece> payload, std::uint64_t begin, st
 
 }  // namespace
 
-// One thread that runs one job at a time for a lane: started on the first job, stopped and
-// joined when the lane set goes.
+// One thread that runs one job at a time for a lane: started when the lanes are prepared,
+// stopped and joined when the lane set goes.
 class LaneWorker {
  public:
   LaneWorker() = default;
@@ -132,9 +142,19 @@ class LaneWorker {
     if (thread_.joinable()) thread_.join();
   }
 
+  // Starts the thread; false when the process cannot (std::system_error).
+  bool Start() {
+    try {
+      thread_ = std::thread([this] { Loop(); });
+      return true;
+    } catch (const std::system_error&) {
+      return false;
+    }
+  }
+
+  // Runs `job` on the started thread.
   void Post(std::function<absl::Status()> job) {
     absl::MutexLock lock(&mu_);
-    if (!thread_.joinable()) thread_ = std::thread([this] { Loop(); });
     job_ = std::move(job);
     has_job_ = true;
     done_ = false;
@@ -179,15 +199,34 @@ class LaneWorker {
 // another thread while lanes are attached.
 class LaneSet {
  public:
+  absl::Status Prepare(int count) {
+    std::vector<std::unique_ptr<LaneWorker>> senders, receivers;
+    for (int k = 0; k < count; ++k) {
+      senders.push_back(std::make_unique<LaneWorker>());
+      receivers.push_back(std::make_unique<LaneWorker>());
+      if (!senders.back()->Start() || !receivers.back()->Start()) {
+        return absl::ResourceExhaustedError(
+            absl::StrCat("cannot start the threads of ", count, " lanes"));
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    senders_ = std::move(senders);
+    receivers_ = std::move(receivers);
+    return absl::OkStatus();
+  }
   void Attach(std::vector<TcpStream> lanes) {
     absl::MutexLock lock(&mu_);
     lanes_ = std::move(lanes);
-    senders_.clear();
-    receivers_.clear();
-    for (std::size_t k = 0; k < lanes_.size(); ++k) {
-      senders_.push_back(std::make_unique<LaneWorker>());
-      receivers_.push_back(std::make_unique<LaneWorker>());
+  }
+  void DropPrepared() {
+    std::vector<std::unique_ptr<LaneWorker>> senders, receivers;
+    {
+      absl::MutexLock lock(&mu_);
+      if (!lanes_.empty()) return;  // attached: they stay
+      senders.swap(senders_);
+      receivers.swap(receivers_);
     }
+    // Joined here, outside the lock.
   }
   void Shutdown() {
     absl::MutexLock lock(&mu_);
@@ -427,6 +466,10 @@ std::string TcpStream::PeerHost() const {
 
 int TcpStream::lane_count() const { return lanes_ == nullptr ? 1 : 1 + lanes_->size(); }
 
+absl::Status TcpStream::PrepareLanes(int count) { return lanes_->Prepare(count); }
+
+void TcpStream::DropPreparedLanes() { lanes_->DropPrepared(); }
+
 void TcpStream::AttachLanes(std::vector<TcpStream> lanes) {
   for (TcpStream& lane : lanes) lane.set_busy_poll(busy_poll_);
   lanes_->Attach(std::move(lanes));
@@ -592,31 +635,56 @@ absl::StatusOr<TcpStream> TcpListenSocket::Accept(absl::Duration timeout) {
 
 absl::StatusOr<std::vector<TcpStream>> TcpListenSocket::AcceptLanes(int count,
                                                                     absl::string_view token,
+                                                                    const std::string& peer_host,
+                                                                    int abort_fd,
                                                                     absl::Time deadline) {
   std::vector<std::optional<TcpStream>> slots(static_cast<std::size_t>(count));
   int have = 0;
   int refused = 0;
+  const auto failed = [&](absl::StatusCode code, absl::string_view why) {
+    return absl::Status(
+        code,
+        absl::StrCat(have, " of ", count, " lanes came to ", address_, " ", why,
+                     refused > 0 ? absl::StrCat(" (", refused, " refused: wrong hello)") : ""));
+  };
   while (have < count) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
-    absl::StatusOr<UniqueFd> fd =
-        AcceptBefore(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, deadline);
-    if (!fd.ok()) {
-      return absl::Status(
-          fd.status().code(),
-          absl::StrCat(have, " of ", count, " lanes came to ", address_,
-                       absl::IsDeadlineExceeded(fd.status()) ? " in time" : "",
-                       refused > 0 ? absl::StrCat(" (", refused, " refused: wrong hello)") : "",
-                       fd.status().message().empty() ? "" : ": ", fd.status().message()));
+    UniqueFd fd(
+        accept4(fd_.get(), reinterpret_cast<sockaddr*>(&ss), &len, SOCK_NONBLOCK | SOCK_CLOEXEC));
+    if (!fd.valid()) {
+      const int err = errno;
+      if (err == EINTR || err == ECONNABORTED) continue;
+      if (err != EAGAIN && err != EWOULDBLOCK) {
+        return failed(absl::StatusCode::kInternal,
+                      absl::StrCat("before accept failed: ", ErrnoText(err)));
+      }
+      const absl::Duration left = deadline - absl::Now();
+      if (left <= absl::ZeroDuration()) {
+        return failed(absl::StatusCode::kDeadlineExceeded, "in time");
+      }
+      pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {abort_fd, POLLIN, 0}};
+      const int timeout_ms =
+          static_cast<int>(std::min<std::int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
+      const int rc = poll(fds, abort_fd >= 0 ? 2 : 1, timeout_ms);
+      if (rc < 0 && errno != EINTR) {
+        return failed(absl::StatusCode::kInternal,
+                      absl::StrCat("before poll failed: ", ErrnoText(errno)));
+      }
+      if (abort_fd >= 0 && fds[1].revents != 0) {
+        return failed(absl::StatusCode::kCancelled, "before the client stopped waiting for them");
+      }
+      continue;
     }
-    if (!Configure(fd->get(), settings_).ok()) {
+    if (NumericHost(ss) != peer_host || !Configure(fd.get(), settings_).ok()) {
       ++refused;
       continue;
     }
-    TcpStream lane(std::move(*fd), absl::StrCat("tcp ", SockaddrText(ss)));
+    TcpStream lane(std::move(fd), absl::StrCat("tcp ", SockaddrText(ss)));
     unsigned char hello[kLaneHelloBytes];
     std::size_t got = 0;
-    if (!lane.Read(hello, sizeof(hello), deadline, &got).ok()) {
+    if (!lane.Read(hello, sizeof(hello), std::min(deadline, absl::Now() + absl::Seconds(1)), &got)
+             .ok()) {
       ++refused;
       continue;
     }
@@ -669,35 +737,40 @@ absl::StatusOr<std::vector<TcpStream>> ConnectLanes(const std::string& host, std
 }
 
 std::string EncodeLaneMessage(const LaneMessage& m) {
-  // u32 lanes | u16 port | u8 token bytes | token | note
-  std::string out(7, '\0');
-  PutLe(reinterpret_cast<unsigned char*>(out.data()), static_cast<std::uint64_t>(m.lanes), 4);
-  PutLe(reinterpret_cast<unsigned char*>(out.data()) + 4, m.port, 2);
-  out[6] = static_cast<char>(m.token.size());
+  // u32 lanes | u16 port | u32 wait_ms | u8 token bytes | token | note
+  std::string out(kLaneMessageHeadBytes, '\0');
+  auto* head = reinterpret_cast<unsigned char*>(out.data());
+  PutLe(head, static_cast<std::uint64_t>(m.lanes), 4);
+  PutLe(head + 4, m.port, 2);
+  PutLe(head + 6, m.wait_ms, 4);
+  head[10] = static_cast<unsigned char>(m.token.size());
   out += m.token;
-  out += m.note.substr(0, kMaxLaneMessageBytes - out.size());
+  out += m.note.substr(0, kMaxLaneMessageBytes - std::min(out.size(), kMaxLaneMessageBytes));
   return out;
 }
 
 absl::StatusOr<LaneMessage> DecodeLaneMessage(absl::string_view bytes) {
   const auto* in = reinterpret_cast<const unsigned char*>(bytes.data());
-  if (bytes.size() < 7 || bytes.size() > kMaxLaneMessageBytes) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "a kLanes message of ", bytes.size(), " bytes (7 to ", kMaxLaneMessageBytes, " expected)"));
+  if (bytes.size() < kLaneMessageHeadBytes || bytes.size() > kMaxLaneMessageBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("a kLanes message of ", bytes.size(), " bytes (",
+                                                   kLaneMessageHeadBytes, " to ",
+                                                   kMaxLaneMessageBytes, " expected)"));
   }
   LaneMessage m;
   const std::uint64_t lanes = GetLe(in, 4);
-  const std::size_t token_bytes = in[6];
+  const std::size_t token_bytes = in[10];
   if (lanes < 1 || lanes > static_cast<std::uint64_t>(kMaxLanes) ||
-      (token_bytes != 0 && token_bytes != kLaneTokenBytes) || 7 + token_bytes > bytes.size()) {
+      (token_bytes != 0 && token_bytes != kLaneTokenBytes) ||
+      kLaneMessageHeadBytes + token_bytes > bytes.size()) {
     return absl::InvalidArgumentError(absl::StrCat("a malformed kLanes message (", lanes,
                                                    " lanes, a token of ", token_bytes,
                                                    " bytes); lanes are 1 to ", kMaxLanes));
   }
   m.lanes = static_cast<int>(lanes);
   m.port = static_cast<std::uint16_t>(GetLe(in + 4, 2));
-  m.token = std::string(bytes.substr(7, token_bytes));
-  m.note = std::string(bytes.substr(7 + token_bytes));
+  m.wait_ms = static_cast<std::uint32_t>(GetLe(in + 6, 4));
+  m.token = std::string(bytes.substr(kLaneMessageHeadBytes, token_bytes));
+  m.note = std::string(bytes.substr(kLaneMessageHeadBytes + token_bytes));
   return m;
 }
 

@@ -64,9 +64,14 @@ class TcpStream {
 
   // Sockets in all: this one plus the attached lanes.
   int lane_count() const;
-  // Attaches `lanes` (lanes 1..n, in order); both ends must attach the same number before
-  // either sends a striped frame. Once only.
+  // Starts the threads for `count` lanes (two each), before the handshake commits to them:
+  // ResourceExhausted when the process cannot start them (nothing is left prepared).
+  absl::Status PrepareLanes(int count);
+  // Attaches `lanes` (lanes 1..n, in order; PrepareLanes(n) first); both ends must attach the
+  // same number before either sends a striped frame. Once only.
   void AttachLanes(std::vector<TcpStream> lanes);
+  // Stops the threads PrepareLanes started when the lanes will not be attached.
+  void DropPreparedLanes();
   // A striped frame: the head and lane 0's share of `payload` on this socket, lane k's share
   // on lane k, all at once. *written counts every lane's bytes. Any error shuts every socket
   // down: the frame is torn and the connection cannot go on.
@@ -107,10 +112,13 @@ class TcpListenSocket {
   TcpListenSocket& operator=(TcpListenSocket&&) = default;
 
   absl::StatusOr<TcpStream> Accept(absl::Duration timeout);
-  // Accepts the `count` lanes of an offer made with `token`: each must present the token and a
-  // distinct index in [1, count] before `deadline`; sockets that do not are closed and
-  // waited past. Returned in lane order.
+  // Accepts the `count` lanes of an offer made with `token`: each must come from
+  // `peer_host` and present the token and a distinct index in [1, count] before `deadline`
+  // (its hello within a second of connecting); sockets that do not are closed and waited
+  // past. Cancelled as soon as `abort_fd` (the connection itself) turns readable: the client
+  // gave up on its lanes, or left. Returned in lane order.
   absl::StatusOr<std::vector<TcpStream>> AcceptLanes(int count, absl::string_view token,
+                                                     const std::string& peer_host, int abort_fd,
                                                      absl::Time deadline);
   std::uint16_t port() const { return port_; }
   const std::string& address() const { return address_; }  // "127.0.0.1:4242"
@@ -135,10 +143,13 @@ absl::StatusOr<std::vector<TcpStream>> ConnectLanes(const std::string& host, std
 // The payload of a kLanes frame, the same shape in all three steps of the handshake (tcp.h):
 // the client's request (lanes wanted), the node's offer (lanes granted, the port to connect
 // them to, the token they present) and the node's answer (lanes attached, and why fewer).
+// A client that cannot connect its lanes says so with a request for 1 lane, and the node
+// stops waiting for them.
 struct LaneMessage {
   int lanes = 1;
   std::uint16_t port = 0;
-  std::string token;  // kLaneTokenBytes, or empty
+  std::uint32_t wait_ms = 0;  // offer: how long the node waits for the lanes
+  std::string token;          // kLaneTokenBytes, or empty
   std::string note;
 };
 std::string EncodeLaneMessage(const LaneMessage& m);
