@@ -21,14 +21,16 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/detail/PrivateUse1HooksInterface.h>
+#include <ATen/ops/_lazy_clone.h>
 #include <ATen/ops/_reshape_alias_native.h>
 #include <ATen/ops/_to_copy_native.h>
 #include <ATen/ops/as_strided_native.h>
 #include <ATen/ops/view_native.h>
 #include <c10/core/Allocator.h>
 #include <c10/core/CPUAllocator.h>
-#include <c10/core/thread_pool.h>
+#include <c10/core/impl/COW.h>
 #include <c10/core/impl/DeviceGuardImplInterface.h>
+#include <c10/core/thread_pool.h>
 #include <c10/util/Exception.h>
 #include <torch/library.h>
 #include <torch/nn/module.h>
@@ -480,7 +482,9 @@ class CaptureContext {
   // An empty CPU tensor for host data the next run uploads: in memory the executor lends
   // (Executor::Staging: a node's shared tensor pool, where the upload then costs no copy),
   // else ordinary memory.
-  at::Tensor HostStaging(c10::IntArrayRef sizes, at::ScalarType dtype);
+  // The bytes of host tensor `src` as they are now, as a dense tensor of `sizes` and `dtype`
+  // for a later upload: in the executor's staging memory, else copy-on-write, else a copy.
+  at::Tensor SnapshotForUpload(const at::Tensor& src, c10::IntArrayRef sizes, at::ScalarType dtype);
   Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
   bool AppendKey(const c10::IValue& v);
   void AppendTensorKey(const at::Tensor& t);
@@ -879,20 +883,6 @@ void CaptureContext::FillRef(const at::Tensor& t, bool produced_here, TensorRef*
   r->storage_offset = t.storage_offset();
 }
 
-at::Tensor CaptureContext::HostStaging(c10::IntArrayRef sizes, at::ScalarType dtype) {
-  const at::TensorOptions options = at::TensorOptions().dtype(dtype);
-  const int64_t numel = c10::multiply_integers(sizes);
-  const size_t nbytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
-  if (nbytes != 0) {
-    core::HostBuffer lent = executor()->Staging(nbytes);
-    if (lent.data != nullptr && lent.nbytes >= nbytes) {
-      return at::from_blob(
-          lent.data, sizes, [owner = std::move(lent.owner)](void*) mutable { owner.reset(); }, options);
-    }
-  }
-  return at::empty(sizes, options);
-}
-
 // Copies `src` (a host tensor, or any non-remote one ATen can copy from) into `dst`, fresh
 // staging memory. A dense CPU source of the same dtype and sizes is one memcpy on the
 // calling thread. at::Tensor::copy_ would spread a large copy over the intra-op (OpenMP)
@@ -955,9 +945,56 @@ void CopyToStaging(at::Tensor& dst, const at::Tensor& src) {
   dst.copy_(src);
 }
 
+// Host data of at least this size is snapshotted copy-on-write when it can be (below: one
+// memcpy costs less than the clone's bookkeeping).
+constexpr size_t kLazySnapshotBytes = size_t{64} << 10;
+
+// A copy-on-write clone of `src` (c10::impl::cow): no bytes are copied now; whichever of the
+// two is written first gets its own copy then (the caller's next in-place write to `src`,
+// typically never). Undefined when `src` cannot be cloned so: not a dense contiguous CPU
+// tensor of `dtype` and `sizes`, or memory whose allocator keeps a context of its own
+// (page-locked or borrowed memory).
+at::Tensor LazySnapshot(const at::Tensor& src, c10::IntArrayRef sizes, at::ScalarType dtype) {
+  if (!src.device().is_cpu() || src.layout() != at::kStrided || !src.has_storage() ||
+      src._is_zerotensor() || src.is_quantized() || !src.is_contiguous() ||
+      src.scalar_type() != dtype || src.sizes() != sizes || src.is_conj() || src.is_neg() ||
+      static_cast<size_t>(src.nbytes()) < kLazySnapshotBytes) {
+    return at::Tensor();
+  }
+  const c10::StorageImpl& storage = *src.storage().unsafeGetStorageImpl();
+  if (!c10::impl::cow::has_simple_data_ptr(storage) &&
+      !c10::impl::cow::is_cow_data_ptr(storage.data_ptr())) {
+    return at::Tensor();
+  }
+  timeline::Span span("snapshot upload (copy-on-write)", "bytes",
+                      static_cast<int64_t>(src.nbytes()));
+  return at::_lazy_clone(src.detach());
+}
+
+at::Tensor CaptureContext::SnapshotForUpload(const at::Tensor& src, c10::IntArrayRef sizes,
+                                             at::ScalarType dtype) {
+  // The executor's staging memory first (a Shm pool: the node reads the bytes in place).
+  const size_t nbytes =
+      static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
+  if (nbytes != 0) {
+    core::HostBuffer lent = executor()->Staging(nbytes);
+    if (lent.data != nullptr && lent.nbytes >= nbytes) {
+      at::Tensor data = at::from_blob(
+          lent.data, sizes, [owner = std::move(lent.owner)](void*) mutable { owner.reset(); },
+          at::TensorOptions().dtype(dtype));
+      CopyToStaging(data, src);
+      return data;
+    }
+  }
+  at::Tensor lazy = LazySnapshot(src, sizes, dtype);
+  if (lazy.defined()) return lazy;
+  at::Tensor data = at::empty(sizes, at::TensorOptions().dtype(dtype));
+  CopyToStaging(data, src);
+  return data;
+}
+
 BufferId CaptureContext::AddHostConstant(const at::Tensor& cpu) {
-  at::Tensor data = HostStaging(cpu.sizes(), cpu.scalar_type());
-  CopyToStaging(data, cpu);
+  at::Tensor data = SnapshotForUpload(cpu, cpu.sizes(), cpu.scalar_type());
   core::Buffer b;
   b.dtype = ToDType(data.scalar_type());
   b.numel = data.numel();
@@ -1824,8 +1861,7 @@ void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src
   if (whole) {
     // Overwrites the whole storage: bind it to a snapshot of the host data (a new
     // version with no dependence on the old one; the data uploads at the next run).
-    at::Tensor data = HostStaging(dst.sizes(), dst.scalar_type());
-    CopyToStaging(data, cpu_src);
+    at::Tensor data = SnapshotForUpload(cpu_src, dst.sizes(), dst.scalar_type());
     // Ops already captured keep reading the earlier version (its graph buffer); later
     // references get a new buffer bound to this data.
     StorageContext* sc = ContextOf(dst);
@@ -2126,8 +2162,10 @@ std::unique_ptr<Worker::Job> CaptureContext::FinishJob(std::shared_ptr<const cor
     const BufferId id = old_id < remap.size() ? remap[old_id] : core::kNoBuffer;
     if (id == core::kNoBuffer) continue;  // nothing live reads it
     auto owner = std::make_shared<at::Tensor>(data);
-    req.uploads.push_back({id, core::HostBytes{data.data_ptr(), static_cast<size_t>(data.nbytes()),
-                                               std::shared_ptr<const void>(owner, owner.get())}});
+    // Read-only access: a copy-on-write snapshot stays shared with the caller's tensor.
+    req.uploads.push_back(
+        {id, core::HostBytes{data.const_data_ptr(), static_cast<size_t>(data.nbytes()),
+                             std::shared_ptr<const void>(owner, owner.get())}});
   }
   std::sort(req.uploads.begin(), req.uploads.end(),
             [](const core::Upload& a, const core::Upload& b) { return a.buffer < b.buffer; });

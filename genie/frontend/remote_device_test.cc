@@ -3,9 +3,11 @@
 // local ATen interpreter, each checked against eager CPU results.
 #include "genie/frontend/remote_device.h"
 
+#include <c10/core/impl/COW.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <future>
@@ -14,6 +16,7 @@
 #include <regex>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "genie/runtime/interpreter.h"
 
@@ -85,6 +88,30 @@ TEST_F(RemoteDeviceTest, LargeUploadsAreWholeSnapshots) {
     big.fill_(1);
     EXPECT_TRUE(torch::equal(remote.to(torch::kCPU), then)) << n << " floats";
   }
+}
+
+// Without staging memory from the executor (every transport but Shm's pool), a large
+// snapshot is copy-on-write: nothing is copied at `.to()`; the caller's first write afterwards
+// copies its own data first, so the upload still sees the values of that moment. Memory
+// whose allocator keeps a context of its own (here borrowed with from_blob) is copied.
+TEST_F(RemoteDeviceTest, LargeSnapshotsAreCopyOnWrite) {
+  torch::Tensor big = torch::arange(int64_t{1} << 20, torch::kFloat);
+  const torch::Tensor then = big.clone();
+  const void* before = big.const_data_ptr();
+  torch::Tensor remote = big.to(Remote());
+  EXPECT_TRUE(c10::impl::cow::is_cow_data_ptr(big.storage().data_ptr()));
+  EXPECT_EQ(big.const_data_ptr(), before);  // no copy so far
+  big.add_(1);
+  EXPECT_NE(big.const_data_ptr(), before);  // the write got its own copy
+  EXPECT_TRUE(torch::equal(remote.to(torch::kCPU), then));
+  EXPECT_TRUE(torch::equal(big, then + 1));
+
+  std::vector<float> borrowed(1 << 18, 2.0f);
+  torch::Tensor view = torch::from_blob(borrowed.data(), {1 << 18});
+  torch::Tensor remote_view = view.to(Remote());
+  EXPECT_FALSE(c10::impl::cow::is_cow_data_ptr(view.storage().data_ptr()));
+  std::fill(borrowed.begin(), borrowed.end(), -1.0f);  // behind ATen's back
+  EXPECT_TRUE(torch::equal(remote_view.to(torch::kCPU), torch::full({1 << 18}, 2.0f)));
 }
 
 TEST_F(RemoteDeviceTest, OpsAreCapturedNotComputedUntilRead) {
