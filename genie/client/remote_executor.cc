@@ -1,16 +1,63 @@
 // File: genie/client/remote_executor.cc
 // The cold half of RemoteExecutor: the per-connection program cache (lowering, binding,
 // encoding of LoadProgram and Run) and every error message a client shows about a node.
-#include "genie/transport/address.h"
 #include "genie/client/remote_executor.h"
 
 #include <algorithm>
+#include <memory>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "genie/transport/address.h"
 
 namespace genie::client::client_internal {
+
+OutputMemory::~OutputMemory() {
+  for (const Block& b : free_) delete[] b.data;
+}
+
+std::shared_ptr<char> OutputMemory::Get(size_t n) {
+  if (n < kMinBytes) return std::shared_ptr<char>(new char[n], std::default_delete<char[]>());
+  Block block{nullptr, 0};
+  {
+    absl::MutexLock lock(&mu_);
+    // The smallest free block that holds n without wasting more than a quarter of itself.
+    size_t best = free_.size();
+    for (size_t k = 0; k < free_.size(); ++k) {
+      const size_t c = free_[k].capacity;
+      if (c >= n && c - n <= c / 4 && (best == free_.size() || c < free_[best].capacity)) best = k;
+    }
+    if (best != free_.size()) {
+      block = free_[best];
+      free_[best] = free_.back();
+      free_.pop_back();
+      free_bytes_ -= block.capacity;
+    }
+  }
+  if (block.data == nullptr) block = Block{new char[n], n};
+  // The block comes back here when the last user lets go (or is freed if this is gone).
+  std::weak_ptr<OutputMemory> home = weak_from_this();
+  return std::shared_ptr<char>(block.data, [home, block](char*) {
+    if (std::shared_ptr<OutputMemory> memory = home.lock()) {
+      memory->Put(block);
+    } else {
+      delete[] block.data;
+    }
+  });
+}
+
+void OutputMemory::Put(Block b) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (free_.size() < kMaxFree && free_bytes_ + b.capacity <= kMaxFreeBytes) {
+      free_.push_back(b);
+      free_bytes_ += b.capacity;
+      return;
+    }
+  }
+  delete[] b.data;
+}
 
 absl::StatusOr<plan::PeerSendMessage> PeerSendFor(const core::PeerSend& send) {
   plan::PeerSendMessage m;

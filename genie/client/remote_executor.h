@@ -106,6 +106,33 @@ struct RemoteExecutorOptions {
 
 namespace client_internal {
 
+// Host memory for outputs received through a connection, handed back for reuse when the last
+// user of an output lets go. A fresh multi-megabyte allocation comes from mmap, and the kernel
+// then faults in and zeroes every page while it copies an output into it; a step that reads
+// an output of the same size as the last one gets that memory back instead. Keeps at most
+// kMaxFree blocks and kMaxFreeBytes; thread-safe (outputs die on any thread).
+class OutputMemory : public std::enable_shared_from_this<OutputMemory> {
+ public:
+  static constexpr size_t kMinBytes = size_t{256} << 10;  // smaller: plain new
+  static constexpr size_t kMaxFree = 8;
+  static constexpr size_t kMaxFreeBytes = size_t{256} << 20;
+
+  ~OutputMemory();
+  // `n` bytes, valid while the pointer (or a copy of it) lives.
+  std::shared_ptr<char> Get(size_t n);
+
+ private:
+  struct Block {
+    char* data;
+    size_t capacity;
+  };
+  void Put(Block b);
+
+  absl::Mutex mu_;
+  std::vector<Block> free_;  // guarded by mu_
+  size_t free_bytes_ = 0;    // guarded by mu_
+};
+
 // Plan-side state of one connection, and its error messages: the cold half of
 // RemoteExecutor, kept out of the template (remote_executor.cc).
 class Session {
@@ -601,7 +628,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
         frame_left = h->payload_bytes;
       }
       if (n > frame_left) return Violation("an output spans transfer frames");
-      std::shared_ptr<char> memory(new char[static_cast<size_t>(n)], std::default_delete<char[]>());
+      std::shared_ptr<char> memory = output_memory_->Get(static_cast<size_t>(n));
       s = conn_.ReceivePayload(memory.get(), static_cast<size_t>(n));
       if (!s.ok()) return Fail("receiving the outputs", s);
       frame_left -= n;
@@ -727,6 +754,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   std::vector<transport::Piece> pieces_;
   std::string message_;
   plan::ResultMessage result_message_;
+  std::shared_ptr<client_internal::OutputMemory> output_memory_ =
+      std::make_shared<client_internal::OutputMemory>();
   // The tensor pool (null: none) and the blocks of the run in flight.
   std::shared_ptr<transport::SharedPool> pool_;
   std::vector<std::shared_ptr<transport::PoolBlock>> upload_blocks_;

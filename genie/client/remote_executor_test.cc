@@ -76,6 +76,32 @@ absl::StatusOr<std::unique_ptr<RemoteExecutor<InProcess>>> AttachTo(
   return RemoteExecutor<InProcess>::Attach(std::move(client), "10.9.8.7:7070", kKey, options);
 }
 
+TEST(OutputMemoryTest, ReusesTheMemoryOfOutputsThatDied) {
+  auto memory = std::make_shared<client_internal::OutputMemory>();
+  constexpr size_t kMiB = size_t{1} << 20;
+  const char* first = nullptr;
+  const char* second = nullptr;
+  {
+    std::shared_ptr<char> a = memory->Get(3 * kMiB);
+    std::shared_ptr<char> b = memory->Get(3 * kMiB);  // `a` is alive: other memory
+    first = a.get();
+    second = b.get();
+    EXPECT_NE(second, first);
+  }
+  // Both freed blocks come back, one each.
+  std::shared_ptr<char> again = memory->Get(3 * kMiB - 100);
+  std::shared_ptr<char> other = memory->Get(3 * kMiB);
+  EXPECT_TRUE((again.get() == first && other.get() == second) ||
+              (again.get() == second && other.get() == first));
+  // A block a quarter or more larger than asked is not taken for it.
+  std::shared_ptr<char> small = memory->Get(kMiB);
+  EXPECT_NE(small.get(), first);
+  // Memory that outlives its OutputMemory is freed, not returned.
+  std::shared_ptr<char> late = memory->Get(2 * kMiB);
+  memory.reset();
+  late.reset();
+}
+
 TEST(RemoteExecutorTest, ConnectRefusedNamesTheNode) {
   // A port nobody listens on: take a free one and close it.
   uint16_t port = 0;
