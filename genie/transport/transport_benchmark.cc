@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <thread>
 #include <utility>
@@ -88,11 +89,16 @@ absl::StatusOr<std::pair<Connection<Shm>, Connection<Shm>>> MakePair<Shm>() {
 
 // Receives frames into one reused buffer; answers every kPing with a kPong; stops at kGoodbye.
 template <class P>
-void Sink(Connection<P>& conn, std::vector<unsigned char>& buffer) {
+// With `fresh`, every payload goes into memory allocated for it (as a client's output did
+// before client_internal::OutputMemory): the kernel then faults in each page as it copies.
+void Sink(Connection<P>& conn, std::vector<unsigned char>& buffer, bool fresh = false) {
   for (;;) {
     auto header = conn.ReceiveHeader(kWait);
     if (!header.ok()) return;
-    if (!conn.ReceivePayload(buffer.data(), header->payload_bytes).ok()) return;
+    const std::unique_ptr<unsigned char[]> own(
+        fresh ? new unsigned char[std::max<std::uint64_t>(header->payload_bytes, 1)] : nullptr);
+    unsigned char* dst = fresh ? own.get() : buffer.data();
+    if (!conn.ReceivePayload(dst, header->payload_bytes).ok()) return;
     if (header->kind == MessageKind::kGoodbye) return;
     if (header->kind == MessageKind::kPing) {
       if (!conn.SendBytes(MessageKind::kPong, header->request_id, "").ok()) return;
@@ -170,9 +176,11 @@ void BM_PingPong(benchmark::State& state) {
 
 // One message of `range(0)` bytes and the receiver's answer: the latency of a single upload
 // (a run's inputs), where BM_Throughput streams frames back to back.
+// range(1) = 1: the receiver takes each message into fresh memory (BM_OneMessageFresh).
 template <class P>
 void BM_OneMessage(benchmark::State& state) {
   const auto bytes = static_cast<std::size_t>(state.range(0));
+  const bool fresh = state.range(1) != 0;
   auto pair = MakePair<P>();
   if (!pair.ok()) {
     state.SkipWithError(pair.status().ToString().c_str());
@@ -180,7 +188,7 @@ void BM_OneMessage(benchmark::State& state) {
   }
   auto& [client, node] = *pair;
   std::vector<unsigned char> sink(std::max<std::size_t>(bytes, 64));
-  std::thread node_thread([&] { Sink(node, sink); });
+  std::thread node_thread([&] { Sink(node, sink, fresh); });
   std::vector<unsigned char> source(bytes, 0x5a);
   const Piece piece{source.data(), source.size()};
   std::uint64_t request_id = 0;
@@ -214,10 +222,19 @@ BENCHMARK_TEMPLATE(BM_Throughput, TcpOneSocket)
     ->UseRealTime();
 BENCHMARK_TEMPLATE(BM_Throughput, Shm)->Arg(8 << 10)->Arg(1 << 20)->Arg(4 << 20)->UseRealTime();
 // ViT-B/16's batch of 8 images (8 x 3 x 224 x 224 fp32) and BERT's hidden states (8 x 128 x 768).
-BENCHMARK_TEMPLATE(BM_OneMessage, InProcess)->Arg(4816896)->Arg(3145728)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_OneMessage, Tcp)->Arg(4816896)->Arg(3145728)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_OneMessage, TcpOneSocket)->Arg(4816896)->Arg(3145728)->UseRealTime();
-BENCHMARK_TEMPLATE(BM_OneMessage, Shm)->Arg(4816896)->Arg(3145728)->UseRealTime();
+// Second argument 1: received into fresh memory each time instead of one reused buffer.
+BENCHMARK_TEMPLATE(BM_OneMessage, InProcess)->Args({4816896, 0})->Args({3145728, 0})->UseRealTime();
+BENCHMARK_TEMPLATE(BM_OneMessage, Tcp)
+    ->Args({4816896, 0})
+    ->Args({3145728, 0})
+    ->Args({3145728, 1})
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_OneMessage, TcpOneSocket)
+    ->Args({4816896, 0})
+    ->Args({3145728, 0})
+    ->Args({3145728, 1})
+    ->UseRealTime();
+BENCHMARK_TEMPLATE(BM_OneMessage, Shm)->Args({4816896, 0})->Args({3145728, 0})->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, InProcess)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, Tcp)->UseRealTime();
 BENCHMARK_TEMPLATE(BM_PingPong, Shm)->UseRealTime();
