@@ -159,13 +159,18 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
       return ClosingOnError(
           absl::InvalidArgumentError(absl::StrCat(this->peer(), ": ", wanted.status().message())));
     }
+    if (wanted->lanes <= 1) {
+      // A client's give-up that came after this side had stopped waiting and answered: the
+      // client read that answer; nothing more to say.
+      return LaneResult{this->lane_count(), ""};
+    }
     if (this->lane_count() > 1) {
       return ClosingOnError(
           absl::FailedPreconditionError(absl::StrCat(this->peer(), ": asked for lanes twice")));
     }
     transport_internal::LaneMessage offer;
     offer.lanes = std::max(1, std::min({wanted->lanes, max_lanes, transport_internal::kMaxLanes}));
-    if (offer.lanes <= 1 && wanted->lanes > 1) {
+    if (offer.lanes <= 1) {
       offer.note = absl::StrCat("the peer grants one socket (its limit is ", max_lanes, ")");
     }
     const std::string local = this->stream().LocalHost();

@@ -340,6 +340,29 @@ TEST(TcpLanes, LanesThatNeverComeLeaveOneSocket) {
   EXPECT_EQ(frame->payload.size(), std::size_t{2} << 20);
 }
 
+TEST(TcpLanes, AGiveUpAfterTheServersAnswerGetsNoSecondAnswer) {
+  ByHand h = LanesByHand([](const transport_internal::LaneMessage&, Connection<Tcp>&) {});
+  ASSERT_TRUE(h.answer.ok()) << h.answer.status();
+  EXPECT_EQ(h.answer->lanes, 1);  // the server stopped waiting and answered
+  // The client's give-up, late: the server takes it and says nothing.
+  transport_internal::LaneMessage give_up;
+  give_up.note = "lanes timed out";
+  ASSERT_TRUE(
+      h.client->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up))
+          .ok());
+  absl::StatusOr<FrameHeader> late = h.server->ReceiveHeader(absl::Seconds(5));
+  ASSERT_TRUE(late.ok()) << late.status();
+  absl::StatusOr<LaneResult> taken = h.server->AcceptLanes(*late, 8, absl::Seconds(1));
+  ASSERT_TRUE(taken.ok()) << taken.status();
+  EXPECT_EQ(taken->lanes, 1);
+  auto nothing = h.client->ReceiveHeader(absl::Milliseconds(200));
+  EXPECT_TRUE(absl::IsDeadlineExceeded(nothing.status())) << nothing.status();
+  ASSERT_TRUE(h.client->SendBytes(MessageKind::kPing, 5, "on").ok());
+  auto frame = h.server->Receive(absl::Seconds(5));
+  ASSERT_TRUE(frame.ok()) << frame.status();
+  EXPECT_EQ(frame->payload, "on");
+}
+
 TEST(TcpLanes, LanesWithTheWrongTokenAreRefused) {
   ByHand h = LanesByHand([](const transport_internal::LaneMessage& offer, Connection<Tcp>&) {
     std::string wrong = offer.token;
