@@ -13,11 +13,11 @@
 
 namespace genie::client::client_internal {
 
-OutputMemory::~OutputMemory() {
+HostBlockCache::~HostBlockCache() {
   for (const Block& b : free_) delete[] b.data;
 }
 
-std::shared_ptr<char> OutputMemory::Get(size_t n) {
+std::shared_ptr<char> HostBlockCache::Get(size_t n) {
   if (n < kMinBytes) return std::shared_ptr<char>(new char[n], std::default_delete<char[]>());
   Block block{nullptr, 0};
   {
@@ -37,9 +37,9 @@ std::shared_ptr<char> OutputMemory::Get(size_t n) {
   }
   if (block.data == nullptr) block = Block{new char[n], n};
   // The block comes back here when the last user lets go (or is freed if this is gone).
-  std::weak_ptr<OutputMemory> home = weak_from_this();
+  std::weak_ptr<HostBlockCache> home = weak_from_this();
   return std::shared_ptr<char>(block.data, [home, block](char*) {
-    if (std::shared_ptr<OutputMemory> memory = home.lock()) {
+    if (std::shared_ptr<HostBlockCache> memory = home.lock()) {
       memory->Put(block);
     } else {
       delete[] block.data;
@@ -47,7 +47,7 @@ std::shared_ptr<char> OutputMemory::Get(size_t n) {
   });
 }
 
-void OutputMemory::Put(Block b) {
+void HostBlockCache::Put(Block b) {
   {
     absl::MutexLock lock(&mu_);
     if (free_.size() < kMaxFree && free_bytes_ + b.capacity <= kMaxFreeBytes) {

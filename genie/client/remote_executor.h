@@ -106,18 +106,19 @@ struct RemoteExecutorOptions {
 
 namespace client_internal {
 
-// Host memory for outputs received through a connection, handed back for reuse when the last
-// user of an output lets go. A fresh multi-megabyte allocation comes from mmap, and the kernel
-// then faults in and zeroes every page while it copies an output into it; a step that reads
-// an output of the same size as the last one gets that memory back instead. Keeps at most
-// kMaxFree blocks and kMaxFreeBytes; thread-safe (outputs die on any thread).
-class OutputMemory : public std::enable_shared_from_this<OutputMemory> {
+// Host memory for outputs received through a connection and for snapshots of uploads
+// (RemoteExecutor::Staging without a tensor pool), handed back for reuse when its last user
+// lets go. A fresh multi-megabyte allocation comes from mmap, and every page is then faulted
+// in and zeroed while the kernel or the snapshot writes it; a step whose tensors have the
+// sizes of the last one's gets that memory back instead. Keeps at most kMaxFree blocks and
+// kMaxFreeBytes; thread-safe (tensors die on any thread).
+class HostBlockCache : public std::enable_shared_from_this<HostBlockCache> {
  public:
   static constexpr size_t kMinBytes = size_t{256} << 10;  // smaller: plain new
   static constexpr size_t kMaxFree = 8;
   static constexpr size_t kMaxFreeBytes = size_t{256} << 20;
 
-  ~OutputMemory();
+  ~HostBlockCache();
   // `n` bytes, valid while the pointer (or a copy of it) lives.
   std::shared_ptr<char> Get(size_t n);
 
@@ -356,11 +357,19 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   // pool, below P::kPoolMinBytes, or when it would leave less than a quarter of the pool
   // free (the rest is kept for outputs and send-time copies).
   core::HostBuffer Staging(size_t nbytes) override {
-    if (pool_ == nullptr || nbytes < transport::transport_traits<P>::pool_min_bytes) return {};
+    if (pool_ == nullptr) {
+      // No pool: reused memory, already faulted in, that the upload is sent from.
+      if (nbytes < client_internal::HostBlockCache::kMinBytes) return {};
+      std::shared_ptr<char> block = host_blocks_->Get(nbytes);
+      char* data = block.get();
+      return core::HostBuffer{data, nbytes, std::shared_ptr<void>(std::move(block), data)};
+    }
+    if (nbytes < transport::transport_traits<P>::pool_min_bytes) return {};
     std::shared_ptr<transport::PoolBlock> block = pool_->Allocate(nbytes, pool_->bytes() / 4);
     if (block == nullptr) return {};
     void* data = block->data();
-    return core::HostBuffer{data, nbytes, std::shared_ptr<void>(std::move(block), data)};
+    return core::HostBuffer{data, nbytes, std::shared_ptr<void>(std::move(block), data),
+                            /*shared=*/true};
   }
   // The connection's tensor pool; null without one.
   const std::shared_ptr<transport::SharedPool>& pool() const { return pool_; }
@@ -628,7 +637,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
         frame_left = h->payload_bytes;
       }
       if (n > frame_left) return Violation("an output spans transfer frames");
-      std::shared_ptr<char> memory = output_memory_->Get(static_cast<size_t>(n));
+      std::shared_ptr<char> memory = host_blocks_->Get(static_cast<size_t>(n));
       s = conn_.ReceivePayload(memory.get(), static_cast<size_t>(n));
       if (!s.ok()) return Fail("receiving the outputs", s);
       frame_left -= n;
@@ -754,8 +763,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   std::vector<transport::Piece> pieces_;
   std::string message_;
   plan::ResultMessage result_message_;
-  std::shared_ptr<client_internal::OutputMemory> output_memory_ =
-      std::make_shared<client_internal::OutputMemory>();
+  std::shared_ptr<client_internal::HostBlockCache> host_blocks_ =
+      std::make_shared<client_internal::HostBlockCache>();
   // The tensor pool (null: none) and the blocks of the run in flight.
   std::shared_ptr<transport::SharedPool> pool_;
   std::vector<std::shared_ptr<transport::PoolBlock>> upload_blocks_;

@@ -76,8 +76,8 @@ absl::StatusOr<std::unique_ptr<RemoteExecutor<InProcess>>> AttachTo(
   return RemoteExecutor<InProcess>::Attach(std::move(client), "10.9.8.7:7070", kKey, options);
 }
 
-TEST(OutputMemoryTest, ReusesTheMemoryOfOutputsThatDied) {
-  auto memory = std::make_shared<client_internal::OutputMemory>();
+TEST(HostBlockCacheTest, ReusesTheMemoryOfOutputsThatDied) {
+  auto memory = std::make_shared<client_internal::HostBlockCache>();
   constexpr size_t kMiB = size_t{1} << 20;
   const char* first = nullptr;
   const char* second = nullptr;
@@ -96,7 +96,7 @@ TEST(OutputMemoryTest, ReusesTheMemoryOfOutputsThatDied) {
   // A block a quarter or more larger than asked is not taken for it.
   std::shared_ptr<char> small = memory->Get(kMiB);
   EXPECT_NE(small.get(), first);
-  // Memory that outlives its OutputMemory is freed, not returned.
+  // Memory that outlives its HostBlockCache is freed, not returned.
   std::shared_ptr<char> late = memory->Get(2 * kMiB);
   memory.reset();
   late.reset();

@@ -51,6 +51,7 @@ struct HostBuffer {
   void* data = nullptr;
   size_t nbytes = 0;
   std::shared_ptr<void> owner;  // the memory stays valid while it lives
+  bool shared = false;          // the node reads the bytes where they are (a shared pool)
 };
 
 // Where an executor writes one output (ExecuteRequest::output_to).
@@ -102,9 +103,10 @@ class Executor {
   virtual absl::StatusOr<ExecuteResult> Execute(const ExecuteRequest& request) = 0;
   // Where work runs, for messages: "local CPU", "node 127.0.0.1:7070 (cuda:0)".
   virtual std::string Describe() const = 0;
-  // Memory for `nbytes` of host data that a later Execute will upload, placed where this
-  // executor sends from without copying (a node's shared tensor pool); an empty HostBuffer
-  // when it has no such place or no room (the caller allocates ordinary memory).
+  // Memory for `nbytes` of host data that a later Execute will upload: where the node reads
+  // it in place (a shared tensor pool; HostBuffer::shared), or memory the executor reuses
+  // from earlier uploads (already faulted in); an empty HostBuffer when it has neither (the
+  // caller allocates ordinary memory).
   virtual HostBuffer Staging(size_t nbytes) {
     (void)nbytes;
     return {};

@@ -483,7 +483,8 @@ class CaptureContext {
   // (Executor::Staging: a node's shared tensor pool, where the upload then costs no copy),
   // else ordinary memory.
   // The bytes of host tensor `src` as they are now, as a dense tensor of `sizes` and `dtype`
-  // for a later upload: in the executor's staging memory, else copy-on-write, else a copy.
+  // for a later upload: in the executor's shared pool, else copy-on-write (when on), else a
+  // copy into memory the executor reuses or fresh memory.
   at::Tensor SnapshotForUpload(const at::Tensor& src, c10::IntArrayRef sizes, at::ScalarType dtype);
   Arg ToArg(const c10::IValue& v, int arg_index, const SchemaInfo& info);
   bool AppendKey(const c10::IValue& v);
@@ -949,21 +950,27 @@ void CopyToStaging(at::Tensor& dst, const at::Tensor& src) {
 // memcpy costs less than the clone's bookkeeping).
 constexpr size_t kLazySnapshotBytes = size_t{64} << 10;
 
-// A copy-on-write clone of `src` (c10::impl::cow): no bytes are copied now; whichever of the
-// two is written first gets its own copy then (the caller's next in-place write to `src`,
-// typically never). Undefined when `src` cannot be cloned so: not a dense contiguous CPU
-// tensor of `dtype` and `sizes`, or memory whose allocator keeps a context of its own
-// (page-locked or borrowed memory).
+std::atomic<bool> g_copy_on_write_snapshots{false};  // SetCopyOnWriteSnapshots
+
+// With SetCopyOnWriteSnapshots on, a copy-on-write clone of `src` (c10::impl::cow): no bytes
+// are copied now; whichever of the two is written first gets its own copy then (the
+// caller's next in-place write to `src`, typically never). Undefined when off, or when `src`
+// cannot be cloned so: not a dense contiguous CPU tensor of `dtype` and `sizes` spanning its
+// whole storage (a view would keep its whole base shared), or memory not from the default
+// CPU allocator (page-locked, borrowed, or loaded storage: c10 copies through the allocator).
 at::Tensor LazySnapshot(const at::Tensor& src, c10::IntArrayRef sizes, at::ScalarType dtype) {
-  if (!src.device().is_cpu() || src.layout() != at::kStrided || !src.has_storage() ||
-      src._is_zerotensor() || src.is_quantized() || !src.is_contiguous() ||
-      src.scalar_type() != dtype || src.sizes() != sizes || src.is_conj() || src.is_neg() ||
+  if (!g_copy_on_write_snapshots.load(std::memory_order_relaxed) || !src.device().is_cpu() ||
+      src.layout() != at::kStrided || !src.has_storage() || src._is_zerotensor() ||
+      src.is_quantized() || !src.is_contiguous() || src.scalar_type() != dtype ||
+      src.sizes() != sizes || src.is_conj() || src.is_neg() || src.storage_offset() != 0 ||
+      static_cast<size_t>(src.nbytes()) != src.storage().nbytes() ||
       static_cast<size_t>(src.nbytes()) < kLazySnapshotBytes) {
     return at::Tensor();
   }
   const c10::StorageImpl& storage = *src.storage().unsafeGetStorageImpl();
-  if (!c10::impl::cow::has_simple_data_ptr(storage) &&
-      !c10::impl::cow::is_cow_data_ptr(storage.data_ptr())) {
+  if (storage.allocator() != c10::GetCPUAllocator() ||
+      (!c10::impl::cow::has_simple_data_ptr(storage) &&
+       !c10::impl::cow::is_cow_data_ptr(storage.data_ptr()))) {
     return at::Tensor();
   }
   timeline::Span span("snapshot upload (copy-on-write)", "bytes",
@@ -973,21 +980,23 @@ at::Tensor LazySnapshot(const at::Tensor& src, c10::IntArrayRef sizes, at::Scala
 
 at::Tensor CaptureContext::SnapshotForUpload(const at::Tensor& src, c10::IntArrayRef sizes,
                                              at::ScalarType dtype) {
-  // The executor's staging memory first (a Shm pool: the node reads the bytes in place).
+  // Where the node reads it in place (a Shm pool) first; then, when the caller turned it on,
+  // no copy at all; then memory the executor reuses; then fresh memory.
   const size_t nbytes =
       static_cast<size_t>(c10::multiply_integers(sizes)) * c10::elementSize(dtype);
-  if (nbytes != 0) {
-    core::HostBuffer lent = executor()->Staging(nbytes);
-    if (lent.data != nullptr && lent.nbytes >= nbytes) {
-      at::Tensor data = at::from_blob(
-          lent.data, sizes, [owner = std::move(lent.owner)](void*) mutable { owner.reset(); },
-          at::TensorOptions().dtype(dtype));
-      CopyToStaging(data, src);
-      return data;
-    }
+  core::HostBuffer lent = nbytes != 0 ? executor()->Staging(nbytes) : core::HostBuffer{};
+  const bool usable = lent.data != nullptr && lent.nbytes >= nbytes;
+  if (!(usable && lent.shared)) {
+    at::Tensor lazy = LazySnapshot(src, sizes, dtype);
+    if (lazy.defined()) return lazy;
   }
-  at::Tensor lazy = LazySnapshot(src, sizes, dtype);
-  if (lazy.defined()) return lazy;
+  if (usable) {
+    at::Tensor data = at::from_blob(
+        lent.data, sizes, [owner = std::move(lent.owner)](void*) mutable { owner.reset(); },
+        at::TensorOptions().dtype(dtype));
+    CopyToStaging(data, src);
+    return data;
+  }
   at::Tensor data = at::empty(sizes, at::TensorOptions().dtype(dtype));
   CopyToStaging(data, src);
   return data;
@@ -2823,6 +2832,8 @@ void SetAutoDispatch(int64_t nodes, int64_t growth) {
   ctx.auto_dispatch_growth = growth < 1 ? 1 : growth;
   ctx.next_part_nodes = 0;
 }
+
+void SetCopyOnWriteSnapshots(bool enabled) { g_copy_on_write_snapshots.store(enabled); }
 
 std::pair<int64_t, int64_t> GetAutoDispatch() {
   CaptureContext& ctx = CaptureContext::Get();

@@ -118,6 +118,16 @@ void ClearCaptureCache();
 // seed), as does anything run on the client CPU.
 void SetStepReplayEnabled(bool enabled);
 
+// Copy-on-write upload snapshots (off by default). When on, and the executor lends no
+// staging memory (every transport but Shm's pool), `.to(remote)` of 64 KiB or more of dense
+// CPU memory from the default allocator takes a c10 copy-on-write clone instead of a copy:
+// the caller's tensor is not copied unless it is written before the upload's run. Off
+// because it changes the caller's storage, which an unmodified program can notice: a write
+// through a raw pointer taken before `.to()` reaches the upload; the first data_ptr() of
+// that tensor inside at::parallel_for trips c10's assert; two threads taking its data_ptr()
+// at once race. Turn it on where the inputs are fresh tensors each step.
+void SetCopyOnWriteSnapshots(bool enabled);
+
 // Dispatches the graph under construction whenever it reaches `nodes` nodes (0, the
 // default: only at reads and explicit Dispatch), so the executor starts on the first
 // part of a long step while the rest is still being captured. Tensors that cross a cut

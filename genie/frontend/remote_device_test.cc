@@ -90,11 +90,19 @@ TEST_F(RemoteDeviceTest, LargeUploadsAreWholeSnapshots) {
   }
 }
 
-// Without staging memory from the executor (every transport but Shm's pool), a large
-// snapshot is copy-on-write: nothing is copied at `.to()`; the caller's first write afterwards
-// copies its own data first, so the upload still sees the values of that moment. Memory
-// whose allocator keeps a context of its own (here borrowed with from_blob) is copied.
+// With SetCopyOnWriteSnapshots on and no staging memory from the executor (every transport
+// but Shm's pool), a large snapshot is copy-on-write: nothing is copied at `.to()`; the caller's
+// first write afterwards copies its own data first, so the upload still sees the values of that
+// moment. Memory whose allocator keeps a context of its own (here borrowed with from_blob) is
+// copied.
 TEST_F(RemoteDeviceTest, LargeSnapshotsAreCopyOnWrite) {
+  torch::Tensor off = torch::arange(int64_t{1} << 20, torch::kFloat);
+  torch::Tensor copied = off.to(Remote());  // off by default: a copy
+  EXPECT_FALSE(c10::impl::cow::is_cow_data_ptr(off.storage().data_ptr()));
+  SetCopyOnWriteSnapshots(true);
+  struct Off {
+    ~Off() { SetCopyOnWriteSnapshots(false); }
+  } restore;
   torch::Tensor big = torch::arange(int64_t{1} << 20, torch::kFloat);
   const torch::Tensor then = big.clone();
   const void* before = big.const_data_ptr();
@@ -112,6 +120,13 @@ TEST_F(RemoteDeviceTest, LargeSnapshotsAreCopyOnWrite) {
   EXPECT_FALSE(c10::impl::cow::is_cow_data_ptr(view.storage().data_ptr()));
   std::fill(borrowed.begin(), borrowed.end(), -1.0f);  // behind ATen's back
   EXPECT_TRUE(torch::equal(remote_view.to(torch::kCPU), torch::full({1 << 18}, 2.0f)));
+
+  // A view into a larger storage is copied: a clone would keep the whole base shared.
+  torch::Tensor base = torch::zeros({2, 1 << 18});
+  torch::Tensor remote_row = base[1].to(Remote());
+  EXPECT_FALSE(c10::impl::cow::is_cow_data_ptr(base.storage().data_ptr()));
+  EXPECT_TRUE(torch::equal(copied.to(torch::kCPU), off));
+  EXPECT_TRUE(torch::equal(remote_row.to(torch::kCPU), torch::zeros({1 << 18})));
 }
 
 TEST_F(RemoteDeviceTest, OpsAreCapturedNotComputedUntilRead) {

@@ -114,7 +114,8 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
       return ClosingOnError(absl::DataLossError(
           absl::StrCat(this->peer(), ": offered ", offer->lanes, " lanes for ", kWant, " asked")));
     }
-    const absl::Time lanes_by = absl::Now() + absl::Milliseconds(offer->wait_ms);
+    const absl::Time lanes_by =
+        std::min(deadline, absl::Now() + absl::Milliseconds(offer->wait_ms));
     const absl::Status prepared = this->mutable_stream().PrepareLanes(offer->lanes - 1);
     absl::StatusOr<std::vector<transport_internal::TcpStream>> lanes =
         prepared.ok()
@@ -194,7 +195,7 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
         offer.lanes = 1;
       }
     }
-    const absl::Duration wait = std::min(timeout, absl::Seconds(3));
+    const absl::Duration wait = std::clamp(timeout, absl::ZeroDuration(), absl::Seconds(3));
     if (offer.lanes > 1) {
       offer.port = listener->port();
       offer.token = *token;

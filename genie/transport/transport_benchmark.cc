@@ -90,7 +90,7 @@ absl::StatusOr<std::pair<Connection<Shm>, Connection<Shm>>> MakePair<Shm>() {
 // Receives frames into one reused buffer; answers every kPing with a kPong; stops at kGoodbye.
 template <class P>
 // With `fresh`, every payload goes into memory allocated for it (as a client's output did
-// before client_internal::OutputMemory): the kernel then faults in each page as it copies.
+// before client_internal::HostBlockCache): the kernel then faults in each page as it copies.
 void Sink(Connection<P>& conn, std::vector<unsigned char>& buffer, bool fresh = false) {
   for (;;) {
     auto header = conn.ReceiveHeader(kWait);
