@@ -89,6 +89,8 @@ struct Mode {
   bool tf32 = false;
   // Remote over TCP: one socket (transport::TcpOneSocket) instead of Tcp's lanes.
   bool one_socket = false;
+  // Remote: copy-on-write upload snapshots (frontend::SetCopyOnWriteSnapshots).
+  bool copy_on_write = false;
 };
 
 // GPU memory of the process (client, embedded node and local alike), in MB: in live tensors
@@ -115,6 +117,7 @@ class ModelRun {
     if (mode.inference) inference_.emplace();
     if (mode.remote && mode.dispatch >= 0)
       genie::frontend::SetAutoDispatch(mode.dispatch, mode.growth);
+    if (mode.copy_on_write) genie::frontend::SetCopyOnWriteSnapshots(true);
   }
   void StartTiming(genie::Session<D>* session) {
     session_ = session;
@@ -128,6 +131,7 @@ class ModelRun {
     at::globalContext().setAllowTF32CuBLAS(tf32_cublas_);
     at::globalContext().setAllowTF32CuDNN(tf32_cudnn_);
     std::tie(state_.counters["gpu_mb_end"], state_.counters["gpu_reserved_mb_end"]) = GpuMemoryMb();
+    if (mode_.copy_on_write) genie::frontend::SetCopyOnWriteSnapshots(false);
     if (!mode_.remote) return;
     if (mode_.dispatch >= 0) genie::frontend::SetAutoDispatch(0);
     if (session_ == nullptr) return;
@@ -542,7 +546,7 @@ BENCHMARK_CAPTURE(BM_Download, genie_remote_shm_rings, Where::kRemoteShmRings)
 // before), local_cuda_inference / genie_remote_inference (InferenceMode on both sides),
 // genie_remote_inference_dispatch128 (plus SetAutoDispatch(128)),
 // genie_remote_inference_one_socket (Tcp on one socket, transport::TcpOneSocket, against the
-// lanes every other Tcp case has),
+// lanes every other Tcp case has), genie_remote_inference_cow (copy-on-write snapshots on),
 // genie_remote_inference_busypoll[_dispatch128] (node and client spin up to 5 ms on their
 // sockets before sleeping), *_dispatchNxG (SetAutoDispatch(N, G): parts of N, N*G, ...
 // nodes), *_nodispatch (steps not cut; the other remote cases take the session's default,
@@ -565,6 +569,9 @@ const bool kModelsRegistered = [] {
   Mode one_socket{true, true, -1};
   one_socket.one_socket = true;
   modes.push_back({"genie_remote_inference_one_socket", one_socket});
+  Mode copy_on_write{true, true, -1};
+  copy_on_write.copy_on_write = true;
+  modes.push_back({"genie_remote_inference_cow", copy_on_write});
   modes.push_back({"genie_remote_inference_dispatch128", Mode{true, true, 128}});
   modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, -1, true, 5000}});
   modes.push_back(
