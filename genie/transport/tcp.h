@@ -29,6 +29,8 @@
 //   client -> server  kLanes  {lanes wanted}
 //   server -> client  kLanes  {lanes granted, port, 16-byte token}   (granted 1: done)
 //   client -> server  lanes 1..n-1 connect to that port, each sending "GLNE" | index | token
+//                     (or, when it cannot connect them: kLanes {1 lane, why}, and the server
+//                     stops waiting)
 //   server -> client  kLanes  {lanes attached, and why fewer}
 //
 // The server listens for the lanes on a port of its own for this connection only, on the

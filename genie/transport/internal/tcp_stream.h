@@ -7,7 +7,8 @@
 // Lanes: a stream may have extra sockets to the same peer attached (AttachLanes; the
 // handshake that makes them is tcp.h's OpenLanes/AcceptLanes). A striped frame (frame.h)
 // spreads its payload over all of them; each lane's share is copied through the kernel by a
-// thread of its own (one for sending, one for receiving, started on first use), so a large
+// thread of its own (one for sending, one for receiving, started when the lanes are
+// prepared, before the handshake commits to them), so a large
 // tensor crosses several cores' worth of copy bandwidth instead of one.
 #ifndef GENIE_TRANSPORT_INTERNAL_TCP_STREAM_H_
 #define GENIE_TRANSPORT_INTERNAL_TCP_STREAM_H_
@@ -33,7 +34,8 @@ struct SocketSettings {
   int buffer_bytes = 0;  // SO_SNDBUF / SO_RCVBUF; 0 = kernel autotuning
 };
 
-// Bytes of the hello a lane sends first on its socket: magic, lane index, the offer's token.
+// Bytes of the random token an offer carries and each lane presents in its hello (after a
+// magic and its index).
 inline constexpr std::size_t kLaneTokenBytes = 16;
 inline constexpr int kMaxLanes = 16;
 
