@@ -7,21 +7,12 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "genie/transport/internal/little_endian.h"
 
 namespace genie::transport {
-namespace {
 
-void PutLe(unsigned char* out, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-
-std::uint64_t GetLe(const unsigned char* in, int bytes) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= std::uint64_t{in[i]} << (8 * i);
-  return v;
-}
-
-}  // namespace
+using transport_internal::GetLe;
+using transport_internal::PutLe;
 
 absl::string_view MessageKindName(MessageKind kind) {
   switch (kind) {

@@ -30,6 +30,7 @@
 #include "genie/transport/internal/auth_crypto.h"
 #include "genie/transport/internal/fd_wait.h"
 #include "genie/transport/internal/frame_pieces.h"
+#include "genie/transport/internal/little_endian.h"
 
 namespace genie::transport_internal {
 namespace {
@@ -90,16 +91,6 @@ std::string NumericHost(const sockaddr_storage& ss) {
     inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&ss)->sin6_addr, buf, sizeof(buf));
   }
   return buf;
-}
-
-void PutLe(unsigned char* out, std::uint64_t v, int bytes) {
-  for (int i = 0; i < bytes; ++i) out[i] = static_cast<unsigned char>(v >> (8 * i));
-}
-
-std::uint64_t GetLe(const unsigned char* in, int bytes) {
-  std::uint64_t v = 0;
-  for (int i = 0; i < bytes; ++i) v |= std::uint64_t{in[i]} << (8 * i);
-  return v;
 }
 
 // A lane's hello: "GLNE" | u32 lane index | token.
