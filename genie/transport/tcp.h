@@ -103,18 +103,22 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
     constexpr int kWant = transport_traits<P>::lanes;
     static_assert(kWant >= 1 && kWant <= transport_internal::kMaxLanes,
                   "kLanes is 1 (one socket) to 16");
-    if (kWant <= 1 || this->lane_count() > 1) return LaneResult{this->lane_count(), ""};
+    int want = kWant;
+    if constexpr (transport_traits<P>::lanes_by_cores) {
+      want = std::min(want, std::max(1, transport_internal::UsableCpus() / 2));
+    }
+    if (want <= 1 || this->lane_count() > 1) return LaneResult{this->lane_count(), ""};
     const absl::Time deadline = absl::Now() + timeout;
     transport_internal::LaneMessage request;
-    request.lanes = kWant;
+    request.lanes = want;
     GENIE_RETURN_IF_ERROR(ClosingOnError(
         this->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(request))));
     absl::StatusOr<transport_internal::LaneMessage> offer = ReceiveLaneMessage(deadline);
     if (!offer.ok()) return ClosingOnError(offer.status());
     if (offer->lanes <= 1) return LaneResult{1, offer->note};
-    if (offer->lanes > kWant || offer->token.size() != transport_internal::kLaneTokenBytes) {
+    if (offer->lanes > want || offer->token.size() != transport_internal::kLaneTokenBytes) {
       return ClosingOnError(absl::DataLossError(
-          absl::StrCat(this->peer(), ": offered ", offer->lanes, " lanes for ", kWant, " asked")));
+          absl::StrCat(this->peer(), ": offered ", offer->lanes, " lanes for ", want, " asked")));
     }
     const absl::Time lanes_by =
         std::min(deadline, absl::Now() + absl::Milliseconds(offer->wait_ms));

@@ -108,6 +108,12 @@ struct StripeMinBytesOf<P, std::void_t<decltype(P::kStripeMinBytes)>> {
   static constexpr std::uint64_t value = P::kStripeMinBytes;
 };
 
+template <class P, class = void>
+struct LanesByCoresOf : std::false_type {};
+template <class P>
+struct LanesByCoresOf<P, std::void_t<decltype(P::kLanesByCores)>>
+    : std::bool_constant<P::kLanesByCores> {};
+
 template <class T, class = void>
 struct IsPolicy : std::false_type {};
 template <class T>
@@ -141,6 +147,9 @@ struct transport_traits {
   // tcp.h); large frames are striped over them, each lane copied by its own thread. The node
   // may grant fewer. Default 1 (one socket).
   static constexpr int lanes = traits_internal::LanesOf<P>::value;
+  // Tcp with lanes: ask for no more lanes than half the cores this process may run on (at
+  // least 1): on a 2-core machine the lanes' threads cost more than they copy. Default false.
+  static constexpr bool lanes_by_cores = traits_internal::LanesByCoresOf<P>::value;
   // Tcp with lanes: frames with at least this many payload bytes are striped. Default 1 MiB.
   static constexpr std::uint64_t stripe_min_bytes = traits_internal::StripeMinBytesOf<P>::value;
   // Shared-memory transports: bytes of each direction's ring. Default 16 MiB.

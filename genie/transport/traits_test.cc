@@ -100,6 +100,8 @@ TEST(TransportTraits, RealPolicies) {
   EXPECT_EQ(transport_traits<Tcp>::pool_min_bytes, std::uint64_t{64} << 10);
   EXPECT_EQ(transport_traits<Tcp>::lanes, 4);
   EXPECT_EQ(transport_traits<TcpOneSocket>::lanes, 1);
+  EXPECT_TRUE(transport_traits<Tcp>::lanes_by_cores);
+  EXPECT_FALSE(transport_traits<Shm>::lanes_by_cores);
   EXPECT_EQ(transport_traits<Shm>::lanes, 1);
   static_assert(std::is_same_v<transport_traits<TcpOneSocket>::backend, Tcp>);
 }

@@ -73,6 +73,7 @@ struct PairMaker<Tcp> {
 struct TcpLanes4 : Tcp {
   static constexpr int kLanes = 4;
   static constexpr std::uint64_t kStripeMinBytes = std::uint64_t{64} << 10;
+  static constexpr bool kLanesByCores = false;  // lanes on any machine
 };
 
 template <>

@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -206,6 +207,7 @@ TEST(Tcp, TrickledPayloadArrivesWholeAndSmallFramesAfterItAreNotHeld) {
 struct TcpLanes3 : Tcp {
   static constexpr int kLanes = 3;
   static constexpr std::uint64_t kStripeMinBytes = 1;
+  static constexpr bool kLanesByCores = false;  // lanes on any machine
 };
 
 struct LanePair {
@@ -260,6 +262,27 @@ TEST(TcpLanes, OpenedAndUsedInBothDirections) {
   EXPECT_EQ(p.server->lane_count(), 3);
   RoundTrip(*p.client, *p.server, (std::size_t{3} << 20) + 17);
   RoundTrip(*p.client, *p.server, 5);  // a share smaller than a page: one lane carries it all
+}
+
+TEST(TcpLanes, DefaultTcpAsksForAtMostHalfTheCores) {
+  const int expected = std::min(4, std::max(1, transport_internal::UsableCpus() / 2));
+  auto listener = Listener<Tcp>::Create("127.0.0.1", 0);
+  ASSERT_TRUE(listener.ok()) << listener.status();
+  auto client = Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
+  ASSERT_TRUE(client.ok()) << client.status();
+  auto server = listener->Accept(absl::Seconds(5));
+  ASSERT_TRUE(server.ok()) << server.status();
+  absl::StatusOr<LaneResult> opened = absl::UnknownError("not run");
+  std::thread client_side([&] { opened = client->OpenLanes(absl::Seconds(5)); });
+  if (expected > 1) {  // otherwise the client asks for nothing
+    absl::StatusOr<FrameHeader> request = server->ReceiveHeader(absl::Seconds(5));
+    ASSERT_TRUE(request.ok()) << request.status();
+    ASSERT_TRUE(server->AcceptLanes(*request, 8, absl::Seconds(5)).ok());
+  }
+  client_side.join();
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  EXPECT_EQ(client->lane_count(), expected) << transport_internal::UsableCpus() << " cores";
+  EXPECT_EQ(server->lane_count(), expected);
 }
 
 TEST(TcpLanes, ServerGrantsFewerOrNone) {
