@@ -210,6 +210,21 @@ struct TcpLanes3 : Tcp {
   static constexpr bool kLanesByCores = false;  // lanes on any machine
 };
 
+// A loopback pair: a client of policy C connected to a server of policy S.
+template <class C, class S>
+absl::Status ConnectPair(std::optional<Connection<C>>* client,
+                         std::optional<Connection<S>>* server) {
+  auto listener = Listener<S>::Create("127.0.0.1", 0);
+  if (!listener.ok()) return listener.status();
+  auto c = Connection<C>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
+  if (!c.ok()) return c.status();
+  auto s = listener->Accept(absl::Seconds(5));
+  if (!s.ok()) return s.status();
+  client->emplace(std::move(*c));
+  server->emplace(std::move(*s));
+  return absl::OkStatus();
+}
+
 struct LanePair {
   std::optional<Connection<TcpLanes3>> client, server;
   absl::StatusOr<LaneResult> opened = absl::UnknownError("not run");
@@ -219,14 +234,10 @@ struct LanePair {
 // A connected pair whose client opened lanes with a server granting at most `max_lanes`.
 LanePair MakeLanePair(int max_lanes) {
   LanePair p;
-  auto listener = Listener<TcpLanes3>::Create("127.0.0.1", 0);
-  if (!listener.ok()) return p;
-  auto client = Connection<TcpLanes3>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
-  if (!client.ok()) return p;
-  auto server = listener->Accept(absl::Seconds(5));
-  if (!server.ok()) return p;
-  p.client.emplace(std::move(*client));
-  p.server.emplace(std::move(*server));
+  if (absl::Status s = ConnectPair(&p.client, &p.server); !s.ok()) {
+    p.opened = p.accepted = s;
+    return p;
+  }
   std::thread client_side([&] { p.opened = p.client->OpenLanes(absl::Seconds(5)); });
   absl::StatusOr<FrameHeader> request = p.server->ReceiveHeader(absl::Seconds(5));
   p.accepted = request.ok() ? p.server->AcceptLanes(*request, max_lanes, absl::Seconds(5))
@@ -266,12 +277,8 @@ TEST(TcpLanes, OpenedAndUsedInBothDirections) {
 
 TEST(TcpLanes, DefaultTcpAsksForAtMostHalfTheCores) {
   const int expected = std::min(4, std::max(1, transport_internal::UsableCpus() / 2));
-  auto listener = Listener<Tcp>::Create("127.0.0.1", 0);
-  ASSERT_TRUE(listener.ok()) << listener.status();
-  auto client = Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
-  ASSERT_TRUE(client.ok()) << client.status();
-  auto server = listener->Accept(absl::Seconds(5));
-  ASSERT_TRUE(server.ok()) << server.status();
+  std::optional<Connection<Tcp>> client, server;
+  ASSERT_TRUE(ConnectPair(&client, &server).ok());
   absl::StatusOr<LaneResult> opened = absl::UnknownError("not run");
   std::thread client_side([&] { opened = client->OpenLanes(absl::Seconds(5)); });
   if (expected > 1) {  // otherwise the client asks for nothing
@@ -313,14 +320,10 @@ struct ByHand {
 template <class F>
 ByHand LanesByHand(F connect) {
   ByHand h;
-  auto listener = Listener<TcpLanes3>::Create("127.0.0.1", 0);
-  if (!listener.ok()) return h;
-  auto client = Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
-  if (!client.ok()) return h;
-  auto server = listener->Accept(absl::Seconds(5));
-  if (!server.ok()) return h;
-  h.client.emplace(std::move(*client));
-  h.server.emplace(std::move(*server));
+  if (absl::Status s = ConnectPair(&h.client, &h.server); !s.ok()) {
+    h.accepted = s;
+    return h;
+  }
   std::thread server_side([&] {
     absl::StatusOr<FrameHeader> request = h.server->ReceiveHeader(absl::Seconds(5));
     h.accepted = request.ok() ? h.server->AcceptLanes(*request, 8, absl::Milliseconds(500))
@@ -452,12 +455,8 @@ TEST(TcpLanes, ALaneFromAnotherAddressIsRefused) {
 }
 
 TEST(TcpLanes, StripedFrameWithoutLanesIsRefused) {
-  auto listener = Listener<Tcp>::Create("127.0.0.1", 0);
-  ASSERT_TRUE(listener.ok()) << listener.status();
-  auto a = Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5));
-  ASSERT_TRUE(a.ok()) << a.status();
-  auto b = listener->Accept(absl::Seconds(5));
-  ASSERT_TRUE(b.ok()) << b.status();
+  std::optional<Connection<Tcp>> a, b;
+  ASSERT_TRUE(ConnectPair(&a, &b).ok());
   FrameHeader h;
   h.kind = MessageKind::kTransfer;
   h.payload_bytes = 8192;
