@@ -52,21 +52,24 @@ struct PairMaker<InProcess> {
   }
 };
 
-template <>
-struct PairMaker<Tcp> {
-  static absl::StatusOr<ConnPair<Tcp>> Make(const ConnectionOptions& options) {
-    auto listener = Listener<Tcp>::Create("127.0.0.1", 0);
+// A loopback pair for a Tcp policy.
+template <class P>
+struct TcpPairMaker {
+  static absl::StatusOr<ConnPair<P>> Make(const ConnectionOptions& options) {
+    auto listener = Listener<P>::Create("127.0.0.1", 0);
     if (!listener.ok()) return listener.status();
     // The kernel completes the handshake from the backlog, so connect-then-accept works on
     // one thread.
-    auto client =
-        Connection<Tcp>::Connect("127.0.0.1", listener->port(), absl::Seconds(5), options);
+    auto client = Connection<P>::Connect("127.0.0.1", listener->port(), absl::Seconds(5), options);
     if (!client.ok()) return client.status();
     auto server = listener->Accept(absl::Seconds(5), options);
     if (!server.ok()) return server.status();
-    return ConnPair<Tcp>(std::move(*client), std::move(*server));
+    return ConnPair<P>(std::move(*client), std::move(*server));
   }
 };
+
+template <>
+struct PairMaker<Tcp> : TcpPairMaker<Tcp> {};
 
 // Tcp with lanes: the pair opens 4 sockets in all, and every frame of 64 KiB or more is
 // striped over them, so the suite's large frames, gathers and split receives cross lanes.
@@ -79,28 +82,25 @@ struct TcpLanes4 : Tcp {
 template <>
 struct PairMaker<TcpLanes4> {
   static absl::StatusOr<ConnPair<TcpLanes4>> Make(const ConnectionOptions& options) {
-    auto listener = Listener<TcpLanes4>::Create("127.0.0.1", 0);
-    if (!listener.ok()) return listener.status();
-    auto client =
-        Connection<TcpLanes4>::Connect("127.0.0.1", listener->port(), absl::Seconds(5), options);
-    if (!client.ok()) return client.status();
-    auto server = listener->Accept(absl::Seconds(5), options);
-    if (!server.ok()) return server.status();
+    absl::StatusOr<ConnPair<TcpLanes4>> pair = TcpPairMaker<TcpLanes4>::Make(options);
+    if (!pair.ok()) return pair.status();
+    Connection<TcpLanes4>& client = pair->first;
+    Connection<TcpLanes4>& server = pair->second;
     absl::StatusOr<LaneResult> opened = absl::UnknownError("not run");
-    std::thread client_side([&] { opened = client->OpenLanes(absl::Seconds(5)); });
-    absl::StatusOr<FrameHeader> request = server->ReceiveHeader(absl::Seconds(5));
+    std::thread client_side([&] { opened = client.OpenLanes(absl::Seconds(5)); });
+    absl::StatusOr<FrameHeader> request = server.ReceiveHeader(absl::Seconds(5));
     absl::StatusOr<LaneResult> accepted =
-        request.ok() ? server->AcceptLanes(*request, 8, absl::Seconds(5)) : request.status();
+        request.ok() ? server.AcceptLanes(*request, 8, absl::Seconds(5)) : request.status();
     client_side.join();
     if (!opened.ok()) return opened.status();
     if (!accepted.ok()) return accepted.status();
-    if (opened->lanes != 4 || accepted->lanes != 4 || client->lane_count() != 4 ||
-        server->lane_count() != 4) {
+    if (opened->lanes != 4 || accepted->lanes != 4 || client.lane_count() != 4 ||
+        server.lane_count() != 4) {
       return absl::InternalError(absl::StrCat("lanes: client ", opened->lanes, " (", opened->note,
                                               "), server ", accepted->lanes, " (", accepted->note,
                                               ")"));
     }
-    return ConnPair<TcpLanes4>(std::move(*client), std::move(*server));
+    return pair;
   }
 };
 
