@@ -52,14 +52,17 @@ bool NoCuda(benchmark::State& state) {
 }
 
 // busy_poll_us: the node and the client spin that long on their sockets before sleeping.
+// upload_ahead: large `.to(remote)` inputs go to the node at once (the Tcp default,
+// client::RemoteExecutorOptions::upload_ahead_min_bytes); off, they go with the first part.
 template <class D>
 std::unique_ptr<genie::Session<D>> StartGpuSession(benchmark::State& state, bool cuda_graphs = true,
-                                                   int busy_poll_us = 0) {
+                                                   int busy_poll_us = 0, bool upload_ahead = true) {
   genie::SessionOptions o = genie::benchmarks::QuietSessionOptions();
   o.embedded.device = "cuda:0";
   o.embedded.cuda_graphs = cuda_graphs;
   o.embedded.busy_poll = absl::Microseconds(busy_poll_us);
   o.connection.busy_poll = absl::Microseconds(busy_poll_us);
+  if (!upload_ahead) o.connection.upload_ahead_min_bytes = 0;
   return genie::benchmarks::StartSessionOrSkip<D>(state, o);
 }
 
@@ -91,6 +94,8 @@ struct Mode {
   bool one_socket = false;
   // Remote: copy-on-write upload snapshots (frontend::SetCopyOnWriteSnapshots).
   bool copy_on_write = false;
+  // Remote over TCP: large inputs sent at `.to()` (StartGpuSession's upload_ahead).
+  bool upload_ahead = true;
 };
 
 // GPU memory of the process (client, embedded node and local alike), in MB: in live tensors
@@ -168,7 +173,9 @@ void RunVitB16(benchmark::State& state, const Mode& mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::ViTConfig c = m::ViTConfig::ViTBase16();
-  auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  auto session = mode.remote
+                     ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us, mode.upload_ahead)
+                     : nullptr;
   if (mode.remote && !session) return;
   const torch::Device dev =
       mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
@@ -188,7 +195,9 @@ void RunBertBase(benchmark::State& state, const Mode& mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::BertConfig c = m::BertConfig::BertBase();
-  auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  auto session = mode.remote
+                     ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us, mode.upload_ahead)
+                     : nullptr;
   if (mode.remote && !session) return;
   const torch::Device dev =
       mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
@@ -208,7 +217,9 @@ void RunGpt2SmallDecode(benchmark::State& state, const Mode& mode) {
   if (NoCuda(state)) return;
   torch::NoGradGuard no_grad;
   const m::Gpt2Config c = m::Gpt2Config::Gpt2Small();
-  auto session = mode.remote ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us) : nullptr;
+  auto session = mode.remote
+                     ? StartGpuSession<D>(state, mode.graphs, mode.busy_poll_us, mode.upload_ahead)
+                     : nullptr;
   if (mode.remote && !session) return;
   const torch::Device dev =
       mode.remote ? torch::Device(session->device()) : torch::Device(torch::kCUDA, 0);
@@ -547,6 +558,8 @@ BENCHMARK_CAPTURE(BM_Download, genie_remote_shm_rings, Where::kRemoteShmRings)
 // genie_remote_inference_dispatch128 (plus SetAutoDispatch(128)),
 // genie_remote_inference_one_socket (Tcp on one socket, transport::TcpOneSocket, against the
 // lanes every other Tcp case has), genie_remote_inference_cow (copy-on-write snapshots on),
+// genie_remote_inference_not_ahead (inputs uploaded with the step's first part, not at
+// `.to()`: RemoteExecutorOptions::upload_ahead_min_bytes = 0),
 // genie_remote_inference_busypoll[_dispatch128] (node and client spin up to 5 ms on their
 // sockets before sleeping), *_dispatchNxG (SetAutoDispatch(N, G): parts of N, N*G, ...
 // nodes), *_nodispatch (steps not cut; the other remote cases take the session's default,
@@ -572,6 +585,9 @@ const bool kModelsRegistered = [] {
   Mode copy_on_write{true, true, -1};
   copy_on_write.copy_on_write = true;
   modes.push_back({"genie_remote_inference_cow", copy_on_write});
+  Mode not_ahead{true, true, -1};
+  not_ahead.upload_ahead = false;
+  modes.push_back({"genie_remote_inference_not_ahead", not_ahead});
   modes.push_back({"genie_remote_inference_dispatch128", Mode{true, true, 128}});
   modes.push_back({"genie_remote_inference_busypoll", Mode{true, true, -1, true, 5000}});
   modes.push_back(

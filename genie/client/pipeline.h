@@ -176,6 +176,7 @@ class PipelineExecutor final : public core::Executor {
   }
 
   bool AcceptsWithoutWaiting() const override { return scheduled_.AcceptsWithoutWaiting(); }
+  bool UploadsAhead(size_t nbytes) const override { return scheduled_.UploadsAhead(nbytes); }
 
   // Runs pipelined dispatch queued and returned from at once, since the start.
   int64_t queued_runs() const {

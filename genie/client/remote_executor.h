@@ -102,6 +102,12 @@ struct RemoteExecutorOptions {
   // fails the next of those calls, which names it; a run that call asked for is not
   // started. 0: wait for every answer.
   size_t max_deferred_runs = 64;
+  // Host data of at least this many bytes moved to the node (`.to(remote)`) is sent at once
+  // from the caller's memory, as a run that keeps it on the node
+  // (core::Executor::UploadsAhead), when the connection has no tensor pool (over Shm the
+  // snapshot already lands where the node reads it) and no run is outstanding (it would
+  // wait for them). 0: never; every upload then travels with the run that reads it.
+  size_t upload_ahead_min_bytes = size_t{1} << 20;
 };
 
 namespace client_internal {
@@ -351,6 +357,14 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     return AwaitDeferred();
   }
   bool AcceptsWithoutWaiting() const override { return session_.options().max_deferred_runs > 0; }
+  // Without a pool the run is sent before Execute returns (its bytes are in the socket or
+  // the ring by then), and with nothing outstanding it does not wait for the node.
+  bool UploadsAhead(size_t nbytes) const override {
+    const RemoteExecutorOptions& o = session_.options();
+    return pool_ == nullptr && o.upload_ahead_min_bytes != 0 &&
+           nbytes >= o.upload_ahead_min_bytes && o.max_deferred_runs > 0 &&
+           outstanding_.load(std::memory_order_relaxed) == 0;
+  }
 
   // Memory in this connection's tensor pool for a tensor the frontend snapshots for upload
   // (`.to(remote)`): the next run sends its offset instead of its bytes. Empty without a
@@ -683,6 +697,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       if (prepared_.run.uploads[k].pooled() && b.owner != nullptr) d.owners.push_back(b.owner);
     }
     deferred_.push_back(std::move(d));
+    outstanding_.store(deferred_.size(), std::memory_order_relaxed);
     core::ExecuteResult result;
     result.stats.program_cache_hit = prepared_.load_message.empty();
     return result;
@@ -723,6 +738,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
         }
       }
       deferred_.pop_front();  // its uploads may be reused now
+      outstanding_.store(deferred_.size(), std::memory_order_relaxed);
     }
     return first_error;
   }
@@ -780,6 +796,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     std::vector<std::shared_ptr<const void>> owners;            // its in-place uploads' memory
   };
   std::deque<Deferred> deferred_;
+  std::atomic<size_t> outstanding_{0};  // deferred_.size(), read without mu_ (UploadsAhead)
   core::ExecuteStats deferred_stats_;  // what answered deferred runs reported, not yet added
 };
 

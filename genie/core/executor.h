@@ -120,6 +120,17 @@ class Executor {
   // done: the frontend then dispatches on the capturing thread instead of handing the graph
   // to its worker thread.
   virtual bool AcceptsWithoutWaiting() const { return false; }
+  // Whether host data of `nbytes` that the caller moves to this executor (`.to(remote)`)
+  // should go at once, as a run of no nodes that uploads it and keeps it (ExecuteRequest
+  // with one kHostInput buffer in `keep` and may_defer), rather than as a snapshot that a
+  // later run uploads. True only where Execute of such a run has read every upload byte when
+  // it returns (sent through the connection or copied), so the upload may point into the
+  // caller's own memory, and returns without waiting for the node: the bytes then travel
+  // while the caller goes on capturing, and need no snapshot. A hint, asked right before.
+  virtual bool UploadsAhead(size_t nbytes) const {
+    (void)nbytes;
+    return false;
+  }
 };
 
 // One node-to-node transfer: the sending node reads its resident buffer `handle` and sends

@@ -44,6 +44,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -284,24 +285,32 @@ class Worker {
     return f;
   }
 
-  // Runs `job` on the calling thread when no submitted job is queued or running (so order
-  // holds), sparing the hand-off to the worker thread; else submits it. For an executor
-  // that returns from a dispatched graph once it is handed on (AcceptsWithoutWaiting).
-  std::future<Result> RunHereOrSubmit(std::unique_ptr<Job> job) {
-    bool here = false;
+  // Runs `job` on the calling thread when no submitted job is queued or running, so that
+  // nothing submitted earlier reaches its executor after it; else runs nothing and returns
+  // nullopt.
+  std::optional<Result> RunHereIfIdle(Job& job) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      here = queue_.empty() && !running_;
-      running_ = running_ || here;
+      if (!queue_.empty() || running_) return std::nullopt;
+      running_ = true;
     }
-    if (!here) return Submit(std::move(job));
-    std::future<Result> f = job->done.get_future();
-    job->done.set_value(Execute(*job));
+    Result r = Execute(job);
     {
       std::lock_guard<std::mutex> lock(mu_);
       running_ = false;
     }
-    cv_.notify_one();
+    cv_.notify_one();  // jobs submitted meanwhile waited for this one
+    return r;
+  }
+
+  // Runs `job` on the calling thread when no submitted job is queued or running (so order
+  // holds), sparing the hand-off to the worker thread; else submits it. For an executor
+  // that returns from a dispatched graph once it is handed on (AcceptsWithoutWaiting).
+  std::future<Result> RunHereOrSubmit(std::unique_ptr<Job> job) {
+    std::optional<Result> r = RunHereIfIdle(*job);
+    if (!r.has_value()) return Submit(std::move(job));
+    std::future<Result> f = job->done.get_future();
+    job->done.set_value(std::move(*r));
     return f;
   }
 
@@ -309,23 +318,9 @@ class Worker {
   // holds), sparing a caller that would only wait for it the two thread hand-offs; else
   // submits it and waits.
   Result RunNowOrWait(std::unique_ptr<Job> job) {
-    bool here = false;
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      here = queue_.empty() && !running_;
-      running_ = running_ || here;
-    }
-    if (!here) {
-      timeline::Span wait("wait for the worker's runs");
-      return Submit(std::move(job)).get();
-    }
-    Result r = Execute(*job);
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      running_ = false;
-    }
-    cv_.notify_one();  // jobs submitted meanwhile waited for this one
-    return r;
+    if (std::optional<Result> r = RunHereIfIdle(*job)) return std::move(*r);
+    timeline::Span wait("wait for the worker's runs");
+    return Submit(std::move(job)).get();
   }
 
  private:
@@ -642,6 +637,11 @@ class CaptureContext {
                                          const std::vector<BufferId>& remap, uint64_t fingerprint);
   at::Tensor MakeOutput(const OutputSpec& spec, const at::Tensor* aliased);
   void UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src);
+  // Sends `src`, all of `dst`'s new contents, to the executor at once when it takes uploads
+  // ahead (core::Executor::UploadsAhead): a run of no nodes uploads it straight from the
+  // caller's memory and keeps it under dst's handle, which is resident from then on. False:
+  // nothing was sent, snapshot it instead.
+  bool UploadAhead(const at::Tensor& dst, const at::Tensor& src);
   void CpuFallback(const c10::OperatorHandle& op, const SchemaInfo& info,
                    torch::jit::Stack* stack, const std::string& reason);
   void ResetGraph();
@@ -1864,10 +1864,65 @@ void CaptureContext::UseTemplate(Trace* t) {
   template_ = t;
 }
 
+bool CaptureContext::UploadAhead(const at::Tensor& dst, const at::Tensor& src) {
+  StorageContext* sc = ContextOf(dst);
+  // Not when the graph under construction reads the storage's earlier version (the run
+  // would overtake it), nor for parameters (a module's weights go with its first run, as
+  // weights), nor for data that is not already the bytes the storage needs.
+  if (sc->generation == graph_generation_ || !sc->name.empty() || src.requires_grad() ||
+      !src.device().is_cpu() || src.layout() != at::kStrided || !src.has_storage() ||
+      src._is_zerotensor() || src.is_quantized() || !src.is_contiguous() || src.is_conj() ||
+      src.is_neg() || src.scalar_type() != dst.scalar_type() || src.sizes() != dst.sizes()) {
+    return false;
+  }
+  const size_t nbytes = static_cast<size_t>(src.nbytes());
+  auto job = std::make_unique<Worker::Job>();
+  job->executor = executor();
+  if (nbytes == 0 || !job->executor->UploadsAhead(nbytes)) return false;
+  auto graph_ahead = std::make_shared<core::Graph>();
+  const core::DType dtype = ToDType(src.scalar_type());
+  const BufferId id = graph_ahead->AddBuffer(
+      core::Buffer{dtype, src.numel(), BufferKind::kHostInput, "", sc->handle});
+  core::ExecuteRequest& req = job->request;
+  req.graph = graph_ahead.get();
+  req.fingerprint =
+      absl::HashOf(std::string_view("genie upload ahead"), static_cast<int>(dtype), src.numel());
+  // The caller's own memory: Execute has sent it when it returns (UploadsAhead's promise).
+  req.uploads.push_back(
+      {id, core::HostBytes{src.const_data_ptr(), nbytes, std::make_shared<at::Tensor>(src)}});
+  req.keep = {id};
+  req.may_defer = true;
+  // No releases: the graph under construction may still read what they name.
+  job->graph = std::move(graph_ahead);
+  if (observer) observer(*job->graph, req);
+  std::optional<Worker::Result> result;
+  {
+    timeline::Span span("upload ahead", "bytes", static_cast<int64_t>(nbytes));
+    result = worker_.RunHereIfIdle(*job);
+  }
+  if (!result.has_value()) return false;  // dispatched graphs go first: snapshot instead
+  if (!result->ok()) {
+    // The bytes may not have arrived: the snapshot uploads them with the next run, which
+    // fails the same way if the executor is gone.
+    if (first_error_.ok()) {
+      first_error_ = absl::Status(
+          result->status().code(),
+          absl::StrCat("uploading ", nbytes, " bytes ahead to ", job->executor->Describe(),
+                       " failed: ", result->status().message()));
+    }
+    return false;
+  }
+  Account(**result);
+  sc->pending = at::Tensor();
+  sc->resident = true;
+  return true;
+}
+
 void CaptureContext::UploadInto(const at::Tensor& dst, const at::Tensor& cpu_src) {
   const bool whole = dst.is_contiguous() && dst.storage_offset() == 0 &&
                      static_cast<size_t>(dst.numel() * dst.itemsize()) == dst.storage().nbytes();
   if (whole) {
+    if (UploadAhead(dst, cpu_src)) return;
     // Overwrites the whole storage: bind it to a snapshot of the host data (a new
     // version with no dependence on the old one; the data uploads at the next run).
     at::Tensor data = SnapshotForUpload(cpu_src, dst.sizes(), dst.scalar_type());

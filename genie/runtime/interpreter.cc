@@ -885,7 +885,8 @@ struct Interpreter::Impl {
     for (const core::Upload& u : req.uploads) upload_ids.push_back(u.buffer);
 
     enum class Mode { kEager, kCapture, kReplay } mode = Mode::kEager;
-    const bool graphable = options.cuda_graphs && req.fingerprint != 0 &&
+    // A run of no nodes (an upload sent ahead, kept) has nothing to replay.
+    const bool graphable = options.cuda_graphs && req.fingerprint != 0 && !g.nodes().empty() &&
                            program.graph_blocker.empty() && state->blocker.empty();
     if (graphable && state->graph) {
       bool same = state->num_buffers == g.buffers().size() && state->upload_ids == upload_ids;

@@ -57,6 +57,11 @@ class ResidencyExecutor {
     return !policy_.weights && !policy_.kv_cache && !policy_.activations &&
            node_->AcceptsWithoutWaiting();
   }
+  // Whether host data goes to the node at once (core::Executor::UploadsAhead): only when
+  // activations stay there (a shipped one would come straight back to the client).
+  bool UploadsAhead(size_t nbytes) const {
+    return !policy_.activations && node_->UploadsAhead(nbytes);
+  }
   // The node's staging memory (core::Executor::Staging: its shared tensor pool, if any).
   core::HostBuffer Staging(size_t nbytes) { return node_->Staging(nbytes); }
   const ShipPolicy& policy() const { return policy_; }

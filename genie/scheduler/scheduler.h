@@ -74,6 +74,8 @@ class ScheduledExecutor<BlindScheduler> {
   std::string Describe() const { return absl::StrCat("blind on ", residency_.Describe()); }
   absl::Status Drain() { return residency_.Drain(); }
   bool AcceptsWithoutWaiting() const { return residency_.AcceptsWithoutWaiting(); }
+  // The baseline ships every buffer with the segment that reads it.
+  bool UploadsAhead(size_t) const { return false; }
   core::HostBuffer Staging(size_t nbytes) { return residency_.Staging(nbytes); }
   DataTraffic traffic() const { return residency_.traffic(); }
   PlacementStats placement() const { return PlacementStats{}; }  // one node: nothing placed
@@ -131,6 +133,11 @@ class ScheduledExecutor<SemanticScheduler<Os...>> {
   // it; one node on its own may accept runs without waiting.
   bool AcceptsWithoutWaiting() const {
     return !kHas<DecodeBatching> && placed_ == nullptr && residency_.AcceptsWithoutWaiting();
+  }
+  // Host data goes ahead to the one node that runs everything, never to one of several
+  // (where it is needed is known only once the graph reading it is placed).
+  bool UploadsAhead(size_t nbytes) const {
+    return AcceptsWithoutWaiting() && residency_.UploadsAhead(nbytes);
   }
   // What decode batching did (zeros without DecodeBatching).
   DecodeBatchingStats decode_batching() const {

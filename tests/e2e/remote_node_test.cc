@@ -116,6 +116,122 @@ TEST_F(RemoteNodeTest, ModuleMatchesEagerAndWeightsCrossTheWireOnce) {
               second.ToString().c_str());
 }
 
+// What the executor was handed, per graph: its nodes, uploaded bytes and kept buffers.
+struct SeenGraph {
+  size_t nodes = 0;
+  uint64_t upload_bytes = 0;
+  size_t kept = 0;
+};
+void ObserveGraphs(std::vector<SeenGraph>* seen) {
+  frontend::SetGraphObserver([seen](const core::Graph& g, const core::ExecuteRequest& r) {
+    SeenGraph s{g.nodes().size(), 0, r.keep.size()};
+    for (const core::Upload& u : r.uploads) s.upload_bytes += u.bytes.nbytes;
+    seen->push_back(s);
+  });
+}
+size_t UploadsAhead(const std::vector<SeenGraph>& seen) {
+  size_t n = 0;
+  for (const SeenGraph& s : seen) n += s.nodes == 0 && s.kept == 1 && s.upload_bytes > 0;
+  return n;
+}
+
+// `.to(remote)` of 1 MiB or more over Tcp is sent at once from the caller's memory, as a run
+// of no nodes that keeps it on the node; the graph that reads it uploads nothing more. The
+// value is the one of the moment of `.to()`, however the caller changes its tensor after.
+TEST_F(RemoteNodeTest, LargeUploadsGoAheadOfTheGraphThatReadsThem) {
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect();
+  ASSERT_NE(exec, nullptr);
+  frontend::SetExecutor(exec);
+  std::vector<SeenGraph> seen;
+  ObserveGraphs(&seen);
+  const int64_t rows = 512, cols = 1024;  // 2 MiB of fp32
+  for (int step = 0; step < 3; ++step) {
+    seen.clear();
+    torch::Tensor a = torch::randn({rows, cols});
+    const torch::Tensor expected = (a * 3).sum(1);
+    const transport::TrafficSnapshot before = exec->traffic();
+    torch::Tensor ra = a.to(Remote());
+    const transport::TrafficSnapshot sent = exec->traffic() - before;
+    ASSERT_EQ(UploadsAhead(seen), 1u) << "step " << step;
+    EXPECT_EQ(seen[0].upload_bytes, static_cast<uint64_t>(a.nbytes()));
+    // On the wire before anything was read.
+    EXPECT_GE(sent.Bytes(Direction::kSent, TrafficClass::kActivations),
+              static_cast<uint64_t>(a.nbytes()))
+        << sent.ToString();
+    a.mul_(-7);  // after `.to()`: the node holds the earlier values
+    torch::Tensor r = (ra * 3).sum(1).to(torch::kCPU);
+    EXPECT_LE(MaxAbsDiff(r, expected), 1e-3) << "step " << step;
+    ASSERT_EQ(seen.size(), 2u);
+    EXPECT_GT(seen[1].nodes, 0u);
+    EXPECT_LT(seen[1].upload_bytes, 64u) << "the graph uploaded its input again";  // scalars only
+  }
+  frontend::SetGraphObserver(nullptr);
+}
+
+// Where an upload cannot go ahead it is snapshotted as before, with the same values: a
+// storage the graph under construction still reads in its earlier version, a tensor that
+// requires grad (a module's parameter), a small one, and an executor that never does it.
+TEST_F(RemoteNodeTest, UploadsThatCannotGoAheadAreSnapshots) {
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect();
+  ASSERT_NE(exec, nullptr);
+  frontend::SetExecutor(exec);
+  std::vector<SeenGraph> seen;
+  ObserveGraphs(&seen);
+  torch::Tensor a = torch::randn({512, 1024});
+  torch::Tensor b = torch::randn({512, 1024});
+  torch::Tensor ra = a.to(Remote());
+  EXPECT_EQ(UploadsAhead(seen), 1u);
+  torch::Tensor doubled = ra * 2;  // reads a's values
+  ra.copy_(b);                     // a new version while that read is not yet run
+  EXPECT_EQ(UploadsAhead(seen), 1u) << "overtook a graph that reads the earlier version";
+  EXPECT_LE(MaxAbsDiff(doubled.to(torch::kCPU), a * 2), 1e-5);
+  EXPECT_LE(MaxAbsDiff(ra.to(torch::kCPU), b), 0.0);
+
+  seen.clear();
+  torch::Tensor w = torch::randn({512, 1024}, torch::requires_grad());
+  EXPECT_LE(MaxAbsDiff((w.to(Remote()) + 1).to(torch::kCPU), w.detach() + 1), 1e-6);
+  torch::Tensor small = torch::randn({256, 1023});  // just under 1 MiB
+  EXPECT_LE(MaxAbsDiff((small.to(Remote()) + 1).to(torch::kCPU), small + 1), 1e-6);
+  EXPECT_EQ(UploadsAhead(seen), 0u);
+
+  client::RemoteExecutorOptions never;
+  never.upload_ahead_min_bytes = 0;
+  std::shared_ptr<RemoteExecutor<Tcp>> plain = Connect(never);
+  ASSERT_NE(plain, nullptr);
+  frontend::SetExecutor(plain);
+  seen.clear();
+  EXPECT_LE(MaxAbsDiff((b.to(Remote()) - 1).to(torch::kCPU), b - 1), 1e-6);
+  EXPECT_EQ(UploadsAhead(seen), 0u);
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_GE(seen[0].upload_bytes, static_cast<uint64_t>(b.nbytes()));  // with the run
+  frontend::SetGraphObserver(nullptr);
+}
+
+// A node that refuses what was sent ahead (over its memory budget) fails the read that
+// follows, with the node's reason; the connection goes on serving.
+TEST(RemoteNodeBudgetTest, UploadAheadOverTheBudgetFailsTheNextRead) {
+  torch::NoGradGuard no_grad;
+  auto node = NodeProcess::Start(kKey, {"--memory_budget=1048576"});
+  ASSERT_TRUE(node.ok()) << node.status();
+  auto exec = RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node)->port(), kKey);
+  ASSERT_TRUE(exec.ok()) << exec.status();
+  std::shared_ptr<RemoteExecutor<Tcp>> shared(std::move(*exec));
+  frontend::SetExecutor(shared);
+  torch::Tensor big = torch::randn({512, 1024});  // 2 MiB > 1 MiB budget
+  torch::Tensor rbig = big.to(Remote());
+  try {
+    (void)(rbig + 1).to(torch::kCPU);
+    ADD_FAILURE() << "data over the node's memory budget must fail the read";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find("RESOURCE_EXHAUSTED"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("--memory_budget"), std::string::npos) << msg;
+  }
+  torch::Tensor a = torch::randn({4});
+  EXPECT_LE(MaxAbsDiff((a.to(Remote()) + 1).to(torch::kCPU), a + 1), 1e-6);
+  frontend::SetExecutor(std::make_shared<runtime::Interpreter>());
+}
+
 TEST_F(RemoteNodeTest, WrongKeyIsRefusedAndTheNodeKeepsServing) {
   auto wrong = RemoteExecutor<Tcp>::Connect("127.0.0.1", node_->port(),
                                             "not-the-node-key-0123456789abcdef");
@@ -279,6 +395,27 @@ TEST_F(RemoteNodeTest, KilledNodeGivesPromptErrorNamingTheNode) {
   EXPECT_TRUE(absl::IsUnavailable(r.status())) << r.status();
   EXPECT_NE(std::string(r.status().message()).find(where), std::string::npos) << r.status();
   EXPECT_LT(std::chrono::steady_clock::now() - again, std::chrono::seconds(1));
+}
+
+// Data sent ahead to a node that was killed: `.to()` itself does not fail (a copy has no
+// error to give), the read that follows does, naming the node.
+TEST_F(RemoteNodeTest, UploadAheadToAKilledNodeFailsTheNextRead) {
+  std::shared_ptr<RemoteExecutor<Tcp>> exec = Connect();
+  ASSERT_NE(exec, nullptr);
+  frontend::SetExecutor(exec);
+  ExpectFrontendWorks();
+  ASSERT_TRUE(node_->Signal(SIGKILL).ok());
+  const std::string where = absl::StrCat("127.0.0.1:", node_->port());
+  torch::Tensor big = torch::randn({512, 1024});
+  torch::Tensor rbig;
+  ASSERT_NO_THROW(rbig = big.to(Remote()));
+  try {
+    (void)(rbig + 1).to(torch::kCPU);
+    ADD_FAILURE() << "reading from a killed node must raise";
+  } catch (const c10::Error& e) {
+    const std::string msg = e.what_without_backtrace();
+    EXPECT_NE(msg.find(where), std::string::npos) << msg;
+  }
 }
 
 TEST_F(RemoteNodeTest, SigtermStopsTheNodeCleanlyWithAClientConnected) {
