@@ -214,9 +214,9 @@ struct CudaProgramState {
   std::unique_ptr<CapturedGraph> graph;
   std::vector<at::Tensor> roots;  // every buffer as captured (static inputs and outputs)
   std::vector<std::pair<core::BufferId, const void*>> resident_ptrs;
-  // Resident inputs the graph reads from a private copy, refreshed before each replay:
-  // they moved between runs (tensors that cross a cut of an auto-dispatched step are new
-  // each step) and no node of the program writes them.
+  // Resident inputs the graph reads from a private copy, refreshed before each replay
+  // (and copied back after it when the program writes them): they moved between runs
+  // (tensors that cross a cut of an auto-dispatched step are new each step).
   std::vector<core::BufferId> copied_in;
   std::vector<core::BufferId> upload_ids;
   size_t num_buffers = 0;
@@ -252,6 +252,8 @@ struct Interpreter::Impl {
   at::Device device = at::kCPU;
   mutable std::mutex mu;
   absl::flat_hash_map<uint64_t, at::Tensor> resident;
+  // What runs left for ReleaseRetired (InterpreterOptions::retire_after_run).
+  std::vector<at::Tensor> retired;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Program>> programs;
   std::unique_ptr<CpuLanes> cpu_lanes;  // started on the first multi-lane CPU run
   std::list<uint64_t> program_order;
@@ -744,6 +746,7 @@ struct Interpreter::Impl {
     std::lock_guard<std::mutex> lock(mu);
     c10::InferenceMode inference;
     core::ExecuteResult result;
+    retired.clear();  // a caller that never released them
 
     bool hit = false;
     GENIE_ASSIGN_OR_RETURN(std::shared_ptr<Program> program, Prepare(g, req.fingerprint, &hit));
@@ -850,7 +853,19 @@ struct Interpreter::Impl {
       }
     }
     // After the run: this graph may still have read storages that died during capture.
-    for (uint64_t h : req.release) resident.erase(h);
+    if (options.retire_after_run) {
+      // Freed by ReleaseRetired, once the caller has answered.
+      for (uint64_t h : req.release) {
+        auto it = resident.find(h);
+        if (it == resident.end()) continue;
+        retired.push_back(std::move(it->second));
+        resident.erase(it);
+      }
+      retired.insert(retired.end(), std::make_move_iterator(roots.begin()),
+                     std::make_move_iterator(roots.end()));
+    } else {
+      for (uint64_t h : req.release) resident.erase(h);
+    }
     result.stats.bytes_uploaded = upload_bytes;
     result.stats.resident_bytes = ResidentBytes();
     return result;
@@ -910,24 +925,20 @@ struct Interpreter::Impl {
         state->roots.clear();
         --captured_graphs;
         g_graph_drops.fetch_add(1, std::memory_order_relaxed);
-        // Inputs that moved but that no node writes are read from a private copy from now
-        // on (refreshed before each replay), so the graph survives their moving again.
-        bool rebind = same;
-        for (core::BufferId b : moved)
-          rebind = rebind && b < program.written.size() && !program.written[b];
-        if (rebind) state->copied_in.insert(state->copied_in.end(), moved.begin(), moved.end());
+        // Inputs that moved are read from a private copy from now on (refreshed before each
+        // replay, and copied back after it where the program writes them), so the graph
+        // survives their moving again.
+        if (same) state->copied_in.insert(state->copied_in.end(), moved.begin(), moved.end());
         if (profile.on) {
           std::fprintf(stderr,
                        "genie interpreter: program %llu: CUDA graph dropped (%zu resident inputs "
                        "moved, %s)\n",
                        static_cast<unsigned long long>(req.fingerprint), moved.size(),
-                       !same    ? "another upload set or input layout"
-                       : rebind ? "copied in from now on"
-                                : "one is written in place");
+                       !same ? "another upload set or input layout" : "copied in from now on");
         }
         if (state->captures >= kMaxRecaptures) {
           state->blocker = "its resident inputs keep moving between runs";
-        } else if (rebind && captured_graphs < options.max_cuda_graphs) {
+        } else if (same && captured_graphs < options.max_cuda_graphs) {
           mode = Mode::kCapture;
         }
       }
@@ -1069,6 +1080,11 @@ struct Interpreter::Impl {
       } catch (const c10::Error& e) {
         return absl::InternalError(absl::StrCat("CUDA graph replay failed on ", Describe(), ": ",
                                                 e.what_without_backtrace()));
+      }
+      // What the graph wrote into its private copies goes back to the residents themselves.
+      for (core::BufferId b : state->copied_in) {
+        if (b < program.written.size() && program.written[b])
+          roots[b].copy_(state->roots[b], /*non_blocking=*/true);
       }
       g_graph_replays.fetch_add(1, std::memory_order_relaxed);
       result.stats.nodes_executed = static_cast<int64_t>(g.nodes().size());
@@ -1379,6 +1395,14 @@ absl::StatusOr<char*> Interpreter::PinnedUploadArena(uint64_t bytes) {
   return absl::FailedPreconditionError(
       absl::StrCat(Describe(), " takes uploads from ordinary memory"));
 #endif
+}
+
+void Interpreter::ReleaseRetired() {
+  std::lock_guard<std::mutex> lock(impl_->mu);
+  if (impl_->retired.empty()) return;
+  timeline::Span span("free the run's tensors", "tensors",
+                      static_cast<int64_t>(impl_->retired.size()));
+  impl_->retired.clear();
 }
 
 int64_t Interpreter::resident_bytes() const {

@@ -349,6 +349,7 @@ InterpreterOptions InterpreterOptionsFor(const NodeOptions& options) {
   o.cuda_graphs = options.cuda_graphs;
   o.cpu_lanes = options.cpu_lanes > 0 ? options.cpu_lanes : AutomaticCpuLanes();
   o.automatic_cpu_lanes = options.cpu_lanes == 0;
+  o.retire_after_run = true;  // Session::ReleaseRetired, once the answer is sent
   return o;
 }
 

@@ -365,6 +365,8 @@ class Session {
   std::vector<plan::UploadEntry>& output_entries() { return output_entries_; }
   std::vector<transport::Piece>& pieces() { return pieces_; }
   int64_t last_run_micros() const { return last_run_micros_; }
+  // Frees what the last run left behind (its tensors), after its answer went out.
+  void ReleaseRetired() { interpreter_.ReleaseRetired(); }
 
   void LogConnected() const;
   void LogClosed(const absl::Status& why) const;
@@ -610,6 +612,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
           s = conn.Send(MessageKind::kTransfer, id, pieces, transport::TrafficClass::kActivations);
           if (!s.ok()) return s;
         }
+        session.ReleaseRetired();  // while the client takes the answer
         break;
       }
       case MessageKind::kPeerSend: {
