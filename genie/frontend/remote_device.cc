@@ -171,6 +171,9 @@ struct StorageContext {
   // the capture context's graph generation: BufferFor's hit is a read.
   uint64_t generation = 0;
   BufferId buffer = core::kNoBuffer;
+  // The last graph generation that gave the storage a buffer (any version of it): a graph
+  // of that generation may still read what the node holds under `handle`.
+  uint64_t seen_generation = 0;
   uint8_t dtype = 0;  // at::ScalarType code of that buffer
   bool resident = false;  // an earlier graph left its data on the executor
   std::string name;       // dotted parameter name (NameParameters), or empty
@@ -843,7 +846,7 @@ BufferId CaptureContext::NewBufferFor(const at::Tensor& t, StorageContext* sc,
   const core::DType dtype = b.dtype;
   BufferId id = graph.AddBuffer(std::move(b));
   buffer_owner_.push_back(sc);
-  sc->generation = graph_generation_;
+  sc->generation = sc->seen_generation = graph_generation_;
   sc->buffer = id;
   sc->dtype = static_cast<uint8_t>(t.scalar_type());
   if (pending) constants_[id] = sc->pending;  // survives the storage dying before the run
@@ -1630,7 +1633,7 @@ void CaptureContext::CommitReplayNew() {
       continue;
     }
     replay_handles_.push_back(n.sc->handle);
-    n.sc->generation = graph_generation_;
+    n.sc->generation = n.sc->seen_generation = graph_generation_;
     n.sc->buffer = n.id;
     n.sc->dtype = static_cast<uint8_t>(template_->graph.buffer(n.id).dtype);  // codes mirror c10
     if (n.sc->pending.defined()) constants_[n.id] = n.sc->pending;
@@ -1643,7 +1646,7 @@ void CaptureContext::ReplayAssignOutput(const at::Tensor& t) {
   const BufferId id = static_cast<BufferId>(replay_handles_.size());
   replay_handles_.push_back(sc->handle);
   buffer_owner_.push_back(sc);
-  sc->generation = graph_generation_;
+  sc->generation = sc->seen_generation = graph_generation_;
   sc->buffer = id;
   sc->dtype = static_cast<uint8_t>(t.scalar_type());
 }
@@ -1866,10 +1869,11 @@ void CaptureContext::UseTemplate(Trace* t) {
 
 bool CaptureContext::UploadAhead(const at::Tensor& dst, const at::Tensor& src) {
   StorageContext* sc = ContextOf(dst);
-  // Not when the graph under construction reads the storage's earlier version (the run
-  // would overtake it), nor for parameters (a module's weights go with its first run, as
-  // weights), nor for data that is not already the bytes the storage needs.
-  if (sc->generation == graph_generation_ || !sc->name.empty() || src.requires_grad() ||
+  // Not when the graph under construction reads any earlier version of the storage (the
+  // run would overtake it: the node keeps one version per handle), nor for parameters (a
+  // module's weights go with its first run, as weights), nor for data that is not already
+  // the bytes the storage needs.
+  if (sc->seen_generation == graph_generation_ || !sc->name.empty() || src.requires_grad() ||
       !src.device().is_cpu() || src.layout() != at::kStrided || !src.has_storage() ||
       src._is_zerotensor() || src.is_quantized() || !src.is_contiguous() || src.is_conj() ||
       src.is_neg() || src.scalar_type() != dst.scalar_type() || src.sizes() != dst.sizes()) {

@@ -118,6 +118,15 @@ void ClearCaptureCache();
 // seed), as does anything run on the client CPU.
 void SetStepReplayEnabled(bool enabled);
 
+// Uploads ahead. `.to(remote)` (or a copy_ that overwrites a whole remote storage) of data
+// the executor wants at once (core::Executor::UploadsAhead: a TCP node, 1 MiB or more, no
+// run outstanding) is sent before the call returns, straight from the caller's memory, as a
+// run of no ops that keeps it on the node: no snapshot, and the bytes are there before the
+// graph reading them is captured. Not for tensors that require grad, storages the graph
+// under construction still reads, nor data that needs converting; those, and everything
+// when the worker still has dispatched graphs queued, are snapshots as below. A send that
+// fails leaves a snapshot, and the next read reports the failure.
+
 // Copy-on-write upload snapshots (off by default). When on, and the executor lends no
 // staging memory (every transport but Shm's pool), `.to(remote)` of 64 KiB or more of dense
 // CPU memory from the default allocator takes a c10 copy-on-write clone instead of a copy:

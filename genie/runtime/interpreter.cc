@@ -252,7 +252,7 @@ struct Interpreter::Impl {
   at::Device device = at::kCPU;
   mutable std::mutex mu;
   absl::flat_hash_map<uint64_t, at::Tensor> resident;
-  // What runs left for ReleaseRetired (InterpreterOptions::retire_after_run).
+  // What the last ExecuteRetiring left for ReleaseRetired.
   std::vector<at::Tensor> retired;
   absl::flat_hash_map<uint64_t, std::shared_ptr<Program>> programs;
   std::unique_ptr<CpuLanes> cpu_lanes;  // started on the first multi-lane CPU run
@@ -740,13 +740,13 @@ struct Interpreter::Impl {
   }
 #endif
 
-  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& req) {
+  absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& req, bool retire) {
     if (req.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
     const core::Graph& g = *req.graph;
     std::lock_guard<std::mutex> lock(mu);
     c10::InferenceMode inference;
     core::ExecuteResult result;
-    retired.clear();  // a caller that never released them
+    retired.clear();  // what an earlier ExecuteRetiring left, if not released yet
 
     bool hit = false;
     GENIE_ASSIGN_OR_RETURN(std::shared_ptr<Program> program, Prepare(g, req.fingerprint, &hit));
@@ -853,7 +853,7 @@ struct Interpreter::Impl {
       }
     }
     // After the run: this graph may still have read storages that died during capture.
-    if (options.retire_after_run) {
+    if (retire) {
       // Freed by ReleaseRetired, once the caller has answered.
       for (uint64_t h : req.release) {
         auto it = resident.find(h);
@@ -1236,7 +1236,12 @@ Interpreter::~Interpreter() {
 }
 
 absl::StatusOr<core::ExecuteResult> Interpreter::Execute(const core::ExecuteRequest& request) {
-  return impl_->Execute(request);
+  return impl_->Execute(request, /*retire=*/false);
+}
+
+absl::StatusOr<core::ExecuteResult> Interpreter::ExecuteRetiring(
+    const core::ExecuteRequest& request) {
+  return impl_->Execute(request, /*retire=*/true);
 }
 
 std::string Interpreter::Describe() const { return impl_->Describe(); }

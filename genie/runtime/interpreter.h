@@ -59,10 +59,6 @@ struct InterpreterOptions {
   // cpu_lanes was chosen automatically: a program gets runtime::AutomaticLanesFor(cpu_lanes,
   // the intra-op threads of the thread it is prepared on) lanes.
   bool automatic_cpu_lanes = false;
-  // Keep what a run leaves behind (its intermediate tensors, residents it released) until
-  // ReleaseRetired() instead of freeing it as Execute returns: a node answers first and
-  // frees after (a few hundred device tensors take tens of microseconds to free).
-  bool retire_after_run = false;
 };
 
 // Process-wide counts, for tests and logs (all interpreters of the process together).
@@ -83,6 +79,11 @@ class Interpreter final : public core::Executor {
   ~Interpreter() override;
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override;
+  // The same, except that what the run leaves behind (its intermediate tensors, residents
+  // it released) is kept until ReleaseRetired() (or the next run) instead of freed as it
+  // returns: a node answers first and frees after, since a few hundred device tensors take
+  // tens of microseconds to free.
+  absl::StatusOr<core::ExecuteResult> ExecuteRetiring(const core::ExecuteRequest& request);
   std::string Describe() const override;
 
   // Node to node on one host (runtime/cuda_peer.h), CUDA only. The device memory of
@@ -118,7 +119,7 @@ class Interpreter final : public core::Executor {
   void UnregisterHostMemory(void* base);
   bool IsRegisteredHostMemory(const void* data, uint64_t nbytes) const;
 
-  // Frees what the last runs left for later (InterpreterOptions::retire_after_run).
+  // Frees what the last ExecuteRetiring left behind.
   void ReleaseRetired();
 
   int64_t resident_bytes() const;

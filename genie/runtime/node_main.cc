@@ -79,9 +79,10 @@ ABSL_FLAG(bool, peer_cuda_ipc, true,
 ABSL_FLAG(std::string, shm_socket, "",
           "also accept clients of this host over shared memory (transport::Shm) on this Unix "
           "socket path, e.g. /tmp/genie-node.sock; empty: TCP only");
-ABSL_FLAG(int32_t, max_lanes, 8,
+ABSL_FLAG(int32_t, max_lanes, 0,
           "TCP sockets a client may open in all: large tensors are striped over them, each "
-          "copied by its own thread (1: one socket per client)");
+          "copied by its own thread (1: one socket per client; 0: half this machine's "
+          "usable cores, at most 8)");
 ABSL_FLAG(int32_t, busy_poll_us, 0,
           "spin this many microseconds on a client's socket before sleeping while waiting for "
           "its next message (lower latency per run for a spinning core); 0 never spins");
@@ -170,8 +171,8 @@ int main(int argc, char** argv) {
     return Fail("--busy_poll_us must be in [0, 1000000]");
   options.busy_poll = absl::Microseconds(busy_poll_us);
   options.max_lanes = absl::GetFlag(FLAGS_max_lanes);
-  if (options.max_lanes < 1 || options.max_lanes > 16)
-    return Fail("--max_lanes must be in [1, 16]");
+  if (options.max_lanes < 0 || options.max_lanes > 16)
+    return Fail("--max_lanes must be in [0, 16] (0: automatic)");
   options.shm_socket = absl::GetFlag(FLAGS_shm_socket);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0) return Fail("--threads must be >= 0 (0: automatic)");

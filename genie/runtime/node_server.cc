@@ -324,6 +324,12 @@ uint64_t MaxRegisteredPoolBytes(const NodeOptions& options) {
   return limit;
 }
 
+int MaxLanesFor(const NodeOptions& options) {
+  if (options.max_lanes > 0) return options.max_lanes;
+  static const int automatic = std::clamp(UsableCores() / 2, 1, 8);
+  return automatic;
+}
+
 namespace node_internal {
 namespace {
 
@@ -349,7 +355,6 @@ InterpreterOptions InterpreterOptionsFor(const NodeOptions& options) {
   o.cuda_graphs = options.cuda_graphs;
   o.cpu_lanes = options.cpu_lanes > 0 ? options.cpu_lanes : AutomaticCpuLanes();
   o.automatic_cpu_lanes = options.cpu_lanes == 0;
-  o.retire_after_run = true;  // Session::ReleaseRetired, once the answer is sent
   return o;
 }
 
@@ -611,7 +616,7 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   const absl::Time start = absl::Now();
   {
     timeline::Span span("execute");
-    result_ = interpreter_.Execute(request_);
+    result_ = interpreter_.ExecuteRetiring(request_);  // freed once answered
   }
   last_run_micros_ = absl::ToInt64Microseconds(absl::Now() - start);
   if (gate_ != nullptr) gate_->Leave();

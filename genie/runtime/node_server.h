@@ -123,8 +123,13 @@ struct NodeOptions {
   int cpu_lanes = 0;
   // Tcp: sockets a client may open in all (transport::Connection<Tcp>::AcceptLanes): large
   // frames are striped over them, each copied by a thread of its own on both sides. 1: none.
-  int max_lanes = 8;
+  // 0 (the default): half this machine's usable cores, at least 1 and at most 8
+  // (MaxLanesFor), as a client asks for at most half of its own.
+  int max_lanes = 0;
 };
+
+// The sockets a session grants a Tcp client in all under `options` (NodeOptions::max_lanes).
+int MaxLanesFor(const NodeOptions& options);
 
 // The largest client tensor pool a session page-locks under `options`: the smaller of
 // max_registered_pool_bytes and memory_budget_bytes (when > 0).
@@ -365,7 +370,7 @@ class Session {
   std::vector<plan::UploadEntry>& output_entries() { return output_entries_; }
   std::vector<transport::Piece>& pieces() { return pieces_; }
   int64_t last_run_micros() const { return last_run_micros_; }
-  // Frees what the last run left behind (its tensors), after its answer went out.
+  // Frees what the last Run left behind (its tensors), after its answer went out.
   void ReleaseRetired() { interpreter_.ReleaseRetired(); }
 
   void LogConnected() const;
@@ -579,6 +584,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         if (!result.ok()) {
           s = conn.SendBytes(MessageKind::kError, id,
                              plan::EncodeError(result.status(), unknown_program, limits));
+          session.ReleaseRetired();
           if (!s.ok()) return s;
           break;
         }
@@ -674,7 +680,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
       }
       case MessageKind::kLanes: {
         if constexpr (AcceptsLanes<Conn>::value) {
-          auto lanes = conn.AcceptLanes(*header, session.options().max_lanes,
+          auto lanes = conn.AcceptLanes(*header, MaxLanesFor(session.options()),
                                         session.options().auth_timeout);
           if (!lanes.ok()) return RefuseAndClose(conn, session, id, "Lanes", lanes.status());
           session.LogLanes(lanes->lanes, lanes->note);

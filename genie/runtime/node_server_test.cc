@@ -5,6 +5,9 @@
 // refusal of malformed messages (Error frame, then the connection closes).
 #include "genie/runtime/node_server.h"
 
+#include <unistd.h>
+
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -16,8 +19,6 @@
 #include <utility>
 #include <vector>
 
-#include <unistd.h>
-
 #include "absl/time/clock.h"
 #include "genie/client/remote_executor.h"
 #include "genie/core/executor.h"
@@ -26,6 +27,7 @@
 #include "genie/core/testing/graph_builder.h"
 #include "genie/plan/messages.h"
 #include "genie/plan/program.h"
+#include "genie/runtime/cpu_lanes.h"
 #include "genie/runtime/interpreter.h"
 #include "genie/transport/auth.h"
 #include "genie/transport/inprocess.h"
@@ -241,6 +243,41 @@ TEST(NodeServerTest, RunsOverLoopbackTcpNodeServer) {
   (*server)->Shutdown();
   serving.join();
   EXPECT_EQ((*server)->active_sessions(), 0);
+}
+
+// A client that asks for 8 sockets wherever it runs.
+struct TcpAsksEight : Tcp {
+  static constexpr int kLanes = 8;
+  static constexpr bool kLanesByCores = false;
+};
+
+// The node grants what --max_lanes says, and by default half its own usable cores (at
+// least one socket, at most 8), whatever the client asks for; the runs work either way.
+TEST(NodeServerTest, GrantsLanesByItsOwnCoresUnlessToldHowMany) {
+  MmAddSession mm;
+  ASSERT_TRUE(mm.RunLocally().ok());
+  for (int max_lanes : {0, 3, 1}) {
+    SCOPED_TRACE(absl::StrCat("max_lanes ", max_lanes));
+    NodeOptions options;
+    options.log_runs = false;
+    options.log_connections = false;
+    options.max_lanes = max_lanes;
+    const int want = max_lanes > 0 ? max_lanes : std::clamp(UsableCores() / 2, 1, 8);
+    EXPECT_EQ(MaxLanesFor(options), want);
+    auto server = NodeServer::Create("127.0.0.1", 0, kKey, options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    std::thread serving([&] { (*server)->Serve(); });
+    {
+      auto c = client::RemoteExecutor<TcpAsksEight>::Connect("127.0.0.1", (*server)->port(), kKey);
+      ASSERT_TRUE(c.ok()) << c.status();
+      EXPECT_EQ((*c)->lanes(), want);
+      auto got = (*c)->Execute(FirstStep(mm.first, mm.d, mm.d.x));
+      ASSERT_TRUE(got.ok()) << got.status();
+      ExpectSameOutputs(*got, mm.want_first);
+    }
+    (*server)->Shutdown();
+    serving.join();
+  }
 }
 
 // A status query over a fresh authenticated Tcp connection, as genie-smi sends it.

@@ -60,10 +60,16 @@ absl::StatusOr<core::ExecuteResult> ResidencyExecutor::Execute(
   if (request.graph == nullptr) return absl::InvalidArgumentError("execute request without a graph");
   const core::Graph& in = *request.graph;
   const absl::flat_hash_set<core::BufferId> kv(semantics.kv_cache.begin(), semantics.kv_cache.end());
+  // A graph of no nodes and no outputs only keeps host data sent ahead
+  // (core::Executor::UploadsAhead): the first graph that reads it says what it is. A named buffer
+  // (frontend::NameParameters) that is no KV cache is a module's weight or buffer, whatever its
+  // kind by then.
+  const bool sent_ahead = in.nodes().empty() && in.outputs().empty();
   for (const core::Buffer& b : in.buffers()) {
-    if (b.handle == 0 || class_.contains(b.handle)) continue;
+    if (b.handle == 0 || sent_ahead || class_.contains(b.handle)) continue;
     class_[b.handle] = b.kind == core::BufferKind::kParameter ? StorageClass::kWeight
                        : kv.contains(b.id)                    ? StorageClass::kKvCache
+                       : !b.name.empty()                      ? StorageClass::kWeight
                                                               : StorageClass::kActivation;
   }
   auto ships = [&](uint64_t h) {

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "absl/container/flat_hash_map.h"
@@ -68,6 +69,12 @@ class ResidencyExecutor {
   int64_t client_held_bytes() const;  // what the client holds on the node's behalf
   DataTraffic traffic() const;
   size_t tracked_storages() const { return class_.size(); }
+  // The class storage `handle` was given, if it has one yet.
+  std::optional<StorageClass> class_of(uint64_t handle) const {
+    auto it = class_.find(handle);
+    if (it == class_.end()) return std::nullopt;
+    return it->second;
+  }
 
  private:
   bool Ships(StorageClass c) const;

@@ -158,6 +158,29 @@ TEST(ResidencyExecutor, ReleasedHandlesAreForgottenOnBothSides) {
   EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
 }
 
+// Host data sent ahead (a run of no nodes that keeps it) gets its class from the first
+// graph that reads it: the KV cache by the analysis, a named buffer as a weight.
+TEST(ResidencyExecutor, DataSentAheadIsClassedByTheGraphThatReadsIt) {
+  auto node = std::make_shared<FakeNode>();
+  ResidencyExecutor smart(node, ShipPolicy{});
+  core::Graph put;
+  BufferId p0 = put.AddBuffer(core::Buffer{DType::kFloat32, 10, BufferKind::kHostInput, "", 5});
+  BufferId p1 = put.AddBuffer(core::Buffer{DType::kFloat32, 10, BufferKind::kHostInput, "", 6});
+  RunStep(smart, put, {p0, p1}, {{p0, Bytes(40, 'a')}, {p1, Bytes(40, 'b')}}, {});
+  EXPECT_EQ(smart.tracked_storages(), 0u);
+  EXPECT_EQ(smart.traffic().up[static_cast<int>(StorageClass::kActivation)], 80);
+  core::Graph read;
+  BufferId r0 = read.AddBuffer(core::Buffer{DType::kFloat32, 10, BufferKind::kResident, "", 5});
+  BufferId r1 =
+      read.AddBuffer(core::Buffer{DType::kFloat32, 10, BufferKind::kResident, "pos.table", 6});
+  read.outputs().push_back(core::TensorRef::Contiguous(r0, DType::kFloat32, {10}));
+  RunStep(smart, read, {r0, r1}, {}, CacheIs(r0));
+  EXPECT_EQ(smart.tracked_storages(), 2u);
+  EXPECT_EQ(smart.class_of(5), StorageClass::kKvCache);
+  EXPECT_EQ(smart.class_of(6), StorageClass::kWeight);
+  EXPECT_EQ(smart.class_of(7), std::nullopt);
+}
+
 static_assert(is_scheduler_policy_v<BlindScheduler>);
 static_assert(is_scheduler_policy_v<SemanticScheduler<ResidentWeights, KvCacheColocation>>);
 static_assert(!is_scheduler_policy_v<SemanticScheduler<int>>);
