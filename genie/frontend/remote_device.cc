@@ -935,11 +935,17 @@ void SplitMemcpy(void* dst, const void* src, size_t nbytes) {
   latch->cv.wait(lock, [&] { return latch->left == 0; });
 }
 
+// Whether `src`'s memory holds exactly the bytes of a dense tensor of `dtype` and `sizes`
+// (a contiguous CPU tensor of them, with no lazy conjugation or negation), so they can be
+// copied or sent as they lie.
+bool IsDenseBytesOf(const at::Tensor& src, at::ScalarType dtype, c10::IntArrayRef sizes) {
+  return src.device().is_cpu() && src.layout() == at::kStrided && src.has_storage() &&
+         !src._is_zerotensor() && !src.is_quantized() && src.is_contiguous() &&
+         src.scalar_type() == dtype && src.sizes() == sizes && !src.is_conj() && !src.is_neg();
+}
+
 void CopyToStaging(at::Tensor& dst, const at::Tensor& src) {
-  if (src.device().is_cpu() && src.layout() == at::kStrided && src.has_storage() &&
-      !src._is_zerotensor() && !src.is_quantized() && src.is_contiguous() &&
-      src.scalar_type() == dst.scalar_type() && src.sizes() == dst.sizes() &&
-      !src.is_conj() && !src.is_neg()) {
+  if (IsDenseBytesOf(src, dst.scalar_type(), dst.sizes())) {
     const size_t nbytes = static_cast<size_t>(src.numel()) * src.element_size();
     timeline::Span span("snapshot upload", "bytes", static_cast<int64_t>(nbytes));
     if (nbytes > 0) SplitMemcpy(dst.data_ptr(), src.const_data_ptr(), nbytes);
@@ -962,10 +968,8 @@ std::atomic<bool> g_copy_on_write_snapshots{false};  // SetCopyOnWriteSnapshots
 // whole storage (a view would keep its whole base shared), or memory not from the default
 // CPU allocator (page-locked, borrowed, or loaded storage: c10 copies through the allocator).
 at::Tensor LazySnapshot(const at::Tensor& src, c10::IntArrayRef sizes, at::ScalarType dtype) {
-  if (!g_copy_on_write_snapshots.load(std::memory_order_relaxed) || !src.device().is_cpu() ||
-      src.layout() != at::kStrided || !src.has_storage() || src._is_zerotensor() ||
-      src.is_quantized() || !src.is_contiguous() || src.scalar_type() != dtype ||
-      src.sizes() != sizes || src.is_conj() || src.is_neg() || src.storage_offset() != 0 ||
+  if (!g_copy_on_write_snapshots.load(std::memory_order_relaxed) ||
+      !IsDenseBytesOf(src, dtype, sizes) || src.storage_offset() != 0 ||
       static_cast<size_t>(src.nbytes()) != src.storage().nbytes() ||
       static_cast<size_t>(src.nbytes()) < kLazySnapshotBytes) {
     return at::Tensor();
@@ -1874,9 +1878,7 @@ bool CaptureContext::UploadAhead(const at::Tensor& dst, const at::Tensor& src) {
   // module's weights go with its first run, as weights), nor for data that is not already
   // the bytes the storage needs.
   if (sc->seen_generation == graph_generation_ || !sc->name.empty() || src.requires_grad() ||
-      !src.device().is_cpu() || src.layout() != at::kStrided || !src.has_storage() ||
-      src._is_zerotensor() || src.is_quantized() || !src.is_contiguous() || src.is_conj() ||
-      src.is_neg() || src.scalar_type() != dst.scalar_type() || src.sizes() != dst.sizes()) {
+      !IsDenseBytesOf(src, dst.scalar_type(), dst.sizes())) {
     return false;
   }
   const size_t nbytes = static_cast<size_t>(src.nbytes());
@@ -1898,13 +1900,13 @@ bool CaptureContext::UploadAhead(const at::Tensor& dst, const at::Tensor& src) {
   req.may_defer = true;
   // No releases: the graph under construction may still read what they name.
   job->graph = std::move(graph_ahead);
-  if (observer) observer(*job->graph, req);
   std::optional<Worker::Result> result;
   {
     timeline::Span span("upload ahead", "bytes", static_cast<int64_t>(nbytes));
     result = worker_.RunHereIfIdle(*job);
   }
   if (!result.has_value()) return false;  // dispatched graphs go first: snapshot instead
+  if (observer) observer(*job->graph, req);
   if (!result->ok()) {
     // The bytes may not have arrived: the snapshot uploads them with the next run, which
     // fails the same way if the executor is gone.
