@@ -3,15 +3,17 @@
 // frontend capturing a torch::nn module on remote_accelerator, RemoteExecutor<Tcp> carrying
 // the graphs over loopback. Checks results against eager CPU, that weights cross the wire
 // once, that a wrong key and malformed frames are refused while other clients keep working,
-// that a killed node gives a prompt error naming it (over Tcp and over Shm), and that the
-// memory budget is enforced.
+// that a killed node gives a prompt error naming it (over Tcp and over Shm), that the
+// memory budget is enforced, and that large inputs go ahead of the graphs that read them
+// (or are snapshots where they cannot).
 #include <signal.h>
 #include <sys/wait.h>
-#include <unistd.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -208,31 +210,6 @@ TEST_F(RemoteNodeTest, UploadsThatCannotGoAheadAreSnapshots) {
   ASSERT_EQ(seen.size(), 1u);
   EXPECT_GE(seen[0].upload_bytes, static_cast<uint64_t>(b.nbytes()));  // with the run
   frontend::SetGraphObserver(nullptr);
-}
-
-// A node that refuses what was sent ahead (over its memory budget) fails the read that
-// follows, with the node's reason; the connection goes on serving.
-TEST(RemoteNodeBudgetTest, UploadAheadOverTheBudgetFailsTheNextRead) {
-  torch::NoGradGuard no_grad;
-  auto node = NodeProcess::Start(kKey, {"--memory_budget=1048576"});
-  ASSERT_TRUE(node.ok()) << node.status();
-  auto exec = RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node)->port(), kKey);
-  ASSERT_TRUE(exec.ok()) << exec.status();
-  std::shared_ptr<RemoteExecutor<Tcp>> shared(std::move(*exec));
-  frontend::SetExecutor(shared);
-  torch::Tensor big = torch::randn({512, 1024});  // 2 MiB > 1 MiB budget
-  torch::Tensor rbig = big.to(Remote());
-  try {
-    (void)(rbig + 1).to(torch::kCPU);
-    ADD_FAILURE() << "data over the node's memory budget must fail the read";
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what_without_backtrace();
-    EXPECT_NE(msg.find("RESOURCE_EXHAUSTED"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("--memory_budget"), std::string::npos) << msg;
-  }
-  torch::Tensor a = torch::randn({4});
-  EXPECT_LE(MaxAbsDiff((a.to(Remote()) + 1).to(torch::kCPU), a + 1), 1e-6);
-  frontend::SetExecutor(std::make_shared<runtime::Interpreter>());
 }
 
 TEST_F(RemoteNodeTest, WrongKeyIsRefusedAndTheNodeKeepsServing) {
@@ -487,29 +464,53 @@ TEST(GenieNodeBinaryTest, HelpListsTheFlags) {
   }
 }
 
-TEST(RemoteNodeBudgetTest, MemoryBudgetExceededIsResourceExhausted) {
-  torch::NoGradGuard no_grad;
-  auto node = NodeProcess::Start(kKey, {"--memory_budget=4096"});
-  ASSERT_TRUE(node.ok()) << node.status();
-  auto exec = RemoteExecutor<Tcp>::Connect("127.0.0.1", (*node)->port(), kKey);
-  ASSERT_TRUE(exec.ok()) << exec.status();
-  std::shared_ptr<RemoteExecutor<Tcp>> shared(std::move(*exec));
-  frontend::SetExecutor(shared);
+// A node started with --memory_budget, installed as the frontend's executor.
+class RemoteNodeBudgetTest : public ::testing::Test {
+ protected:
+  void Start(int64_t budget_bytes) {
+    auto node = NodeProcess::Start(kKey, {absl::StrCat("--memory_budget=", budget_bytes)});
+    ASSERT_TRUE(node.ok()) << node.status();
+    node_ = std::move(*node);
+    auto exec = RemoteExecutor<Tcp>::Connect("127.0.0.1", node_->port(), kKey);
+    ASSERT_TRUE(exec.ok()) << exec.status();
+    frontend::SetExecutor(std::shared_ptr<RemoteExecutor<Tcp>>(std::move(*exec)));
+  }
+  void TearDown() override { frontend::SetExecutor(std::make_shared<runtime::Interpreter>()); }
+  // `over` reads something over the budget: it raises RESOURCE_EXHAUSTED naming the flag,
+  // and small work still runs on the same connection.
+  void ExpectRefusedThenSmallWorkRuns(const std::function<void()>& over) {
+    try {
+      over();
+      ADD_FAILURE() << "a run over the node's memory budget must raise";
+    } catch (const c10::Error& e) {
+      const std::string msg = e.what_without_backtrace();
+      EXPECT_NE(msg.find("RESOURCE_EXHAUSTED"), std::string::npos) << msg;
+      EXPECT_NE(msg.find("--memory_budget"), std::string::npos) << msg;
+    }
+    torch::Tensor a = torch::randn({4});
+    EXPECT_LE(MaxAbsDiff((a.to(Remote()) + 1).to(torch::kCPU), a + 1), 1e-6);
+  }
+
+  torch::NoGradGuard no_grad_;
+  std::unique_ptr<NodeProcess> node_;
+};
+
+TEST_F(RemoteNodeBudgetTest, MemoryBudgetExceededIsResourceExhausted) {
+  Start(4096);
   torch::nn::Linear big(64, 64);  // 16.6 KiB of weights > 4 KiB budget
   big->to(Remote());
   frontend::NameParameters(*big, "big");
-  try {
+  ExpectRefusedThenSmallWorkRuns([&] {
     (void)big->forward(torch::randn({2, 64}).to(Remote())).to(torch::kCPU);
-    ADD_FAILURE() << "a run over the node's memory budget must raise";
-  } catch (const c10::Error& e) {
-    const std::string msg = e.what_without_backtrace();
-    EXPECT_NE(msg.find("RESOURCE_EXHAUSTED"), std::string::npos) << msg;
-    EXPECT_NE(msg.find("--memory_budget"), std::string::npos) << msg;
-  }
-  // Small work still fits on the same connection.
-  torch::Tensor a = torch::randn({4});
-  EXPECT_LE(MaxAbsDiff((a.to(Remote()) + 1).to(torch::kCPU), a + 1), 1e-6);
-  frontend::SetExecutor(std::make_shared<runtime::Interpreter>());
+  });
+}
+
+// What was sent ahead and refused by the node fails the read that follows.
+TEST_F(RemoteNodeBudgetTest, UploadAheadOverTheBudgetFailsTheNextRead) {
+  Start(1 << 20);
+  torch::Tensor big = torch::randn({512, 1024});  // 2 MiB > 1 MiB budget
+  torch::Tensor rbig = big.to(Remote());
+  ExpectRefusedThenSmallWorkRuns([&] { (void)(rbig + 1).to(torch::kCPU); });
 }
 
 }  // namespace
