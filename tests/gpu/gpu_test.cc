@@ -304,6 +304,20 @@ class GraphRuleTest : public ::testing::Test {
   static core::TensorRef Vec(core::BufferId b, int64_t n) {
     return core::TensorRef::Contiguous(b, core::DType::kFloat32, {n});
   }
+  // What resident `handle` (n floats) holds now, read back by a program of its own; empty
+  // when the read failed (the failure is reported).
+  torch::Tensor ReadResident(uint64_t handle, int64_t n) {
+    core::Graph read;
+    core::BufferId b = read.AddBuffer(
+        core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident, "", handle});
+    read.outputs().push_back(Vec(b, n));
+    core::ExecuteRequest req;
+    req.graph = &read;
+    absl::StatusOr<core::ExecuteResult> got = interpreter_->Execute(req);
+    EXPECT_TRUE(got.ok()) << got.status();
+    if (!got.ok()) return torch::Tensor();
+    return torch::from_blob(const_cast<void*>(got->outputs.at(0).data), {n}).clone();
+  }
   // Runs `g` (input x uploaded from `x`) `times` times under fingerprint `fp`; checks every
   // output equals `want`, and returns the counters' change.
   runtime::InterpreterCounters RunTimes(const core::Graph& g, core::BufferId x,
@@ -520,15 +534,8 @@ TEST_F(GraphRuleTest, MovedResidentInputsAreCopiedInAndWrittenOnesBackOut) {
       torch::Tensor out = torch::from_blob(const_cast<void*>(got->outputs.at(0).data), {n});
       EXPECT_TRUE(torch::allclose(out, want)) << "step " << step;
       // The resident as the run left it, read by another program.
-      core::Graph read;
-      core::BufferId rr = read.AddBuffer(
-          core::Buffer{core::DType::kFloat32, n, core::BufferKind::kResident, "", handle});
-      read.outputs().push_back(Vec(rr, n));
-      core::ExecuteRequest fetch;
-      fetch.graph = &read;
-      absl::StatusOr<core::ExecuteResult> held = interpreter_->Execute(fetch);
-      ASSERT_TRUE(held.ok()) << held.status();
-      torch::Tensor now = torch::from_blob(const_cast<void*>(held->outputs.at(0).data), {n});
+      torch::Tensor now = ReadResident(handle, n);
+      ASSERT_TRUE(now.defined());
       EXPECT_TRUE(torch::equal(now, written ? xs + 1 : xs)) << "step " << step;
       alive.push_back(xs);
     }
@@ -571,15 +578,8 @@ TEST_F(GraphRuleTest, PinnedUploadArenaIsNotOverwrittenWhileCopying) {
     sent.push_back(xs);
   }
   for (int k = 0; k < 10; ++k) {
-    core::Graph read;
-    core::BufferId b = read.AddBuffer(core::Buffer{
-        core::DType::kFloat32, n, core::BufferKind::kResident, "", static_cast<uint64_t>(500 + k)});
-    read.outputs().push_back(Vec(b, n));
-    core::ExecuteRequest req;
-    req.graph = &read;
-    absl::StatusOr<core::ExecuteResult> got = interpreter_->Execute(req);
-    ASSERT_TRUE(got.ok()) << got.status();
-    torch::Tensor out = torch::from_blob(const_cast<void*>(got->outputs.at(0).data), {n});
+    torch::Tensor out = ReadResident(static_cast<uint64_t>(500 + k), n);
+    ASSERT_TRUE(out.defined());
     EXPECT_TRUE(torch::equal(out, sent[k] * 2)) << "run " << k;
   }
 }
