@@ -686,6 +686,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     d.id = id;
     d.fingerprint = prepared_.fingerprint;
     d.nodes = request.graph->nodes().size();
+    for (const core::Upload& u : request.uploads) d.upload_bytes += u.bytes.nbytes;
     absl::Status sent = SendRun(request, id);
     d.blocks = std::move(upload_blocks_);
     upload_blocks_.clear();
@@ -728,8 +729,11 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
         if (first_error.ok()) {
           first_error = absl::Status(
               answer.status().code(),
-              absl::StrCat("a run of ", d.nodes, " ops dispatched earlier to ", session_.Describe(),
-                           " failed: ", answer.status().message(),
+              absl::StrCat(d.nodes == 0
+                               ? absl::StrCat("keeping ", d.upload_bytes,
+                                              " bytes of host data sent ahead on ")
+                               : absl::StrCat("a run of ", d.nodes, " ops dispatched earlier to "),
+                           session_.Describe(), " failed: ", answer.status().message(),
                            unknown_program ? " (the node had evicted its program; it is loaded "
                                              "again next time)"
                                            : "",
@@ -791,7 +795,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   struct Deferred {
     uint64_t id = 0;
     uint64_t fingerprint = 0;
-    size_t nodes = 0;
+    size_t nodes = 0;  // 0: host data sent ahead (core::Executor::UploadsAhead)
+    uint64_t upload_bytes = 0;
     std::vector<std::shared_ptr<transport::PoolBlock>> blocks;  // its uploads' pool blocks
     std::vector<std::shared_ptr<const void>> owners;            // its in-place uploads' memory
   };

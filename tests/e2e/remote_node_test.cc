@@ -476,9 +476,10 @@ class RemoteNodeBudgetTest : public ::testing::Test {
     frontend::SetExecutor(std::shared_ptr<RemoteExecutor<Tcp>>(std::move(*exec)));
   }
   void TearDown() override { frontend::SetExecutor(std::make_shared<runtime::Interpreter>()); }
-  // `over` reads something over the budget: it raises RESOURCE_EXHAUSTED naming the flag,
-  // and small work still runs on the same connection.
-  void ExpectRefusedThenSmallWorkRuns(const std::function<void()>& over) {
+  // `over` reads something over the budget: it raises RESOURCE_EXHAUSTED naming the flag
+  // (and `what`, when given), and small work still runs on the same connection.
+  void ExpectRefusedThenSmallWorkRuns(const std::function<void()>& over,
+                                      const std::string& what = "") {
     try {
       over();
       ADD_FAILURE() << "a run over the node's memory budget must raise";
@@ -486,6 +487,7 @@ class RemoteNodeBudgetTest : public ::testing::Test {
       const std::string msg = e.what_without_backtrace();
       EXPECT_NE(msg.find("RESOURCE_EXHAUSTED"), std::string::npos) << msg;
       EXPECT_NE(msg.find("--memory_budget"), std::string::npos) << msg;
+      EXPECT_NE(msg.find(what), std::string::npos) << msg;
     }
     torch::Tensor a = torch::randn({4});
     EXPECT_LE(MaxAbsDiff((a.to(Remote()) + 1).to(torch::kCPU), a + 1), 1e-6);
@@ -510,7 +512,8 @@ TEST_F(RemoteNodeBudgetTest, UploadAheadOverTheBudgetFailsTheNextRead) {
   Start(1 << 20);
   torch::Tensor big = torch::randn({512, 1024});  // 2 MiB > 1 MiB budget
   torch::Tensor rbig = big.to(Remote());
-  ExpectRefusedThenSmallWorkRuns([&] { (void)(rbig + 1).to(torch::kCPU); });
+  ExpectRefusedThenSmallWorkRuns([&] { (void)(rbig + 1).to(torch::kCPU); },
+                                 "keeping 2097152 bytes of host data sent ahead");
 }
 
 }  // namespace
