@@ -237,6 +237,20 @@ class LaneSet {
   std::vector<std::unique_ptr<LaneWorker>> receivers_;
 };
 
+namespace {
+
+// Waits for the job posted to a lane's thread. Its failure becomes `*status` unless one came
+// first, and shuts `stream` and every lane down, so the other lanes' I/O ends at once.
+void JoinLaneJob(LaneWorker& worker, TcpStream& stream, absl::Status* status) {
+  absl::Status s = worker.Wait();
+  if (!s.ok() && status->ok()) {
+    *status = std::move(s);
+    stream.Shutdown();
+  }
+}
+
+}  // namespace
+
 TcpStream::TcpStream(UniqueFd fd, std::string peer)
     : fd_(std::move(fd)), peer_(std::move(peer)), lanes_(std::make_unique<LaneSet>()) {}
 TcpStream::TcpStream(TcpStream&&) noexcept = default;
@@ -490,13 +504,7 @@ absl::Status TcpStream::WriteStriped(const unsigned char* head, std::size_t head
   const Pieces first = Slice(payload, 0, std::min(frame_bytes, chunk));
   absl::Status status = WriteFrame(head, head_size, first, deadline, &lane_written[0]);
   if (!status.ok()) Shutdown();  // the lanes' writes end at once
-  for (int k = 1; k <= posted; ++k) {
-    absl::Status s = lanes_->sender(k).Wait();
-    if (!s.ok() && status.ok()) {
-      status = s;
-      Shutdown();
-    }
-  }
+  for (int k = 1; k <= posted; ++k) JoinLaneJob(lanes_->sender(k), *this, &status);
   for (std::size_t n : lane_written) *written += n;
   return status;
 }
@@ -537,13 +545,7 @@ absl::Status TcpStream::ReadStriped(void* dst, std::size_t n, std::uint64_t fram
                       deadline, &lane_got[static_cast<std::size_t>(mine)]);
     if (!status.ok()) Shutdown();
   }
-  for (int k : posted) {
-    absl::Status s = lanes_->receiver(k).Wait();
-    if (!s.ok() && status.ok()) {
-      status = s;
-      Shutdown();
-    }
-  }
+  for (int k : posted) JoinLaneJob(lanes_->receiver(k), *this, &status);
   for (std::size_t g : lane_got) *got += g;
   return status;
 }
