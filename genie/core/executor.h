@@ -63,6 +63,10 @@ struct HostDestination {
 struct Upload {
   BufferId buffer = kNoBuffer;  // a kHostInput or kParameter buffer of the graph
   HostBytes bytes;              // the buffer's whole storage, buffer.nbytes() bytes
+  // The bytes are the executor's to read and write until the run's tensors are freed (a
+  // node's upload arena): a CPU executor may compute on them in place instead of copying
+  // them into a tensor of its own. Buffers the run keeps resident are still copied out.
+  bool in_place = false;
 };
 
 struct ExecuteRequest {

@@ -245,6 +245,21 @@ bool SameGeometry(const at::Tensor& t, const TensorRef& r) {
          t.strides() == at::IntArrayRef(r.strides.data(), r.strides.size());
 }
 
+// In-place uploads (core::Upload::in_place) must start where libtorch's own CPU allocations
+// would; others are copied.
+constexpr uintptr_t kInPlaceAlignment = 64;
+
+// Whether `t`'s storage lies in the memory of one of the request's in-place uploads.
+bool InCallerMemory(const at::Tensor& t, const core::ExecuteRequest& req) {
+  if (!t.defined() || !t.has_storage()) return false;
+  const auto* data = static_cast<const char*>(t.storage().data());
+  for (const core::Upload& u : req.uploads) {
+    const auto* begin = static_cast<const char*>(u.bytes.data);
+    if (u.in_place && data >= begin && data < begin + u.bytes.nbytes) return true;
+  }
+  return false;
+}
+
 }  // namespace
 
 struct Interpreter::Impl {
@@ -812,8 +827,15 @@ struct Interpreter::Impl {
     } else {
       for (const core::Upload& u : req.uploads) {
         const core::Buffer& b = g.buffer(u.buffer);
-        at::Tensor t =
-            at::empty({b.numel}, at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device));
+        const at::TensorOptions options =
+            at::TensorOptions().dtype(ToScalarType(b.dtype)).device(device);
+        if (u.in_place && u.bytes.nbytes != 0 &&
+            reinterpret_cast<uintptr_t>(u.bytes.data) % kInPlaceAlignment == 0) {
+          // The caller's memory (core::Upload::in_place): no copy; kept buffers are copied out.
+          roots[b.id] = at::from_blob(const_cast<void*>(u.bytes.data), {b.numel}, options);
+          continue;
+        }
+        at::Tensor t = at::empty({b.numel}, options);
         if (u.bytes.nbytes) std::memcpy(t.data_ptr(), u.bytes.data, u.bytes.nbytes);
         roots[b.id] = std::move(t);
       }
@@ -849,7 +871,10 @@ struct Interpreter::Impl {
       for (core::BufferId b : req.keep) {
         if (b >= roots.size() || !roots[b].defined()) continue;
         const uint64_t h = g.buffer(b).handle;
-        if (h != 0) resident[h] = roots[b];
+        if (h == 0) continue;
+        // Memory that is the caller's only for this run (in-place uploads, or an op's
+        // output that returned one of them) is copied before it stays.
+        resident[h] = InCallerMemory(roots[b], req) ? roots[b].clone() : roots[b];
       }
     }
     // After the run: this graph may still have read storages that died during capture.

@@ -522,9 +522,12 @@ absl::StatusOr<char*> Session::UploadArena(uint64_t bytes) {
     return upload_base_;
   }
   constexpr uint64_t kKeepArenaBytes = uint64_t{64} << 20;
+  const uint64_t with_slack = bytes + kUploadAlignment;  // room to align the base
   try {
-    if (arena_.size() > kKeepArenaBytes && arena_.size() > 2 * bytes) std::string().swap(arena_);
-    if (arena_.size() < bytes) arena_.resize(static_cast<size_t>(bytes));
+    if (arena_.size() > kKeepArenaBytes && arena_.size() > 2 * with_slack) {
+      std::string().swap(arena_);
+    }
+    if (arena_.size() < with_slack) arena_.resize(static_cast<size_t>(with_slack));
   } catch (const std::bad_alloc&) {
     std::string().swap(arena_);
     return absl::ResourceExhaustedError(absl::StrCat(
@@ -534,7 +537,8 @@ absl::StatusOr<char*> Session::UploadArena(uint64_t bytes) {
     return absl::ResourceExhaustedError(
         absl::StrCat("a run's uploads of ", bytes, " bytes cannot be held by this node"));
   }
-  upload_base_ = arena_.data();
+  const auto base = reinterpret_cast<uintptr_t>(arena_.data());
+  upload_base_ = arena_.data() + (AlignUploadOffset(base) - base);
   return upload_base_;
 }
 
@@ -591,8 +595,11 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
                                                  static_cast<size_t>(s.nbytes), nullptr}});
       continue;
     }
+    offset = AlignUploadOffset(offset);  // as ReceiveUploads laid them out
+    // The arena is this session's until the run's tensors are released: computed on in place.
     request_.uploads.push_back(core::Upload{
-        s.buffer, core::HostBytes{upload_base_ + offset, static_cast<size_t>(s.nbytes), nullptr}});
+        s.buffer, core::HostBytes{upload_base_ + offset, static_cast<size_t>(s.nbytes), nullptr},
+        /*in_place=*/true});
     offset += s.nbytes;
   }
   request_.output_to.clear();

@@ -441,9 +441,24 @@ absl::Status RefuseAndClose(Conn& conn, Session& session, uint64_t request_id,
   return status;
 }
 
+// Where a run's uploads lie in the session's upload arena: one after another, each at a
+// multiple of kUploadAlignment (libtorch's own CPU alignment), so that a CPU node computes
+// on them in place (core::Upload::in_place). Pooled entries take no arena bytes.
+inline constexpr uint64_t kUploadAlignment = 64;
+inline uint64_t AlignUploadOffset(uint64_t offset) {
+  return (offset + kUploadAlignment - 1) & ~(kUploadAlignment - 1);
+}
+inline uint64_t UploadArenaBytes(absl::Span<const plan::UploadEntry> entries) {
+  uint64_t bytes = 0;
+  for (const plan::UploadEntry& e : entries) {
+    if (!e.pooled()) bytes = AlignUploadOffset(bytes) + e.nbytes;
+  }
+  return bytes;
+}
+
 // Receives the bytes of `entries` in the kTransfer frames of request `request_id` into
-// `dst` (consecutively), or drops them when `dst` is null. A frame of the wrong kind, class
-// or size sets *protocol_error (the stream is no longer trusted).
+// `dst` (laid out as UploadArenaBytes says), or drops them when `dst` is null. A frame of the wrong
+// kind, class or size sets *protocol_error (the stream is no longer trusted).
 template <class Conn>
 absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
                             absl::Span<const plan::UploadEntry> entries, char* dst,
@@ -452,6 +467,7 @@ absl::Status ReceiveUploads(Conn& conn, uint64_t request_id,
   uint64_t offset = 0;
   for (const plan::UploadEntry& e : entries) {
     if (e.nbytes == 0 || e.pooled()) continue;  // pooled: the bytes are in the shared pool
+    offset = AlignUploadOffset(offset);
     if (frame_left == 0) {
       absl::StatusOr<transport::FrameHeader> h = conn.ReceiveHeader(timeout);
       if (!h.ok()) return h.status();
@@ -564,8 +580,7 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         if (s.ok()) s = plan::DecodeRun(message, limits, &run);
         if (!s.ok()) return RefuseAndClose(conn, session, id, "Run", s);
         // A pool reference that is wrong fails this run only (its ring bytes are drained).
-        uint64_t upload_bytes = 0;
-        for (const plan::UploadEntry& e : run.uploads) upload_bytes += e.pooled() ? 0 : e.nbytes;
+        const uint64_t upload_bytes = UploadArenaBytes(run.uploads);
         absl::Status pool_refs = session.CheckPool(run);
         absl::StatusOr<char*> arena =
             pool_refs.ok() ? session.UploadArena(upload_bytes) : absl::StatusOr<char*>(pool_refs);

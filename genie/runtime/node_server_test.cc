@@ -637,6 +637,19 @@ TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {
   ExpectSameOutputs(*step, mm.want_later);
 }
 
+// The `numel` floats resident under `handle` on `interpreter`, as bytes.
+std::string ReadResident(Interpreter& interpreter, uint64_t handle, int64_t numel) {
+  core::Graph read;
+  const core::BufferId r =
+      read.AddBuffer(Buffer{DType::kFloat32, numel, BufferKind::kResident, "", handle});
+  read.outputs().push_back(TensorRef::Contiguous(r, DType::kFloat32, {numel}));
+  core::ExecuteRequest get;
+  get.graph = &read;
+  auto got = interpreter.Execute(get);
+  if (!got.ok()) return got.status().ToString();
+  return std::string(static_cast<const char*>(got->outputs[0].data), got->outputs[0].nbytes);
+}
+
 // Placement ends a part with aten::clone(x, memory_format=None) to keep a buffer's final
 // version under its own handle (genie/scheduler/placement.cc): the node runs it.
 TEST(NodeServerTest, TheCloneThatPlacementAddsRunsAndKeepsTheCopy) {
@@ -653,14 +666,53 @@ TEST(NodeServerTest, TheCloneThatPlacementAddsRunsAndKeepsTheCopy) {
   req.uploads = {{x, Borrow(d.x)}};
   req.keep = {c};
   ASSERT_TRUE(interpreter.Execute(req).ok());
-  core::Graph read;
-  const core::BufferId r = read.AddBuffer(Buffer{DType::kFloat32, 16, BufferKind::kResident, "", 77});
-  read.outputs().push_back(TensorRef::Contiguous(r, DType::kFloat32, {16}));
-  core::ExecuteRequest get;
-  get.graph = &read;
-  auto got = interpreter.Execute(get);
-  ASSERT_TRUE(got.ok()) << got.status();
-  EXPECT_EQ(std::string(static_cast<const char*>(got->outputs[0].data), got->outputs[0].nbytes), d.x);
+  EXPECT_EQ(ReadResident(interpreter, 77, 16), d.x);
+}
+
+// x.add_(x) on an upload the request lends in place (a node's upload arena), kept as
+// handle 5. Returns the caller's 16 floats after the run.
+std::string DoubleInPlace(Interpreter& interpreter, float* caller, bool in_place) {
+  GraphBuilder gb;
+  core::Graph& g = gb.graph();
+  const core::BufferId x = gb.Buffer(16, BufferKind::kHostInput, "", 5);
+  gb.Op("aten::add_.Tensor", {Arg::Tensor(Vec(x, 16)), Arg::Tensor(Vec(x, 16)), Arg::Int(1)},
+        {Vec(x, 16)}, nullptr, {x});
+  g.outputs().push_back(Vec(x, 16));
+  core::ExecuteRequest req;
+  req.graph = &g;
+  req.uploads = {{x, core::HostBytes{caller, 16 * sizeof(float), nullptr}, in_place}};
+  req.keep = {x};
+  auto ran = interpreter.Execute(req);
+  EXPECT_TRUE(ran.ok()) << ran.status();
+  return std::string(reinterpret_cast<const char*>(caller), 16 * sizeof(float));
+}
+
+TEST(NodeServerTest, UploadsLentInPlaceAreComputedOnWithoutACopyAndCopiedOutWhenKept) {
+  const std::string x = Floats(16, 1.0f);
+  std::string doubled(x.size(), '\0');
+  for (size_t k = 0; k < 16; ++k) {
+    float v;
+    std::memcpy(&v, x.data() + 4 * k, 4);
+    v += v;
+    std::memcpy(doubled.data() + 4 * k, &v, 4);
+  }
+  alignas(64) float memory[17];
+  for (bool in_place : {false, true}) {
+    SCOPED_TRACE(in_place ? "lent in place" : "copied");
+    Interpreter interpreter;
+    std::memcpy(memory, x.data(), x.size());
+    // In place, the op wrote the caller's memory: the node computed on it, no copy.
+    EXPECT_EQ(DoubleInPlace(interpreter, memory, in_place), in_place ? doubled : x);
+    // What stays resident is the node's own copy: the caller's memory is reused after the
+    // run (the next run's uploads land there).
+    std::memset(memory, 0, sizeof(memory));
+    EXPECT_EQ(ReadResident(interpreter, 5, 16), doubled);
+  }
+  // Memory not at libtorch's alignment is copied even when lent.
+  Interpreter interpreter;
+  std::memcpy(memory + 1, x.data(), x.size());
+  EXPECT_EQ(DoubleInPlace(interpreter, memory + 1, true), x);
+  EXPECT_EQ(ReadResident(interpreter, 5, 16), doubled);
 }
 
 // ---- Run admission --------------------------------------------------------------------
