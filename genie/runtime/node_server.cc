@@ -490,17 +490,19 @@ absl::Status Session::Load(absl::string_view payload) {
                                  : IntraOpThreadsFor(loaded->program.graph, inherited_threads_);
   auto it = programs_.find(load.program_id);
   if (it != programs_.end()) {
+    loaded->recency = it->second->recency;
+    recency_.splice(recency_.end(), recency_, loaded->recency);
     it->second = std::move(loaded);
     return absl::OkStatus();
   }
   const size_t before = programs_.size();
   while (programs_.size() >= std::max<uint32_t>(1, options_.max_cached_programs) &&
-         !load_order_.empty()) {
-    programs_.erase(load_order_.front());
-    load_order_.pop_front();
+         !recency_.empty()) {
+    programs_.erase(recency_.front());  // the client, also LRU, reloads it if it comes back
+    recency_.pop_front();
   }
+  loaded->recency = recency_.insert(recency_.end(), load.program_id);
   programs_.emplace(load.program_id, std::move(loaded));
-  load_order_.push_back(load.program_id);
   telemetry_->AddPrograms(static_cast<int64_t>(programs_.size()) - static_cast<int64_t>(before));
   return absl::OkStatus();
 }
@@ -552,6 +554,7 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
         " is not loaded on this connection (never sent, or evicted); send LoadProgram first"));
   }
   Loaded& loaded = *it->second;
+  recency_.splice(recency_.end(), recency_, loaded.recency);  // most recently used
   plan::Program& program = loaded.program;
   if (run.uploads.size() != program.uploads.size()) {
     return absl::InvalidArgumentError(

@@ -43,6 +43,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -76,7 +77,7 @@ namespace genie::runtime {
 struct NodeOptions {
   std::string device = "cpu";          // "cpu"; "cuda:N" where built with CUDA
   int64_t memory_budget_bytes = 0;     // per session: resident + uploaded bytes; 0 = unlimited
-  uint32_t max_cached_programs = 256;  // per connection, oldest loaded evicted first
+  uint32_t max_cached_programs = 256;  // per connection, least recently used evicted first
   int cuda_streams = 4;                // on CUDA: streams per program (InterpreterOptions)
   bool cuda_graphs = true;             // on CUDA: replay repeated static programs as CUDA graphs
   plan::MessageLimits limits;          // limits.max_program_bytes is --max_program_bytes
@@ -384,6 +385,7 @@ class Session {
     uint64_t fingerprint = 0;  // this session's own key for the interpreter's cache
     bool decode = false;       // an LLM decode step (semantic analysis at load)
     int intra_op_threads = 1;  // what its ops run on (NodeOptions::intra_op_threads)
+    std::list<uint64_t>::iterator recency;  // its place in recency_
   };
 
   // Makes what peers pushed under the handles this run reads resident on this session.
@@ -409,7 +411,7 @@ class Session {
   std::unique_ptr<CudaIpcExporter> exporter_;  // made on first use
   std::unique_ptr<CudaIpcImporter> importer_;
   absl::flat_hash_map<uint64_t, std::unique_ptr<Loaded>> programs_;  // by client program id
-  std::deque<uint64_t> load_order_;
+  std::list<uint64_t> recency_;  // program ids, least recently loaded or run first
   uint64_t next_fingerprint_ = 1;
   std::string arena_;
   char* upload_base_ = nullptr;  // where UploadArena put the run's uploads (arena_ or pinned)

@@ -1059,6 +1059,59 @@ TEST(NodeServerTest, MaxRegisteredPoolBytesIsTheSmallerOfTheLimitAndTheBudget) {
   EXPECT_EQ(MaxRegisteredPoolBytes(options), 0u);
 }
 
+// The node keeps the programs its client runs: with room for two, loading a third evicts
+// the one run least recently, not the one loaded first (the client's cache is LRU too).
+TEST(NodeServerTest, ProgramCacheEvictsTheLeastRecentlyRunProgram) {
+  constexpr int n = 8;
+  core::Graph g;
+  GraphBuilder gb(&g);
+  const core::BufferId x = gb.Buffer(n, BufferKind::kHostInput);
+  const core::BufferId y = gb.Buffer(n);
+  gb.Op("aten::add.Tensor", {Arg::Tensor(Vec(x, n)), Arg::Tensor(Vec(x, n)), Arg::Int(1)},
+        {Vec(y, n)});
+  g.outputs().push_back(Vec(y, n));
+  const std::string xs = Floats(n, 1.0f);
+  core::ExecuteRequest request;
+  request.graph = &g;
+  request.uploads = {{x, Borrow(xs)}};
+  auto program = plan::LowerProgram(request);
+  ASSERT_TRUE(program.ok()) << program.status();
+  auto binding = plan::BindRun(*program, request);
+  ASSERT_TRUE(binding.ok()) << binding.status();
+
+  NodeOptions options;
+  options.log_runs = false;
+  options.log_connections = false;
+  options.max_cached_programs = 2;
+  node_internal::Session session(options, "test");
+  auto load = [&](uint64_t id) {
+    return session.Load(plan::EncodeLoadProgram(id, plan::EncodeProgram(*program)));
+  };
+  auto run = [&](uint64_t id, bool* unknown_program) -> absl::Status {
+    plan::RunMessage m;
+    m.program_id = id;
+    m.binding = *binding;
+    m.uploads = {{x, plan::UploadClass::kActivations, n * 4}};
+    GENIE_ASSIGN_OR_RETURN(char* arena, session.UploadArena(n * 4));
+    std::memcpy(arena, xs.data(), xs.size());
+    *unknown_program = false;
+    auto ran = session.Run(m, unknown_program);
+    session.ReleaseRetired();
+    return ran.status();
+  };
+  bool unknown = false;
+  ASSERT_TRUE(load(1).ok());
+  ASSERT_TRUE(load(2).ok());
+  ASSERT_TRUE(run(1, &unknown).ok());  // 1 is now the more recent
+  ASSERT_TRUE(load(3).ok());           // evicts 2
+  EXPECT_TRUE(run(1, &unknown).ok());
+  EXPECT_TRUE(run(3, &unknown).ok());
+  const absl::Status evicted = run(2, &unknown);
+  EXPECT_TRUE(absl::IsNotFound(evicted)) << evicted;
+  EXPECT_TRUE(unknown);
+  EXPECT_NE(evicted.message().find("evicted"), absl::string_view::npos) << evicted;
+}
+
 // A run whose output placement does not fit its program is refused before anything
 // changes: the buffer another node pushed stays in the inbox for the next run.
 TEST(NodeServerTest, AMalformedOutputPlacementIsRefusedAndConsumesNothing) {
