@@ -535,28 +535,47 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     using transport::MessageKind;
     using transport::TrafficClass;
     timeline::Span span("send run", "bytes", static_cast<int64_t>(prepared_.run_message.size()));
-    if (!prepared_.load_message.empty()) {
-      absl::Status s = conn_.SendBytes(MessageKind::kLoadProgram, id, prepared_.load_message);
-      if (!s.ok()) return Fail("sending the program", s);
-    }
-    absl::Status s = conn_.SendBytes(MessageKind::kRun, id, prepared_.run_message);
-    if (!s.ok()) return Fail("sending the run", s);
     for (const plan::UploadEntry& e : prepared_.run.uploads) {
       if (e.pooled()) {
         CountPooled(transport::Direction::kSent,
                     static_cast<TrafficClass>(static_cast<uint8_t>(e.upload_class)), e.nbytes);
       }
     }
+    // The program (first time), the Run and the uploads' transfer frames in one write.
+    pieces_.clear();
+    if (!prepared_.load_message.empty()) {
+      pieces_.push_back(
+          transport::Piece{prepared_.load_message.data(), prepared_.load_message.size()});
+    }
+    pieces_.push_back(transport::Piece{prepared_.run_message.data(), prepared_.run_message.size()});
+    frame_starts_.clear();
     for (const plan::TransferFrame& f : prepared_.frames) {
-      pieces_.clear();
+      frame_starts_.push_back(pieces_.size());
       for (uint32_t k = f.first; k < f.first + f.count; ++k) {
         if (prepared_.run.uploads[k].pooled()) continue;
         const core::HostBytes& b = request.uploads[prepared_.upload_order[k]].bytes;
         if (b.nbytes != 0) pieces_.push_back(transport::Piece{b.data, b.nbytes});
       }
-      s = conn_.Send(MessageKind::kTransfer, id, pieces_,
-                     static_cast<TrafficClass>(static_cast<uint8_t>(f.upload_class)));
-      if (!s.ok()) return Fail("sending the uploads", s);
+    }
+    frame_starts_.push_back(pieces_.size());
+    out_frames_.clear();
+    size_t next = 0;
+    if (!prepared_.load_message.empty()) {
+      out_frames_.push_back(transport::OutFrame{MessageKind::kLoadProgram, id, &pieces_[next++], 1,
+                                                TrafficClass::kControl});
+    }
+    out_frames_.push_back(
+        transport::OutFrame{MessageKind::kRun, id, &pieces_[next], 1, TrafficClass::kControl});
+    for (size_t t = 0; t < prepared_.frames.size(); ++t) {
+      out_frames_.push_back(transport::OutFrame{
+          MessageKind::kTransfer, id, pieces_.data() + frame_starts_[t],
+          frame_starts_[t + 1] - frame_starts_[t],
+          static_cast<TrafficClass>(static_cast<uint8_t>(prepared_.frames[t].upload_class))});
+    }
+    absl::Status s = conn_.SendFrames(out_frames_);
+    if (!s.ok()) {
+      return Fail(prepared_.frames.empty() ? "sending the run" : "sending the run and its uploads",
+                  s);
     }
     return absl::OkStatus();
   }
@@ -781,6 +800,8 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   // Reused across runs.
   client_internal::Session::PreparedRun prepared_;
   std::vector<transport::Piece> pieces_;
+  std::vector<size_t> frame_starts_;  // SendRun: each transfer frame's first piece
+  std::vector<transport::OutFrame> out_frames_;
   std::string message_;
   plan::ResultMessage result_message_;
   std::shared_ptr<client_internal::HostBlockCache> host_blocks_ =

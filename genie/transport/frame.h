@@ -75,6 +75,16 @@ struct Piece {
   std::size_t size;
 };
 
+// One frame of a batch sent in one write (Connection::SendFrames); `payload` is borrowed
+// for the call.
+struct OutFrame {
+  MessageKind kind;
+  std::uint64_t request_id;
+  const Piece* pieces;
+  std::size_t num_pieces;
+  TrafficClass traffic;
+};
+
 // A decoded, validated header.
 struct FrameHeader {
   MessageKind kind = MessageKind::kPing;

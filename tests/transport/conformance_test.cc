@@ -326,6 +326,56 @@ TYPED_TEST(TransportConformance, ManyFramesInOrderWithRequestIds) {
   EXPECT_TRUE(send_status.ok()) << send_status;
 }
 
+// Several frames in one write (a node's Result and its outputs, a client's Run and its
+// uploads) arrive as ordinary frames, in order, counted per class; a batch with a frame
+// large enough to stripe over Tcp lanes goes out frame by frame and arrives the same way.
+TYPED_TEST(TransportConformance, FramesSentTogetherArriveAsOrdinaryFramesInOrder) {
+  for (const std::size_t big : {std::size_t{100000}, std::size_t{3} << 20}) {
+    SCOPED_TRACE(big);
+    const TrafficSnapshot a0 = this->a().counters().Snapshot();
+    const TrafficSnapshot b0 = this->b().counters().Snapshot();
+    const std::string run = "run message";
+    const std::vector<unsigned char> x = Pattern(big, 3), y = Pattern(777, 5);
+    const Piece run_piece{run.data(), run.size()};
+    const Piece uploads[] = {{x.data(), x.size()}, {y.data(), y.size()}};
+    const OutFrame frames[] = {{MessageKind::kRun, 7, &run_piece, 1, TrafficClass::kControl},
+                               {MessageKind::kTransfer, 7, uploads, 2, TrafficClass::kActivations},
+                               {MessageKind::kTransfer, 7, nullptr, 0, TrafficClass::kKvCache}};
+    absl::Status send_status;
+    std::thread sender([&] { send_status = this->a().SendFrames(frames); });
+    auto first = this->b().Receive(kWait);
+    ASSERT_TRUE(first.ok()) << first.status();
+    EXPECT_EQ(first->header.kind, MessageKind::kRun);
+    EXPECT_EQ(first->header.request_id, 7u);
+    EXPECT_EQ(first->payload, run);
+    auto second = this->b().ReceiveHeader(kWait);
+    ASSERT_TRUE(second.ok()) << second.status();
+    EXPECT_EQ(second->kind, MessageKind::kTransfer);
+    EXPECT_EQ(second->traffic, TrafficClass::kActivations);
+    ASSERT_EQ(second->payload_bytes, x.size() + y.size());
+    std::vector<unsigned char> got(x.size() + y.size());
+    ASSERT_TRUE(this->b().ReceivePayload(got.data(), got.size()).ok());
+    EXPECT_TRUE(std::equal(x.begin(), x.end(), got.begin()));
+    EXPECT_TRUE(std::equal(y.begin(), y.end(), got.begin() + x.size()));
+    auto third = this->b().Receive(kWait);
+    ASSERT_TRUE(third.ok()) << third.status();
+    EXPECT_EQ(third->header.traffic, TrafficClass::kKvCache);
+    EXPECT_EQ(third->header.payload_bytes, 0u);
+    sender.join();
+    ASSERT_TRUE(send_status.ok()) << send_status;
+    const TrafficSnapshot da = this->a().counters().Snapshot() - a0;
+    const TrafficSnapshot db = this->b().counters().Snapshot() - b0;
+    EXPECT_EQ(da.TotalFrames(Direction::kSent), 3u);
+    EXPECT_EQ(da.Bytes(Direction::kSent, TrafficClass::kActivations),
+              x.size() + y.size() + kFrameHeaderBytes);
+    for (int c = 0; c < kNumTrafficClasses; ++c) {
+      const auto tc = static_cast<TrafficClass>(c);
+      EXPECT_EQ(da.Bytes(Direction::kSent, tc), db.Bytes(Direction::kReceived, tc)) << c;
+      EXPECT_EQ(da.Frames(Direction::kSent, tc), db.Frames(Direction::kReceived, tc)) << c;
+    }
+  }
+}
+
 TYPED_TEST(TransportConformance, CountersAgreePerClassAndDirection) {
   const TrafficSnapshot a0 = this->a().counters().Snapshot();
   const TrafficSnapshot b0 = this->b().counters().Snapshot();

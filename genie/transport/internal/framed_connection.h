@@ -25,6 +25,7 @@
 #include <string>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -105,6 +106,63 @@ class FramedConnection {
       }
     }
     return SendEncoded(head, sizeof(head), payload, traffic, /*count_frame=*/true);
+  }
+
+  // Sends `frames` in order with one write of the stream (one sendmsg on Tcp) instead of one
+  // each: a reply and its transfer frames, a request and its uploads. Frames this stream
+  // stripes over lanes go out one by one through Send. The receiver reads ordinary frames.
+  absl::Status SendFrames(absl::Span<const transport::OutFrame> frames) {
+    if (broken_.load(std::memory_order_acquire)) return BrokenStatus();
+    bool one_by_one = frames.size() < 2;
+    for (const transport::OutFrame& f : frames) {
+      std::uint64_t bytes = 0;
+      for (std::size_t k = 0; k < f.num_pieces; ++k) bytes += f.pieces[k].size;
+      if (bytes > params_.max_frame_bytes) one_by_one = true;  // Send refuses it by name
+      if constexpr (StreamHasLanes<Stream>::value) {
+        if (bytes >= params_.stripe_min_bytes && stream_.lane_count() > 1) one_by_one = true;
+      }
+    }
+    if (one_by_one) {
+      for (const transport::OutFrame& f : frames) {
+        absl::Status s =
+            Send(f.kind, f.request_id, absl::MakeConstSpan(f.pieces, f.num_pieces), f.traffic);
+        if (!s.ok()) return s;
+      }
+      return absl::OkStatus();
+    }
+    // Every header after the first travels as a piece of the one gathered write.
+    heads_.resize(frames.size() * transport::kFrameHeaderBytes);
+    gathered_.clear();
+    for (std::size_t i = 0; i < frames.size(); ++i) {
+      const transport::OutFrame& f = frames[i];
+      FrameHeader header;
+      header.kind = f.kind;
+      header.traffic = f.traffic;
+      header.request_id = f.request_id;
+      for (std::size_t k = 0; k < f.num_pieces; ++k) header.payload_bytes += f.pieces[k].size;
+      unsigned char* head = heads_.data() + i * transport::kFrameHeaderBytes;
+      transport::EncodeFrameHeader(header, head);
+      if (i > 0) gathered_.push_back(Piece{head, transport::kFrameHeaderBytes});
+      gathered_.insert(gathered_.end(), f.pieces, f.pieces + f.num_pieces);
+    }
+    size_t written = 0;
+    absl::Status s = stream_.WriteFrame(heads_.data(), transport::kFrameHeaderBytes, gathered_,
+                                        absl::Now() + params_.send_timeout, &written);
+    // Bytes by class as far as they went out (a frame counts once all of it did).
+    size_t left = written;
+    for (const transport::OutFrame& f : frames) {
+      size_t bytes = transport::kFrameHeaderBytes;
+      for (std::size_t k = 0; k < f.num_pieces; ++k) bytes += f.pieces[k].size;
+      const size_t out = std::min(bytes, left);
+      counters_.AddBytes(Direction::kSent, f.traffic, out);
+      if (out == bytes) counters_.AddFrame(Direction::kSent, f.traffic);
+      left -= out;
+    }
+    if (!s.ok()) {
+      if (written == 0 && absl::IsDeadlineExceeded(s)) return s;  // nothing went out
+      return Break(s);
+    }
+    return absl::OkStatus();
   }
 
   // Sockets this connection stripes large frames over (1: none).
@@ -277,6 +335,10 @@ class FramedConnection {
   std::atomic<bool> broken_{false};
   mutable absl::Mutex mu_;
   absl::Status broken_status_;  // guarded by mu_
+
+  // SendFrames' scratch (sending thread only): encoded headers, gathered pieces.
+  std::vector<unsigned char> heads_;
+  std::vector<Piece> gathered_;
 
   // Receive side (receiving thread only).
   unsigned char head_[transport::kFrameHeaderBytes];

@@ -48,6 +48,11 @@ class FramedHandle {
     const transport::Piece piece{payload.data(), payload.size()};
     return impl_->Send(kind, request_id, absl::MakeConstSpan(&piece, 1), traffic);
   }
+  // Sends `frames` in order in one write where the backend can (one sendmsg on Tcp; frames
+  // striped over lanes go out one by one); the receiver sees ordinary frames.
+  absl::Status SendFrames(absl::Span<const transport::OutFrame> frames) {
+    return impl_->SendFrames(frames);
+  }
   // Waits up to `timeout` for the next frame's header (DeadlineExceeded when none came).
   absl::StatusOr<transport::FrameHeader> ReceiveHeader(absl::Duration timeout) {
     return impl_->ReceiveHeader(timeout);
