@@ -48,7 +48,8 @@ ABSL_FLAG(int32_t, cpu_lanes, 0,
           "for programs whose ops run on one intra-op thread)");
 ABSL_FLAG(int64_t, max_program_bytes, int64_t{64} << 20,
           "largest program (encoded graph and tables) a client may load");
-ABSL_FLAG(int32_t, max_cached_programs, 256, "programs cached per connection");
+ABSL_FLAG(int32_t, max_cached_programs, 256,
+          "programs cached per connection; the least recently run is evicted first");
 ABSL_FLAG(bool, log_runs, true, "log one line per run to stderr");
 ABSL_FLAG(int32_t, run_slots, 0,
           "runs of all clients executing at once; 0 = no limit. With a limit, waiting runs "

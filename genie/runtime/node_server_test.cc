@@ -1061,23 +1061,41 @@ TEST(NodeServerTest, MaxRegisteredPoolBytesIsTheSmallerOfTheLimitAndTheBudget) {
 
 // The node keeps the programs its client runs: with room for two, loading a third evicts
 // the one run least recently, not the one loaded first (the client's cache is LRU too).
+// y = x + other over n floats, x uploaded (bytes `xs`); `other` is x itself, or a resident
+// buffer "r" (handle 21) when `resident_other`. Lowered, and bound to a run of it.
+struct AddProgram {
+  AddProgram(int64_t n, bool resident_other) : xs(Floats(n, 1.0f)) {
+    GraphBuilder gb(&g);
+    const core::BufferId r =
+        resident_other ? gb.Buffer(n, BufferKind::kResident, "r", 21) : core::kNoBuffer;
+    x = gb.Buffer(n, BufferKind::kHostInput);
+    const core::BufferId y = gb.Buffer(n);
+    gb.Op("aten::add.Tensor",
+          {Arg::Tensor(Vec(x, n)), Arg::Tensor(Vec(resident_other ? r : x, n)), Arg::Int(1)},
+          {Vec(y, n)});
+    g.outputs().push_back(Vec(y, n));
+    request.graph = &g;
+    request.uploads = {{x, Borrow(xs)}};
+    program = plan::LowerProgram(request);
+    if (program.ok()) binding = plan::BindRun(*program, request);
+  }
+  core::Graph g;
+  core::BufferId x = core::kNoBuffer;
+  std::string xs;
+  core::ExecuteRequest request;
+  absl::StatusOr<plan::Program> program;
+  absl::StatusOr<plan::RunBinding> binding = absl::FailedPreconditionError("not lowered");
+};
+
 TEST(NodeServerTest, ProgramCacheEvictsTheLeastRecentlyRunProgram) {
   constexpr int n = 8;
-  core::Graph g;
-  GraphBuilder gb(&g);
-  const core::BufferId x = gb.Buffer(n, BufferKind::kHostInput);
-  const core::BufferId y = gb.Buffer(n);
-  gb.Op("aten::add.Tensor", {Arg::Tensor(Vec(x, n)), Arg::Tensor(Vec(x, n)), Arg::Int(1)},
-        {Vec(y, n)});
-  g.outputs().push_back(Vec(y, n));
-  const std::string xs = Floats(n, 1.0f);
-  core::ExecuteRequest request;
-  request.graph = &g;
-  request.uploads = {{x, Borrow(xs)}};
-  auto program = plan::LowerProgram(request);
-  ASSERT_TRUE(program.ok()) << program.status();
-  auto binding = plan::BindRun(*program, request);
-  ASSERT_TRUE(binding.ok()) << binding.status();
+  AddProgram add(n, /*resident_other=*/false);
+  ASSERT_TRUE(add.program.ok()) << add.program.status();
+  ASSERT_TRUE(add.binding.ok()) << add.binding.status();
+  const core::BufferId x = add.x;
+  const std::string& xs = add.xs;
+  const absl::StatusOr<plan::Program>& program = add.program;
+  const absl::StatusOr<plan::RunBinding>& binding = add.binding;
 
   NodeOptions options;
   options.log_runs = false;
@@ -1116,21 +1134,14 @@ TEST(NodeServerTest, ProgramCacheEvictsTheLeastRecentlyRunProgram) {
 // changes: the buffer another node pushed stays in the inbox for the next run.
 TEST(NodeServerTest, AMalformedOutputPlacementIsRefusedAndConsumesNothing) {
   constexpr int n = 1024;  // floats
-  core::Graph g;
-  GraphBuilder gb(&g);
-  const core::BufferId r = gb.Buffer(n, BufferKind::kResident, "r", 21);
-  const core::BufferId x = gb.Buffer(n, BufferKind::kHostInput);
-  const core::BufferId y = gb.Buffer(n);
-  gb.Op("aten::add.Tensor", {Arg::Tensor(Vec(x, n)), Arg::Tensor(Vec(r, n)), Arg::Int(1)}, {Vec(y, n)});
-  g.outputs().push_back(Vec(y, n));
-  const std::string xs = Floats(n, 1.0f), rs = Floats(n, -0.5f);
-  core::ExecuteRequest request;
-  request.graph = &g;
-  request.uploads = {{x, Borrow(xs)}};
-  auto program = plan::LowerProgram(request);
-  ASSERT_TRUE(program.ok()) << program.status();
-  auto binding = plan::BindRun(*program, request);
-  ASSERT_TRUE(binding.ok()) << binding.status();
+  AddProgram add(n, /*resident_other=*/true);
+  ASSERT_TRUE(add.program.ok()) << add.program.status();
+  ASSERT_TRUE(add.binding.ok()) << add.binding.status();
+  const core::BufferId x = add.x;
+  const std::string& xs = add.xs;
+  const std::string rs = Floats(n, -0.5f);
+  const absl::StatusOr<plan::Program>& program = add.program;
+  const absl::StatusOr<plan::RunBinding>& binding = add.binding;
 
   NodeOptions options;
   options.log_runs = false;
