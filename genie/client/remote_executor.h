@@ -542,37 +542,23 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
       }
     }
     // The program (first time), the Run and the uploads' transfer frames in one write.
-    pieces_.clear();
+    batch_.Clear();
     if (!prepared_.load_message.empty()) {
-      pieces_.push_back(
-          transport::Piece{prepared_.load_message.data(), prepared_.load_message.size()});
+      batch_.Begin(MessageKind::kLoadProgram, id, TrafficClass::kControl);
+      batch_.Add(prepared_.load_message.data(), prepared_.load_message.size());
     }
-    pieces_.push_back(transport::Piece{prepared_.run_message.data(), prepared_.run_message.size()});
-    frame_starts_.clear();
+    batch_.Begin(MessageKind::kRun, id, TrafficClass::kControl);
+    batch_.Add(prepared_.run_message.data(), prepared_.run_message.size());
     for (const plan::TransferFrame& f : prepared_.frames) {
-      frame_starts_.push_back(pieces_.size());
+      batch_.Begin(MessageKind::kTransfer, id,
+                   static_cast<TrafficClass>(static_cast<uint8_t>(f.upload_class)));
       for (uint32_t k = f.first; k < f.first + f.count; ++k) {
         if (prepared_.run.uploads[k].pooled()) continue;
         const core::HostBytes& b = request.uploads[prepared_.upload_order[k]].bytes;
-        if (b.nbytes != 0) pieces_.push_back(transport::Piece{b.data, b.nbytes});
+        if (b.nbytes != 0) batch_.Add(b.data, b.nbytes);
       }
     }
-    frame_starts_.push_back(pieces_.size());
-    out_frames_.clear();
-    size_t next = 0;
-    if (!prepared_.load_message.empty()) {
-      out_frames_.push_back(transport::OutFrame{MessageKind::kLoadProgram, id, &pieces_[next++], 1,
-                                                TrafficClass::kControl});
-    }
-    out_frames_.push_back(
-        transport::OutFrame{MessageKind::kRun, id, &pieces_[next], 1, TrafficClass::kControl});
-    for (size_t t = 0; t < prepared_.frames.size(); ++t) {
-      out_frames_.push_back(transport::OutFrame{
-          MessageKind::kTransfer, id, pieces_.data() + frame_starts_[t],
-          frame_starts_[t + 1] - frame_starts_[t],
-          static_cast<TrafficClass>(static_cast<uint8_t>(prepared_.frames[t].upload_class))});
-    }
-    absl::Status s = conn_.SendFrames(out_frames_);
+    absl::Status s = conn_.SendFrames(batch_.frames());
     if (!s.ok()) {
       return Fail(prepared_.frames.empty() ? "sending the run" : "sending the run and its uploads",
                   s);
@@ -799,9 +785,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   std::atomic<int64_t> last_node_micros_{0};
   // Reused across runs.
   client_internal::Session::PreparedRun prepared_;
-  std::vector<transport::Piece> pieces_;
-  std::vector<size_t> frame_starts_;  // SendRun: each transfer frame's first piece
-  std::vector<transport::OutFrame> out_frames_;
+  transport::FrameBatch batch_;  // SendRun's frames
   std::string message_;
   plan::ResultMessage result_message_;
   std::shared_ptr<client_internal::HostBlockCache> host_blocks_ =

@@ -369,8 +369,7 @@ class Session {
   std::string& message() { return message_; }
   plan::RunMessage& run_message() { return run_message_; }
   std::vector<plan::UploadEntry>& output_entries() { return output_entries_; }
-  std::vector<transport::Piece>& pieces() { return pieces_; }
-  std::vector<transport::OutFrame>& frames() { return frames_; }
+  transport::FrameBatch& batch() { return batch_; }  // the answer's frames
   int64_t last_run_micros() const { return last_run_micros_; }
   // Frees what the last Run left behind (its tensors), after its answer went out.
   void ReleaseRetired() { interpreter_.ReleaseRetired(); }
@@ -425,8 +424,7 @@ class Session {
   std::string message_;
   plan::RunMessage run_message_;
   std::vector<plan::UploadEntry> output_entries_;
-  std::vector<transport::Piece> pieces_;
-  std::vector<transport::OutFrame> frames_;
+  transport::FrameBatch batch_;
   absl::Time start_;
   int64_t last_run_micros_ = 0;
   int64_t runs_ = 0;
@@ -625,31 +623,20 @@ absl::Status ServeSession(Conn& conn, Session& session, const std::atomic<bool>&
         out.node_micros = session.last_run_micros();
         // The Result and the outputs' transfer frames in one write (SendFrames).
         const std::string result_message = plan::EncodeResult(out);
-        std::vector<transport::Piece>& pieces = session.pieces();
-        pieces.clear();
-        pieces.push_back(transport::Piece{result_message.data(), result_message.size()});
-        const std::vector<plan::TransferFrame> transfers = plan::GroupTransfers(
-            entries, transport::transport_traits<typename Conn::Policy>::max_frame_bytes);
-        std::vector<size_t> first_piece;  // of each transfer frame in `pieces`
-        for (const plan::TransferFrame& f : transfers) {
-          first_piece.push_back(pieces.size());
+        transport::FrameBatch& batch = session.batch();
+        batch.Clear();
+        batch.Begin(MessageKind::kResult, id, transport::TrafficClass::kControl);
+        batch.Add(result_message.data(), result_message.size());
+        for (const plan::TransferFrame& f : plan::GroupTransfers(
+                 entries, transport::transport_traits<typename Conn::Policy>::max_frame_bytes)) {
+          batch.Begin(MessageKind::kTransfer, id, transport::TrafficClass::kActivations);
           for (uint32_t k = f.first; k < f.first + f.count; ++k) {
             if (entries[k].pooled()) continue;  // already in its pool block
             const core::HostBytes& b = (*result)->outputs[k];
-            if (b.nbytes != 0) pieces.push_back(transport::Piece{b.data, b.nbytes});
+            if (b.nbytes != 0) batch.Add(b.data, b.nbytes);
           }
         }
-        first_piece.push_back(pieces.size());
-        std::vector<transport::OutFrame>& frames = session.frames();
-        frames.clear();
-        frames.push_back(transport::OutFrame{MessageKind::kResult, id, pieces.data(), 1,
-                                             transport::TrafficClass::kControl});
-        for (size_t t = 0; t < transfers.size(); ++t) {
-          frames.push_back(transport::OutFrame{
-              MessageKind::kTransfer, id, pieces.data() + first_piece[t],
-              first_piece[t + 1] - first_piece[t], transport::TrafficClass::kActivations});
-        }
-        s = conn.SendFrames(frames);
+        s = conn.SendFrames(batch.frames());
         if (!s.ok()) return s;
         session.ReleaseRetired();  // while the client takes the answer
         break;

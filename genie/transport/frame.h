@@ -22,6 +22,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -83,6 +84,37 @@ struct OutFrame {
   const Piece* pieces;
   std::size_t num_pieces;
   TrafficClass traffic;
+};
+
+// Frames to send together (Connection::SendFrames), built in order: Begin a frame, then Add
+// its payload's pieces. Reused across sends; frames() is valid until the next Clear.
+class FrameBatch {
+ public:
+  void Clear() {
+    pieces_.clear();
+    frames_.clear();
+    starts_.clear();
+  }
+  void Begin(MessageKind kind, std::uint64_t request_id, TrafficClass traffic) {
+    starts_.push_back(pieces_.size());
+    frames_.push_back(OutFrame{kind, request_id, nullptr, 0, traffic});
+  }
+  // Appends `size` bytes at `data` (borrowed until the send) to the frame begun last.
+  void Add(const void* data, std::size_t size) { pieces_.push_back(Piece{data, size}); }
+  // The frames, pointing into the pieces added (laid out here, once all are in).
+  const std::vector<OutFrame>& frames() {
+    for (std::size_t i = 0; i < frames_.size(); ++i) {
+      const std::size_t end = i + 1 < starts_.size() ? starts_[i + 1] : pieces_.size();
+      frames_[i].pieces = pieces_.data() + starts_[i];
+      frames_[i].num_pieces = end - starts_[i];
+    }
+    return frames_;
+  }
+
+ private:
+  std::vector<Piece> pieces_;
+  std::vector<OutFrame> frames_;
+  std::vector<std::size_t> starts_;  // each frame's first piece
 };
 
 // A decoded, validated header.
