@@ -13,9 +13,10 @@ awk -v r="$ratio" 'BEGIN { exit !(r <= 0.5) }' || { echo "FAIL: genie/blind byte
 grep -q '^latency    : median per batch over 4 after the checked ones (2 rounds): genie' <<<"$out" ||
   { echo "FAIL: no steady-state latency line"; exit 1; }
 # Bad flags get a clear error and exit 2, not a crash.
+err="${TEST_TMPDIR:-$(mktemp -d)}/err.txt"
 set +e
-"$bin" --steps=0 >/dev/null 2>err.txt
+"$bin" --steps=0 >/dev/null 2>"$err"
 rc=$?
 set -e
-[[ $rc -eq 2 ]] && grep -q 'must be 1 or more' err.txt || { cat err.txt; echo "FAIL: --steps=0 gave rc $rc"; exit 1; }
+[[ $rc -eq 2 ]] && grep -q 'must be 1 or more' "$err" || { cat "$err"; echo "FAIL: --steps=0 gave rc $rc"; exit 1; }
 echo "vqa_remote smoke test: OK (bytes ${ratio}x of blind)"
