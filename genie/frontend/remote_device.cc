@@ -57,8 +57,8 @@
 #include "absl/hash/hash.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
+#include "genie/core/cpu_cores.h"
 #include "genie/core/timeline.h"
-#include "genie/runtime/cpu_lanes.h"
 #include "genie/runtime/interpreter.h"
 
 namespace genie::frontend {
@@ -903,7 +903,7 @@ constexpr size_t kSplitCopyBytes = size_t{1} << 20;
 
 void SplitMemcpy(void* dst, const void* src, size_t nbytes) {
   static c10::ThreadPool* const helpers = []() -> c10::ThreadPool* {
-    const int n = std::min(3, runtime::UsableCores() - 1);
+    const int n = std::min(3, core::UsableCores() - 1);
     return n > 0 ? new c10::ThreadPool(n) : nullptr;  // lives until exit
   }();
   if (helpers == nullptr || nbytes < kSplitCopyBytes) {

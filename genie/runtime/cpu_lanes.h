@@ -29,8 +29,6 @@
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
-#include <string>
-#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -41,20 +39,6 @@
 namespace genie::runtime {
 
 StreamPlan PlanBranches(const core::Graph& graph, int max_lanes, int min_branch_nodes = 8);
-
-// Hardware threads this process may run on: its CPU affinity (a container or `taskset`
-// may allow fewer than the machine has), else std::thread::hardware_concurrency(), and no
-// more than a cgroup CPU quota allows (CgroupCpuQuotaCores); >= 1.
-int UsableCores();
-
-// The cores a cgroup CPU quota allows, rounded up (a quota of 1.5 CPUs is 2), or 0 when no
-// quota applies: the smallest `cpu.max` (cgroup v2) or `cpu.cfs_quota_us` /
-// `cpu.cfs_period_us` (v1) from the process's cgroup up to the root of its hierarchy.
-// Containers (Docker `--cpus`, Kubernetes CPU limits) limit a process this way, not by its
-// affinity. `proc_self_cgroup` is the text of /proc/self/cgroup and `root` the cgroup
-// mount, normally /sys/fs/cgroup (v2 there or, in the hybrid layout, under `unified`; v1 per
-// controller). Unreadable or malformed files count as no quota.
-int CgroupCpuQuotaCores(std::string_view proc_self_cgroup, const std::string& root);
 
 // Lanes a node uses when not told: 2 where 2 or more cores are usable, each program's then
 // chosen by AutomaticLanesFor.

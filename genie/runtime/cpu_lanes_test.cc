@@ -3,19 +3,16 @@
 #include "genie/runtime/cpu_lanes.h"
 
 #include <gtest/gtest.h>
-#include <sched.h>
 
 #include <atomic>
 #include <cmath>
 #include <cstring>
-#include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "absl/cleanup/cleanup.h"
+#include "genie/core/cpu_cores.h"
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
 #include "genie/core/testing/graph_builder.h"
@@ -192,91 +189,10 @@ TEST(CpuLanesTest, InterpreterResultsMatchOneLane) {
   EXPECT_EQ(GetInterpreterCounters().cpu_multi_lane_runs - before, 3);
 }
 
-// The cores lanes are planned for are the process's CPU affinity, cut to its cgroup quota.
-TEST(CpuLanesTest, UsableCoresAreTheAffinityWithinTheQuota) {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
-  std::ifstream in("/proc/self/cgroup");
-  std::stringstream text;
-  text << in.rdbuf();
-  const int quota = CgroupCpuQuotaCores(text.str(), "/sys/fs/cgroup");
-  EXPECT_EQ(UsableCores(), quota > 0 ? std::min(quota, CPU_COUNT(&set)) : CPU_COUNT(&set));
-  EXPECT_GE(UsableCores(), 1);
-  EXPECT_LE(UsableCores(), static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
-}
-
-// A cgroup tree under a temporary root: `files` maps paths below it to contents. Each
-// directory gets a cgroup.procs, as the kernel's have.
-class CgroupTree {
- public:
-  explicit CgroupTree(const std::string& name) : root_(::testing::TempDir() + "/cgroup_" + name) {
-    std::filesystem::remove_all(root_);
-  }
-  ~CgroupTree() { std::filesystem::remove_all(root_); }
-  void Write(const std::string& path, const std::string& text) {
-    const std::filesystem::path p = std::filesystem::path(root_) / path;
-    for (std::filesystem::path d = p.parent_path(); d.string().size() >= root_.size();
-         d = d.parent_path()) {
-      std::filesystem::create_directories(d);
-      std::ofstream(d / "cgroup.procs") << "";
-    }
-    std::ofstream(p) << text << "\n";
-  }
-  const std::string& root() const { return root_; }
-
- private:
-  std::string root_;
-};
-
-// cgroup v2: the tightest cpu.max on the way from the process's cgroup to the root, rounded
-// up to whole cores.
-TEST(CpuLanesTest, CgroupV2QuotaIsTheTightestOnThePath) {
-  CgroupTree t("v2");
-  t.Write("cgroup.controllers", "cpu io memory");
-  // A cgroup that happens to be named "unified" is not the hybrid layout's v2 mount.
-  t.Write("unified/cgroup.controllers", "cpu");
-  t.Write("unified/cpu.max", "100000 100000");
-  t.Write("kubepods/pod1/ctr/cpu.max", "max 100000");  // no limit of its own
-  t.Write("kubepods/pod1/cpu.max", "250000 100000");   // 2.5 CPUs
-  t.Write("kubepods/cpu.max", "800000 100000");
-  t.Write("other/cpu.max", "100000 100000");  // not on the path
-  EXPECT_EQ(CgroupCpuQuotaCores("0::/kubepods/pod1/ctr\n", t.root()), 3);
-  EXPECT_EQ(CgroupCpuQuotaCores("0::/kubepods\n", t.root()), 8);
-  EXPECT_EQ(CgroupCpuQuotaCores("0::/\n", t.root()), 0) << "the root has no cpu.max";
-}
-
-// cgroup v1 (a controller mounted as "cpu,cpuacct"), and the hybrid layout where v2 sits
-// under "unified" and has no quota.
-TEST(CpuLanesTest, CgroupV1QuotaAndTheHybridLayout) {
-  CgroupTree t("v1");
-  t.Write("cpu,cpuacct/docker/abc/cpu.cfs_quota_us", "150000");
-  t.Write("cpu,cpuacct/docker/abc/cpu.cfs_period_us", "100000");
-  t.Write("cpu,cpuacct/cpu.cfs_quota_us", "-1");
-  t.Write("cpu,cpuacct/cpu.cfs_period_us", "100000");
-  t.Write("unified/cgroup.controllers", "cpu io memory");
-  t.Write("unified/docker/abc/cpu.max", "max 100000");
-  const std::string proc = "5:memory:/docker/abc\n2:cpu,cpuacct:/docker/abc\n0::/docker/abc\n";
-  EXPECT_EQ(CgroupCpuQuotaCores(proc, t.root()), 2);
-  EXPECT_EQ(CgroupCpuQuotaCores("2:cpu,cpuacct:/\n", t.root()), 0) << "-1 is no quota";
-}
-
-// What cannot be read or parsed is no quota, never an error or a zero-core answer.
-TEST(CpuLanesTest, CgroupFilesThatCannotBeReadAreNoQuota) {
-  CgroupTree t("bad");
-  t.Write("a/cpu.max", "lots 100000");
-  t.Write("b/cpu.max", "0 100000");
-  EXPECT_EQ(CgroupCpuQuotaCores("0::/a\n", t.root()), 0);
-  EXPECT_EQ(CgroupCpuQuotaCores("0::/b\n", t.root()), 0);
-  EXPECT_EQ(CgroupCpuQuotaCores("0::/missing/dir\n", t.root()), 0);
-  EXPECT_EQ(CgroupCpuQuotaCores("not a cgroup line", t.root()), 0);
-  EXPECT_EQ(CgroupCpuQuotaCores("", "/nonexistent"), 0);
-}
-
 // Automatic lanes: all of them where 4 or more cores are usable; on fewer, never more
 // threads than the cores (lanes x intra-op threads <= cores); within [1, lanes].
 TEST(CpuLanesTest, AutomaticLanesFitSmallMachines) {
-  const int cores = UsableCores();
+  const int cores = core::UsableCores();
   EXPECT_EQ(AutomaticLanesFor(2, 1), std::min(2, cores));
   EXPECT_EQ(AutomaticLanesFor(2, cores), cores >= 4 ? 2 : 1);
   EXPECT_EQ(AutomaticLanesFor(0, 1), 1);
@@ -299,7 +215,7 @@ TEST(CpuLanesTest, AutomaticLanesFitSmallMachines) {
 // thread gets two lanes (on a machine of 2 or more cores); on as many intra-op threads as
 // there are cores, two only on a machine of 4 or more.
 TEST(CpuLanesTest, InterpreterCapsAutomaticLanesByIntraOpThreads) {
-  const int cores = UsableCores();
+  const int cores = core::UsableCores();
   TwoBranches b(12, 12);
   const std::string x = Floats(16, 1.0f), y = Floats(16, -0.5f), w = Floats(16, 0.75f);
   InterpreterOptions options;

@@ -18,6 +18,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "genie/core/cpu_cores.h"
 #include "genie/core/status.h"
 #include "genie/runtime/cpu_lanes.h"
 #include "genie/runtime/device_memory.h"
@@ -326,7 +327,7 @@ uint64_t MaxRegisteredPoolBytes(const NodeOptions& options) {
 
 int MaxLanesFor(const NodeOptions& options) {
   if (options.max_lanes > 0) return options.max_lanes;
-  static const int automatic = std::clamp(UsableCores() / 2, 1, 8);
+  static const int automatic = std::clamp(core::UsableCores() / 2, 1, 8);
   return automatic;
 }
 

@@ -21,6 +21,7 @@
 
 #include "absl/time/clock.h"
 #include "genie/client/remote_executor.h"
+#include "genie/core/cpu_cores.h"
 #include "genie/core/executor.h"
 #include "genie/core/graph.h"
 #include "genie/core/status.h"
@@ -262,7 +263,7 @@ TEST(NodeServerTest, GrantsLanesByItsOwnCoresUnlessToldHowMany) {
     options.log_runs = false;
     options.log_connections = false;
     options.max_lanes = max_lanes;
-    const int want = max_lanes > 0 ? max_lanes : std::clamp(UsableCores() / 2, 1, 8);
+    const int want = max_lanes > 0 ? max_lanes : std::clamp(core::UsableCores() / 2, 1, 8);
     EXPECT_EQ(MaxLanesFor(options), want);
     auto server = NodeServer::Create("127.0.0.1", 0, kKey, options);
     ASSERT_TRUE(server.ok()) << server.status();

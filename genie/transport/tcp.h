@@ -55,6 +55,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
+#include "genie/core/cpu_cores.h"
 #include "genie/core/status.h"
 #include "genie/transport/counters.h"
 #include "genie/transport/frame.h"
@@ -105,7 +106,7 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
                   "kLanes is 1 (one socket) to 16");
     int want = kWant;
     if constexpr (transport_traits<P>::lanes_by_cores) {
-      want = std::min(want, std::max(1, transport_internal::UsableCpus() / 2));
+      want = std::min(want, std::max(1, core::UsableCores() / 2));
     }
     if (want <= 1 || this->lane_count() > 1) return LaneResult{this->lane_count(), ""};
     const absl::Time deadline = absl::Now() + timeout;

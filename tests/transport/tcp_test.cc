@@ -21,6 +21,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "genie/core/cpu_cores.h"
 #include "genie/transport/internal/tcp_stream.h"
 #include "genie/transport/testing/transport_testing.h"
 #include "gtest/gtest.h"
@@ -276,7 +277,7 @@ TEST(TcpLanes, OpenedAndUsedInBothDirections) {
 }
 
 TEST(TcpLanes, DefaultTcpAsksForAtMostHalfTheCores) {
-  const int expected = std::min(4, std::max(1, transport_internal::UsableCpus() / 2));
+  const int expected = std::min(4, std::max(1, core::UsableCores() / 2));
   std::optional<Connection<Tcp>> client, server;
   ASSERT_TRUE(ConnectPair(&client, &server).ok());
   absl::StatusOr<LaneResult> opened = absl::UnknownError("not run");
@@ -288,7 +289,7 @@ TEST(TcpLanes, DefaultTcpAsksForAtMostHalfTheCores) {
   }
   client_side.join();
   ASSERT_TRUE(opened.ok()) << opened.status();
-  EXPECT_EQ(client->lane_count(), expected) << transport_internal::UsableCpus() << " cores";
+  EXPECT_EQ(client->lane_count(), expected) << core::UsableCores() << " cores";
   EXPECT_EQ(server->lane_count(), expected);
 }
 

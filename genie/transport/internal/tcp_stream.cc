@@ -9,7 +9,6 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
-#include <sched.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -698,13 +697,6 @@ absl::StatusOr<std::vector<TcpStream>> TcpListenSocket::AcceptLanes(int count,
   lanes.reserve(slots.size());
   for (std::optional<TcpStream>& slot : slots) lanes.push_back(std::move(*slot));
   return lanes;
-}
-
-int UsableCpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()));
 }
 
 absl::StatusOr<std::vector<TcpStream>> ConnectLanes(const std::string& host, std::uint16_t port,

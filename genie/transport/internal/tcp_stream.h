@@ -135,9 +135,6 @@ class TcpListenSocket {
   SocketSettings settings_;
 };
 
-// Cores this process may run on (its CPU affinity), at least 1.
-int UsableCpus();
-
 // Connects lanes `1..count` to host:port (an offer's), each introducing itself with its index
 // and `token`.
 absl::StatusOr<std::vector<TcpStream>> ConnectLanes(const std::string& host, std::uint16_t port,
