@@ -238,9 +238,12 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
 
  private:
   // `s`, closing the connection first when it is an error: a lane handshake cut short
-  // leaves the two ends unsure whether they stripe.
+  // leaves the two ends unsure whether they stripe. The lane threads it prepared stop.
   absl::Status ClosingOnError(absl::Status s) {
-    if (!s.ok()) this->Close();
+    if (!s.ok()) {
+      this->Close();
+      this->mutable_stream().DropPreparedLanes();
+    }
     return s;
   }
 

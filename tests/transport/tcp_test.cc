@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <thread>
@@ -427,6 +428,54 @@ TEST(TcpLanes, AClientThatGivesUpIsAnsweredAtOnce) {
   auto frame = h.server->Receive(absl::Seconds(5));
   ASSERT_TRUE(frame.ok()) << frame.status();
   EXPECT_EQ(frame->payload, "next");
+}
+
+// A lane socket that connects and says nothing does not hold the server past the client's
+// give-up: the server watches the connection while it waits for a hello.
+TEST(TcpLanes, ASilentLaneDoesNotHoldUpAGiveUp) {
+  std::optional<transport_internal::TcpStream> silent;
+  const absl::Time start = absl::Now();
+  ByHand h =
+      LanesByHand([&](const transport_internal::LaneMessage& offer, Connection<Tcp>& client) {
+        auto lane =
+            transport_internal::TcpStream::Connect("127.0.0.1", offer.port, absl::Seconds(2), {});
+        ASSERT_TRUE(lane.ok()) << lane.status();
+        silent.emplace(std::move(*lane));
+        absl::SleepFor(absl::Milliseconds(50));  // the server has taken it and waits for its hello
+        transport_internal::LaneMessage give_up;
+        give_up.note = "lane 2 unreachable";
+        ASSERT_TRUE(
+            client.SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up))
+                .ok());
+      });
+  ASSERT_TRUE(h.accepted.ok()) << h.accepted.status();
+  ASSERT_TRUE(h.answer.ok()) << h.answer.status();
+  // Not the server's 500 ms wait, which a hello read blind to the give-up would use up.
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(400));
+  EXPECT_EQ(h.answer->lanes, 1);
+  EXPECT_TRUE(Contains(absl::UnknownError(h.answer->note), "lane 2 unreachable")) << h.answer->note;
+}
+
+// Threads of this process, from /proc.
+int ThreadCount() {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/self/task")) {
+    (void)entry;
+    ++n;
+  }
+  return n;
+}
+
+// A handshake cut short (the client leaves after the offer) closes the connection and stops
+// the lane threads the server prepared, not only when the connection is destroyed.
+TEST(TcpLanes, AHandshakeCutShortStopsThePreparedLaneThreads) {
+  const int before = ThreadCount();
+  ByHand h = LanesByHand(
+      [](const transport_internal::LaneMessage&, Connection<Tcp>& client) { client.Close(); });
+  EXPECT_FALSE(h.accepted.ok());
+  ASSERT_TRUE(h.server.has_value());
+  EXPECT_TRUE(h.server->broken());
+  EXPECT_EQ(ThreadCount(), before) << "lane threads outlived the failed handshake";
 }
 
 TEST(TcpLanes, ALaneFromAnotherAddressIsRefused) {

@@ -626,6 +626,16 @@ absl::StatusOr<TcpStream> TcpListenSocket::Accept(absl::Duration timeout) {
   return TcpStream(std::move(*fd), absl::StrCat("tcp ", SockaddrText(ss)));
 }
 
+namespace {
+
+// Milliseconds until `deadline` for poll(), rounded up, at least 0.
+int PollTimeoutMs(absl::Time deadline) {
+  const absl::Duration left = std::max(deadline - absl::Now(), absl::ZeroDuration());
+  return static_cast<int>(std::min<std::int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
+}
+
+}  // namespace
+
 absl::StatusOr<std::vector<TcpStream>> TcpListenSocket::AcceptLanes(int count,
                                                                     absl::string_view token,
                                                                     const std::string& peer_host,
@@ -657,9 +667,7 @@ absl::StatusOr<std::vector<TcpStream>> TcpListenSocket::AcceptLanes(int count,
         return failed(absl::StatusCode::kDeadlineExceeded, "in time");
       }
       pollfd fds[2] = {{fd_.get(), POLLIN, 0}, {abort_fd, POLLIN, 0}};
-      const int timeout_ms =
-          static_cast<int>(std::min<std::int64_t>(absl::ToInt64Milliseconds(left) + 1, 1 << 30));
-      const int rc = poll(fds, abort_fd >= 0 ? 2 : 1, timeout_ms);
+      const int rc = poll(fds, abort_fd >= 0 ? 2 : 1, PollTimeoutMs(deadline));
       if (rc < 0 && errno != EINTR) {
         return failed(absl::StatusCode::kInternal,
                       absl::StrCat("before poll failed: ", ErrnoText(errno)));
@@ -674,10 +682,17 @@ absl::StatusOr<std::vector<TcpStream>> TcpListenSocket::AcceptLanes(int count,
       continue;
     }
     TcpStream lane(std::move(fd), absl::StrCat("tcp ", SockaddrText(ss)));
+    // A lane says hello at once; one that connects and stays silent is refused after a
+    // second, or as soon as the client stops waiting.
+    const absl::Time hello_by = std::min(deadline, absl::Now() + absl::Seconds(1));
+    pollfd wait[2] = {{lane.fd(), POLLIN, 0}, {abort_fd, POLLIN, 0}};
+    const int ready = poll(wait, abort_fd >= 0 ? 2 : 1, PollTimeoutMs(hello_by));
+    if (abort_fd >= 0 && ready > 0 && wait[1].revents != 0) {
+      return failed(absl::StatusCode::kCancelled, "before the client stopped waiting for them");
+    }
     unsigned char hello[kLaneHelloBytes];
     std::size_t got = 0;
-    if (!lane.Read(hello, sizeof(hello), std::min(deadline, absl::Now() + absl::Seconds(1)), &got)
-             .ok()) {
+    if (ready <= 0 || !lane.Read(hello, sizeof(hello), hello_by, &got).ok()) {
       ++refused;
       continue;
     }
