@@ -4,6 +4,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -42,6 +43,7 @@ struct ThreadLog {
   std::string name;  // under Registry::mu
   std::unique_ptr<Event[]> chunks[kChunks];
   std::atomic<size_t> size{0};
+  bool ended = false;  // under Registry::mu: its thread exited; the next Start frees it
 };
 
 // Above any thread id (Linux's pid_max is at most 2^22), so a track's id is never a thread's.
@@ -49,7 +51,7 @@ constexpr int kFirstTrack = 1 << 30;
 
 struct Registry {
   std::mutex mu;
-  std::vector<std::unique_ptr<ThreadLog>> logs;  // never freed: threads that ended keep theirs
+  std::vector<std::unique_ptr<ThreadLog>> logs;  // a thread's until the Start after it ended
   std::vector<std::string> tracks;               // id kFirstTrack + index
   std::atomic<uint32_t> window{0};               // counts Starts
   std::atomic<int64_t> dropped{0};
@@ -62,8 +64,21 @@ Registry& Reg() {
 
 thread_local ThreadLog* t_log = nullptr;
 
+// Marks the thread's log ended when the thread exits. The thread never writes it again: an
+// event recorded later in its exit (another thread_local's destructor) opens a new log.
+struct LogRetirer {
+  ~LogRetirer() {
+    if (t_log == nullptr) return;
+    std::lock_guard<std::mutex> lock(Reg().mu);
+    t_log->ended = true;
+    t_log = nullptr;
+  }
+};
+thread_local LogRetirer t_retirer;
+
 ThreadLog& Mine() {
   if (t_log == nullptr) {
+    (void)&t_retirer;  // constructed with the log: destroyed when the thread exits
     auto log = std::make_unique<ThreadLog>();
     log->tid = static_cast<int32_t>(::syscall(SYS_gettid));
     Registry& r = Reg();
@@ -158,7 +173,15 @@ std::string* g_exit_path_storage = nullptr;
 }  // namespace
 
 void Start() {
-  Reg().window.fetch_add(1, std::memory_order_relaxed);
+  Registry& r = Reg();
+  {
+    // Logs of threads that ended hold only events of earlier windows, which Write skips.
+    std::lock_guard<std::mutex> lock(r.mu);
+    r.logs.erase(std::remove_if(r.logs.begin(), r.logs.end(),
+                                [](const std::unique_ptr<ThreadLog>& log) { return log->ended; }),
+                 r.logs.end());
+  }
+  r.window.fetch_add(1, std::memory_order_relaxed);
   timeline_internal::g_on.store(true, std::memory_order_relaxed);
 }
 
@@ -205,6 +228,7 @@ Stats GetStats() {
   Stats s;
   s.dropped = r.dropped.load(std::memory_order_relaxed);
   std::lock_guard<std::mutex> lock(r.mu);
+  s.thread_logs = static_cast<int64_t>(r.logs.size());
   for (const auto& log : r.logs) {
     const size_t n = log->size.load(std::memory_order_acquire);
     for (size_t i = 0; i < n; ++i) {

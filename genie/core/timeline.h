@@ -19,8 +19,9 @@
 // arrays concatenated; each event carries its pid). Each thread records into a log of its
 // own (no lock per event); a log holds kEventsPerThread events over the thread's life (a
 // new Start does not free room) and drops the rest, counting them (Write puts the count in
-// the file's metadata). Logs of threads that ended stay until the process exits. Names and argument names must be
-// string literals (or otherwise outlive the process's last Write): only pointers are kept.
+// the file's metadata). The log of a thread that ended stays until the next Start, whose
+// window it can no longer record in, frees it. Names and argument names must be string
+// literals (or otherwise outlive the process's last Write): only pointers are kept.
 // This header does not include libtorch.
 #ifndef GENIE_CORE_TIMELINE_H_
 #define GENIE_CORE_TIMELINE_H_
@@ -72,8 +73,9 @@ void RecordOn(int track, const char* name, int64_t begin_ns, int64_t end_ns,
 void Instant(const char* name, const char* arg_name = nullptr, int64_t arg = 0);
 
 struct Stats {
-  int64_t recorded = 0;  // since the latest Start, all threads
-  int64_t dropped = 0;   // refused by a full log, ever
+  int64_t recorded = 0;     // since the latest Start, all threads
+  int64_t dropped = 0;      // refused by a full log, ever
+  int64_t thread_logs = 0;  // logs held: threads that recorded, less those freed by a Start
 };
 Stats GetStats();
 

@@ -112,6 +112,28 @@ TEST(Timeline, AFullLogDropsAndCountsTheRest) {
   EXPECT_GE(GetStats().recorded, static_cast<int64_t>(kEventsPerThread));
 }
 
+// A process that starts threads one after another (a node's connections) does not keep
+// the log of every thread that ever recorded: an ended thread's events are written until
+// the next Start, which frees its log.
+TEST(Timeline, TheLogsOfEndedThreadsAreWrittenThenFreedByTheNextStart) {
+  Start();
+  Instant("main");  // this thread's log, which stays
+  const int64_t base = GetStats().thread_logs;
+  for (int k = 0; k < 8; ++k) std::thread([] { Instant("short-lived"); }).join();
+  Stop();
+  EXPECT_EQ(GetStats().thread_logs, base + 8);
+  const std::string path = TempPath("ended.json");
+  ASSERT_TRUE(Write(path).ok());
+  EXPECT_EQ(Count(ReadAll(path), "\"name\":\"short-lived\""), 8);
+  Start();
+  EXPECT_EQ(GetStats().thread_logs, base);
+  Instant("main again");
+  std::thread([] { Instant("after"); }).join();
+  Stop();
+  EXPECT_EQ(GetStats().recorded, 2);
+  EXPECT_EQ(GetStats().thread_logs, base + 1);
+}
+
 TEST(Timeline, AnUnwritablePathSaysWhichAndWhy) {
   const absl::Status s = Write("/nonexistent-folder/t.json");
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
