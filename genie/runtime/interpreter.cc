@@ -264,6 +264,7 @@ bool InCallerMemory(const at::Tensor& t, const core::ExecuteRequest& req) {
 
 struct Interpreter::Impl {
   InterpreterOptions options;
+  std::atomic<int64_t> graph_replays{0};  // this interpreter's share of g_graph_replays
   at::Device device = at::kCPU;
   mutable std::mutex mu;
   absl::flat_hash_map<uint64_t, at::Tensor> resident;
@@ -1112,6 +1113,7 @@ struct Interpreter::Impl {
           roots[b].copy_(state->roots[b], /*non_blocking=*/true);
       }
       g_graph_replays.fetch_add(1, std::memory_order_relaxed);
+      graph_replays.fetch_add(1, std::memory_order_relaxed);
       result.stats.nodes_executed = static_cast<int64_t>(g.nodes().size());
     } else {
       int64_t executed = 0;
@@ -1443,6 +1445,10 @@ int64_t Interpreter::resident_bytes() const {
 size_t Interpreter::resident_buffers() const {
   std::lock_guard<std::mutex> lock(impl_->mu);
   return impl_->resident.size();
+}
+
+int64_t Interpreter::graph_replays() const {
+  return impl_->graph_replays.load(std::memory_order_relaxed);
 }
 
 size_t Interpreter::cached_programs() const {

@@ -125,6 +125,9 @@ class Interpreter final : public core::Executor {
   int64_t resident_bytes() const;
   size_t resident_buffers() const;
   size_t cached_programs() const;
+  // Runs this interpreter served by replaying a CUDA graph (GetInterpreterCounters counts
+  // the whole process's).
+  int64_t graph_replays() const;
 
  private:
   struct Impl;

@@ -391,9 +391,12 @@ void Session::Opened(const transport::TrafficCounters* traffic) {
   telemetry_->Open(traffic);
 }
 
-void Session::PublishResident(int64_t bytes) {
-  telemetry_->AddResident(bytes - published_resident_);
-  published_resident_ = bytes;
+void Session::PublishFigures(int64_t resident_bytes) {
+  telemetry_->AddResident(resident_bytes - published_resident_);
+  published_resident_ = resident_bytes;
+  const int64_t replays = interpreter_.graph_replays();
+  telemetry_->AddGraphReplays(replays - published_replays_);
+  published_replays_ = replays;
 }
 
 plan::NodeStatusMessage Session::Status() const {
@@ -413,7 +416,7 @@ plan::NodeStatusMessage Session::Status() const {
     m.gpu_reserved_bytes = memory->reserved_bytes;
     m.gpu_free_bytes = memory->free_bytes;
     m.gpu_total_bytes = std::max(memory->total_bytes, memory->free_bytes);
-    m.graph_replays = static_cast<uint64_t>(GetInterpreterCounters().graph_replays);
+    m.graph_replays = telemetry_->graph_replays();
   }
   return m;
 }
@@ -632,7 +635,7 @@ absl::StatusOr<const core::ExecuteResult*> Session::Run(const plan::RunMessage& 
   last_run_micros_ = absl::ToInt64Microseconds(absl::Now() - start);
   if (gate_ != nullptr) gate_->Leave();
   ++runs_;
-  PublishResident(result_.ok() ? result_->stats.resident_bytes : interpreter_.resident_bytes());
+  PublishFigures(result_.ok() ? result_->stats.resident_bytes : interpreter_.resident_bytes());
   if (options_.log_runs) {
     if (result_.ok()) {
       LogLine(absl::StrFormat(
@@ -753,7 +756,7 @@ absl::StatusOr<int64_t> Session::SendToPeer(const plan::PeerSendMessage& m) {
       forget.graph = &none;
       forget.release = {m.handle};
       (void)interpreter_.Execute(forget);
-      PublishResident(interpreter_.resident_bytes());
+      PublishFigures(interpreter_.resident_bytes());
     }
     inbox_->CountSend(nbytes, cuda_ipc);
     if (options_.log_runs) {

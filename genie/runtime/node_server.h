@@ -286,6 +286,9 @@ class NodeTelemetry {
   void CountRun(bool ok) { (ok ? runs_ : run_errors_).fetch_add(1, std::memory_order_relaxed); }
   void AddPrograms(int64_t delta) { programs_.fetch_add(delta, std::memory_order_relaxed); }
   void AddResident(int64_t delta) { resident_.fetch_add(delta, std::memory_order_relaxed); }
+  void AddGraphReplays(int64_t n) { graph_replays_.fetch_add(n, std::memory_order_relaxed); }
+  // Runs this node's sessions served by replaying a CUDA graph, over the node's life.
+  uint64_t graph_replays() const { return graph_replays_.load(std::memory_order_relaxed); }
   // The node-wide figures (device, budget and GPU fields left unset); the open connection
   // counting into `asker` is not counted among the open sessions.
   plan::NodeStatusMessage Snapshot(const transport::TrafficCounters* asker) const;
@@ -296,6 +299,7 @@ class NodeTelemetry {
   std::atomic<uint64_t> run_errors_{0};
   std::atomic<int64_t> programs_{0};
   std::atomic<int64_t> resident_{0};
+  std::atomic<uint64_t> graph_replays_{0};
   mutable std::mutex mu_;
   std::vector<const transport::TrafficCounters*> open_;
   transport::TrafficSnapshot closed_;
@@ -392,8 +396,9 @@ class Session {
   absl::Status AdoptPeerBuffers(const plan::RunBinding& binding);
   // SendToPeer over CUDA IPC; FailedPrecondition when the peer cannot take it that way.
   absl::StatusOr<int64_t> SendToPeerOverCudaIpc(const plan::PeerSendMessage& m);
-  // Tells the node's telemetry that this session now keeps `bytes` resident.
-  void PublishResident(int64_t bytes);
+  // Tells the node's telemetry that this session now keeps `bytes` resident, and the CUDA
+  // graph replays its runs added since the last call.
+  void PublishFigures(int64_t resident_bytes);
 
   NodeOptions options_;
   std::string peer_;
@@ -406,6 +411,7 @@ class Session {
   NodeTelemetry* telemetry_ = &own_telemetry_;
   const transport::TrafficCounters* traffic_ = nullptr;  // set by Opened
   int64_t published_resident_ = 0;
+  int64_t published_replays_ = 0;  // of interpreter_.graph_replays(), in the telemetry
   Interpreter interpreter_;
   int cuda_device_ = -1;                       // N of "cuda:N"; -1 on the CPU
   std::unique_ptr<CudaIpcExporter> exporter_;  // made on first use

@@ -7,8 +7,10 @@
 #include <torch/cuda.h>
 #include <torch/torch.h>
 
+#include <cstdint>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "examples/models/models.h"
@@ -19,6 +21,7 @@
 #include "genie/runtime/stream_plan.h"
 #include "tests/gpu/gpu_memory.h"
 #include "tests/gpu/two_chains.h"
+#include "tools/smi/smi.h"
 
 namespace genie {
 namespace {
@@ -135,6 +138,57 @@ TEST_F(GpuTest, Gpt2DecodeMatchesLocalCudaEveryToken) {
   } else {
     EXPECT_EQ(after.graph_replays, before.graph_replays);
   }
+}
+
+// genie-smi's graph replays are the node's own: of two GPU nodes in one process, the one
+// that served a decode counts its replays and the idle one counts none (the counter was once
+// the process's, so both showed the same figure).
+TEST(GpuSmiTest, GraphReplaysAreCountedPerNode) {
+  if (!torch::cuda::is_available()) {
+    GTEST_SKIP() << "no CUDA device on this machine: the GPU tests run on the GPU machines "
+                    "(tools/device/run_gpu.sh packs and runs them there)";
+  }
+  torch::NoGradGuard no_grad;
+  absl::StatusOr<std::string> key = session_internal::RandomKey();
+  ASSERT_TRUE(key.ok()) << key.status();
+  runtime::NodeOptions node_options;
+  node_options.device = "cuda:0";
+  node_options.log_connections = false;
+  node_options.log_runs = false;
+  auto busy = session_internal::EmbeddedNode::Start(*key, node_options);
+  auto idle = session_internal::EmbeddedNode::Start(*key, node_options);
+  ASSERT_TRUE(busy.ok()) << busy.status();
+  ASSERT_TRUE(idle.ok()) << idle.status();
+  {
+    SessionOptions options;
+    options.nodes = {(*busy)->address()};
+    options.key = *key;
+    auto session = Session<examples::SemanticDeployment>::Start(options);
+    ASSERT_TRUE(session.ok()) << session.status();
+    m::Gpt2 model(m::Gpt2Config{});
+    model->to(torch::Device((*session)->device()));
+    frontend::NameParameters(*model);
+    m::KvCache cache =
+        model->NewCache(1, m::KvCacheMode::kStatic, torch::Device((*session)->device()));
+    torch::Tensor ids = torch::randint(0, m::Gpt2Config{}.vocab_size, {1, 1}, torch::kLong);
+    for (int step = 0; step < 20; ++step) {
+      torch::Tensor logits =
+          model->forward(ids.to(torch::Device((*session)->device())), &cache, cache.length);
+      ids = logits.select(1, -1).argmax(-1).view({1, 1}).to(torch::kCPU);
+    }
+    ASSERT_TRUE((*session)->Join().ok());
+  }
+  auto replays = [&](const std::string& address) -> int64_t {
+    absl::StatusOr<std::vector<smi::NodeAddress>> node = smi::ParseNodes(address);
+    if (!node.ok() || node->size() != 1) return -1;
+    smi::NodeReport report = smi::QueryNode(node->front(), *key);
+    EXPECT_TRUE(report.status.ok()) << address << ": " << report.status.status();
+    if (!report.status.ok()) return -1;
+    EXPECT_TRUE(report.status->gpu) << address;
+    return static_cast<int64_t>(report.status->graph_replays);
+  };
+  EXPECT_GE(replays((*busy)->address()), 15) << "the decode step replays its CUDA graph";
+  EXPECT_EQ(replays((*idle)->address()), 0) << "a node that ran nothing replayed nothing";
 }
 
 using testing::GpuMemory;
