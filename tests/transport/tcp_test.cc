@@ -319,6 +319,13 @@ struct ByHand {
   absl::StatusOr<transport_internal::LaneMessage> answer = absl::UnknownError("not run");
 };
 
+// What a client whose lanes failed sends: a kLanes frame with no lanes and why.
+absl::Status SendGiveUp(Connection<Tcp>& client, const std::string& why) {
+  transport_internal::LaneMessage give_up;
+  give_up.note = why;
+  return client.SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up));
+}
+
 template <class F>
 ByHand LanesByHand(F connect) {
   ByHand h;
@@ -373,11 +380,7 @@ TEST(TcpLanes, AGiveUpAfterTheServersAnswerGetsNoSecondAnswer) {
   ASSERT_TRUE(h.answer.ok()) << h.answer.status();
   EXPECT_EQ(h.answer->lanes, 1);  // the server stopped waiting and answered
   // The client's give-up, late: the server takes it and says nothing.
-  transport_internal::LaneMessage give_up;
-  give_up.note = "lanes timed out";
-  ASSERT_TRUE(
-      h.client->SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up))
-          .ok());
+  ASSERT_TRUE(SendGiveUp(*h.client, "lanes timed out").ok());
   absl::StatusOr<FrameHeader> late = h.server->ReceiveHeader(absl::Seconds(5));
   ASSERT_TRUE(late.ok()) << late.status();
   absl::StatusOr<LaneResult> taken = h.server->AcceptLanes(*late, 8, absl::Seconds(1));
@@ -410,11 +413,7 @@ TEST(TcpLanes, LanesWithTheWrongTokenAreRefused) {
 TEST(TcpLanes, AClientThatGivesUpIsAnsweredAtOnce) {
   const absl::Time start = absl::Now();
   ByHand h = LanesByHand([](const transport_internal::LaneMessage&, Connection<Tcp>& client) {
-    transport_internal::LaneMessage give_up;
-    give_up.note = "lane port unreachable";
-    ASSERT_TRUE(
-        client.SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up))
-            .ok());
+    ASSERT_TRUE(SendGiveUp(client, "lane port unreachable").ok());
   });
   ASSERT_TRUE(h.accepted.ok()) << h.accepted.status();
   ASSERT_TRUE(h.answer.ok()) << h.answer.status();
@@ -442,11 +441,7 @@ TEST(TcpLanes, ASilentLaneDoesNotHoldUpAGiveUp) {
         ASSERT_TRUE(lane.ok()) << lane.status();
         silent.emplace(std::move(*lane));
         absl::SleepFor(absl::Milliseconds(50));  // the server has taken it and waits for its hello
-        transport_internal::LaneMessage give_up;
-        give_up.note = "lane 2 unreachable";
-        ASSERT_TRUE(
-            client.SendBytes(MessageKind::kLanes, 0, transport_internal::EncodeLaneMessage(give_up))
-                .ok());
+        ASSERT_TRUE(SendGiveUp(client, "lane 2 unreachable").ok());
       });
   ASSERT_TRUE(h.accepted.ok()) << h.accepted.status();
   ASSERT_TRUE(h.answer.ok()) << h.answer.status();
