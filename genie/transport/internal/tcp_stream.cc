@@ -686,7 +686,10 @@ absl::StatusOr<std::vector<TcpStream>> TcpListenSocket::AcceptLanes(int count,
     // second, or as soon as the client stops waiting.
     const absl::Time hello_by = std::min(deadline, absl::Now() + absl::Seconds(1));
     pollfd wait[2] = {{lane.fd(), POLLIN, 0}, {abort_fd, POLLIN, 0}};
-    const int ready = poll(wait, abort_fd >= 0 ? 2 : 1, PollTimeoutMs(hello_by));
+    int ready;
+    do {
+      ready = poll(wait, abort_fd >= 0 ? 2 : 1, PollTimeoutMs(hello_by));
+    } while (ready < 0 && errno == EINTR);
     if (abort_fd >= 0 && ready > 0 && wait[1].revents != 0) {
       return failed(absl::StatusCode::kCancelled, "before the client stopped waiting for them");
     }
