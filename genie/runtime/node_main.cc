@@ -84,6 +84,10 @@ ABSL_FLAG(int32_t, max_lanes, 0,
           "TCP sockets a client may open in all: large tensors are striped over them, each "
           "copied by its own thread (1: one socket per client; 0: half this machine's "
           "usable cores, at most 8)");
+ABSL_FLAG(int32_t, peer_lanes, 0,
+          "TCP sockets this node asks another node for when it sends it tensors directly "
+          "(1: one socket; 0: as a client asks, up to 4 and at most half this machine's usable "
+          "cores)");
 ABSL_FLAG(int32_t, busy_poll_us, 0,
           "spin this many microseconds on a client's socket before sleeping while waiting for "
           "its next message (lower latency per run for a spinning core); 0 never spins");
@@ -174,6 +178,9 @@ int main(int argc, char** argv) {
   options.max_lanes = absl::GetFlag(FLAGS_max_lanes);
   if (options.max_lanes < 0 || options.max_lanes > 16)
     return Fail("--max_lanes must be in [0, 16] (0: automatic)");
+  options.peer_lanes = absl::GetFlag(FLAGS_peer_lanes);
+  if (options.peer_lanes < 0 || options.peer_lanes > 16)
+    return Fail("--peer_lanes must be in [0, 16] (0: automatic)");
   options.shm_socket = absl::GetFlag(FLAGS_shm_socket);
   const int32_t threads = absl::GetFlag(FLAGS_threads);
   if (threads < 0) return Fail("--threads must be >= 0 (0: automatic)");

@@ -72,9 +72,10 @@ void PeerInbox::CountSend(int64_t bytes, bool cuda_ipc) {
   stats_.bytes_sent += bytes;
 }
 
-void PeerInbox::CountConnection(bool reused) {
+void PeerInbox::CountConnection(bool reused, int lanes) {
   std::lock_guard<std::mutex> lock(mu_);
   ++(reused ? stats_.connections_reused : stats_.connections_opened);
+  if (!reused) stats_.lanes_opened += std::max(0, lanes - 1);
 }
 
 PeerStats PeerInbox::stats() const {
@@ -188,6 +189,7 @@ absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
   const plan::MessageLimits& limits = options_.limits;
   for (int attempt = 0;; ++attempt) {
     const bool reused = link->conn != nullptr && !link->conn->broken();
+    int socket_count = 1;
     if (!reused) {
       link->conn.reset();
       transport::ConnectionOptions conn_options;
@@ -208,9 +210,18 @@ absl::StatusOr<int64_t> PeerPool::Put(const std::string& host, uint16_t port,
                                                       "key?): ",
                                                       auth.message()));
       }
+      // Large transfers are striped over lanes, as a client's uploads are; lanes the peer
+      // does not grant leave one socket.
+      absl::StatusOr<transport::LaneResult> lanes =
+          conn->OpenLanes(options_.io_timeout, options_.peer_lanes);
+      if (!lanes.ok()) {
+        return absl::Status(lanes.status().code(), absl::StrCat("opening lanes to the peer node: ",
+                                                                lanes.status().message()));
+      }
+      socket_count = lanes->lanes;
       link->conn = std::make_unique<transport::Connection<transport::Tcp>>(std::move(*conn));
     }
-    counters_->CountConnection(reused);
+    counters_->CountConnection(reused, socket_count);
     transport::Connection<transport::Tcp>& conn = *link->conn;
     const uint64_t id = link->next_id++;
     // A transport failure on a connection that sat in the pool: it went stale (the peer

@@ -127,6 +127,10 @@ struct NodeOptions {
   // 0 (the default): half this machine's usable cores, at least 1 and at most 8
   // (MaxLanesFor), as a client asks for at most half of its own.
   int max_lanes = 0;
+  // Tcp: sockets this node asks a peer node for in all when it opens a connection to it for
+  // node-to-node transfers (PeerPool), granted up to the peer's max_lanes. 0 (the default):
+  // as a client asks (transport::Tcp: up to 4, at most half the usable cores); 1: one socket.
+  int peer_lanes = 0;
 };
 
 // The sockets a session grants a Tcp client in all under `options` (NodeOptions::max_lanes).
@@ -194,6 +198,7 @@ struct PeerStats {
   int64_t inbox_buffers = 0;
   int64_t connections_opened = 0;  // to other nodes (PeerPool), reconnects included
   int64_t connections_reused = 0;  // transfers that went over an open pooled connection
+  int64_t lanes_opened = 0;        // Tcp lanes those connections got, beyond their first socket
   int64_t cuda_ipc_sends = 0;      // of `sends`, those that went GPU to GPU over CUDA IPC
   int64_t cuda_ipc_puts = 0;       // of `puts`, those taken GPU to GPU over CUDA IPC
 };
@@ -224,7 +229,8 @@ class PeerInbox {
   bool Take(uint64_t handle, Entry* out);
   bool empty() const { return size_.load(std::memory_order_acquire) == 0; }
   void CountSend(int64_t bytes, bool cuda_ipc = false);
-  void CountConnection(bool reused);
+  // A transfer over a pooled connection (`reused`) or a new one with `lanes` sockets.
+  void CountConnection(bool reused, int lanes = 1);
   PeerStats stats() const;
 
  private:

@@ -565,6 +565,9 @@ TEST(NodeServerTest, PeerTransfersReuseOneConnectionAndReconnectWhenThePeerResta
   PeerStats st = a->server->peer_stats();
   EXPECT_EQ(st.connections_opened, 1);
   EXPECT_EQ(st.connections_reused, 3);
+  // Lanes as a client asks: up to 4, at most half the usable cores, within B's grant.
+  EXPECT_EQ(st.lanes_opened,
+            std::min({4, std::max(1, core::UsableCores() / 2), MaxLanesFor(options)}) - 1);
   EXPECT_EQ(b->server->active_sessions(), 1);
   EXPECT_EQ(b->server->peer_stats().puts, 4);
   EXPECT_EQ(b->server->peer_stats().inbox_buffers, 4);
@@ -587,6 +590,36 @@ TEST(NodeServerTest, PeerTransfersReuseOneConnectionAndReconnectWhenThePeerResta
   EXPECT_NE(std::string(sent.status().message()).find("is the peer node up"), std::string::npos)
       << sent.status();
   EXPECT_TRUE((*client)->Execute(LaterStep(MmAdd(true), d.x2)).ok());
+}
+
+// A node's connection to a peer node opens Tcp lanes as a client's does: as many as
+// NodeOptions::peer_lanes asks and the peer's max_lanes grants; transfers go on over it.
+TEST(NodeServerTest, PeerConnectionsOpenTheLanesThePeerGrants) {
+  NodeOptions options;
+  options.log_runs = false;
+  options.log_connections = false;
+  NodeOptions asking = options;
+  asking.peer_lanes = 4;
+  NodeOptions granting = options;
+  granting.max_lanes = 3;
+  std::unique_ptr<ServedNode> a = ServedNode::Start(0, asking);
+  std::unique_ptr<ServedNode> b = ServedNode::Start(0, granting);
+  ASSERT_TRUE(a && b);
+  const std::string b_address = absl::StrCat("127.0.0.1:", b->server->port());
+  Data d;
+  MmAdd first(false);
+  auto client = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", a->server->port(), kKey);
+  ASSERT_TRUE(client.ok()) << client.status();
+  ASSERT_TRUE((*client)->Execute(FirstStep(first, d, d.x)).ok());
+  for (uint64_t h = 100; h < 103; ++h) {
+    auto sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, h, false});
+    ASSERT_TRUE(sent.ok()) << sent.status();
+  }
+  const PeerStats st = a->server->peer_stats();
+  EXPECT_EQ(st.connections_opened, 1);
+  EXPECT_EQ(st.lanes_opened, 2) << "4 asked, 3 sockets granted: 2 lanes beside the first";
+  EXPECT_EQ(b->server->peer_stats().puts, 3);
+  EXPECT_EQ(b->server->peer_stats().inbox_buffers, 3);
 }
 
 TEST(NodeServerTest, PeerInboxIsBoundedRefusesAboveItAndLosesNothingItTook) {

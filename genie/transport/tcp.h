@@ -96,11 +96,13 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
     return Connection(std::move(*stream), options);
   }
 
-  // Client side: asks the peer for transport_traits<P>::lanes sockets in all and attaches
-  // those it grants (see the top of this file). Lanes that cannot be made leave the connection
-  // on one socket (LaneResult says why); an error means the connection itself failed or the
-  // peer broke the handshake, and the connection is closed.
-  absl::StatusOr<LaneResult> OpenLanes(absl::Duration timeout) {
+  // Client side: asks the peer for transport_traits<P>::lanes sockets in all (with
+  // lanes_by_cores, at most half this machine's usable cores), or for `want_lanes` when it
+  // is 1 or more (up to 16), and attaches those it grants (see the top of this file). Lanes
+  // that cannot be made leave the connection on one socket (LaneResult says why); an error
+  // means the connection itself failed or the peer broke the handshake, and the connection
+  // is closed.
+  absl::StatusOr<LaneResult> OpenLanes(absl::Duration timeout, int want_lanes = 0) {
     constexpr int kWant = transport_traits<P>::lanes;
     static_assert(kWant >= 1 && kWant <= transport_internal::kMaxLanes,
                   "kLanes is 1 (one socket) to 16");
@@ -108,6 +110,7 @@ class Connection<P, Tcp> : public transport_internal::FramedHandle<P, transport_
     if constexpr (transport_traits<P>::lanes_by_cores) {
       want = std::min(want, std::max(1, core::UsableCores() / 2));
     }
+    if (want_lanes > 0) want = std::min(want_lanes, transport_internal::kMaxLanes);
     if (want <= 1 || this->lane_count() > 1) return LaneResult{this->lane_count(), ""};
     const absl::Time deadline = absl::Now() + timeout;
     transport_internal::LaneMessage request;
