@@ -470,7 +470,8 @@ TEST(TcpLanes, AHandshakeCutShortStopsThePreparedLaneThreads) {
   EXPECT_FALSE(h.accepted.ok());
   ASSERT_TRUE(h.server.has_value());
   EXPECT_TRUE(h.server->broken());
-  EXPECT_EQ(ThreadCount(), before) << "lane threads outlived the failed handshake";
+  // At most as many as before: threads of earlier tests may still be ending.
+  EXPECT_LE(ThreadCount(), before) << "lane threads outlived the failed handshake";
 }
 
 TEST(TcpLanes, ALaneFromAnotherAddressIsRefused) {
