@@ -21,7 +21,7 @@ std::shared_ptr<char> HostBlockCache::Get(size_t n) {
   if (n < kMinBytes) return std::shared_ptr<char>(new char[n], std::default_delete<char[]>());
   Block block{nullptr, 0};
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     // The smallest free block that holds n without wasting more than a quarter of itself.
     size_t best = free_.size();
     for (size_t k = 0; k < free_.size(); ++k) {
@@ -49,7 +49,7 @@ std::shared_ptr<char> HostBlockCache::Get(size_t n) {
 
 void HostBlockCache::Put(Block b) {
   {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (free_.size() < kMaxFree && free_bytes_ + b.capacity <= kMaxFreeBytes) {
       free_.push_back(b);
       free_bytes_ += b.capacity;

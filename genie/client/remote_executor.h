@@ -50,6 +50,7 @@
 #include <deque>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <type_traits>
@@ -61,7 +62,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "genie/core/executor.h"
 #include "genie/core/status.h"
@@ -135,7 +135,7 @@ class HostBlockCache : public std::enable_shared_from_this<HostBlockCache> {
   };
   void Put(Block b);
 
-  absl::Mutex mu_;
+  std::mutex mu_;
   std::vector<Block> free_;  // guarded by mu_
   size_t free_bytes_ = 0;    // guarded by mu_
 };
@@ -310,7 +310,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   ~RemoteExecutor() override { Close(); }
 
   absl::StatusOr<core::ExecuteResult> Execute(const core::ExecuteRequest& request) override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     bool defer = request.may_defer && request.graph != nullptr && request.graph->outputs().empty() &&
                  deferred_.size() < session_.options().max_deferred_runs;
     if (!defer) GENIE_RETURN_IF_ERROR(AwaitDeferred());
@@ -353,7 +353,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
 
   std::string Describe() const override { return session_.Describe(); }
   absl::Status Drain() override {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return AwaitDeferred();
   }
   bool AcceptsWithoutWaiting() const override { return session_.options().max_deferred_runs > 0; }
@@ -401,7 +401,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   void set_peer_address(std::string host_port) { peer_address_ = std::move(host_port); }
   absl::StatusOr<int64_t> SendToPeer(const core::PeerSend& send) override {
     using transport::MessageKind;
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     GENIE_RETURN_IF_ERROR(AwaitDeferred());  // the transfer reads what they leave on the node
     if (!lost_.ok()) return lost_;
     if (conn_.broken()) return session_.Lost("asking for a node-to-node transfer", conn_.status());
@@ -459,7 +459,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
   // is left to hear it), says goodbye (best effort) and closes; later Executes fail with
   // Unavailable.
   void Close() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     if (!deferred_.empty() && lost_.ok() && !conn_.broken()) {
       const absl::Status s = AwaitDeferred();
       if (!s.ok()) std::fprintf(stderr, "genie: closing %s: %s\n", session_.Describe().c_str(),
@@ -776,7 +776,7 @@ class RemoteExecutor final : public core::Executor, public core::PeerSender {
     return lost_;
   }
 
-  absl::Mutex mu_;
+  std::mutex mu_;
   Connection conn_;
   client_internal::Session session_;
   std::string peer_address_;  // set before sharing; empty: session_.node()

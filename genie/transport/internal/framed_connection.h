@@ -22,6 +22,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -31,7 +32,6 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -311,7 +311,7 @@ class FramedConnection {
   // Later calls report it as "connection is broken: <first error>".
   absl::Status Break(absl::Status s, bool local_close = false) {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (broken_status_.ok()) {
         broken_status_ =
             local_close
@@ -325,7 +325,7 @@ class FramedConnection {
   }
 
   absl::Status BrokenStatus() const {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     return broken_status_;
   }
 
@@ -333,7 +333,7 @@ class FramedConnection {
   const FramedParams params_;
   transport::TrafficCounters counters_;
   std::atomic<bool> broken_{false};
-  mutable absl::Mutex mu_;
+  mutable std::mutex mu_;
   absl::Status broken_status_;  // guarded by mu_
 
   // SendFrames' scratch (sending thread only): encoded headers, gathered pieces.

@@ -14,8 +14,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <system_error>
@@ -25,7 +27,6 @@
 
 #include "absl/container/inlined_vector.h"
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "genie/transport/internal/auth_crypto.h"
 #include "genie/transport/internal/fd_wait.h"
@@ -127,9 +128,10 @@ class LaneWorker {
   LaneWorker& operator=(const LaneWorker&) = delete;
   ~LaneWorker() {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
+    changed_.notify_all();
     if (thread_.joinable()) thread_.join();
   }
 
@@ -145,16 +147,19 @@ class LaneWorker {
 
   // Runs `job` on the started thread.
   void Post(std::function<absl::Status()> job) {
-    absl::MutexLock lock(&mu_);
-    job_ = std::move(job);
-    has_job_ = true;
-    done_ = false;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job_ = std::move(job);
+      has_job_ = true;
+      done_ = false;
+    }
+    changed_.notify_all();
   }
 
   // The posted job's result, once it has run.
   absl::Status Wait() {
-    absl::MutexLock lock(&mu_);
-    mu_.Await(absl::Condition(&done_));
+    std::unique_lock<std::mutex> lock(mu_);
+    changed_.wait(lock, [this] { return done_; });
     return result_;
   }
 
@@ -163,21 +168,26 @@ class LaneWorker {
     for (;;) {
       std::function<absl::Status()> job;
       {
-        absl::MutexLock lock(&mu_);
-        mu_.Await(absl::Condition(
-            +[](LaneWorker* w) { return w->has_job_ || w->stop_; }, this));
+        std::unique_lock<std::mutex> lock(mu_);
+        changed_.wait(lock, [this] { return has_job_ || stop_; });
         if (!has_job_) return;  // stopping with nothing to do
         job = std::move(job_);
         has_job_ = false;
       }
       absl::Status result = job();
-      absl::MutexLock lock(&mu_);
-      result_ = std::move(result);
-      done_ = true;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        result_ = std::move(result);
+        done_ = true;
+      }
+      changed_.notify_all();
     }
   }
 
-  absl::Mutex mu_;
+  // std::mutex rather than absl::Mutex here and in the other stream and client classes: the
+  // system Abseil is not built with ThreadSanitizer, which then cannot see its ordering.
+  std::mutex mu_;
+  std::condition_variable changed_;  // a job posted, done, or stop
   std::function<absl::Status()> job_;
   bool has_job_ = false;
   bool done_ = false;
@@ -200,19 +210,19 @@ class LaneSet {
             absl::StrCat("cannot start the threads of ", count, " lanes"));
       }
     }
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     senders_ = std::move(senders);
     receivers_ = std::move(receivers);
     return absl::OkStatus();
   }
   void Attach(std::vector<TcpStream> lanes) {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     lanes_ = std::move(lanes);
   }
   void DropPrepared() {
     std::vector<std::unique_ptr<LaneWorker>> senders, receivers;
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       if (!lanes_.empty()) return;  // attached: they stay
       senders.swap(senders_);
       receivers.swap(receivers_);
@@ -220,7 +230,7 @@ class LaneSet {
     // Joined here, outside the lock.
   }
   void Shutdown() {
-    absl::MutexLock lock(&mu_);
+    std::lock_guard<std::mutex> lock(mu_);
     for (TcpStream& lane : lanes_) lane.Shutdown();
   }
   int size() const { return static_cast<int>(lanes_.size()); }
@@ -230,7 +240,7 @@ class LaneSet {
   LaneWorker& receiver(int k) { return *receivers_[static_cast<std::size_t>(k - 1)]; }
 
  private:
-  absl::Mutex mu_;
+  std::mutex mu_;
   std::vector<TcpStream> lanes_;
   std::vector<std::unique_ptr<LaneWorker>> senders_;
   std::vector<std::unique_ptr<LaneWorker>> receivers_;
