@@ -543,6 +543,32 @@ struct ServedNode {
   }
 };
 
+// A client of the node on `port` that ran the first MmAdd step (its buffer 11 stays there)
+// and had the node send buffer 11 to `peer` `count` times, under handles first_handle, ...;
+// null, with the failure reported, if any of it failed.
+std::unique_ptr<client::RemoteExecutor<Tcp>> ClientSendingToPeer(uint16_t port, Data& d,
+                                                                 const std::string& peer,
+                                                                 uint64_t first_handle, int count) {
+  MmAdd first(false);
+  auto client = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", port, kKey);
+  if (!client.ok()) {
+    ADD_FAILURE() << client.status();
+    return nullptr;
+  }
+  if (absl::Status s = (*client)->Execute(FirstStep(first, d, d.x)).status(); !s.ok()) {
+    ADD_FAILURE() << s;
+    return nullptr;
+  }
+  for (uint64_t h = first_handle; h < first_handle + static_cast<uint64_t>(count); ++h) {
+    auto sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, peer, h, false});
+    if (!sent.ok()) {
+      ADD_FAILURE() << sent.status();
+      return nullptr;
+    }
+  }
+  return std::move(*client);
+}
+
 TEST(NodeServerTest, PeerTransfersReuseOneConnectionAndReconnectWhenThePeerRestarts) {
   NodeOptions options;
   options.log_runs = false;
@@ -553,14 +579,9 @@ TEST(NodeServerTest, PeerTransfersReuseOneConnectionAndReconnectWhenThePeerResta
   const uint16_t b_port = b->server->port();
   const std::string b_address = absl::StrCat("127.0.0.1:", b_port);
   Data d;
-  MmAdd first(false);
-  auto client = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", a->server->port(), kKey);
-  ASSERT_TRUE(client.ok()) << client.status();
-  ASSERT_TRUE((*client)->Execute(FirstStep(first, d, d.x)).ok());
-  for (uint64_t h = 100; h < 104; ++h) {
-    auto sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, h, false});
-    ASSERT_TRUE(sent.ok()) << sent.status();
-  }
+  std::unique_ptr<client::RemoteExecutor<Tcp>> client =
+      ClientSendingToPeer(a->server->port(), d, b_address, 100, 4);
+  ASSERT_NE(client, nullptr);
   // Four transfers, one connection: opened once, reused three times; B serves one session.
   PeerStats st = a->server->peer_stats();
   EXPECT_EQ(st.connections_opened, 1);
@@ -576,7 +597,7 @@ TEST(NodeServerTest, PeerTransfersReuseOneConnectionAndReconnectWhenThePeerResta
   b.reset();
   b = ServedNode::Start(b_port, options);
   ASSERT_TRUE(b);
-  auto sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 200, false});
+  auto sent = client->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 200, false});
   ASSERT_TRUE(sent.ok()) << sent.status();
   st = a->server->peer_stats();
   EXPECT_EQ(st.connections_opened, 2);
@@ -584,12 +605,12 @@ TEST(NodeServerTest, PeerTransfersReuseOneConnectionAndReconnectWhenThePeerResta
 
   // B gone for good: a clear error naming the peer and what to check; A's session goes on.
   b.reset();
-  sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 201, false});
+  sent = client->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, 201, false});
   ASSERT_FALSE(sent.ok());
   EXPECT_NE(std::string(sent.status().message()).find(b_address), std::string::npos) << sent.status();
   EXPECT_NE(std::string(sent.status().message()).find("is the peer node up"), std::string::npos)
       << sent.status();
-  EXPECT_TRUE((*client)->Execute(LaterStep(MmAdd(true), d.x2)).ok());
+  EXPECT_TRUE(client->Execute(LaterStep(MmAdd(true), d.x2)).ok());
 }
 
 // A node's connection to a peer node opens Tcp lanes as a client's does: as many as
@@ -607,14 +628,7 @@ TEST(NodeServerTest, PeerConnectionsOpenTheLanesThePeerGrants) {
   ASSERT_TRUE(a && b);
   const std::string b_address = absl::StrCat("127.0.0.1:", b->server->port());
   Data d;
-  MmAdd first(false);
-  auto client = client::RemoteExecutor<Tcp>::Connect("127.0.0.1", a->server->port(), kKey);
-  ASSERT_TRUE(client.ok()) << client.status();
-  ASSERT_TRUE((*client)->Execute(FirstStep(first, d, d.x)).ok());
-  for (uint64_t h = 100; h < 103; ++h) {
-    auto sent = (*client)->SendToPeer(core::PeerSend{11, DType::kFloat32, 64, b_address, h, false});
-    ASSERT_TRUE(sent.ok()) << sent.status();
-  }
+  ASSERT_NE(ClientSendingToPeer(a->server->port(), d, b_address, 100, 3), nullptr);
   const PeerStats st = a->server->peer_stats();
   EXPECT_EQ(st.connections_opened, 1);
   EXPECT_EQ(st.lanes_opened, 2) << "4 asked, 3 sockets granted: 2 lanes beside the first";
